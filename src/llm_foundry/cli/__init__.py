@@ -1,0 +1,1 @@
+"""The `foundry` command: thin wrappers over the library, one module per stage."""

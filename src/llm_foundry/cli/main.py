@@ -1,0 +1,61 @@
+"""`foundry` entry point: parses arguments, dispatches, turns errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+
+COMMANDS = ("prepare", "train", "generate", "eval", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import demo, evaluate, generate, prepare, train
+
+    parser = argparse.ArgumentParser(
+        prog="foundry",
+        description="Build, train, study and talk to small language models on your own machine, offline.",
+        epilog="Run `foundry COMMAND --help` for a command's options. Set FOUNDRY_DEBUG=1 to see tracebacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"llm-foundry {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (prepare, train, generate, evaluate, demo):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    from ..training.trainer import TrainingInterrupted
+    from ..utils.errors import FoundryError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FoundryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}; continue with --resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `foundry generate ... | head`: the reader left; that is not an error.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except Exception as e:  # the last resort: still one line, unless debugging
+        if os.environ.get("FOUNDRY_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (set FOUNDRY_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

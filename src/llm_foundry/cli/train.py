@@ -1,0 +1,57 @@
+"""`foundry train`: train a MiniLLM on a data folder into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import apply_overrides, configs_from_dict, list_presets, load_config
+from ..utils.errors import FoundryError
+from ..utils.io import read_json
+from ..utils.progress import console
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model on a prepared data folder",
+                       description="Train a MiniLLM. The run folder is a model folder holding the latest checkpoint.",
+                       epilog="Overrides: key=value, e.g. model.dim=128 train.lr=3e-4 (or just dim=128 lr=3e-4). "
+                              f"Presets: {', '.join(list_presets())}.")
+    p.add_argument("--config", default="tiny", metavar="PRESET|FILE.yaml", help="a preset name or a YAML file (default: tiny)")
+    p.add_argument("--data", required=True, metavar="DATA_DIR", help="a folder made by `foundry prepare`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop after this much training time; the schedule is fitted to it")
+    p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (overrides the preset)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in RUN_DIR exactly")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=run)
+
+
+def resolve_configs(args: argparse.Namespace):
+    """The configs for this run: the preset (or the saved run config on --resume) plus overrides."""
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.time_budget is not None:
+        overrides.append(f"train.time_budget={args.time_budget}")
+        if args.max_steps is None:
+            overrides.append("train.max_steps=1000000000")  # time decides
+    if args.resume:
+        if any(o.split("=", 1)[0].startswith("model.") for o in overrides):
+            raise FoundryError("the model shape is fixed by the checkpoint; model.* overrides are not allowed with --resume")
+        saved = read_json(Path(args.out) / "run_config.json", "run config")
+        model_cfg, train_cfg = configs_from_dict(saved, strict=False)
+        return apply_overrides(model_cfg, train_cfg, overrides)
+    return load_config(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import Trainer
+
+    model_cfg, train_cfg = resolve_configs(args)
+    trainer = Trainer(model_cfg, train_cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
+    summary = trainer.run()
+    console.print(f"saved {args.out}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+    return 0

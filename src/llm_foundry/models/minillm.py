@@ -1,0 +1,135 @@
+"""MiniLLM: token embedding -> N pre-norm blocks -> RMSNorm -> output head.
+
+Init (documented because it matters at small scale): every linear and embedding
+weight is drawn from N(0, init_std); the two projections that write into the
+residual stream (attention ``wo`` and MLP ``w2``) use ``init_std / sqrt(2 n_layers)``
+so the residual's variance does not grow with depth; norm weights start at 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..utils.errors import FoundryError
+from .components import Block, RMSNorm, rope_tables
+from .kv_cache import KVCache
+
+
+class MiniLLM(nn.Module):
+    """A Llama-style causal language model.
+
+    Args:
+        cfg: the model shape; validated on construction.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        # Not saved in checkpoints: they are a pure function of the config.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        for layer in self.layers:
+            nn.init.normal_(layer.attn.wo.weight, 0.0, residual_std)
+            nn.init.normal_(layer.ffn.w2.weight, 0.0, residual_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, self.cfg.init_std)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for ``idx`` (``batch, time``) and, given ``targets``, the mean cross-entropy.
+
+        Args:
+            idx: token ids.
+            targets: next-token ids; ``-100`` marks positions not to train on.
+            cache: a :class:`KVCache`; ``idx`` then continues the cached tokens.
+            last_only: compute logits for the last position only (prefill, decoding).
+        """
+        b, t = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+        x = self.tok_embeddings(idx)
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache)
+        if cache is not None:
+            cache.advance(t)
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.output(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache sized for this model."""
+        cfg = self.cfg
+        device = self.tok_embeddings.weight.device
+        return KVCache(cfg.n_layers, batch_size, cfg.kv_heads, cfg.head_dim, max_len or cfg.max_seq_len, device, dtype)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (a tied head is counted once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6 per non-embedding weight plus attention scores.
+
+        The attention term is ``12 * n_layers * dim * seq_len`` (forward + backward of
+        QK^T and AV); as in the usual MFU convention it is not halved for causality.
+        """
+        t = seq_len or self.cfg.max_seq_len
+        n = self.num_parameters(exclude_embeddings=True)
+        if self.cfg.tie_embeddings:
+            n += self.output.weight.numel()  # a tied head's matmul still runs
+        return 6 * n + 12 * self.cfg.n_layers * self.cfg.dim * t
+
+    @torch.no_grad()
+    def resize_vocab(self, new_size: int) -> None:
+        """Grow the vocabulary to ``new_size`` ids, keeping every existing row.
+
+        New embedding (and, if untied, head) rows get the normal init. The parameters
+        are new tensors: an optimizer built before must be told (see the online learner).
+        """
+        old = self.cfg.vocab_size
+        if new_size == old:
+            return
+        if new_size < old:
+            raise FoundryError(f"resize_vocab only grows ({old} -> {new_size} would drop rows)")
+        w = self.tok_embeddings.weight
+        emb = nn.Embedding(new_size, self.cfg.dim, device=w.device, dtype=w.dtype)
+        nn.init.normal_(emb.weight, 0.0, self.cfg.init_std)
+        emb.weight[:old] = w
+        self.tok_embeddings = emb
+        if self.cfg.tie_embeddings:
+            head = nn.Linear(self.cfg.dim, new_size, bias=False, device=w.device, dtype=w.dtype)
+            head.weight = emb.weight
+        else:
+            hw = self.output.weight
+            head = nn.Linear(self.cfg.dim, new_size, bias=False, device=hw.device, dtype=hw.dtype)
+            nn.init.normal_(head.weight, 0.0, self.cfg.init_std)
+            head.weight[:old] = hw
+        self.output = head
+        self.cfg.vocab_size = new_size

@@ -1,0 +1,117 @@
+"""The model directory: the one unit every command reads and writes.
+
+    config.json          {"architecture": "MiniLLM", ...ModelConfig fields}
+    model.safetensors    weights (a tied output head is stored once, as the embedding)
+    tokenizer.json       see llm_foundry.tokenizers
+    training_state.pt    optional: optimizer, EMA, RNG and loop state for --resume
+
+Each file is written atomically. Loading checks everything before a model is
+returned, so a truncated, foreign or mismatched file is a one-line error and never
+a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..models import MiniLLM
+from ..tokenizers import Tokenizer, load_tokenizer
+from ..utils.errors import FoundryError
+from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
+
+ARCHITECTURE = "MiniLLM"
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE = "config.json", "model.safetensors", "tokenizer.json", "training_state.pt"
+
+
+@dataclass
+class ModelBundle:
+    """What :func:`load_model_dir` returns."""
+
+    model: MiniLLM
+    tokenizer: Tokenizer
+    step: int
+
+
+def save_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer | None = None, step: int = 0,
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write config, weights (``weights`` overrides the model's own, e.g. EMA) and tokenizer."""
+    from safetensors.torch import save
+
+    from .. import __version__
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = weights if weights is not None else model.state_dict()
+    if model.cfg.tie_embeddings:
+        state = {k: v for k, v in state.items() if k != "output.weight"}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    atomic_write_bytes(path / WEIGHTS_FILE, save(tensors, metadata={"step": str(step), "format": "pt"}))
+    atomic_write_json(path / CONFIG_FILE, {"architecture": ARCHITECTURE, "llm_foundry_version": __version__,
+                                            **dataclasses.asdict(model.cfg)})
+    if tokenizer is not None:
+        tokenizer.save(path / TOKENIZER_FILE)
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read and validate ``config.json`` of a model folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FoundryError(f"model folder not found: {path}")
+    data = read_json(path / CONFIG_FILE, "model config")
+    if not isinstance(data, dict) or data.get("architecture") != ARCHITECTURE:
+        found = data.get("architecture") or data.get("architectures") if isinstance(data, dict) else None
+        raise FoundryError(f"{path / CONFIG_FILE} is not a MiniLLM config (architecture: {found!r})")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: v for k, v in data.items() if k not in ("architecture", "llm_foundry_version")}
+    unknown = set(values) - known
+    if unknown:
+        raise FoundryError(f"{path / CONFIG_FILE} has fields this version does not know: {', '.join(sorted(unknown))}")
+    try:
+        return ModelConfig(**values).validate()
+    except TypeError as e:
+        raise FoundryError(f"{path / CONFIG_FILE} is malformed: {e}") from None
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of ``model.safetensors``, or a one-line error if it is damaged."""
+    from safetensors import safe_open
+
+    file = Path(path) / WEIGHTS_FILE
+    if not file.is_file():
+        raise FoundryError(f"weights not found: {file}")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for every kind of damage
+        raise FoundryError(f"weights file is corrupt or truncated: {file} ({str(e).splitlines()[0][:120]})") from None
+    return tensors, meta
+
+
+def load_model_dir(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True) -> ModelBundle:
+    """Load a model folder, checking that config, weights and tokenizer agree."""
+    path = Path(path)
+    cfg = load_model_config(path)
+    tensors, meta = read_weights(path)
+    model = MiniLLM(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "output.weight")}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    bad_shape = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k])]
+    if missing or extra or bad_shape:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"shape of {bad_shape[0]} is {tuple(tensors[bad_shape[0]].shape)}, config wants {tuple(expected[bad_shape[0]])}")
+        raise FoundryError(f"weights in {path} do not match its config.json (another architecture?): {detail}")
+    model.load_state_dict(tensors, strict=False)
+    model.to(device)
+    tokenizer = None
+    if with_tokenizer:
+        tokenizer = load_tokenizer(path / TOKENIZER_FILE)
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise FoundryError(f"tokenizer in {path} has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
+    return ModelBundle(model=model, tokenizer=tokenizer, step=int(meta.get("step", 0)))

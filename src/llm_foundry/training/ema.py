@@ -1,0 +1,39 @@
+"""Exponential moving average of the weights.
+
+The EMA copy is a smoothed model that often samples and evaluates better than the
+raw weights late in training; it costs one extra copy of the parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class EMA:
+    """``shadow = decay * shadow + (1 - decay) * param`` after every optimizer step."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone().float() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        names, params = zip(*model.named_parameters())
+        shadows = [self.shadow[n] for n in names]
+        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite ``model``'s weights with the EMA weights."""
+        for n, p in model.named_parameters():
+            p.copy_(self.shadow[n].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        for n, t in state["shadow"].items():
+            if n in self.shadow:
+                self.shadow[n] = t.float().clone()

@@ -1,0 +1,21 @@
+"""Progress bars (rich) that stay quiet when stderr is not a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True, *extra_columns):
+    """A rich ``Progress`` on stderr; disabled (but still usable) off a terminal."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    progress = Progress(*columns, console=console, disable=not (enabled and sys.stderr.isatty()), transient=False)
+    with progress:
+        yield progress
