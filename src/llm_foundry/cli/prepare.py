@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data import prepare_dataset, read_documents
+from ..tokenizers import load_tokenizer
 from ..utils.progress import console
 
 
@@ -15,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="text files, folders, or .jsonl files")
     p.add_argument("--tokenizer", choices=["char", "byte", "bpe"], default="char",
                    help="char: one id per character (grows); byte: UTF-8 bytes; bpe: trained byte-level BPE (default: char)")
+    p.add_argument("--tokenizer-from", metavar="MODEL",
+                   help="reuse the tokenizer of this model or data folder (for fine-tuning with --init-from)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share held out for validation; by document, or the tail of a single file (default: 0.1)")
@@ -25,7 +28,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     docs = read_documents(args.inputs)
-    meta = prepare_dataset(docs, args.tokenizer, args.out, vocab_size=args.vocab_size,
+    tokenizer = load_tokenizer(args.tokenizer_from) if args.tokenizer_from else args.tokenizer
+    meta = prepare_dataset(docs, tokenizer, args.out, vocab_size=args.vocab_size,
                            val_fraction=args.val_fraction, seed=args.seed)
     s = meta["splits"]
     parts = [f"{name}: {info['tokens']:,} tokens in {info['documents']} document(s)" for name, info in s.items()]

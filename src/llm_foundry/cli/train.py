@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
                    help="stop after this much training time; the schedule is fitted to it")
     p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (overrides the preset)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in RUN_DIR exactly")
+    p.add_argument("--init-from", metavar="MODEL", help="start from this model folder's weights (fine-tuning); "
+                   "prepare the data with `foundry prepare --tokenizer-from MODEL`")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run)
@@ -51,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from ..training import Trainer
 
     model_cfg, train_cfg = resolve_configs(args)
-    trainer = Trainer(model_cfg, train_cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
+    if args.init_from and any(o.split("=", 1)[0].startswith("model.") for o in args.overrides):
+        raise FoundryError("the model shape comes from --init-from; model.* overrides are not allowed with it")
+    trainer = Trainer(model_cfg, train_cfg, args.data, args.out, resume=args.resume, init_from=args.init_from, quiet=args.quiet)
     summary = trainer.run()
     console.print(f"saved {args.out}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
     return 0

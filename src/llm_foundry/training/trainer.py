@@ -26,7 +26,7 @@ from ..utils.device import autocast_context, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..utils.progress import console
-from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_dir, save_model_dir
+from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, save_model_dir
 from .ema import EMA
 from .optim import build_optimizers, set_lr
 from .schedule import lr_factor
@@ -72,26 +72,36 @@ class Trainer:
         data_dir: a folder made by ``foundry prepare``.
         out_dir: the run folder.
         resume: continue the run saved in ``out_dir``.
+        init_from: start a new run from this model folder's weights (fine-tuning); its
+            shape replaces ``model_cfg``, and the data must use its tokenizer
+            (``foundry prepare --tokenizer-from MODEL``).
         quiet: no progress bar or log lines (library use, tests).
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path,
-                 resume: bool = False, quiet: bool = False):
+                 resume: bool = False, init_from: str | Path | None = None, quiet: bool = False):
         self.out = Path(out_dir)
         self.data_dir = Path(data_dir)
         self.resume, self.quiet = resume, quiet
+        self.init_from = Path(init_from) if init_from else None
+        if resume and self.init_from:
+            raise FoundryError("--resume and --init-from exclude each other")
         self.dataset = TokenDataset(data_dir)
         self.tokenizer = self.dataset.tokenizer
         state_path = self.out / STATE_FILE
-        if resume:
-            if not state_path.is_file():
-                raise FoundryError(f"nothing to resume in {self.out} (no {STATE_FILE})")
-            run_tok = self.out / TOKENIZER_FILE
-            if not run_tok.is_file() or run_tok.read_bytes() != (self.data_dir / TOKENIZER_FILE).read_bytes():
-                raise FoundryError(f"the data folder's tokenizer differs from the run's: {self.data_dir} vs {self.out}")
-        elif state_path.exists():
+        source = self.out if resume else self.init_from
+        if resume and not state_path.is_file():
+            raise FoundryError(f"nothing to resume in {self.out} (no {STATE_FILE})")
+        if not resume and state_path.exists():
             raise FoundryError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
-        model_cfg.vocab_size = self.tokenizer.vocab_size if not resume else model_cfg.vocab_size
+        if source is not None:
+            model_cfg = load_model_config(source)
+            src_tok = source / TOKENIZER_FILE
+            if not src_tok.is_file() or src_tok.read_bytes() != (self.data_dir / TOKENIZER_FILE).read_bytes():
+                hint = "" if resume else f"; prepare the data with --tokenizer-from {source}"
+                raise FoundryError(f"the data folder's tokenizer differs from the model's: {self.data_dir} vs {source}{hint}")
+        else:
+            model_cfg.vocab_size = self.tokenizer.vocab_size
         self.model_cfg, self.cfg = model_cfg.validate(), train_cfg.validate()
         self.seq_len = train_cfg.seq_len or model_cfg.max_seq_len
         if self.seq_len > model_cfg.max_seq_len:
@@ -103,8 +113,8 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        if self.resume:
-            bundle = load_model_dir(self.out, self.device, with_tokenizer=False)
+        if self.resume or self.init_from:
+            bundle = load_model_dir(self.out if self.resume else self.init_from, self.device, with_tokenizer=False)
             self.model = bundle.model
         else:
             self.model = MiniLLM(self.model_cfg).to(self.device)
@@ -166,6 +176,7 @@ class Trainer:
         atomic_write_json(self.out / RUN_CONFIG_FILE, {
             **config_to_dict(self.model_cfg, self.cfg),
             "data": str(self.data_dir.resolve()),
+            "init_from": str(self.init_from.resolve()) if self.init_from else None,
             "tokenizer": self.tokenizer.kind,
             "llm_foundry_version": __version__,
         })
