@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,11 +42,18 @@ def resolve_configs(args: argparse.Namespace):
         if args.max_steps is None:
             overrides.append("train.max_steps=1000000000")  # time decides
     if args.resume:
-        if any(o.split("=", 1)[0].startswith("model.") for o in overrides):
-            raise FoundryError("the model shape is fixed by the checkpoint; model.* overrides are not allowed with --resume")
-        saved = read_json(Path(args.out) / "run_config.json", "run config")
-        model_cfg, train_cfg = configs_from_dict(saved, strict=False)
-        return apply_overrides(model_cfg, train_cfg, overrides)
+        # Re-running the same command with --resume must work, so overrides are applied
+        # again; but the model shape is the checkpoint's and may not change.
+        run_config = Path(args.out) / "run_config.json"
+        if not run_config.is_file():
+            raise FoundryError(f"nothing to resume in {args.out} (no run_config.json)")
+        saved = read_json(run_config, "run config")
+        saved_model, saved_train = configs_from_dict(saved, strict=False)
+        model_cfg, train_cfg = apply_overrides(saved_model, saved_train, overrides)
+        changed = [f.name for f in dataclasses.fields(model_cfg) if getattr(model_cfg, f.name) != getattr(saved_model, f.name)]
+        if changed:
+            raise FoundryError(f"the model shape is fixed by the checkpoint; cannot change model.{changed[0]} on --resume")
+        return model_cfg, train_cfg
     return load_config(args.config, overrides)
 
 

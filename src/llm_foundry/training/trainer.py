@@ -12,7 +12,6 @@ import json
 import math
 import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,21 +41,38 @@ class TrainingInterrupted(Exception):
         self.step = step
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    # A `kill` should save like Ctrl-C does; only the main thread may install handlers.
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+class StopRequest:
+    """Turns Ctrl-C and SIGTERM into a request to stop at the next step boundary.
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    Stopping between steps (never inside one) is what makes the saved state exact: no
+    half-accumulated gradients, no optimizer that stepped while another did not, no RNG
+    advanced by a step that did not finish. A second Ctrl-C quits at once; the last
+    checkpoint is still intact because every write is atomic.
+    """
+
+    def __init__(self, quiet: bool = False):
+        self.requested = False
+        self.quiet = quiet
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if not self.quiet:
+            console.print("\n[yellow]stopping after this step and saving (Ctrl-C again to quit without saving)[/]")
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: signals stay as they were
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class Trainer:
@@ -243,59 +259,56 @@ class Trainer:
 
         from ..utils.progress import progress_bar
 
-        with _sigterm_as_interrupt(), progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
+        with StopRequest(self.quiet) as stop, progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
             task = bar.add_task("train", total=1000, status="")
-            try:
-                while self.step < cfg.max_steps:
-                    if cfg.time_budget and self.train_time >= cfg.time_budget:
-                        break
-                    t_step = time.perf_counter()
-                    progress = self._progress()
-                    set_lr(self.optimizers, lr_factor(self.step, progress, cfg.schedule, cfg.warmup_steps,
-                                                      cfg.min_lr_ratio, cfg.decay_fraction))
-                    for micro in range(cfg.grad_accum):
-                        x, y = train.batch(self.step * cfg.grad_accum + micro)
-                        with autocast_context(self.device, self.amp_dtype):
-                            _, loss = self.forward(x, y)
-                        (loss / cfg.grad_accum).backward()
-                        loss_sum += loss.detach()
-                        loss_count += 1
-                    if cfg.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
-                    for opt in self.optimizers:
-                        opt.step()
-                    for opt in self.optimizers:
-                        opt.zero_grad(set_to_none=True)
-                    if self.ema is not None:
-                        self.ema.update(self.model)
-                    self.step += 1
-                    self.tokens_seen += tokens_per_step
-                    window_tokens += tokens_per_step
-                    self.train_time += time.perf_counter() - t_step
-
-                    if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                        now = time.perf_counter()
-                        train_loss = float(loss_sum) / max(loss_count, 1)
-                        tok_s = window_tokens / max(now - window_start, 1e-9)
-                        self._log({"step": self.step, "loss": round(train_loss, 5),
-                                   "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
-                                   "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
-                        bar.update(task, completed=int(1000 * self._progress()),
-                                   description=f"step {self.step}",
-                                   status=f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
-                        loss_sum.zero_()
-                        loss_count, window_start, window_tokens = 0, now, 0
-                    if cfg.eval_interval and self.step % cfg.eval_interval == 0:
-                        last_val = self._eval_and_log(bar)
-                        window_start = time.perf_counter()  # eval time is not training throughput
-                    if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
-                        self.save_checkpoint()
-                        window_start = time.perf_counter()
-            except KeyboardInterrupt:
+            while self.step < cfg.max_steps:
+                if stop.requested:
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(self.step)
+                if cfg.time_budget and self.train_time >= cfg.time_budget:
+                    break
+                t_step = time.perf_counter()
+                progress = self._progress()
+                set_lr(self.optimizers, lr_factor(self.step, progress, cfg.schedule, cfg.warmup_steps,
+                                                  cfg.min_lr_ratio, cfg.decay_fraction))
+                for micro in range(cfg.grad_accum):
+                    x, y = train.batch(self.step * cfg.grad_accum + micro)
+                    with autocast_context(self.device, self.amp_dtype):
+                        _, loss = self.forward(x, y)
+                    (loss / cfg.grad_accum).backward()
+                    loss_sum += loss.detach()
+                    loss_count += 1
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
+                for opt in self.optimizers:
+                    opt.step()
                 for opt in self.optimizers:
                     opt.zero_grad(set_to_none=True)
-                self.save_checkpoint()
-                raise TrainingInterrupted(self.step) from None
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                window_tokens += tokens_per_step
+                self.train_time += time.perf_counter() - t_step
+
+                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    train_loss = float(loss_sum) / max(loss_count, 1)
+                    tok_s = window_tokens / max(now - window_start, 1e-9)
+                    self._log({"step": self.step, "loss": round(train_loss, 5),
+                               "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
+                               "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
+                    bar.update(task, completed=int(1000 * self._progress()),
+                               description=f"step {self.step}",
+                               status=f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
+                    loss_sum.zero_()
+                    loss_count, window_start, window_tokens = 0, now, 0
+                if cfg.eval_interval and self.step % cfg.eval_interval == 0:
+                    last_val = self._eval_and_log(bar)
+                    window_start = time.perf_counter()  # eval time is not training throughput
+                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                    self.save_checkpoint()
+                    window_start = time.perf_counter()
             if last_val is None or cfg.eval_interval == 0 or self.step % cfg.eval_interval:
                 last_val = self._eval_and_log(bar)
             bar.update(task, completed=1000)

@@ -1,0 +1,62 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from llm_foundry.training import load_model_dir, save_model_dir
+from llm_foundry.utils.errors import FoundryError
+
+from helpers import run_cli
+
+
+@pytest.fixture
+def model_copy(trained_run, tmp_path):
+    dst = tmp_path / "m"
+    shutil.copytree(trained_run, dst)
+    return dst
+
+
+def test_save_load_round_trip(trained_run, tmp_path):
+    bundle = load_model_dir(trained_run)
+    save_model_dir(tmp_path / "copy", bundle.model, bundle.tokenizer, step=7)
+    again = load_model_dir(tmp_path / "copy")
+    assert again.step == 7
+    x = torch.randint(0, bundle.model.cfg.vocab_size, (1, 16))
+    torch.testing.assert_close(again.model(x)[0], bundle.model(x)[0])
+    assert not list((tmp_path / "copy").glob("*.tmp"))  # no temp litter
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]), "corrupt or truncated"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"not a safetensors file at all"), "corrupt or truncated"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 64})), "not a MiniLLM config"),
+    (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"dim": 64', '"dim": 128')), "do not match its config"),
+    (lambda d: (d / "config.json").write_text((d / "config.json").read_text()[:-20]), "not valid JSON"),
+    (lambda d: (d / "model.safetensors").unlink(), "weights not found"),
+    (lambda d: (d / "tokenizer.json").write_text("{}"), "not a tokenizer"),
+])
+def test_damaged_model_folder_is_a_clear_error(model_copy, damage, message):
+    damage(model_copy)
+    with pytest.raises(FoundryError, match=message):
+        load_model_dir(model_copy)
+    # The CLI says the same in one line, with no traceback.
+    proc = run_cli("generate", model_copy, "--prompt", "A", "--max-new-tokens", "3")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_corrupt_training_state_refuses_resume_and_keeps_files(model_copy, shakespeare_data):
+    state = model_copy / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:500])
+    before = {p.name: p.read_bytes() for p in model_copy.iterdir()}
+    proc = run_cli("train", "--data", shakespeare_data, "--out", model_copy, "--resume", "--quiet")
+    assert proc.returncode == 1 and "training state is corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in model_copy.iterdir()} == before
+
+
+def test_weights_and_state_from_different_steps_are_detected(model_copy, shakespeare_data):
+    bundle = load_model_dir(model_copy)
+    save_model_dir(model_copy, bundle.model, bundle.tokenizer, step=bundle.step + 5)  # as if killed between writes
+    proc = run_cli("train", "--data", shakespeare_data, "--out", model_copy, "--resume", "--quiet")
+    assert proc.returncode == 1 and "interrupted while saving" in proc.stderr

@@ -1,0 +1,93 @@
+"""The `foundry` command as a user meets it: the core path and every kind of bad input."""
+
+import json
+
+import pytest
+
+from helpers import TINY_MODEL, run_cli, shared_file
+from llm_foundry.cli.main import COMMANDS
+
+
+def one_line_error(proc, *fragments):
+    assert proc.returncode != 0, proc.stdout
+    err = proc.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, err
+
+
+def test_help_everywhere():
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and all(c in proc.stdout for c in COMMANDS)
+    for cmd in COMMANDS:
+        proc = run_cli(cmd, "--help")
+        assert proc.returncode == 0 and "usage: foundry " + cmd in proc.stdout
+    assert run_cli("--version").stdout.startswith("llm-foundry ")
+
+
+def test_prepare_train_generate_eval(tmp_path):
+    text = shared_file("zh/tang300.txt")
+    data, run = tmp_path / "data", tmp_path / "run"
+    proc = run_cli("prepare", text, "--tokenizer", "byte", "--val-fraction", "0.1", "--out", data)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["tokenizer"] == "byte" and meta["splits"]["val"]["tokens"] > 0
+    proc = run_cli("train", "--config", "tiny", "--data", data, "--out", run, "--max-steps", "20", "--quiet",
+                   *TINY_MODEL, "batch_size=8", "eval_interval=10")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("generate", run, "--prompt", "床前明月光", "--max-new-tokens", "30", "--seed", "1")
+    assert proc.returncode == 0 and proc.stdout.startswith("床前明月光"), proc.stderr
+    val = tmp_path / "val.txt"
+    val.write_text(text.read_text(encoding="utf-8")[-3000:], encoding="utf-8")
+    proc = run_cli("eval", run, "--data", val, "--json")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    assert m["bytes"] == len(val.read_bytes()) and 0 < m["bits_per_byte"] < 9 and m["perplexity"] > 1
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "not found"),
+    (b"", "empty"),
+    (b"\x7fELF\x02\x01\x01\x00\x00\x00", "binary"),
+    ("gbk 中文".encode("gbk"), "not UTF-8"),
+])
+def test_prepare_bad_files(tmp_path, content, fragment):
+    f = tmp_path / "in.txt"
+    if content is not None:
+        f.write_bytes(content)
+    one_line_error(run_cli("prepare", f, "--out", tmp_path / "d"), fragment)
+    assert not (tmp_path / "d" / "meta.json").exists()
+
+
+def test_prepare_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    one_line_error(run_cli("prepare", tmp_path / "empty", "--out", tmp_path / "d"), "no readable text")
+
+
+def test_train_bad_config_and_data(tmp_path, shakespeare_data):
+    one_line_error(run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", "model.wings=2"), "unknown config key")
+    one_line_error(run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", "--config", "nope"), "unknown preset")
+    one_line_error(run_cli("train", "--data", tmp_path / "missing", "--out", tmp_path / "r"), "data folder not found")
+    one_line_error(run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", "--resume"), "nothing to resume")
+
+
+def test_checkpoint_from_another_architecture(tmp_path, trained_run):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["n_layers"] = 3
+    (other / "config.json").write_text(json.dumps(cfg))
+    one_line_error(run_cli("eval", other, "--data", shared_file("en/tinyshakespeare.txt")), "do not match")
+
+
+def test_generate_with_unseen_characters_warns_and_works(trained_run):
+    proc = run_cli("generate", trained_run, "--prompt", "ROMEO 你好", "--max-new-tokens", "10", "--temperature", "0")
+    assert proc.returncode == 0 and proc.stdout.startswith("ROMEO 你好")
+    assert "unknown to the tokenizer" in proc.stderr and "<|unk|>" in proc.stderr
+
+
+def test_generate_bad_options(trained_run):
+    one_line_error(run_cli("generate", trained_run, "--prompt", "A", "--top-p", "1.5"), "--top-p")
+    one_line_error(run_cli("generate", trained_run / "nope", "--prompt", "A"), "model folder not found")
