@@ -54,10 +54,11 @@ class Generator:
             n = ids.count(unk)
             print(f"warning: {n} prompt character(s) unknown to the tokenizer were replaced by {UNK}", file=sys.stderr)
         if not ids:
+            # Start a document: BOS where the tokenizer has one, else a line break.
             bos = self.tokenizer.token_id(BOS)
-            if bos is None:
-                raise FoundryError("the prompt is empty; give at least one character")
-            ids = [bos]
+            ids = [bos] if bos is not None else self.tokenizer.encode("\n")
+            if not ids or ids == [unk]:
+                raise FoundryError("the prompt is empty and this tokenizer has no BOS or line break; give a prompt")
         return ids
 
     @torch.no_grad()
@@ -72,7 +73,10 @@ class Generator:
             raise FoundryError("max_new_tokens must be >= 0")
         ids = self.encode_prompt(prompt)
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed if seed is not None else torch.seed() % (2**63))
+        if seed is None:
+            gen.seed()  # fresh randomness for this call only; the global RNG is left alone
+        else:
+            gen.manual_seed(seed)
         out_ids: list[int] = []
         emitted = ""
         stops = [s for s in stop if s]

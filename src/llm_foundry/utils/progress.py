@@ -6,7 +6,7 @@ import contextlib
 import sys
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -14,7 +14,7 @@ console = Console(stderr=True, soft_wrap=True)
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True, *extra_columns):
     """A rich ``Progress`` on stderr; disabled (but still usable) off a terminal."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
+    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), *extra_columns,
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     progress = Progress(*columns, console=console, disable=not (enabled and sys.stderr.isatty()), transient=False)
     with progress:
