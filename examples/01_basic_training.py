@@ -46,8 +46,8 @@ TINY_OVERRIDES = [
 ]
 # Default: the real `tiny` preset (~0.8M parameters) for a fixed wall-clock budget.
 FULL_OVERRIDES = [
-    "train.time_budget=60", "train.max_steps=100000", "train.eval_interval=100", "train.log_interval=20",
-    "train.checkpoint_interval=0",
+    "train.time_budget=60", "train.max_steps=100000", "train.eval_interval=50", "train.log_interval=5",
+    "train.warmup_steps=20", "train.checkpoint_interval=0",
 ]
 
 

@@ -45,8 +45,8 @@ TINY_OVERRIDES = [
     "train.eval_batches=4", "train.eval_interval=0", "train.log_interval=10", "train.checkpoint_interval=0",
 ]
 FULL_OVERRIDES = [
-    "train.time_budget=60", "train.max_steps=100000", "train.eval_interval=100", "train.log_interval=20",
-    "train.checkpoint_interval=0",
+    "train.time_budget=60", "train.max_steps=100000", "train.eval_interval=50", "train.log_interval=5",
+    "train.warmup_steps=20", "train.checkpoint_interval=0",
 ]
 
 # Hand-written notes: the kind of text a person keeps in a folder.

@@ -43,8 +43,8 @@ TINY_OVERRIDES = [
     "train.eval_batches=2", "train.eval_interval=0", "train.log_interval=10", "train.checkpoint_interval=0",
 ]
 FULL_OVERRIDES = [
-    "train.time_budget=60", "train.max_steps=100000", "train.eval_interval=0", "train.log_interval=20",
-    "train.checkpoint_interval=0",
+    "train.time_budget=60", "train.max_steps=100000", "train.eval_interval=0", "train.log_interval=5",
+    "train.warmup_steps=20", "train.checkpoint_interval=0",
 ]
 PROMPT = "The for statement"
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. Stop strings: the text ends just before the first one (which is not returned).
     #    Same seed, so it is the unstopped text cut at the stop string.
-    stops = [".", "\n"]
+    stops = [".", "\n\n"]
     full = gen.generate(PROMPT, max_new_tokens=n, temperature=1.0, seed=7)
     stopped = gen.generate(PROMPT, max_new_tokens=n, temperature=1.0, seed=7, stop=stops)
     show("[4] no stop (seed 7):", full)

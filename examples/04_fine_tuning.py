@@ -46,7 +46,7 @@ MARKER = ".llm_foundry_example"
 TINY_MODEL = ["model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=64"]
 TINY_TRAIN = ["train.batch_size=8", "train.warmup_steps=5", "train.eval_batches=2", "train.eval_interval=0",
               "train.log_interval=10", "train.checkpoint_interval=0"]
-FULL_TRAIN = ["train.max_steps=100000", "train.eval_interval=0", "train.log_interval=20", "train.checkpoint_interval=0"]
+FULL_TRAIN = ["train.eval_interval=0", "train.log_interval=5", "train.warmup_steps=10", "train.checkpoint_interval=0"]
 
 # Standard-library modules whose source is the "new text" (pure Python, mostly ASCII).
 TRAIN_MODULES = ["textwrap", "string", "colorsys", "bisect", "heapq", "fnmatch", "glob", "queue", "sched",
@@ -88,10 +88,12 @@ def module_sources(names: list[str]) -> list[Document]:
     return docs
 
 
-def configs(tiny: bool, lr: float, steps: int, seconds: float):
+def configs(tiny: bool, lr: float, steps: int, seconds: float | None = None):
+    """The `tiny` preset for ``steps`` optimizer steps (full mode: or ``seconds`` of training)."""
     if tiny:
         return load_config("tiny", TINY_MODEL + TINY_TRAIN + [f"train.lr={lr}", f"train.max_steps={steps}"])
-    return load_config("tiny", FULL_TRAIN + [f"train.lr={lr}", f"train.time_budget={seconds}", "train.warmup_steps=20"])
+    budget = [f"train.time_budget={seconds}", "train.max_steps=100000"] if seconds else [f"train.max_steps={steps}"]
+    return load_config("tiny", FULL_TRAIN + budget + [f"train.lr={lr}"])
 
 
 def score(model_dir: Path, texts: dict[str, str]) -> dict[str, float]:
@@ -112,17 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     prose_eval = "\n".join(d.text for d in prose[::10])
     prose_train = [d for i, d in enumerate(prose) if i % 10]
     prepare_dataset(prose_train, "char", out / "base_data", val_fraction=0.1, show_progress=False)
+    print(f"[1] base corpus: {len(prose_train)} topics of Python's reference docs; {len(prose) - len(prose_train)} "
+          f"held out ({len(prose_eval):,} chars)")
 
-    # 2. Train the base model.
-    model_cfg, train_cfg = configs(args.tiny, lr=3e-3 if args.tiny else 2e-3, steps=40, seconds=60)
+    # 2. Train the base model (full mode: for a minute, however many steps that is).
+    base_lr = 3e-3 if args.tiny else 2e-3
+    model_cfg, train_cfg = configs(args.tiny, lr=base_lr, steps=40, seconds=60)
     base = Trainer(model_cfg, train_cfg, out / "base_data", out / "base").run()
-    print(f"[1] base model: {base['step']} steps on prose, val loss {base['val_loss']:.4f}")
+    print(f"[2] base model: {base['step']} steps on prose, val loss {base['val_loss']:.4f}")
 
     # 3. The new text: Python source code, a different distribution (indentation, symbols,
     #    identifiers). Two modules are held out to measure the effect of fine-tuning.
     code_train = module_sources(TRAIN_MODULES)
     code_eval = "\n".join(d.text for d in module_sources(HELD_OUT_MODULES))
-    print(f"[2] new text: {len(code_train)} modules of source code ({sum(len(d.text) for d in code_train):,} chars), "
+    print(f"[3] new text: {len(code_train)} modules of source code ({sum(len(d.text) for d in code_train):,} chars), "
           f"held out: {', '.join(HELD_OUT_MODULES)} ({len(code_eval):,} chars)")
 
     # 4. Tokenize the new text with the base model's tokenizer (a model only understands
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     unk = base_tok.token_id("<|unk|>")
     n_unknown = sum(base_tok.encode(d.text).count(unk) for d in code_train)
     prepare_dataset(code_train, base_tok, out / "code_data", val_fraction=0.1, show_progress=False)
-    print(f"[3] prepared {out / 'code_data'} with the base tokenizer (vocab {base_tok.vocab_size}); "
+    print(f"[4] prepared {out / 'code_data'} with the base tokenizer (vocab {base_tok.vocab_size}); "
           f"{n_unknown} characters unknown to it")
 
     texts = {"code (new)": code_eval, "prose (old)": prose_eval}
@@ -142,19 +147,22 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. Fine-tune: a new run that starts from the base weights. Its model shape comes from
     #    the base folder (model_cfg is ignored); a lower learning rate keeps more of the base.
-    ft_steps = 30
-    _, ft_cfg = configs(args.tiny, lr=2e-3 if args.tiny else 1e-3, steps=ft_steps, seconds=45)
+    #    A fixed number of steps (not seconds), so that step 6 can compare like with like.
+    ft_steps = 30 if args.tiny else 60
+    _, ft_cfg = configs(args.tiny, lr=2e-3 if args.tiny else 1e-3, steps=ft_steps)
     ft = Trainer(model_cfg, ft_cfg, out / "code_data", out / "finetuned", init_from=out / "base").run()
     after = score(out / "finetuned", texts)
-    print(f"[4] fine-tuned {ft['step']} steps from {out / 'base'}, val loss on code {ft['val_loss']:.4f}")
+    print(f"[5] fine-tuned {ft['step']} steps from {out / 'base'}, val loss on code {ft['val_loss']:.4f}")
 
-    # 6. For comparison: the same model shape trained from scratch on the code, same budget.
-    scratch_cfg, scratch_train = configs(args.tiny, lr=2e-3 if args.tiny else 1e-3, steps=ft_steps, seconds=45)
-    Trainer(scratch_cfg, scratch_train, out / "code_data", out / "scratch").run()
+    # 6. For comparison: the same model shape trained from scratch on the code, for the
+    #    same number of steps (at the base model's learning rate).
+    scratch_cfg, scratch_train = configs(args.tiny, lr=base_lr, steps=ft_steps)
+    sc = Trainer(scratch_cfg, scratch_train, out / "code_data", out / "scratch").run()
+    print(f"[6] from scratch: {sc['step']} steps on code, val loss {sc['val_loss']:.4f}")
     scratch = score(out / "scratch", texts)
 
     # 7. The result: held-out loss in nats per character (lower is better).
-    print("[5] held-out loss (nats/char):")
+    print(f"[7] held-out loss (nats/char); fine-tuned and scratch both trained {ft_steps} steps on code:")
     print(f"    {'':<14}{'base':>10}{'fine-tuned':>12}{'scratch':>10}")
     for name in texts:
         print(f"    {name:<14}{before[name]:>10.4f}{after[name]:>12.4f}{scratch[name]:>10.4f}")

@@ -23,12 +23,16 @@ EXAMPLES = ROOT / "examples"
 NAMES = ["01_basic_training", "02_custom_data", "03_generation_sampling", "04_fine_tuning", "05_tokenizers"]
 
 
-def run_example(name: str, out: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_example(name: str, out: Path, *extra: str, timeout: float = 120, tiny_env: bool = False) -> subprocess.CompletedProcess:
+    """Run an example in tiny mode: with ``--tiny``, or with FOUNDRY_EXAMPLES_TINY=1 if ``tiny_env``."""
     # One OpenMP thread: these models are tiny, and two spinning threads on a busy
     # 2-core machine are many times slower than one.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
     env.pop("FOUNDRY_EXAMPLES_TINY", None)
-    proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--tiny", "--out", str(out), *extra],
+    if tiny_env:
+        env["FOUNDRY_EXAMPLES_TINY"] = "1"
+    flags = [] if tiny_env else ["--tiny"]
+    proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *flags, "--out", str(out), *extra],
                           cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=timeout, env=env)
     assert proc.returncode == 0, f"{name} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     return proc
@@ -122,8 +126,8 @@ def test_03_generation_sampling(tmp_path):
     assert a1 == a2 and a1 != b
     # Stop strings: the stopped text is the unstopped one (same seed) cut before the first stop.
     full = quoted("[4] no stop (seed 7):", s)
-    stopped = quoted('[4] stop=[".", "\\n"] (seed 7):', s)
-    cut = min((full.find(x) for x in (".", "\n") if x in full), default=len(full))
+    stopped = quoted('[4] stop=[".", "\\n\\n"] (seed 7):', s)
+    cut = min((full.find(x) for x in (".", "\n\n") if x in full), default=len(full))
     assert stopped == full[:cut]
     mid, stopped_mid = quoted("[4] stop string from mid-text:", s), quoted("[4] stopped there (seed 7):", s)
     assert mid and mid in full and stopped_mid == full[:full.find(mid)] and len(stopped_mid) < len(full)
@@ -154,8 +158,7 @@ def test_04_fine_tuning(tmp_path):
     assert (out / "finetuned" / "tokenizer.json").read_bytes() == (out / "base" / "tokenizer.json").read_bytes()
     run_config = json.loads((out / "finetuned" / "run_config.json").read_text(encoding="utf-8"))
     assert Path(run_config["init_from"]).resolve() == (out / "base").resolve()
-    assert "init_from" not in json.loads((out / "scratch" / "run_config.json").read_text(encoding="utf-8")) or \
-        json.loads((out / "scratch" / "run_config.json").read_text(encoding="utf-8"))["init_from"] is None
+    assert json.loads((out / "scratch" / "run_config.json").read_text(encoding="utf-8")).get("init_from") is None
 
 
 def test_05_tokenizers(tmp_path):
@@ -184,3 +187,8 @@ def test_05_tokenizers(tmp_path):
     text = "分词器 🚀 tokenizers"
     assert bpe.kind == "bpe" and bpe.decode(bpe.encode(text)) == text
     assert load_tokenizer(out / "char_tokenizer.json").kind == "char"
+
+
+def test_tiny_mode_by_environment_variable(tmp_path):
+    proc = run_example("05_tokenizers", tmp_path / "ex05env", tiny_env=True)
+    assert proc.stdout.startswith("mode: tiny") and "bpe: vocab 512," in proc.stdout

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..data import builtin_corpus, prepare_dataset, read_documents
+    from ..data import builtin_corpus, prepare_dataset, read_documents, split_documents
     from ..eval import evaluate_text
     from ..inference import Generator
     from ..training import Trainer
@@ -46,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
     console.rule("[bold]1/4 prepare")
     docs = read_documents(args.data) if args.data else builtin_corpus()
     meta = prepare_dataset(docs, "char", out / "data", val_fraction=0.1)
-    from ..data.shards import split_documents
-
     _, val_docs = split_documents(docs, 0.1, seed=0)
     val_file = out / "val.txt"
     atomic_write_text(val_file, "\n".join(d.text for d in val_docs))

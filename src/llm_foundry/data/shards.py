@@ -8,12 +8,13 @@ Documents are joined with the tokenizer's EOS id where it has one.
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from ..tokenizers import UNK, Tokenizer, build_tokenizer, load_tokenizer
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
 from .sources import Document
@@ -108,6 +109,7 @@ def prepare_dataset(docs: Sequence[Document], tokenizer: str | Tokenizer, out_di
     else:
         tok = tokenizer
     out.mkdir(parents=True, exist_ok=True)
+    unk_id = tok.token_id(UNK)
     splits = {}
     with progress_bar(enabled=show_progress) as progress:
         for name, split_docs in (("train", train_docs), ("val", val_docs)):
@@ -115,11 +117,17 @@ def prepare_dataset(docs: Sequence[Document], tokenizer: str | Tokenizer, out_di
                 continue
             task = progress.add_task(f"tokenizing {name}", total=len(split_docs))
             tokens = _encode_split(tok, split_docs, progress, task)
+            unknown = int((tokens == unk_id).sum()) if unk_id is not None else 0
+            if unknown:
+                # Only a reused tokenizer (--tokenizer-from) can meet characters it never saw.
+                print(f"warning: {unknown} character(s) of the {name} text are unknown to the tokenizer "
+                      f"and became <|unk|>", file=sys.stderr)
             splits[name] = {
                 "shards": _write_shards(out, name, tokens),
                 "tokens": int(len(tokens)),
                 "documents": len(split_docs),
                 "bytes": sum(len(d.text.encode("utf-8")) for d in split_docs),
+                "unknown_tokens": unknown,
             }
     tok.save(out / "tokenizer.json")
     meta = {

@@ -8,6 +8,7 @@ so the residual's variance does not grow with depth; norm weights start at 1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -29,7 +30,8 @@ class MiniLLM(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg.validate()
+        # The model owns a copy: resize_vocab changes it, and callers may reuse theirs.
+        self.cfg = dataclasses.replace(cfg).validate()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)

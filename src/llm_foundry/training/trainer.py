@@ -8,6 +8,7 @@ produces the same losses as one that never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -39,6 +40,14 @@ class TrainingInterrupted(Exception):
     def __init__(self, step: int):
         super().__init__(f"training interrupted at step {step}; checkpoint saved")
         self.step = step
+
+
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Whether two tokenizer.json files hold the same tokenizer (as data, not bytes)."""
+    try:
+        return json.loads(a.read_text(encoding="utf-8")) == json.loads(b.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 class StopRequest:
@@ -83,7 +92,8 @@ class Trainer:
     ``run_config.json`` and ``metrics.jsonl``.
 
     Args:
-        model_cfg: model shape (``vocab_size`` is taken from the data's tokenizer).
+        model_cfg: model shape (``vocab_size`` is taken from the data's tokenizer);
+            may be None with ``resume`` or ``init_from``, whose checkpoint fixes the shape.
         train_cfg: optimisation settings.
         data_dir: a folder made by ``foundry prepare``.
         out_dir: the run folder.
@@ -94,7 +104,7 @@ class Trainer:
         quiet: no progress bar or log lines (library use, tests).
     """
 
-    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path,
+    def __init__(self, model_cfg: ModelConfig | None, train_cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path,
                  resume: bool = False, init_from: str | Path | None = None, quiet: bool = False):
         self.out = Path(out_dir)
         self.data_dir = Path(data_dir)
@@ -112,13 +122,14 @@ class Trainer:
             raise FoundryError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
         if source is not None:
             model_cfg = load_model_config(source)
-            src_tok = source / TOKENIZER_FILE
-            if not src_tok.is_file() or src_tok.read_bytes() != (self.data_dir / TOKENIZER_FILE).read_bytes():
+            if not same_tokenizer(source / TOKENIZER_FILE, self.data_dir / TOKENIZER_FILE):
                 hint = "" if resume else f"; prepare the data with --tokenizer-from {source}"
                 raise FoundryError(f"the data folder's tokenizer differs from the model's: {self.data_dir} vs {source}{hint}")
+        elif model_cfg is None:
+            raise FoundryError("a model config is needed unless resuming or starting from --init-from")
         else:
-            model_cfg.vocab_size = self.tokenizer.vocab_size
-        self.model_cfg, self.cfg = model_cfg.validate(), train_cfg.validate()
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=self.tokenizer.vocab_size)
+        self.model_cfg, self.cfg = model_cfg.validate(), dataclasses.replace(train_cfg).validate()
         self.seq_len = train_cfg.seq_len or model_cfg.max_seq_len
         if self.seq_len > model_cfg.max_seq_len:
             raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
