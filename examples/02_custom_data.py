@@ -113,8 +113,8 @@ def write_corpus(root: Path, n_manual_pages: int) -> tuple[Path, Path]:
     # Some bulk, so there is enough to learn from: pages of the built-in corpus, one file each.
     pages = folder / "manual"
     pages.mkdir(parents=True)
-    for doc in builtin_corpus()[:n_manual_pages]:
-        (pages / f"{doc.source.split(':', 1)[1]}.txt").write_text(doc.text, encoding="utf-8")
+    for i, doc in enumerate(builtin_corpus()[:n_manual_pages]):
+        (pages / f"page_{i:02d}.txt").write_text(doc.text, encoding="utf-8")
     # Things a real folder contains that are not text: skipped (binary with a warning, hidden silently).
     (folder / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01")
     (folder / ".notes.swp").write_text("editor swap file", encoding="utf-8")

@@ -91,3 +91,17 @@ def test_generate_with_unseen_characters_warns_and_works(trained_run):
 def test_generate_bad_options(trained_run):
     one_line_error(run_cli("generate", trained_run, "--prompt", "A", "--top-p", "1.5"), "--top-p")
     one_line_error(run_cli("generate", trained_run / "nope", "--prompt", "A"), "model folder not found")
+
+
+def test_overrides_anywhere_and_init_from_guards(tmp_path, shakespeare_data, trained_run):
+    # key=value between options works like at the end.
+    proc = run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", *TINY_MODEL, "max_steps=2",
+                   "--quiet", "batch_size=4", "eval_interval=0")
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads((tmp_path / "r" / "run_config.json").read_text())
+    assert cfg["train"]["batch_size"] == 4 and cfg["train"]["max_steps"] == 2
+    # A bare model key with --init-from would be silently ignored: refuse it.
+    one_line_error(run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "f", "--init-from", trained_run,
+                           "dim=32"), "model overrides are not allowed")
+    proc = run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "g", "--bogus")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr and "Traceback" not in proc.stderr

@@ -29,6 +29,14 @@ def test_folder_and_jsonl_are_documents(tmp_path):
     assert [d.text for d in docs] == ["first file\n", "one", "two 二", "第二个文件\n"]
 
 
+def test_split_does_not_overshoot_with_uneven_documents():
+    docs = [Document("x" * n, f"d{i}") for i, n in enumerate([5000, 300, 200, 4000, 100, 250, 3000, 150])]
+    for seed in range(10):
+        train, val = split_documents(docs, 0.1, seed=seed)
+        share = sum(len(d.text) for d in val) / 13000
+        assert val and train and share <= 0.15, (seed, share)
+
+
 def test_document_level_split_keeps_documents_whole():
     docs = [Document(f"doc{i} " * 50, f"d{i}") for i in range(20)]
     train, val = split_documents(docs, 0.2, seed=1)

@@ -115,3 +115,20 @@ def test_lr_schedules():
     assert lr_factor(50, 0.5, "wsd", 10, 0.0, 0.2) == 1.0
     assert lr_factor(50, 0.9, "wsd", 10, 0.0, 0.2) == pytest.approx(0.5)
     assert lr_factor(50, 0.99, "constant", 10, 0.0) == 1.0
+
+
+def test_ema_warms_up_instead_of_averaging_the_init():
+    from llm_foundry.training import EMA
+
+    model = torch.nn.Linear(4, 4, bias=False)
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(100):
+        ema.update(model)
+    # After 100 updates the average is close to the trained weights, not 90% init.
+    assert torch.allclose(ema.shadow["weight"], torch.ones(4, 4), atol=0.15)
+    state = ema.state_dict()
+    other = EMA(model, decay=0.5)
+    other.load_state_dict(state)
+    assert other.updates == 100 and other.decay == 0.999

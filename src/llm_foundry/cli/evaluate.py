@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     bundle = load_model_dir(args.model, device)
     m = evaluate_text(bundle.model, bundle.tokenizer, text, batch_size=args.batch_size,
-                      amp_dtype=resolve_dtype(args.precision, device))
+                      amp_dtype=resolve_dtype(args.precision, device, bundle.model.cfg.dim))
     if args.json:
         print(json.dumps(m))
         return 0

@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..utils.errors import FoundryError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may stand anywhere on a train command line, even between options.
+    if extra and getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

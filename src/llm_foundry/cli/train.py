@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..config import apply_overrides, configs_from_dict, list_presets, load_config
+from ..config import apply_overrides, configs_from_dict, list_presets, load_config, override_sections
 from ..utils.errors import FoundryError
 from ..utils.io import read_json
 from ..utils.progress import console
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training import Trainer
 
     model_cfg, train_cfg = resolve_configs(args)
-    if args.init_from and any(o.split("=", 1)[0].startswith("model.") for o in args.overrides):
-        raise FoundryError("the model shape comes from --init-from; model.* overrides are not allowed with it")
+    if args.init_from and "model" in override_sections(args.overrides):
+        raise FoundryError("the model shape comes from --init-from; model overrides are not allowed with it")
     trainer = Trainer(model_cfg, train_cfg, args.data, args.out, resume=args.resume, init_from=args.init_from, quiet=args.quiet)
     summary = trainer.run()
     console.print(f"saved {args.out}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))

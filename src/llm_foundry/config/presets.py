@@ -157,6 +157,18 @@ def name_in(obj: Any, key: str) -> bool:
     return key in field_types(type(obj))
 
 
+def override_sections(overrides: Iterable[str]) -> set[str]:
+    """Which sections (``model``, ``train``) a list of ``key=value`` overrides touches."""
+    sections = set()
+    for item in overrides:
+        key = item.split("=", 1)[0].strip().replace("-", "_")
+        if "." in key:
+            sections.add(key.split(".", 1)[0])
+        else:
+            sections.update(s for s, cls in SECTIONS.items() if key in field_types(cls))
+    return sections
+
+
 def config_to_dict(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
     """The resolved config as plain data (saved with every run)."""
     return {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)}

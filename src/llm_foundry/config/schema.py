@@ -157,6 +157,7 @@ class TrainConfig:
         _check(self.lr > 0 and self.muon_lr > 0, "train.lr and train.muon_lr must be positive")
         _check(self.weight_decay >= 0 and self.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+        _check(self.eps > 0, "train.eps must be positive")
         _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
         _check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
         _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")

@@ -26,8 +26,9 @@ SHARD_TOKENS = 1 << 27  # 128M tokens per shard file keeps any one file < 512 MB
 def split_documents(docs: Sequence[Document], val_fraction: float, seed: int = 0) -> tuple[list[Document], list[Document]]:
     """Document-level split; a single document is split contiguously (last part = val).
 
-    Validation documents are drawn in a seeded random order until they hold
-    ``val_fraction`` of the characters, always leaving at least one for training.
+    Documents are visited in a seeded random order and go to validation while they
+    keep its share of the characters near ``val_fraction`` (a document that would
+    overshoot 1.5x the target is passed over), always leaving one for training.
     """
     if not 0 <= val_fraction < 1:
         raise FoundryError(f"--val-fraction must be in [0, 1), got {val_fraction}")
@@ -41,11 +42,14 @@ def split_documents(docs: Sequence[Document], val_fraction: float, seed: int = 0
     random.Random(seed).shuffle(order)
     target = val_fraction * sum(len(d.text) for d in docs)
     val_idx, val_chars = set(), 0
-    for i in order[:-1]:
-        if val_chars >= target:
+    for i in order:
+        if val_chars >= target or len(val_idx) == len(docs) - 1:
             break
-        val_idx.add(i)
-        val_chars += len(docs[i].text)
+        if val_chars + len(docs[i].text) <= 1.5 * target:
+            val_idx.add(i)
+            val_chars += len(docs[i].text)
+    if not val_idx:  # every document is larger than the target: hold out the smallest
+        val_idx.add(min(order, key=lambda i: len(docs[i].text)))
     train = [d for i, d in enumerate(docs) if i not in val_idx]
     val = [d for i, d in enumerate(docs) if i in val_idx]
     return train, val
@@ -138,7 +142,7 @@ def prepare_dataset(docs: Sequence[Document], tokenizer: str | Tokenizer, out_di
         "dtype": _dtype_for(tok.vocab_size).name,
         "val_fraction": val_fraction,
         "seed": seed,
-        "sources": sorted({d.source.split(":")[0] for d in docs})[:1000],
+        "sources": sorted({d.source for d in docs})[:1000],
         "splits": splits,
     }
     atomic_write_json(out / "meta.json", meta)

@@ -22,7 +22,12 @@ JSONL_TEXT_KEYS = ("text", "content")
 
 @dataclass
 class Document:
-    """One document of a corpus."""
+    """One document of a corpus.
+
+    Attributes:
+        text: the document's text.
+        source: where it came from (a file path, or ``pydoc_data.topics``).
+    """
 
     text: str
     source: str
@@ -76,7 +81,7 @@ def _read_jsonl(path: Path) -> list[Document]:
         if text is None:
             raise FoundryError(f"{path}:{lineno}: expected a JSON object with a \"text\" string field")
         if text.strip():
-            docs.append(Document(text, f"{path}:{lineno}"))
+            docs.append(Document(text, str(path)))
     if not docs:
         raise FoundryError(f"input has no non-empty \"text\" records: {path}")
     return docs
@@ -126,4 +131,4 @@ def builtin_corpus() -> list[Document]:
         from pydoc_data.topics import topics
     except ImportError:  # pragma: no cover - stripped-down Python builds
         raise FoundryError("this Python has no pydoc_data; pass your own text with --data") from None
-    return [Document(text, f"pydoc:{name}") for name, text in sorted(topics.items()) if text.strip()]
+    return [Document(text, "pydoc_data.topics") for _, text in sorted(topics.items()) if text.strip()]

@@ -34,7 +34,7 @@ class Generator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.amp_dtype = resolve_dtype(precision, self.device)
+        self.amp_dtype = resolve_dtype(precision, self.device, model.cfg.dim)
         # Never emit padding or the unknown marker: they decode to nothing useful.
         self.suppress = [i for t in (PAD, UNK, BOS) if (i := tokenizer.token_id(t)) is not None]
         self.eos_id = tokenizer.token_id("<|eos|>")

@@ -11,17 +11,24 @@ import torch.nn as nn
 
 
 class EMA:
-    """``shadow = decay * shadow + (1 - decay) * param`` after every optimizer step."""
+    """``shadow = d * shadow + (1 - d) * param`` after every optimizer step.
+
+    ``d`` warms up as ``min(decay, (1 + n) / (10 + n))`` over the first updates, so an
+    early checkpoint is an average of trained weights, not mostly of the random init.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
+        self.updates = 0
         self.shadow = {n: p.detach().clone().float() for n, p in model.named_parameters()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
         names, params = zip(*model.named_parameters())
         shadows = [self.shadow[n] for n in names]
-        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1.0 - self.decay)
+        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1.0 - d)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
@@ -30,10 +37,11 @@ class EMA:
             p.copy_(self.shadow[n].to(p.dtype))
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = state["decay"]
+        self.updates = state.get("updates", 0)
         for n, t in state["shadow"].items():
             if n in self.shadow:
                 self.shadow[n] = t.float().clone()

@@ -134,7 +134,7 @@ class Trainer:
         if self.seq_len > model_cfg.max_seq_len:
             raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
         self.device = resolve_device(train_cfg.device)
-        self.amp_dtype = resolve_dtype(train_cfg.precision, self.device)
+        self.amp_dtype = resolve_dtype(train_cfg.precision, self.device, self.model_cfg.dim)
 
     # ------------------------------------------------------------------ state
     def _build(self) -> None:
@@ -148,6 +148,8 @@ class Trainer:
         self.model.train()
         self.optimizers = build_optimizers(self.model, cfg)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a no-op.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.tokens_seen, self.train_time, self.best_val = 0, 0, 0.0, math.inf
         if self.resume:
             self._load_state(bundle.step)
@@ -172,6 +174,8 @@ class Trainer:
                 g["base_lr"] = self.cfg.muon_lr if isinstance(opt, torch.optim.Muon) else self.cfg.lr
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.train_time, self.best_val = state["train_time"], state["best_val"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -189,6 +193,7 @@ class Trainer:
             "best_val": self.best_val,
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "ema": self.ema.state_dict() if self.ema else None,
+            "scaler": self.scaler.state_dict(),
             "raw_weights": raw if self.ema else None,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -286,13 +291,16 @@ class Trainer:
                     x, y = train.batch(self.step * cfg.grad_accum + micro)
                     with autocast_context(self.device, self.amp_dtype):
                         _, loss = self.forward(x, y)
-                    (loss / cfg.grad_accum).backward()
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
                     loss_count += 1
                 if cfg.grad_clip > 0:
+                    for opt in self.optimizers:
+                        self.scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
                 for opt in self.optimizers:
-                    opt.step()
+                    self.scaler.step(opt)
+                self.scaler.update()
                 for opt in self.optimizers:
                     opt.zero_grad(set_to_none=True)
                 if self.ema is not None:

@@ -53,11 +53,23 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Map ``auto``/``bf16``/``fp16``/``fp32`` to an autocast dtype (None = plain fp32)."""
+# Below this width the casts autocast adds cost more than AMX saves on small matrices
+# (measured on a 2-core Sapphire Rapids: dim 128 trains 1.1x faster in fp32, dim 256
+# 1.55x faster in bf16).
+CPU_BF16_MIN_DIM = 256
+
+
+def resolve_dtype(precision: str, device: torch.device, model_dim: int | None = None) -> torch.dtype | None:
+    """Map ``auto``/``bf16``/``fp16``/``fp32`` to an autocast dtype (None = plain fp32).
+
+    ``auto`` picks bf16 where the hardware is fast at it; on a CPU only for models at
+    least ``CPU_BF16_MIN_DIM`` wide when ``model_dim`` is given.
+    """
     if precision == "fp32":
         return None
     if precision == "auto":
+        if device.type == "cpu" and model_dim is not None and model_dim < CPU_BF16_MIN_DIM:
+            return None
         return torch.bfloat16 if bf16_supported(device) else None
     if precision == "bf16":
         return torch.bfloat16
