@@ -6,8 +6,8 @@ PIP ?= $(PYTHON) -m pip
 .PHONY: install demo test
 
 install:
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install -qq torch==2.13.0
+	$(PIP) install -qq -e ".[test]"
 
 demo: install
 	$(PYTHON) -m llm_foundry demo

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 MARKER = ".foundry-demo"
-PROMPTS = ("The \"if\" statement", "A function definition")
+PROMPTS = ("When a function is called,", "Exceptions are")
 
 
 def add_parser(sub) -> None:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     gen = Generator.from_pretrained(out / "run")
     for prompt in PROMPTS:
         console.print(f"[bold cyan]{prompt}[/]", end="")
-        console.print(gen.generate(prompt, max_new_tokens=200, temperature=0.7, top_p=0.95, seed=0), markup=False, highlight=False)
+        console.print(gen.generate(prompt, max_new_tokens=200, temperature=0.8, top_p=0.95, seed=0), markup=False, highlight=False)
         console.print()
 
     console.rule("[bold]4/4 eval")
