@@ -7,7 +7,7 @@ PIP ?= $(PYTHON) -m pip
 
 install:
 	$(PIP) install -qq torch==2.13.0
-	$(PIP) install -qq -e ".[test]"
+	$(PIP) install -qq -e ".[test,hf]"
 
 demo: install
 	$(PYTHON) -m llm_foundry demo

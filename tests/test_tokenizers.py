@@ -63,8 +63,10 @@ def test_special_tokens_reserved_for_chat(bpe):
         assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
         assert tok.decode(ids) == "hi"
         assert "<|bos|>" in tok.decode(ids, skip_special=False)
-    # Special strings typed by a user are plain text for the byte tokenizer.
-    assert ByteTokenizer().decode(ByteTokenizer().encode("<|bos|>")) == "<|bos|>"
+    # Special strings typed by a user are plain text, never special ids.
+    for tok in (ByteTokenizer(), bpe):
+        ids = tok.encode("hi <|eos|>")
+        assert tok.eos_id not in ids and tok.decode(ids) == "hi <|eos|>"
 
 
 def test_bpe_vocab_size_and_batch(bpe):

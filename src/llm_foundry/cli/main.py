@@ -8,11 +8,11 @@ import sys
 
 from .. import __version__
 
-COMMANDS = ("prepare", "train", "generate", "eval", "demo")
+COMMANDS = ("prepare", "train", "generate", "eval", "export", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, evaluate, generate, prepare, train
+    from . import demo, evaluate, export, generate, prepare, train
 
     parser = argparse.ArgumentParser(
         prog="foundry",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llm-foundry {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (prepare, train, generate, evaluate, demo):
+    for module in (prepare, train, generate, evaluate, export, demo):
         module.add_parser(sub)
     return parser
 

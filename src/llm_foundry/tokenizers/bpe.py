@@ -23,6 +23,9 @@ class BPETokenizer(SpecialTokensMixin):
     kind = "bpe"
 
     def __init__(self, hf_tokenizer):
+        # Like the byte and char tokenizers, treat "<|eos|>" typed inside a text as plain
+        # text: only code that builds ids on purpose (chat rendering) emits special ids.
+        hf_tokenizer.encode_special_tokens = True
         self._tk = hf_tokenizer
         self.specials = {}
         for tok in DEFAULT_SPECIAL_TOKENS:

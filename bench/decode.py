@@ -1,0 +1,139 @@
+"""Decoding speed: KV cache vs full recompute vs Hugging Face ``transformers``, same weights.
+
+A randomly initialised model of a preset (speed does not depend on training) is saved
+as a model folder, exported with ``foundry export --format hf``, and both are timed in
+this one process:
+
+* decode tokens/s at batch 1 and 8, greedy, ``--new-tokens`` after a ``--context``-token
+  prompt: ours with the KV cache, ours recomputing the whole context every token, and
+  ``transformers`` ``generate()`` (its own KV cache; fp32 and bf16, the faster is compared);
+* time to first token for a ``--prompt-len``-token prompt: our prefill + first token vs
+  one ``transformers`` forward pass over the same prompt.
+
+Medians of ``--reps`` repetitions. Prints one JSON object.
+
+    python bench/decode.py [--preset small] [--context 448] [--new-tokens 64] [--prompt-len 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def median_time(fn, reps: int) -> float:
+    fn()  # warm-up: kernel selection, allocations
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def ours_cached(model, prompt: torch.Tensor, new: int, amp) -> torch.Tensor:
+    """Greedy decoding with the KV cache: one prefill, then one position per token."""
+    from llm_foundry.utils.device import autocast_context
+
+    cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new)
+    out = []
+    with autocast_context(prompt.device, amp):
+        logits, _ = model(prompt, cache=cache, last_only=True)
+        for _ in range(new):
+            token = logits[:, -1].float().argmax(-1, keepdim=True)
+            out.append(token)
+            logits, _ = model(token, cache=cache)
+    return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def ours_recompute(model, prompt: torch.Tensor, new: int, amp) -> torch.Tensor:
+    """Greedy decoding that re-reads the whole context for every token (no cache)."""
+    from llm_foundry.utils.device import autocast_context
+
+    ids = prompt
+    with autocast_context(prompt.device, amp):
+        for _ in range(new):
+            logits, _ = model(ids, last_only=True)
+            ids = torch.cat([ids, logits[:, -1].float().argmax(-1, keepdim=True)], 1)
+    return ids[:, prompt.shape[1]:]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--context", type=int, default=448, help="prompt tokens before decoding (default 448: decode at ~512)")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--prompt-len", type=int, default=256, help="prompt length for time to first token")
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args()
+
+    from transformers import AutoModelForCausalLM
+
+    from llm_foundry import MiniLLM
+    from llm_foundry.config import load_config
+    from llm_foundry.export import export_hf
+    from llm_foundry.tokenizers import ByteTokenizer
+    from llm_foundry.training import save_model_dir
+    from llm_foundry.utils.device import resolve_dtype
+
+    cfg, _ = load_config(args.preset)
+    tok = ByteTokenizer()
+    cfg.vocab_size = tok.vocab_size
+    torch.manual_seed(0)
+    model = MiniLLM(cfg).eval()
+    work = Path(tempfile.mkdtemp(prefix="bench_decode_"))
+    save_model_dir(work / "model", model, tok)
+    export_hf(work / "model", work / "hf")
+    amp = resolve_dtype("auto", torch.device("cpu"), cfg.dim)
+    hf = {"fp32": AutoModelForCausalLM.from_pretrained(work / "hf", dtype=torch.float32).eval(),
+          "bf16": AutoModelForCausalLM.from_pretrained(work / "hf", dtype=torch.bfloat16).eval()}
+
+    g = torch.Generator().manual_seed(0)
+    result: dict = {"benchmark": "decode", "preset": args.preset, "parameters": model.num_parameters(),
+                    "our_precision": str(amp or "fp32"), "context": args.context, "new_tokens": args.new_tokens,
+                    "threads": torch.get_num_threads()}
+    for batch in (1, 8):
+        prompt = torch.randint(3, 256, (batch, args.context), generator=g)
+        n = args.new_tokens
+        row = {}
+        t = median_time(lambda: ours_cached(model, prompt, n, amp), args.reps)
+        row["ours_kv_tok_s"] = batch * n / t
+        if batch == 1:
+            t = median_time(lambda: ours_recompute(model, prompt, n, amp), max(1, args.reps - 1))
+            row["ours_recompute_tok_s"] = batch * n / t
+        for name, m in hf.items():
+            kwargs = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+            t = median_time(lambda: m.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs), args.reps)
+            row[f"hf_{name}_tok_s"] = batch * n / t
+        best_hf = max(row["hf_fp32_tok_s"], row["hf_bf16_tok_s"])
+        row["speedup_vs_hf"] = row["ours_kv_tok_s"] / best_hf
+        if batch == 1:
+            row["speedup_vs_recompute"] = row["ours_kv_tok_s"] / row["ours_recompute_tok_s"]
+        result[f"batch{batch}"] = {k: round(v, 2) for k, v in row.items()}
+        # Same weights, same greedy tokens: a check that we compare like with like.
+        if batch == 1:
+            ours = ours_cached(model, prompt[:, :64], 16, None)
+            theirs = hf["fp32"].generate(prompt[:, :64], attention_mask=torch.ones_like(prompt[:, :64]), max_new_tokens=16,
+                                         min_new_tokens=16, do_sample=False, pad_token_id=0)[:, 64:]
+            result["greedy_tokens_match_hf_fp32"] = bool(torch.equal(ours, theirs))
+
+    prompt = torch.randint(3, 256, (1, args.prompt_len), generator=g)
+    ttft = median_time(lambda: ours_cached(model, prompt, 1, amp), args.reps)
+    hf_fwd = {name: median_time(lambda m=m: m(prompt), args.reps) for name, m in hf.items()}
+    best = min(hf_fwd.values())
+    result["ttft"] = {"prompt_len": args.prompt_len, "ours_ms": round(1000 * ttft, 2),
+                      "hf_forward_fp32_ms": round(1000 * hf_fwd["fp32"], 2), "hf_forward_bf16_ms": round(1000 * hf_fwd["bf16"], 2),
+                      "ratio_to_best_hf_forward": round(ttft / best, 3)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
