@@ -8,11 +8,11 @@ import sys
 
 from .. import __version__
 
-COMMANDS = ("prepare", "train", "generate", "eval", "export", "demo")
+COMMANDS = ("prepare", "train", "generate", "eval", "export", "online", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, evaluate, export, generate, prepare, train
+    from . import bench, demo, evaluate, export, generate, online, prepare, train
 
     parser = argparse.ArgumentParser(
         prog="foundry",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llm-foundry {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (prepare, train, generate, evaluate, export, demo):
+    for module in (prepare, train, generate, evaluate, export, online, bench, demo):
         module.add_parser(sub)
     return parser
 
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # `key=value` overrides may stand anywhere on a train command line, even between options.
-    if extra and getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    # `key=value` overrides may stand anywhere on a command line that takes them, even between options.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -116,6 +116,9 @@ class Generator:
                 logits = logits[:, -1, :].float()
                 if self.suppress:
                     logits[:, self.suppress] = float("-inf")
+                if logits.size(-1) > self.tokenizer.vocab_size:
+                    # Spare rows of a model with vocabulary headroom are no tokens yet.
+                    logits[:, self.tokenizer.vocab_size:] = float("-inf")
                 token = int(sample_next(logits, temperature, top_k, top_p, gen)[0])
                 if token == self.eos_id:
                     return

@@ -36,6 +36,24 @@ class EMA:
         for n, p in model.named_parameters():
             p.copy_(self.shadow[n].to(p.dtype))
 
+    @torch.no_grad()
+    def resize_like(self, model: nn.Module) -> None:
+        """Follow a model whose parameters grew along dim 0 (``MiniLLM.resize_vocab``).
+
+        Existing shadow rows are kept; new rows start as the model's own new rows, so
+        the average of a freshly added token is its initial value, not zero.
+        """
+        for n, p in model.named_parameters():
+            old = self.shadow.get(n)
+            if old is None:
+                self.shadow[n] = p.detach().clone().float()
+            elif old.shape != p.shape:
+                if old.shape[1:] != p.shape[1:] or old.shape[0] > p.shape[0]:
+                    raise ValueError(f"EMA cannot follow {n}: {tuple(old.shape)} -> {tuple(p.shape)}")
+                grown = p.detach().clone().float()
+                grown[:old.shape[0]] = old
+                self.shadow[n] = grown
+
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 

@@ -56,3 +56,39 @@ def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
     for opt in optimizers:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
+
+
+@torch.no_grad()
+def replace_parameter(optimizers: list[torch.optim.Optimizer], old: torch.Tensor, new: torch.Tensor) -> bool:
+    """Hand ``new`` to the optimizers in place of ``old``, carrying its state over.
+
+    Used when a parameter is reallocated larger along dim 0 (a vocabulary that grows,
+    see ``MiniLLM.resize_vocab``): every state tensor shaped like ``old`` (AdamW's
+    ``exp_avg``/``exp_avg_sq``, Muon's momentum) keeps its rows and gets zero rows for
+    the new ones, so the new rows start with fresh moments and the old rows lose none.
+    Without this the optimizer keeps stepping the stale tensor and the new rows never learn.
+
+    Returns:
+        whether any optimizer held ``old``.
+    """
+    if new.shape[1:] != old.shape[1:] or new.shape[0] < old.shape[0]:
+        raise ValueError(f"replace_parameter only grows dim 0: {tuple(old.shape)} -> {tuple(new.shape)}")
+    found = False
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for i, p in enumerate(group["params"]):
+                if p is not old:
+                    continue
+                group["params"][i] = new
+                found = True
+                state = opt.state.pop(old, None)
+                if state is None:
+                    continue
+                grown = {}
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.shape == old.shape:
+                        pad = value.new_zeros((new.shape[0] - old.shape[0], *old.shape[1:]))
+                        value = torch.cat([value, pad], dim=0)
+                    grown[key] = value
+                opt.state[new] = grown
+    return found

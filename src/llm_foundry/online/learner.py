@@ -1,0 +1,688 @@
+"""The online learner: a MiniLLM that trains a short pulse on every input and keeps it all.
+
+State folder (one learner per folder; a lock file keeps a second process out)::
+
+    STATE/
+      replay/            the durable replay store (see replay.py): every input, forever
+      model/             the last save, a normal model folder -- `foundry generate STATE/model` works:
+        config.json, model.safetensors (the EMA weights), tokenizer.json (the grown char vocabulary),
+        training_state.pt  raw weights, optimizer moments, EMA shadow, RNG, step
+        online.json        schedule position, train config, sampling settings, recent losses,
+                           how many stored records the model has seen; written last
+      history            the REPL's line history
+      lock
+
+A save writes ``model.new/`` completely, then swaps it in with two renames; a kill
+at any moment leaves either the old or the new folder whole (``_recover_model_dir``).
+
+What the original TinyGPT got wrong, and what this does instead:
+
+* Vocabulary growth gave the optimizer a stale tensor, so new embeddings never
+  learned. Here the model grows in chunks of ``VOCAB_CHUNK`` rows (headroom, so
+  growth is rare) and each grown parameter is handed to the optimizers with its
+  moments carried over and zero rows added (``training.optim.replace_parameter``),
+  and the EMA shadow grows with it (``EMA.resize_like``).
+* The EMA was created before the checkpoint was loaded, so restarts sampled noise.
+  Here the EMA is built from the *loaded* raw weights and then given its saved shadow.
+* The schedule decayed to a floor forever and was not saved. Here it is warmup, then
+  constant (a never-ending run has no end to decay towards); its position (the step)
+  is saved with the optimizer and the EMA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import math
+import os
+import random
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from ..config import ModelConfig, TrainConfig, apply_overrides, load_config
+from ..config.presets import configs_from_dict
+from ..inference import Generator
+from ..models import MiniLLM
+from ..tokenizers import CharTokenizer
+from ..tokenizers.special import PAD, UNK
+from ..training.checkpoint import STATE_FILE, load_model_config, load_model_dir, save_model_dir
+from ..training.ema import EMA
+from ..training.optim import build_optimizers, replace_parameter, set_lr
+from ..training.schedule import lr_factor
+from ..utils.device import autocast_context, resolve_device, resolve_dtype
+from ..utils.errors import FoundryError
+from ..utils.io import _fsync_dir, atomic_torch_save, atomic_write_json, read_json
+from .replay import ReplayStore
+
+SEPARATOR = "\n"  # joins stored inputs into training windows; never part of an input
+VOCAB_CHUNK = 64  # the model's vocabulary rows grow to the next multiple of this
+ONLINE_FILE = "online.json"
+# Defaults of online learning, applied on top of the preset (overridable with key=value):
+# small batches keep a pulse under a second; a constant schedule never decays to a floor;
+# a faster EMA lets a line typed today show in generation after a few pulses.
+ONLINE_TRAIN_DEFAULTS = ("train.batch_size=4", "train.schedule=constant", "train.warmup_steps=20",
+                         "train.ema_decay=0.99")
+
+
+def default_state_dir() -> Path:
+    """``$XDG_DATA_HOME/llm-foundry/online`` (``~/.local/share/llm-foundry/online``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "llm-foundry" / "online"
+
+
+@dataclass
+class OnlineSettings:
+    """Settings the REPL changes and the state folder keeps.
+
+    Attributes:
+        steps: training steps in the pulse after each typed line (``/steps=N``).
+        file_steps: steps per line of ``/load_txt``/``/train`` (None = ``steps``);
+            fractions spread steps over lines (0.25 = one step every four lines).
+        temperature: sampling temperature of ``/gen`` (``/temp=X``; 0 = greedy).
+        top_p: nucleus sampling of ``/gen`` (``/topp=X``; 1 = off).
+        max_new_tokens: most characters ``/gen`` writes (it stops at the end of the line).
+        recent_ratio: share of training windows that start among the newest inputs.
+        recent_records: how many of the newest inputs count as recent.
+        typed_ratio: of the other (history) windows, the share that starts at a line a
+            person typed rather than at any stored input; so a few taught lines keep
+            being replayed after a long file is loaded (0 = plain uniform history).
+    """
+
+    steps: int = 20
+    file_steps: float | None = None
+    temperature: float = 0.8
+    top_p: float = 0.9
+    max_new_tokens: int = 200
+    recent_ratio: float = 0.2
+    recent_records: int = 16
+    typed_ratio: float = 0.5
+
+    def validate(self) -> "OnlineSettings":
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise FoundryError(msg)
+        check(isinstance(self.steps, int) and 1 <= self.steps <= 100_000, "steps must be an integer from 1 to 100000")
+        check(self.file_steps is None or 0 < self.file_steps <= 100_000, "file steps must be in (0, 100000]")
+        check(0 <= self.temperature <= 10, "temperature must be in [0, 10] (0 = greedy)")
+        check(0 < self.top_p <= 1, "top-p must be in (0, 1]")
+        check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
+        check(0 <= self.recent_ratio <= 1, "recent_ratio must be in [0, 1]")
+        check(isinstance(self.recent_records, int) and self.recent_records >= 1, "recent_records must be >= 1")
+        check(0 <= self.typed_ratio <= 1, "typed_ratio must be in [0, 1]")
+        return self
+
+    @property
+    def steps_per_file_line(self) -> float:
+        return float(self.steps if self.file_steps is None else self.file_steps)
+
+
+@dataclass
+class PulseResult:
+    steps: int
+    loss: float | None
+    seconds: float
+
+
+def vocab_capacity(n: int) -> int:
+    """Model rows for ``n`` token ids: the next multiple of ``VOCAB_CHUNK``."""
+    return max(VOCAB_CHUNK, VOCAB_CHUNK * math.ceil(n / VOCAB_CHUNK))
+
+
+class OnlineLearner:
+    """Continual learner over a state folder; see the module docstring for the layout.
+
+    Build it with :meth:`open` (loads the folder's last save, or starts an empty one).
+
+    Args:
+        state_dir: the state folder.
+        model_cfg, train_cfg: for a new state (``vocab_size`` is set here).
+        settings: REPL settings.
+        device, precision: where and how to train (``auto`` = bf16 where fast).
+    """
+
+    def __init__(self, state_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 settings: OnlineSettings | None = None, device: str = "auto", precision: str = "auto"):
+        self.state = Path(state_dir)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.state)
+        try:
+            self.device = resolve_device(device if device != "auto" else train_cfg.device)
+            self.precision = precision
+            self.train_cfg = _check_train_cfg(train_cfg)
+            self.settings = (settings or OnlineSettings()).validate()
+            self.store = ReplayStore(self.state / "replay")
+            self.stop_requested = False  # set by a signal handler; pulses stop at the next step
+            self._model_cfg = model_cfg
+            self._fresh(model_cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def open(cls, state_dir: str | os.PathLike, preset: str = "tinygpt", overrides: Iterable[str] = (),
+             settings: dict | None = None, device: str = "auto", precision: str = "auto") -> "OnlineLearner":
+        """Open a state folder: load its last save, or start empty from ``preset``.
+
+        Args:
+            overrides: ``key=value`` config overrides; model ones only for a new state.
+            settings: :class:`OnlineSettings` fields to change (e.g. ``{"steps": 5}``).
+        """
+        state = Path(state_dir)
+        overrides = list(overrides)
+        model_dir = _recover_model_dir(state)
+        if model_dir is not None:
+            saved = read_json(model_dir / ONLINE_FILE, "online state")
+            _, train_cfg = configs_from_dict({"train": saved.get("train", {})}, strict=False)
+            saved_model = load_model_config(model_dir)
+            model_cfg, train_cfg = apply_overrides(saved_model, train_cfg, overrides)
+            # Re-running the same command line is fine; changing the saved shape is not.
+            changed = [f.name for f in dataclasses.fields(ModelConfig)
+                       if f.name != "vocab_size" and getattr(model_cfg, f.name) != getattr(saved_model, f.name)]
+            if changed:
+                raise FoundryError(f"{state} already holds a model whose shape is fixed: cannot change "
+                                   f"model.{changed[0]} (drop that override or use another --state)")
+            base = {**saved.get("settings", {}), **(settings or {})}
+        else:
+            model_cfg, train_cfg = load_config(preset, [*ONLINE_TRAIN_DEFAULTS, *overrides])
+            base = dict(settings or {})
+        known = {f.name for f in dataclasses.fields(OnlineSettings)}
+        learner = cls(state, model_cfg, train_cfg, OnlineSettings(**{k: v for k, v in base.items() if k in known}),
+                      device, precision)
+        if model_dir is not None:
+            try:
+                learner.load(model_dir, keep_settings=True)
+            except BaseException:
+                learner.close()
+                raise
+        learner.catch_up()
+        return learner
+
+    def _fresh(self, model_cfg: ModelConfig) -> None:
+        torch.manual_seed(self.train_cfg.seed)
+        self.rng = random.Random(self.train_cfg.seed)
+        self.tokenizer = CharTokenizer(SEPARATOR)
+        cfg = dataclasses.replace(model_cfg, vocab_size=vocab_capacity(self.tokenizer.vocab_size))
+        self.model = MiniLLM(cfg).to(self.device).train()
+        self.optimizers = build_optimizers(self.model, self.train_cfg)
+        self.ema = EMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay > 0 else None
+        self.step = 0
+        self.records_seen = 0
+        self.losses: deque[float] = deque(maxlen=200)
+        self.last_pulse: PulseResult | None = None
+        self._after_model_change()
+
+    def _after_model_change(self) -> None:
+        self.amp_dtype = resolve_dtype(self.precision, self.device, self.model.cfg.dim)
+        self.seq_len = min(self.train_cfg.seq_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
+        self.sep_id = self.tokenizer.stoi[SEPARATOR]
+        self.pad_id = self.tokenizer.token_id(PAD)
+        self.unk_id = self.tokenizer.token_id(UNK)
+        self._gen_model: MiniLLM | None = None
+        self._gen_stale = True
+
+    # -------------------------------------------------------------- vocabulary
+    def observe(self, text: str) -> list[str]:
+        """Add ``text``'s new characters to the vocabulary (growing the model if needed)."""
+        new = self.tokenizer.add_chars(text)
+        if new:
+            self._ensure_capacity()
+        return new
+
+    def _ensure_capacity(self) -> None:
+        need = self.tokenizer.vocab_size
+        if need > self.model.cfg.vocab_size:
+            self.grow_vocab(vocab_capacity(need))
+
+    def grow_vocab(self, rows: int) -> None:
+        """Give the model ``rows`` vocabulary rows; optimizer state and EMA follow."""
+        before = dict(self.model.named_parameters())
+        self.model.resize_vocab(rows)
+        for name, p in self.model.named_parameters():
+            old = before.get(name)
+            if old is not None and old is not p:
+                replace_parameter(self.optimizers, old, p)
+        if self.ema is not None:
+            self.ema.resize_like(self.model)
+        self._gen_model = None
+        self._gen_stale = True
+
+    def catch_up(self) -> int:
+        """Take into the vocabulary every character of inputs stored after the last save.
+
+        A line stored durably just before a kill is in the store but not in the saved
+        tokenizer; without this it would train as UNK forever. Returns new characters.
+        """
+        before = self.tokenizer.vocab_size
+        for text in self.store.iter_records(self.records_seen):
+            self.tokenizer.add_chars(text)
+        self.records_seen = len(self.store)
+        self._ensure_capacity()
+        return self.tokenizer.vocab_size - before
+
+    # --------------------------------------------------------------- training
+    def add(self, text: str, durable: bool = True, typed: bool = True) -> int:
+        """Store an input (durably by default) and learn its characters; returns its index."""
+        index = self.store.append(text, durable=durable, typed=typed)
+        self.observe(text)
+        self.records_seen = len(self.store)
+        return index
+
+    def learn(self, text: str, steps: int | None = None) -> PulseResult:
+        """One typed line: store it durably, then train a pulse."""
+        self.add(text, durable=True)
+        return self.pulse(self.settings.steps if steps is None else steps)
+
+    def learn_file(self, path: str | os.PathLike, steps_per_line: float | None = None,
+                   on_line: Callable[[int, int, PulseResult | None], None] | None = None) -> dict:
+        """Train on a UTF-8 text file line by line (blank lines skipped).
+
+        Every line is stored; ``steps_per_line`` (default ``settings.file_steps``)
+        steps are trained after each, fractions accumulating. The file is checked
+        completely before anything is stored, so a bad file stores nothing.
+        """
+        total = check_text_file(path)
+        rate = self.settings.steps_per_file_line if steps_per_line is None else float(steps_per_line)
+        if not rate > 0:
+            raise FoundryError("steps per line must be positive")
+        credit, steps, losses, t0 = 0.0, 0, [], time.perf_counter()
+        done = 0
+        try:
+            for i, line in enumerate(iter_text_lines(path)):
+                if self.stop_requested:
+                    break
+                self.add(line, durable=False, typed=False)
+                done = i + 1
+                credit += rate
+                n = int(credit + 1e-9)
+                result = None
+                if n:
+                    credit -= n
+                    result = self.pulse(n)
+                    steps += result.steps
+                    if result.loss is not None:
+                        losses.append(result.loss)
+                self.store.maybe_sync()
+                if on_line is not None:
+                    on_line(i + 1, total, result)
+        finally:
+            self.store.sync()  # every stored line is on disk before the prompt returns
+        return {"lines": done, "total_lines": total, "steps": steps,
+                "loss": sum(losses[-20:]) / len(losses[-20:]) if losses else None,
+                "seconds": time.perf_counter() - t0}
+
+    def _window(self, start: int) -> list[int]:
+        """Up to ``seq_len + 1`` ids: SEP, input ``start``, SEP, the inputs after it, ..."""
+        need = self.seq_len + 1
+        stoi, unk, sep = self.tokenizer.stoi, self.unk_id, self.sep_id
+        ids = [sep]
+        i, n = start, len(self.store)
+        while len(ids) < need and i < n:
+            rec = [stoi.get(ch, unk) for ch in self.store[i]]
+            if len(ids) == 1 and len(rec) + 1 > need:
+                # A long input: a random stretch of it.
+                off = self.rng.randrange(len(rec) - need + 1)
+                return rec[off:off + need]
+            ids.extend(rec)
+            ids.append(sep)
+            i += 1
+        return ids[:need]
+
+    def batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets for one step: replayed windows, PAD-padded; PAD/UNK are never targets."""
+        s = self.settings
+        starts = self.store.sample_starts(batch_size or self.train_cfg.batch_size, self.rng, s.recent_ratio,
+                                          s.recent_records, s.typed_ratio)
+        windows = [self._window(st) for st in starts]
+        width = max(len(w) for w in windows) - 1
+        x = torch.full((len(windows), width), self.pad_id, dtype=torch.long)
+        y = torch.full((len(windows), width), -100, dtype=torch.long)
+        for r, w in enumerate(windows):
+            t = torch.tensor(w, dtype=torch.long)
+            x[r, :len(w) - 1] = t[:-1]
+            y[r, :len(w) - 1] = t[1:]
+        y[(y == self.pad_id) | (y == self.unk_id)] = -100
+        return x.to(self.device), y.to(self.device)
+
+    def lr_factor(self, step: int | None = None) -> float:
+        """Warmup, then constant: the schedule of a run that never ends."""
+        return lr_factor(self.step if step is None else step, 0.0, "constant", self.train_cfg.warmup_steps, 1.0)
+
+    def pulse(self, steps: int) -> PulseResult:
+        """Train ``steps`` steps on replayed windows; stops early if ``stop_requested``."""
+        t0 = time.perf_counter()
+        if len(self.store) == 0 or steps <= 0:
+            return PulseResult(0, None, 0.0)
+        cfg = self.train_cfg
+        self.model.train()
+        total, done = 0.0, 0
+        for _ in range(steps):
+            if self.stop_requested:
+                break
+            set_lr(self.optimizers, self.lr_factor())
+            x, y = self.batch()
+            if not (y != -100).any():
+                continue
+            with autocast_context(self.device, self.amp_dtype):
+                _, loss = self.model(x, y)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
+            for opt in self.optimizers:
+                opt.step()
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step += 1
+            value = float(loss.detach())
+            self.losses.append(value)
+            total += value
+            done += 1
+        self._gen_stale = True
+        result = PulseResult(done, total / done if done else None, time.perf_counter() - t0)
+        self.last_pulse = result
+        return result
+
+    # -------------------------------------------------------------- generation
+    def generation_model(self) -> MiniLLM:
+        """A model holding the EMA weights (the raw ones without EMA), for sampling and scoring."""
+        if self._gen_model is None or self._gen_model.cfg.vocab_size != self.model.cfg.vocab_size:
+            self._gen_model = MiniLLM(self.model.cfg).to(self.device)
+            self._gen_stale = True
+        if self._gen_stale:
+            if self.ema is not None:
+                self.ema.copy_to(self._gen_model)
+            else:
+                self._gen_model.load_state_dict(self.model.state_dict())
+            self._gen_stale = False
+        return self._gen_model.eval()
+
+    def generate(self, prefix: str = "", temperature: float | None = None, top_p: float | None = None,
+                 max_new_tokens: int | None = None, seed: int | None = None) -> str:
+        """Continue ``prefix`` (the start of a new input) to the end of its line, with the EMA weights."""
+        return "".join(self.stream(prefix, temperature, top_p, max_new_tokens, seed))
+
+    def stream(self, prefix: str = "", temperature: float | None = None, top_p: float | None = None,
+               max_new_tokens: int | None = None, seed: int | None = None):
+        s = self.settings
+        gen = Generator(self.generation_model(), self.tokenizer, self.precision)
+        top_p = s.top_p if top_p is None else top_p
+        yield from gen.stream(SEPARATOR + prefix, max_new_tokens=max_new_tokens or s.max_new_tokens,
+                              temperature=s.temperature if temperature is None else temperature,
+                              top_p=top_p if top_p < 1 else None, stop=[SEPARATOR], seed=seed)
+
+    @torch.no_grad()
+    def text_loss(self, text: str, given: int = 1) -> float:
+        """Mean cross-entropy (nats/char) of an input ``text``, EMA weights.
+
+        Scored: every character after the first ``given`` ones, and the line end, each
+        given the line so far. The first character is by default not scored: which input
+        follows a separator is a guess among everything stored, rightly harder the more is
+        stored; remembering a line means knowing how it goes on once begun. ``given=0``
+        scores the whole line.
+        """
+        model = self.generation_model()
+        ids = [self.sep_id] + [self.tokenizer.stoi.get(ch, self.unk_id) for ch in text] + [self.sep_id]
+        ids = ids[-(self.model.cfg.max_seq_len + 1):]
+        x = torch.tensor([ids[:-1]], device=self.device)
+        y = torch.tensor([ids[1:]], device=self.device)
+        y[0, :min(given, y.size(1) - 1)] = -100
+        _, loss = model(x, y)
+        return float(loss)
+
+    # ------------------------------------------------------------- save / load
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Save model, optimizer, EMA, schedule position, vocabulary and settings atomically.
+
+        ``path`` None = the state folder's ``model/``; else a snapshot folder.
+        """
+        target = self.state / "model" if path is None else Path(path)
+        if target.exists() and not target.is_dir():
+            raise FoundryError(f"cannot save to {target}: it is a file (give a folder name)")
+        if path is not None and target.is_dir() and any(target.iterdir()) and not (target / ONLINE_FILE).is_file():
+            raise FoundryError(f"cannot save to {target}: it is a folder holding something else")
+        self.store.sync()
+        tmp = target.with_name(target.name + ".new")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        raw = self.model.state_dict()
+        state = {
+            "step": self.step,
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "raw_weights": raw if self.ema is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "python": list(self.rng.getstate()[1]),
+                    "python_version": self.rng.getstate()[0]},
+        }
+        atomic_torch_save(tmp / STATE_FILE, state)
+        weights = None
+        if self.ema is not None:
+            weights = {k: self.ema.shadow.get(k, v) for k, v in raw.items()}
+        save_model_dir(tmp, self.model, self.tokenizer, self.step, weights=weights)
+        atomic_write_json(tmp / ONLINE_FILE, {
+            "format": "llm_foundry.online", "version": 1, "step": self.step,
+            "train": dataclasses.asdict(self.train_cfg), "settings": dataclasses.asdict(self.settings),
+            "records_seen": self.records_seen, "store_id": self.store.id,
+            "losses": [round(v, 5) for v in self.losses], "saved_at": time.time(),
+        })
+        # Swap: target -> target.old, target.new -> target, drop target.old.
+        old = target.with_name(target.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if old.exists():
+            shutil.rmtree(old)
+        return target
+
+    def load(self, path: str | os.PathLike | None = None, keep_settings: bool = False) -> None:
+        """Load a save (default: the state folder's); on any error nothing changes.
+
+        Order matters: raw weights first, then the optimizers, then an EMA built from the
+        loaded weights and given its saved shadow (building the EMA before loading made
+        the original sample noise after every restart).
+        """
+        src = _recover_model_dir(self.state) if path is None else Path(path)
+        if src is None:
+            raise FoundryError(f"nothing saved yet in {self.state}")
+        if not (src / ONLINE_FILE).is_file():
+            raise FoundryError(f"{src} is not an online-learner save (no {ONLINE_FILE})")
+        meta = read_json(src / ONLINE_FILE, "online state")
+        bundle = load_model_dir(src, self.device)
+        if not isinstance(bundle.tokenizer, CharTokenizer) or SEPARATOR not in bundle.tokenizer.stoi:
+            raise FoundryError(f"{src} does not hold an online learner's character vocabulary")
+        try:
+            state = torch.load(src / STATE_FILE, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise FoundryError(f"training state is corrupt: {src / STATE_FILE} ({str(e).splitlines()[0][:100]})") from None
+        if state.get("step") != bundle.step or meta.get("step") != bundle.step:
+            raise FoundryError(f"{src} holds parts of different saves (weights of step {bundle.step}, "
+                               f"training state of step {state.get('step')})")
+        model = bundle.model
+        if state.get("raw_weights") is not None:
+            model.load_state_dict(state["raw_weights"])
+        model.train()
+        train_cfg = self.train_cfg
+        optimizers = build_optimizers(model, train_cfg)
+        if len(state["optimizers"]) != len(optimizers):
+            raise FoundryError(f"{src} was trained with another optimizer; keep train.optimizer as it was")
+        for opt, sd in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(sd)
+            for g in opt.param_groups:  # base_lr follows the current config
+                g["base_lr"] = train_cfg.muon_lr if isinstance(opt, torch.optim.Muon) else train_cfg.lr
+        ema = None
+        if train_cfg.ema_decay > 0:
+            ema = EMA(model, train_cfg.ema_decay)  # from the loaded raw weights ...
+            if state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])  # ... then the saved average
+                ema.decay = train_cfg.ema_decay
+        settings = self.settings
+        if not keep_settings:
+            known = {f.name for f in dataclasses.fields(OnlineSettings)}
+            settings = OnlineSettings(**{k: v for k, v in meta.get("settings", {}).items() if k in known}).validate()
+        # Everything checked: switch over.
+        self.model, self.optimizers, self.ema, self.tokenizer = model, optimizers, ema, bundle.tokenizer
+        self.settings = settings
+        self.step = bundle.step
+        self.losses = deque((float(v) for v in meta.get("losses", [])), maxlen=200)
+        self.last_pulse = None
+        same_store = meta.get("store_id") == self.store.id
+        self.records_seen = min(int(meta.get("records_seen", 0)), len(self.store)) if same_store else 0
+        rng = state.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"].cpu())
+        if "python" in rng:
+            self.rng.setstate((rng.get("python_version", 3), tuple(int(v) for v in rng["python"]), None))
+        self._after_model_change()
+        self.catch_up()
+
+    def reset(self) -> None:
+        """Erase everything: stored inputs, model, optimizer, history of losses."""
+        self.store.close()
+        for name in ("replay", "model", "model.new", "model.old"):
+            p = self.state / name
+            if p.exists():
+                shutil.rmtree(p)
+        self.store = ReplayStore(self.state / "replay")
+        self._fresh(self._model_cfg)
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict:
+        recent = list(self.losses)[-20:]
+        return {
+            "vocab_size": self.tokenizer.vocab_size,
+            "vocab_capacity": self.model.cfg.vocab_size,
+            "inputs": len(self.store),
+            "input_bytes": self.store.payload_bytes,
+            "steps": self.step,
+            "recent_loss": sum(recent) / len(recent) if recent else None,
+            "lr": self.train_cfg.lr * self.lr_factor(),
+            "parameters": self.model.num_parameters(),
+            "disk_bytes": _du(self.state),
+            "cache_bytes": self.store.cached_bytes,
+            "state": str(self.state),
+            "settings": dataclasses.asdict(self.settings),
+        }
+
+    def close(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "OnlineLearner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_train_cfg(cfg: TrainConfig) -> TrainConfig:
+    cfg = dataclasses.replace(cfg).validate()
+    if cfg.schedule != "constant":
+        raise FoundryError(f"online learning runs without end, so it uses train.schedule=constant (warmup, then "
+                           f"constant); '{cfg.schedule}' would decay to a floor and stay there")
+    if cfg.grad_accum != 1:
+        raise FoundryError("online learning uses train.grad_accum=1")
+    return cfg
+
+
+def _lock(state: Path) -> int:
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise FoundryError(f"{state} is in use by another `foundry online`") from None
+    return fd
+
+
+def _recover_model_dir(state: Path) -> Path | None:
+    """The state's complete save after a possible crash mid-save, tidying leftovers.
+
+    A save writes ``model.new`` (``online.json`` last), renames ``model`` to ``model.old``,
+    then ``model.new`` to ``model``. So: ``model`` present = it is whole; otherwise a
+    whole ``model.new`` (one with ``online.json``) is newer than ``model.old``.
+    """
+    cur, new, old = state / "model", state / "model.new", state / "model.old"
+    if not cur.is_dir():
+        if new.is_dir() and (new / ONLINE_FILE).is_file():
+            os.replace(new, cur)
+        elif old.is_dir():
+            os.replace(old, cur)
+    for leftover in (new, old):
+        if leftover.exists() and cur.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    return cur if (cur / ONLINE_FILE).is_file() else None
+
+
+def check_text_file(path: str | os.PathLike) -> int:
+    """Check that ``path`` is a UTF-8 text file with text lines; returns how many (one-line errors).
+
+    Reads in chunks, so a large file costs no memory; nothing is stored before it passes.
+    """
+    import codecs
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FoundryError(f"file not found: {path}")
+    if path.is_dir():
+        raise FoundryError(f"{path} is a folder; give a text file")
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    lines, pending, offset = 0, "", 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                if offset == 0 and b"\x00" in chunk[:8192]:
+                    raise FoundryError(f"{path} looks binary, not text")
+                try:
+                    text = pending + decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    raise FoundryError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start})") from None
+                if offset == 0:
+                    text = text.removeprefix("\ufeff")  # a BOM is no text
+                offset += len(chunk)
+                *full, pending = text.split("\n")
+                lines += sum(1 for line in full if line.strip())
+            try:
+                pending += decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise FoundryError(f"{path} is not UTF-8 text (it ends inside a character)") from None
+    except OSError as e:
+        raise FoundryError(f"cannot read {path}: {e.strerror}") from None
+    lines += bool(pending.strip())
+    if not lines:
+        raise FoundryError(f"{path} has no text lines")
+    return lines
+
+
+def iter_text_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The non-blank lines of a UTF-8 text file (check it first with :func:`check_text_file`)."""
+    with open(Path(path).expanduser(), encoding="utf-8-sig", newline="\n") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield line
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
