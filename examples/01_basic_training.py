@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -35,8 +33,9 @@ from llm_foundry.config import load_config
 from llm_foundry.data import builtin_corpus, prepare_dataset
 from llm_foundry.training import load_model_dir
 
+from _common import example_parser, fresh_dir, parse_example_args
+
 DEFAULT_OUT = "runs/examples/01_basic_training"
-MARKER = ".llm_foundry_example"
 
 # --tiny: a very small model and a few steps, so the whole script takes seconds.
 TINY_OVERRIDES = [
@@ -52,23 +51,9 @@ FULL_OVERRIDES = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train the tiny preset on Python's bundled docs.")
-    p.add_argument("--tiny", action="store_true", help="a few-second smoke run (also: FOUNDRY_EXAMPLES_TINY=1)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT}; replaced on re-run)")
-    args = p.parse_args(argv)
-    args.tiny = args.tiny or os.environ.get("FOUNDRY_EXAMPLES_TINY", "") not in ("", "0")
-    return args
+    p = example_parser("Train the tiny preset on Python's bundled docs.", DEFAULT_OUT)
+    return parse_example_args(p, argv)
 
-
-def fresh_dir(path: Path) -> Path:
-    """Empty ``path`` for this example; refuse to wipe a folder it did not make."""
-    if path.exists():
-        if not (path / MARKER).exists() and any(path.iterdir()):
-            sys.exit(f"error: {path} exists and was not made by an llm-foundry example; choose another --out")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / MARKER).touch()
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

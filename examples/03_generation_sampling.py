@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,8 +32,9 @@ from llm_foundry import Generator, Trainer
 from llm_foundry.config import load_config
 from llm_foundry.data import builtin_corpus, prepare_dataset
 
+from _common import example_parser, fresh_dir, parse_example_args
+
 DEFAULT_OUT = "runs/examples/03_generation_sampling"
-MARKER = ".llm_foundry_example"
 
 TINY_OVERRIDES = [
     "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=64",
@@ -50,24 +49,10 @@ PROMPT = "The for statement"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Greedy, temperature, top-k, top-p, stop strings, seeds and streaming.")
-    p.add_argument("--tiny", action="store_true", help="a few-second smoke run (also: FOUNDRY_EXAMPLES_TINY=1)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT}; replaced on re-run)")
+    p = example_parser("Greedy, temperature, top-k, top-p, stop strings, seeds and streaming.", DEFAULT_OUT)
     p.add_argument("--model", help="use this model folder instead of training one (e.g. the run of example 01)")
-    args = p.parse_args(argv)
-    args.tiny = args.tiny or os.environ.get("FOUNDRY_EXAMPLES_TINY", "") not in ("", "0")
-    return args
+    return parse_example_args(p, argv)
 
-
-def fresh_dir(path: Path) -> Path:
-    """Empty ``path`` for this example; refuse to wipe a folder it did not make."""
-    if path.exists():
-        if not (path / MARKER).exists() and any(path.iterdir()):
-            sys.exit(f"error: {path} exists and was not made by an llm-foundry example; choose another --out")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / MARKER).touch()
-    return path
 
 
 def train_model(out: Path, tiny: bool) -> Path:

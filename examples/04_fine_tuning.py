@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -38,8 +36,9 @@ from llm_foundry.eval import evaluate_text
 from llm_foundry.tokenizers import load_tokenizer
 from llm_foundry.training import load_model_dir
 
+from _common import example_parser, fresh_dir, parse_example_args
+
 DEFAULT_OUT = "runs/examples/04_fine_tuning"
-MARKER = ".llm_foundry_example"
 
 # The model shape (used for the base and the from-scratch model; the fine-tuned model
 # takes its shape from the base model folder).
@@ -55,23 +54,9 @@ HELD_OUT_MODULES = ["pprint", "calendar"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train a base model, then fine-tune it on different text.")
-    p.add_argument("--tiny", action="store_true", help="a few-second smoke run (also: FOUNDRY_EXAMPLES_TINY=1)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT}; replaced on re-run)")
-    args = p.parse_args(argv)
-    args.tiny = args.tiny or os.environ.get("FOUNDRY_EXAMPLES_TINY", "") not in ("", "0")
-    return args
+    p = example_parser("Train a base model, then fine-tune it on different text.", DEFAULT_OUT)
+    return parse_example_args(p, argv)
 
-
-def fresh_dir(path: Path) -> Path:
-    """Empty ``path`` for this example; refuse to wipe a folder it did not make."""
-    if path.exists():
-        if not (path / MARKER).exists() and any(path.iterdir()):
-            sys.exit(f"error: {path} exists and was not made by an llm-foundry example; choose another --out")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / MARKER).touch()
-    return path
 
 
 def module_sources(names: list[str]) -> list[Document]:

@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 from llm_foundry import BPETokenizer, ByteTokenizer, CharTokenizer, load_tokenizer
 from llm_foundry.data import builtin_corpus
 
+from _common import example_parser, fresh_dir, parse_example_args
+
 DEFAULT_OUT = "runs/examples/05_tokenizers"
-MARKER = ".llm_foundry_example"
 
 SAMPLES = {
     "english": "The quick brown fox jumps over the lazy dog. A function returns a value.",
@@ -45,23 +44,9 @@ SAMPLES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Byte, char and BPE tokenizers side by side.")
-    p.add_argument("--tiny", action="store_true", help="smaller BPE vocabulary (also: FOUNDRY_EXAMPLES_TINY=1)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT}; replaced on re-run)")
-    args = p.parse_args(argv)
-    args.tiny = args.tiny or os.environ.get("FOUNDRY_EXAMPLES_TINY", "") not in ("", "0")
-    return args
+    p = example_parser("Byte, char and BPE tokenizers side by side.", DEFAULT_OUT, tiny_help="smaller BPE vocabulary")
+    return parse_example_args(p, argv)
 
-
-def fresh_dir(path: Path) -> Path:
-    """Empty ``path`` for this example; refuse to wipe a folder it did not make."""
-    if path.exists():
-        if not (path / MARKER).exists() and any(path.iterdir()):
-            sys.exit(f"error: {path} exists and was not made by an llm-foundry example; choose another --out")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / MARKER).touch()
-    return path
 
 
 def roundtrip(name: str, tok, sample: str, text: str) -> bool:
