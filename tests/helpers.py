@@ -27,3 +27,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
 
 
 TINY_MODEL = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.max_seq_len=64"]
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Assert a CLI run failed with one `error:` line on stderr, no traceback, naming ``fragments``."""
+    assert proc.returncode != 0, proc.stdout
+    err = proc.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, err

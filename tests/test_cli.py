@@ -4,16 +4,8 @@ import json
 
 import pytest
 
-from helpers import TINY_MODEL, run_cli, shared_file
+from helpers import TINY_MODEL, one_line_error, run_cli, shared_file
 from llm_foundry.cli.main import COMMANDS
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode != 0, proc.stdout
-    err = proc.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, err
 
 
 def test_help_everywhere():

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from helpers import run_cli  # noqa: E402
+from helpers import one_line_error, run_cli  # noqa: E402
 from llm_foundry import Generator, MiniLLM, ModelConfig  # noqa: E402
 from llm_foundry.cli.main import main  # noqa: E402
 from llm_foundry.export import export_hf  # noqa: E402
@@ -157,14 +157,6 @@ def test_export_folder_contents(exported):
     assert tc["tokenizer_class"] == "PreTrainedTokenizerFast" and tc["model_max_length"] == SMALL["max_seq_len"]
     gc = json.loads((dst / "generation_config.json").read_text())
     assert gc["eos_token_id"] == 2 and gc["pad_token_id"] == 0 and sorted(gc["suppress_tokens"]) == [0, 1]
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode != 0, proc.stdout
-    err = proc.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, err
 
 
 def test_cli_export(tmp_path, trained_run):
