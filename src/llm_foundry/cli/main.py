@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
 from .. import __version__
 
-COMMANDS = ("prepare", "train", "generate", "eval", "export", "online", "bench", "demo")
+# One line per module under llm_foundry.cli: (module, the subcommands its `add_parser(sub)` registers).
+COMMAND_MODULES = (
+    ("prepare", ("prepare",)),
+    ("train", ("train",)),
+    ("generate", ("generate",)),
+    ("evaluate", ("eval",)),
+    ("export", ("export",)),
+    ("online", ("online",)),
+    ("bench", ("bench",)),
+    ("demo", ("demo",)),
+)
+COMMANDS = tuple(name for _, names in COMMAND_MODULES for name in names)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, demo, evaluate, export, generate, online, prepare, train
-
     parser = argparse.ArgumentParser(
         prog="foundry",
         description="Build, train, study and talk to small language models on your own machine, offline.",
@@ -21,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llm-foundry {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (prepare, train, generate, evaluate, export, online, bench, demo):
-        module.add_parser(sub)
+    for module_name, _ in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{module_name}").add_parser(sub)
     return parser
 
 
