@@ -38,30 +38,31 @@ def median_time(fn, reps: int) -> float:
 
 
 @torch.no_grad()
-def ours_cached(model, prompt: torch.Tensor, new: int, amp) -> torch.Tensor:
-    """Greedy decoding with the KV cache: one prefill, then one position per token."""
+def ours_cached(models, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """Greedy decoding with the KV cache, as Generator does it: one prefill, then one position per token."""
     from llm_foundry.utils.device import autocast_context
 
-    cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new)
+    cache = models.new_cache(prompt.shape[0], prompt.shape[1] + new)
     out = []
-    with autocast_context(prompt.device, amp):
-        logits, _ = model(prompt, cache=cache, last_only=True)
-        for _ in range(new):
+    with autocast_context(prompt.device, models.amp_dtype):
+        logits, _ = models.prefill(prompt, cache=cache, last_only=True)
+        for i in range(new):
             token = logits[:, -1].float().argmax(-1, keepdim=True)
             out.append(token)
-            logits, _ = model(token, cache=cache)
+            if i < new - 1:
+                logits, _ = models.step(token, cache=cache)
     return torch.cat(out, 1)
 
 
 @torch.no_grad()
-def ours_recompute(model, prompt: torch.Tensor, new: int, amp) -> torch.Tensor:
-    """Greedy decoding that re-reads the whole context for every token (no cache)."""
+def ours_recompute(models, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """Greedy decoding that re-reads the whole context for every token (no cache; the prefill model)."""
     from llm_foundry.utils.device import autocast_context
 
     ids = prompt
-    with autocast_context(prompt.device, amp):
+    with autocast_context(prompt.device, models.amp_dtype):
         for _ in range(new):
-            logits, _ = model(ids, last_only=True)
+            logits, _ = models.prefill(ids, last_only=True)
             ids = torch.cat([ids, logits[:, -1].float().argmax(-1, keepdim=True)], 1)
     return ids[:, prompt.shape[1]:]
 
@@ -82,7 +83,7 @@ def main() -> None:
     from llm_foundry.export import export_hf
     from llm_foundry.tokenizers import ByteTokenizer
     from llm_foundry.training import save_model_dir
-    from llm_foundry.utils.device import resolve_dtype
+    from llm_foundry.inference import decode_models
 
     cfg, _ = load_config(args.preset)
     tok = ByteTokenizer()
@@ -92,22 +93,25 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_decode_"))
     save_model_dir(work / "model", model, tok)
     export_hf(work / "model", work / "hf")
-    amp = resolve_dtype("auto", torch.device("cpu"), cfg.dim)
+    # Ours exactly as Generator decodes (bf16 prefill and fp32 steps on CPUs with fast bf16).
+    models = decode_models(model, "auto")
     hf = {"fp32": AutoModelForCausalLM.from_pretrained(work / "hf", dtype=torch.float32).eval(),
           "bf16": AutoModelForCausalLM.from_pretrained(work / "hf", dtype=torch.bfloat16).eval()}
 
     g = torch.Generator().manual_seed(0)
     result: dict = {"benchmark": "decode", "preset": args.preset, "parameters": model.num_parameters(),
-                    "our_precision": str(amp or "fp32"), "context": args.context, "new_tokens": args.new_tokens,
+                    "our_precision": {"prefill": str(next(models.prefill.parameters()).dtype), "step": str(next(models.step.parameters()).dtype),
+                                      "autocast": str(models.amp_dtype)}, "context": args.context, "new_tokens": args.new_tokens,
                     "threads": torch.get_num_threads()}
     for batch in (1, 8):
+        models = decode_models(model, "auto", batch)
         prompt = torch.randint(3, 256, (batch, args.context), generator=g)
         n = args.new_tokens
         row = {}
-        t = median_time(lambda: ours_cached(model, prompt, n, amp), args.reps)
+        t = median_time(lambda: ours_cached(models, prompt, n), args.reps)
         row["ours_kv_tok_s"] = batch * n / t
         if batch == 1:
-            t = median_time(lambda: ours_recompute(model, prompt, n, amp), max(1, args.reps - 1))
+            t = median_time(lambda: ours_recompute(models, prompt, n), max(1, args.reps - 1))
             row["ours_recompute_tok_s"] = batch * n / t
         for name, m in hf.items():
             kwargs = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
@@ -120,16 +124,21 @@ def main() -> None:
         result[f"batch{batch}"] = {k: round(v, 2) for k, v in row.items()}
         # Same weights, same greedy tokens: a check that we compare like with like.
         if batch == 1:
-            ours = ours_cached(model, prompt[:, :64], 16, None)
+            ours = ours_cached(decode_models(model, "fp32"), prompt[:, :64], 16)
             theirs = hf["fp32"].generate(prompt[:, :64], attention_mask=torch.ones_like(prompt[:, :64]), max_new_tokens=16,
                                          min_new_tokens=16, do_sample=False, pad_token_id=0)[:, 64:]
             result["greedy_tokens_match_hf_fp32"] = bool(torch.equal(ours, theirs))
 
     prompt = torch.randint(3, 256, (1, args.prompt_len), generator=g)
-    ttft = median_time(lambda: ours_cached(model, prompt, 1, amp), args.reps)
+    models = decode_models(model, "auto", 1)
+    ttft = median_time(lambda: ours_cached(models, prompt, 1), args.reps)
     hf_fwd = {name: median_time(lambda m=m: m(prompt), args.reps) for name, m in hf.items()}
+    compiled = decode_models(model, "auto", 1, compile=True)
+    ttft_compiled = median_time(lambda: ours_cached(compiled, prompt, 1), args.reps)
     best = min(hf_fwd.values())
     result["ttft"] = {"prompt_len": args.prompt_len, "ours_ms": round(1000 * ttft, 2),
+                      "ours_compiled_ms": round(1000 * ttft_compiled, 2),
+                      "ratio_compiled_to_best_hf_forward": round(ttft_compiled / best, 3),
                       "hf_forward_fp32_ms": round(1000 * hf_fwd["fp32"], 2), "hf_forward_bf16_ms": round(1000 * hf_fwd["bf16"], 2),
                       "ratio_to_best_hf_forward": round(ttft / best, 3)}
     print(json.dumps(result))

