@@ -10,7 +10,7 @@ install:
 	$(PIP) install -qq -e ".[test,hf]"
 
 demo: install
-	$(PYTHON) -m llm_foundry demo
+	$(PYTHON) -m llm_foundry speedrun --preset demo
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -19,6 +19,12 @@ COMMAND_MODULES = (
     ("online", ("online",)),
     ("bench", ("bench",)),
     ("demo", ("demo",)),
+    ("serve", ("serve",)),
+    ("chat", ("chat", "eval-chat")),
+    ("evolve", ("evolve",)),
+    ("stages", ("midtrain", "sft", "rl")),
+    ("report", ("report",)),
+    ("speedrun", ("speedrun",)),
 )
 COMMANDS = tuple(name for _, names in COMMAND_MODULES for name in names)
 

@@ -55,7 +55,9 @@ def _kernel():
             _compiled = False
         else:
             try:
-                _compiled = torch.compile(_chunk_backward, dynamic=False, fullgraph=True)
+                # Static shapes first; a second shape (chat batches vary in length) recompiles once with
+                # dynamic shapes instead of once per length.
+                _compiled = torch.compile(_chunk_backward, fullgraph=True)
             except Exception as e:  # pragma: no cover - depends on the toolchain
                 print(f"warning: attention backward runs uncompiled ({type(e).__name__}: {e})", file=sys.stderr)
                 _compiled = False

@@ -1,0 +1,168 @@
+"""`foundry midtrain`, `foundry sft`, `foundry rl`: the chat stages, each from one model folder into a new one."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from ..utils.errors import FoundryError
+from ..utils.progress import console
+
+STAGE_HELP = {
+    "midtrain": ("teach a pretrained model the chat layout and tool calls (task mixture)",
+                 "Continue a model folder on a weighted mixture of synthetic conversations (and plain text with "
+                 "--data) into a new model folder. Settings default to the speedrun preset's midtrain section."),
+    "sft": ("supervised fine-tuning on conversations with the loss on the assistant's tokens",
+            "Fine-tune a chat model folder on conversations, training only the tokens the assistant writes "
+            "(masked loss), into a new model folder. Settings default to the speedrun preset's sft section."),
+}
+
+
+def add_parser(sub) -> None:
+    for name, (short, desc) in STAGE_HELP.items():
+        p = sub.add_parser(name, help=short, description=desc,
+                           epilog="Overrides: key=value for the stage (examples_per_task=5000, lang=en) or its "
+                                  "training (lr=3e-4, train.batch_size=8). Re-run with --resume after an interruption.")
+        p.add_argument("model", metavar="MODEL", help="the model folder to start from (the previous stage)")
+        p.add_argument("--out", required=True, metavar="OUT", help="the new model folder to write")
+        p.add_argument("--preset", default="cpu", metavar="NAME|FILE.yaml",
+                       help="speedrun preset whose section gives the defaults (default: cpu)")
+        p.add_argument("--mix", metavar="SOURCE=W,...",
+                       help="task mixture, e.g. arithmetic=4,count_letters=3,text=1,chats.jsonl=2 "
+                            "(built-in tasks, 'text' for --data, or .jsonl conversation files)")
+        p.add_argument("--data", metavar="DATA_DIR", help="prepared text (foundry prepare) for the mixture's 'text' source")
+        p.add_argument("--loss-on", choices=["all", "assistant"], help="train every token or only the assistant's")
+        p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps")
+        p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
+        p.add_argument("--resume", action="store_true", help="continue the stage saved in OUT")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="stage or training overrides")
+        p.set_defaults(func=run_chat_stage, stage=name)
+
+    p = sub.add_parser("rl", help="reinforcement learning (GRPO) with rewards from the task checkers",
+                       description="Sample groups of completions per prompt with the engine (tool on), reward them "
+                                   "with the task's checker, and push up the better-than-average ones; writes a new "
+                                   "model folder. Settings default to the speedrun preset's rl section.",
+                       epilog="Overrides: key=value of the rl settings, e.g. temperature=0.8 max_tokens=64 lr=1e-5.")
+    p.add_argument("model", metavar="MODEL", help="the chat model folder to start from (usually the SFT model)")
+    p.add_argument("--out", required=True, metavar="OUT", help="the new model folder to write")
+    p.add_argument("--preset", default="cpu", metavar="NAME|FILE.yaml", help="speedrun preset whose rl section gives the defaults")
+    p.add_argument("--tasks", metavar="TASK,...", help="built-in tasks to train on (default from the preset: arithmetic)")
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
+    p.add_argument("--group-size", type=int, metavar="G", help="completions sampled per prompt")
+    p.add_argument("--prompts-per-step", type=int, metavar="P", help="prompts per step")
+    p.add_argument("--kl-coef", type=float, metavar="X", help="weight of the KL penalty to the starting model (0 = off)")
+    p.add_argument("--resume", action="store_true", help="continue the RL run saved in OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="rl overrides")
+    p.set_defaults(func=run_rl_stage)
+
+
+def _preset_section(preset: str, section: str) -> dict:
+    from ..training.speedrun import load_speedrun_config
+
+    return dict(load_speedrun_config(preset).get(section) or {})
+
+
+def _saved(out: str, filename: str) -> dict:
+    from ..utils.io import read_json
+
+    path = Path(out) / filename
+    if not path.is_file():
+        raise FoundryError(f"nothing to resume in {out} (no {filename})")
+    return read_json(path, "stage settings")
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise FoundryError(f"override '{item}' must look like key=value")
+    key, value = item.split("=", 1)
+    return key.strip().replace("-", "_"), value.strip()
+
+
+def stage_settings(args: argparse.Namespace) -> dict:
+    """The stage's settings as data: preset section (or the saved ones on --resume), then flags and overrides."""
+    import yaml
+
+    from ..config.schema import TrainConfig, field_types
+    from ..training.stages import STAGE_CONFIG_FILE, StageConfig
+
+    if args.resume:
+        raw = _saved(args.out, STAGE_CONFIG_FILE)
+        raw = {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(StageConfig)} and k != "stage"}
+    else:
+        raw = _preset_section(args.preset, args.stage)
+    raw["train"] = dict(raw.get("train") or {})
+    stage_keys = set(field_types(StageConfig)) - {"train", "stage"}
+    train_keys = set(field_types(TrainConfig))
+    for item in args.overrides:
+        key, value = _split_override(item)
+        if key.startswith("train."):
+            raw["train"][key[6:]] = value
+        elif key in stage_keys:
+            raw[key] = yaml.safe_load(value)
+        elif key in train_keys:
+            raw["train"][key] = value
+        else:
+            raise FoundryError(f"unknown {args.stage} setting '{key}' (stage: {', '.join(sorted(stage_keys))}; "
+                               "or a training field such as lr, batch_size)")
+    if args.mix is not None:
+        raw["mixture"] = args.mix
+    if args.loss_on:
+        raw["loss_on"] = args.loss_on
+    if args.data:
+        raw["text_data"] = args.data
+    if args.max_steps is not None:
+        raw["train"]["max_steps"] = args.max_steps
+        if args.time_budget is None:
+            raw["train"]["time_budget"] = None  # steps decide
+    if args.time_budget is not None:
+        raw["train"]["time_budget"] = args.time_budget
+        if args.max_steps is None:
+            raw["train"]["max_steps"] = 1_000_000_000
+    return raw
+
+
+def run_chat_stage(args: argparse.Namespace) -> int:
+    from ..training.chat_data import TEXT_SOURCE, parse_mixture
+    from ..training.stages import StageTrainer, stage_config_from_dict
+
+    raw = stage_settings(args)
+    if isinstance(raw.get("mixture"), str):
+        raw["mixture"] = parse_mixture(raw["mixture"])
+    dropped = not raw.get("text_data") and TEXT_SOURCE in (raw.get("mixture") or {}) and args.mix is None
+    if dropped:
+        # The preset's mixture mentions plain text, but there is none here: train on the chat part alone.
+        raw["mixture"] = {k: v for k, v in raw["mixture"].items() if k != TEXT_SOURCE}
+    cfg = stage_config_from_dict(args.stage, raw)
+    trainer = StageTrainer(args.model, args.out, cfg, resume=args.resume, quiet=args.quiet)
+    if dropped and not args.quiet:
+        console.print("note: no --data given, so the mixture's 'text' source is left out")
+    summary = trainer.run()
+    console.print(f"saved {args.out}: " + json.dumps(summary))
+    return 0
+
+
+def run_rl_stage(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..training.rl import RL_CONFIG_FILE, RLConfig, rl_config_from_dict, run_rl
+
+    known = {f.name for f in dataclasses.fields(RLConfig)}
+    if args.resume:
+        raw = {k: v for k, v in _saved(args.out, RL_CONFIG_FILE).items() if k in known}
+    else:
+        raw = _preset_section(args.preset, "rl")
+    for item in args.overrides:
+        key, value = _split_override(item)
+        if key not in known:
+            raise FoundryError(f"unknown rl setting '{key}' (known: {', '.join(sorted(known))})")
+        raw[key] = yaml.safe_load(value)
+    for flag in ("tasks", "steps", "group_size", "prompts_per_step", "kl_coef"):
+        if getattr(args, flag) is not None:
+            raw[flag] = getattr(args, flag)
+    summary = run_rl(args.model, args.out, rl_config_from_dict(raw), resume=args.resume, quiet=args.quiet)
+    console.print(f"saved {args.out}: " + json.dumps(summary))
+    return 0

@@ -1,0 +1,387 @@
+"""Reinforcement learning on verifiable tasks, GRPO-style (nanochat's ``chat_rl.py``).
+
+One step:
+
+1. draw ``prompts_per_step`` training prompts of the task(s) (a pure function of
+   ``(seed, step)``, so a resumed run draws the same ones);
+2. sample a *group* of ``group_size`` completions for each prompt with the
+   :class:`~llm_foundry.inference.engine.Engine` (tool use on: the calculator's
+   results are forced into the completion with mask 0, so they are never trained);
+3. score each completion with the task's checker (``score_answer``: 1 right, 0 wrong);
+4. advantage = reward - the group's mean reward (optionally divided by the group's
+   std): a completion is pushed up only if it did better than its siblings, so a
+   prompt the model always (or never) gets right contributes nothing;
+5. policy-gradient loss ``-mean(advantage * log p(token))`` over the sampled tokens,
+   plus, optionally, ``kl_coef`` times a KL estimate to the frozen starting model.
+
+The loop reuses the :class:`~llm_foundry.training.trainer.Trainer`'s state handling
+(optimizer, checkpoint, exact resume, Ctrl-C). Before the first step and after the
+last, the mean reward on held-out prompts is measured with the same sampling
+settings, so the report can show what RL changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..config import TrainConfig
+from ..tokenizers import load_tokenizer
+from ..utils.device import autocast_context, resolve_device, resolve_dtype
+from ..utils.errors import FoundryError
+from ..utils.io import atomic_write_json, read_json
+from ..utils.progress import console
+from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir
+from .optim import set_lr
+from .schedule import lr_factor
+from .stages import _keep_freed_memory
+from .trainer import StopRequest, Trainer, TrainingInterrupted
+
+RL_CONFIG_FILE, RL_EVAL_FILE = "rl_config.json", "rl_eval.json"
+
+
+@dataclass
+class RLConfig:
+    """Settings of the RL stage.
+
+    Attributes:
+        tasks: the built-in tasks to train on (their checkers give the reward).
+        steps: optimizer steps.
+        prompts_per_step: prompts per step.
+        group_size: completions sampled per prompt (the group of GRPO).
+        max_tokens: longest completion.
+        temperature: sampling temperature of the completions.
+        top_k: sample among the k likeliest tokens (None = all).
+        lr: AdamW learning rate (peak; warmup then linear decay, as nanochat does).
+        warmup_steps: linear warmup of the rate.
+        weight_decay: AdamW weight decay.
+        grad_clip: clip the global grad norm (0 = off).
+        std_normalize: divide advantages by the group's std (GRPO); nanochat only centres them.
+        kl_coef: weight of the KL penalty to the starting model (0 = off, no reference kept).
+        examples: training prompts per task in the pool.
+        eval_examples: held-out prompts per task for the reward before and after.
+        eval_samples: completions per held-out prompt.
+        lang: ``en``, ``zh`` or ``mixed``.
+        seed: seeds the prompt draws and the sampling.
+        device: auto, cpu, cuda, mps.
+        precision: auto, bf16 or fp32.
+        checkpoint_interval: steps between checkpoints (0 = only at the end).
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
+    steps: int = 40
+    prompts_per_step: int = 4
+    group_size: int = 8
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int | None = None
+    lr: float = 3e-5
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    std_normalize: bool = False
+    kl_coef: float = 0.0
+    examples: int = 2000
+    eval_examples: int = 64
+    eval_samples: int = 4
+    lang: str = "mixed"
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"
+    checkpoint_interval: int = 10
+
+    def validate(self) -> "RLConfig":
+        from ..data.synthetic import TASKS
+
+        if isinstance(self.tasks, str):
+            self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        bad = [t for t in self.tasks if t not in TASKS]
+        if not self.tasks or bad:
+            raise FoundryError(f"rl tasks must be built-in tasks ({', '.join(TASKS)}), got {', '.join(bad) or 'none'}")
+        for name in ("steps", "prompts_per_step", "group_size", "max_tokens", "examples", "eval_samples"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise FoundryError(f"rl.{name} must be a positive integer")
+        if self.group_size < 2:
+            raise FoundryError("rl.group_size must be at least 2 (advantages compare the samples of a group)")
+        if self.eval_examples < 0 or self.checkpoint_interval < 0 or self.warmup_steps < 0:
+            raise FoundryError("rl.eval_examples, rl.warmup_steps and rl.checkpoint_interval must be >= 0")
+        if self.temperature <= 0 or self.lr <= 0 or self.kl_coef < 0:
+            raise FoundryError("rl.temperature and rl.lr must be positive, rl.kl_coef >= 0")
+        return self
+
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig the Trainer machinery sees (AdamW, linear decay to 0)."""
+        return TrainConfig(seed=self.seed, device=self.device, precision=self.precision, max_steps=self.steps,
+                           lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip, schedule="wsd",
+                           decay_fraction=1.0, min_lr_ratio=0.0, warmup_steps=self.warmup_steps,
+                           checkpoint_interval=self.checkpoint_interval, eval_interval=0, batch_size=1).validate()
+
+
+def rl_config_from_dict(raw: Mapping[str, Any] | None) -> RLConfig:
+    """An :class:`RLConfig` from plain data (a speedrun preset's ``rl:`` section)."""
+    raw = dict(raw or {})
+    known = {f.name for f in dataclasses.fields(RLConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise FoundryError(f"unknown key(s) in the rl settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    try:
+        return RLConfig(**raw).validate()
+    except TypeError as e:
+        raise FoundryError(f"bad rl settings: {e}") from None
+
+
+def completion_text(tokenizer, tokens: list[int]) -> str:
+    """A completion as the task checkers read it: special tokens kept, so ``score_answer``
+    can leave the tool's output blocks out of the answer."""
+    return tokenizer.decode(tokens, skip_special=False)
+
+
+def group_advantages(rewards: list[float], std_normalize: bool = False) -> list[float]:
+    """GRPO advantages of one group: reward minus the group's mean (optionally over its std).
+
+    A group whose samples all scored the same gets zeros: nothing to prefer.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    adv = r - r.mean()
+    if std_normalize:
+        adv = adv / (r.std() + 1e-4)
+    return adv.tolist()
+
+
+@torch.no_grad()
+def sampled_reward(engine, examples: list, *, samples: int, max_tokens: int, temperature: float,
+                   top_k: int | None, seed: int) -> dict[str, float]:
+    """Mean reward over ``samples`` sampled completions of each example, and greedy accuracy."""
+    from ..data.chat import render_prompt
+    from ..data.synthetic import score_answer
+
+    engine.model.eval()
+    rewards, greedy = [], []
+    for i, ex in enumerate(examples):
+        prompt = render_prompt(engine.tokenizer, ex.messages)
+        comps, _ = engine.generate(prompt, num_samples=samples, max_tokens=max_tokens, temperature=temperature,
+                                   top_k=top_k, seed=seed + i)
+        rewards += [score_answer(ex.task, completion_text(engine.tokenizer, c), ex.answer) for c in comps]
+        comps, _ = engine.generate(prompt, num_samples=1, max_tokens=max_tokens, temperature=0.0, seed=seed + i)
+        greedy.append(score_answer(ex.task, completion_text(engine.tokenizer, comps[0]), ex.answer))
+    return {"mean_reward": float(np.mean(rewards)) if rewards else 0.0,
+            "greedy_accuracy": float(np.mean(greedy)) if greedy else 0.0, "prompts": len(examples)}
+
+
+class RLTrainer(Trainer):
+    """GRPO on a chat model folder into a new model folder.
+
+    Args:
+        init_from: the SFT model folder.
+        out_dir: the RL model folder.
+        cfg: RL settings.
+        resume: continue the RL run saved in ``out_dir``.
+        quiet: no progress bar or log lines.
+        on_step: called with ``(step, progress)`` after each step.
+    """
+
+    def __init__(self, init_from: str | Path, out_dir: str | Path, cfg: RLConfig, resume: bool = False,
+                 quiet: bool = False, on_step: Callable[[int, float], None] | None = None):
+        self.rl = cfg.validate()
+        self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
+        self.init_from = Path(init_from)
+        self.data_dir = None
+        if resume and not (self.out / STATE_FILE).is_file():
+            raise FoundryError(f"nothing to resume in {self.out} (no {STATE_FILE})")
+        if not resume and (self.out / STATE_FILE).exists():
+            raise FoundryError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
+        if self.out.resolve() == self.init_from.resolve():
+            raise FoundryError("--out must differ from the input model folder (each stage writes its own)")
+        source = self.out if resume else self.init_from
+        self.model_cfg = load_model_config(source)
+        self.tokenizer = load_tokenizer(source / TOKENIZER_FILE)
+        self.cfg = cfg.train_config()
+        self.device = resolve_device(cfg.device)
+        _keep_freed_memory(self.device)
+        self.amp_dtype = resolve_dtype(cfg.precision, self.device, self.model_cfg.dim)
+
+    def _write_run_config(self) -> None:
+        atomic_write_json(self.out / RL_CONFIG_FILE, {**dataclasses.asdict(self.rl), "init_from": str(self.init_from.resolve()),
+                                                      "llm_foundry_version": __version__})
+
+    # ------------------------------------------------------------ pieces
+    def _pools(self) -> None:
+        from ..data.synthetic import make_examples
+
+        self.pool = {t: make_examples(t, self.rl.examples, split="train", seed=self.rl.seed + 7 * k, lang=self.rl.lang)
+                     for k, t in enumerate(self.rl.tasks)}
+        n = self.rl.eval_examples
+        self.heldout = [ex for k, t in enumerate(self.rl.tasks)
+                        for ex in make_examples(t, n, split="heldout", seed=self.rl.seed + 100 + k, lang=self.rl.lang)] if n else []
+
+    def _engine(self):
+        from ..inference.engine import Engine
+
+        return Engine(self.model, self.tokenizer, precision=self.rl.precision, tools=True)
+
+    def measure(self) -> dict[str, float] | None:
+        """Mean reward and greedy accuracy of the current weights on the held-out prompts."""
+        if not self.heldout:
+            return None
+        out = sampled_reward(self._engine(), self.heldout, samples=self.rl.eval_samples, max_tokens=self.rl.max_tokens,
+                             temperature=self.rl.temperature, top_k=self.rl.top_k, seed=self.rl.seed + 10_000)
+        self.model.train()
+        return out
+
+    def _logprobs(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.device, self.amp_dtype):
+            logits, _ = model(x)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        return logp.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+
+    def _rollout(self, step: int) -> tuple[list[tuple[list[int], list[int], float]], list[float]]:
+        """Sample groups for this step: ``[(ids, trained mask, advantage)]`` and the raw rewards."""
+        from ..data.chat import render_prompt
+        from ..data.synthetic import score_answer
+
+        rl = self.rl
+        rng = np.random.default_rng([rl.seed, step])
+        engine = self._engine()
+        end_id = self.tokenizer.token_id("<|assistant_end|>")
+        rows, rewards = [], []
+        self.model.eval()
+        for p in range(rl.prompts_per_step):
+            task = rl.tasks[int(rng.integers(len(rl.tasks)))]
+            ex = self.pool[task][int(rng.integers(len(self.pool[task])))]
+            prompt = render_prompt(self.tokenizer, ex.messages)
+            with torch.no_grad():
+                comps, masks = engine.generate(prompt, num_samples=rl.group_size, max_tokens=rl.max_tokens,
+                                               temperature=rl.temperature, top_k=rl.top_k,
+                                               seed=int(rng.integers(2**31)))
+            r = [score_answer(task, completion_text(self.tokenizer, c), ex.answer) for c in comps]
+            adv = group_advantages(r, rl.std_normalize)
+            rewards += r
+            for c, m, a in zip(comps, masks, adv):
+                c, m = list(c), list(m)
+                if len(c) < rl.max_tokens and end_id is not None:
+                    c, m = c + [end_id], m + [1]  # it stopped on its own: the stop is a choice to reinforce too
+                rows.append((prompt + c, [0] * len(prompt) + m, float(a)))
+        self.model.train()
+        return rows, rewards
+
+    def _loss(self, rows: list[tuple[list[int], list[int], float]]) -> tuple[torch.Tensor, float] | None:
+        rows = [r for r in rows if r[2] != 0.0 and any(r[1])]
+        if not rows:
+            return None  # every group all-right or all-wrong: nothing to learn from this step
+        t = min(max(len(ids) for ids, _, _ in rows), self.model_cfg.max_seq_len + 1)
+        pad = self.tokenizer.token_id("<|pad|>") or 0
+        ids = torch.full((len(rows), t), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), t), dtype=torch.float32)
+        adv = torch.tensor([a for _, _, a in rows], dtype=torch.float32)
+        for i, (seq, m, _) in enumerate(rows):
+            seq, m = seq[:t], m[:t]
+            ids[i, :len(seq)] = torch.tensor(seq)
+            mask[i, :len(m)] = torch.tensor(m, dtype=torch.float32)
+        ids, mask, adv = ids.to(self.device), mask.to(self.device), adv.to(self.device)
+        x, y, m = ids[:, :-1], ids[:, 1:], mask[:, 1:]
+        logp = self._logprobs(self.forward, x, y)
+        n = m.sum().clamp_min(1.0)
+        loss = -(logp * adv[:, None] * m).sum() / n
+        kl = 0.0
+        if self.rl.kl_coef > 0:
+            with torch.no_grad():
+                ref = self._logprobs(self.reference, x, y)
+            # k3 estimator of KL(policy || reference): unbiased and always >= 0.
+            d = ref - logp
+            kl_t = ((torch.exp(d) - d - 1) * m).sum() / n
+            loss = loss + self.rl.kl_coef * kl_t
+            kl = float(kl_t.detach())
+        return loss, kl
+
+    # ------------------------------------------------------------ loop
+    def run(self) -> dict:
+        """Run the RL steps; returns a summary with the reward before and after.
+
+        Raises:
+            TrainingInterrupted: after Ctrl-C/SIGTERM, with the checkpoint saved.
+        """
+        rl = self.rl
+        self._pools()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build()
+        self._write_run_config()
+        self.reference = None
+        if rl.kl_coef > 0:
+            self.reference = load_model_dir(self.init_from, self.device, with_tokenizer=False).model.eval()
+            self.reference.requires_grad_(False)
+        eval_path = self.out / RL_EVAL_FILE
+        evals = read_json(eval_path, "rl eval") if eval_path.is_file() else {}
+        if "before" not in evals:
+            evals["before"] = self.measure()
+            atomic_write_json(eval_path, evals)
+        if not self.quiet:
+            before = evals["before"] or {}
+            console.print(f"[bold]rl[/] from {self.init_from}: tasks {', '.join(rl.tasks)}, {rl.prompts_per_step} prompts x "
+                          f"{rl.group_size} samples per step, from step {self.step}"
+                          + (f"; held-out reward before {before['mean_reward']:.3f}" if before else ""))
+        from rich.progress import TextColumn
+
+        from ..utils.progress import progress_bar
+
+        with StopRequest(self.quiet) as stop, progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
+            task = bar.add_task("rl", total=rl.steps, status="")
+            bar.update(task, completed=self.step)
+            while self.step < rl.steps:
+                if stop.requested:
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(self.step)
+                t0 = time.perf_counter()
+                set_lr(self.optimizers, lr_factor(self.step, self.step / rl.steps, "wsd", rl.warmup_steps, 0.0, 1.0))
+                rows, rewards = self._rollout(self.step)
+                t_gen = time.perf_counter() - t0
+                out = self._loss(rows)
+                loss_v, kl = 0.0, 0.0
+                if out is not None:
+                    loss, kl = out
+                    loss.backward()
+                    if rl.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), rl.grad_clip, foreach=True)
+                    for opt in self.optimizers:
+                        opt.step()
+                    loss_v = float(loss.detach())
+                for opt in self.optimizers:
+                    opt.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens_seen += sum(len(r[0]) for r in rows)
+                self.train_time += time.perf_counter() - t0
+                mean_r = float(np.mean(rewards))
+                self._log({"step": self.step, "reward": round(mean_r, 4), "loss": round(loss_v, 5), "kl": round(kl, 5),
+                           "lr": self.optimizers[0].param_groups[0]["lr"], "gen_time": round(t_gen, 2),
+                           "time": round(self.train_time, 2)})
+                bar.update(task, completed=self.step, description=f"rl step {self.step}",
+                           status=f"reward {mean_r:.3f} | loss {loss_v:+.4f}")
+                if self.on_step is not None:
+                    self.on_step(self.step, self.step / rl.steps)
+                if rl.checkpoint_interval and self.step % rl.checkpoint_interval == 0 and self.step < rl.steps:
+                    self.save_checkpoint()
+        self.save_checkpoint()
+        if "after" not in evals or evals.get("after_step") != self.step:
+            evals["after"], evals["after_step"] = self.measure(), self.step
+            atomic_write_json(eval_path, evals)
+        summary = {"stage": "rl", "step": self.step, "train_time": round(self.train_time, 2)}
+        if evals.get("before") and evals.get("after"):
+            summary.update(reward_before=round(evals["before"]["mean_reward"], 4),
+                           reward_after=round(evals["after"]["mean_reward"], 4),
+                           greedy_before=round(evals["before"]["greedy_accuracy"], 4),
+                           greedy_after=round(evals["after"]["greedy_accuracy"], 4))
+        return summary
+
+
+def run_rl(init_from: str | Path, out_dir: str | Path, cfg: RLConfig, resume: bool = False, quiet: bool = False,
+           on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Run (or resume) the RL stage; returns its summary."""
+    return RLTrainer(init_from, out_dir, cfg, resume=resume, quiet=quiet, on_step=on_step).run()
+

@@ -1,0 +1,433 @@
+"""The speedrun: tokenizer -> pretrain -> midtrain -> SFT -> RL -> eval -> report, in one run folder.
+
+nanochat's ``speedrun.sh`` as a library function. A preset (YAML under
+``configs/speedrun/``) holds the settings of every stage; ``key=value`` overrides
+reach into it by path (``pretrain.time_budget=60``, ``rl.steps=10``). The run folder::
+
+    RUN/
+      speedrun_state.json   the resolved settings and the finished stages (a re-run skips them)
+      data/                 the pretraining text as token shards, with the tokenizer
+      base/ mid/ sft/ rl/   one model folder per stage, each with its metrics.jsonl
+      eval/results.json     held-out accuracy per task and model, with the tool and without
+      plots/*.png           loss and reward curves
+      report.md             everything above in one page
+
+Each stage reads the previous model folder and writes its own. A stage that was
+interrupted (Ctrl-C, SIGTERM, a kill) resumes from its last checkpoint when the same
+command runs again; finished stages are skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from .. import __version__
+from ..utils.errors import FoundryError
+from ..utils.io import atomic_write_json, read_json
+from ..utils.progress import console
+
+SPEEDRUN_DIR = Path(__file__).resolve().parent.parent / "configs" / "speedrun"
+STATE_FILE = "speedrun_state.json"
+STAGES = ("tokenizer", "pretrain", "midtrain", "sft", "rl", "eval", "report")
+MODEL_DIRS = {"pretrain": "base", "midtrain": "mid", "sft": "sft", "rl": "rl"}
+SECTIONS = ("tokenizer", "model", "pretrain", "midtrain", "sft", "rl", "eval")
+
+
+# ------------------------------------------------------------------ presets
+def list_speedrun_presets() -> list[str]:
+    """Names of the built-in speedrun presets."""
+    return sorted(p.stem for p in SPEEDRUN_DIR.glob("*.yaml"))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_speedrun_config(preset: str = "cpu", overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """A speedrun preset (name or YAML file) with ``section.key=value`` overrides, checked.
+
+    Raises:
+        FoundryError: unknown preset, section or key; bad value.
+    """
+    path = Path(preset)
+    if not path.suffix and not path.exists():
+        path = SPEEDRUN_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise FoundryError(f"unknown speedrun preset '{preset}' (built-in: {', '.join(list_speedrun_presets())})")
+    elif not path.is_file():
+        raise FoundryError(f"speedrun config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise FoundryError(f"speedrun config is not valid YAML: {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise FoundryError(f"speedrun config must be a mapping of sections: {path}")
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().replace("-", "_").split(".")
+        if not sep or len(parts) < 2 or parts[0] not in SECTIONS:
+            raise FoundryError(f"override '{item}' must look like SECTION.key=value with SECTION one of {', '.join(SECTIONS)} "
+                               "(e.g. pretrain.time_budget=60 or midtrain.train.max_steps=200)")
+        node = raw
+        for p in parts[:-1]:
+            if not isinstance(node.setdefault(p, {}), dict):
+                raise FoundryError(f"override '{item}': {p} is not a section")
+            node = node[p]
+        node[parts[-1]] = _parse_value(value.strip())
+    check_speedrun_config(raw)
+    return raw
+
+
+@dataclass
+class _Parsed:
+    model: Any
+    pretrain: Any
+    midtrain: Any
+    sft: Any
+    rl: Any
+
+
+def check_speedrun_config(raw: dict[str, Any]) -> _Parsed:
+    """Validate every section (raises FoundryError naming the first bad key) and return them parsed."""
+    from ..config import configs_from_dict
+    from .rl import rl_config_from_dict
+    from .stages import stage_config_from_dict
+
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise FoundryError(f"unknown speedrun section(s): {', '.join(unknown)} (sections: {', '.join(SECTIONS)})")
+    tok = raw.get("tokenizer") or {}
+    bad = sorted(set(tok) - {"kind", "vocab_size", "chat_examples"})
+    if bad:
+        raise FoundryError(f"unknown key(s) in tokenizer: {', '.join(bad)} (known: kind, vocab_size, chat_examples)")
+    if tok.get("kind", "byte") not in ("byte", "bpe"):
+        raise FoundryError("tokenizer.kind must be byte or bpe (chat needs the reserved chat tokens)")
+    ev = raw.get("eval") or {}
+    bad = sorted(set(ev) - {"tasks", "examples", "max_tokens", "batch_size", "no_tool_tasks", "samples", "lang"})
+    if bad:
+        raise FoundryError(f"unknown key(s) in eval: {', '.join(bad)}")
+    model_cfg, pre_cfg = configs_from_dict({"model": raw.get("model") or {}, "train": raw.get("pretrain") or {}})
+    return _Parsed(model=model_cfg.validate(), pretrain=pre_cfg.validate(),
+                   midtrain=stage_config_from_dict("midtrain", raw.get("midtrain")),
+                   sft=stage_config_from_dict("sft", raw.get("sft")),
+                   rl=rl_config_from_dict(raw.get("rl")))
+
+
+# ------------------------------------------------------------------ environment
+def environment() -> dict[str, Any]:
+    """What the run ran on (for the report)."""
+    import platform
+
+    import torch
+
+    from ..utils.device import bf16_supported, resolve_device
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = resolve_device("auto")
+    return {"llm_foundry": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(device),
+            "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+            "bf16_fast": bf16_supported(device),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+# ------------------------------------------------------------------ evaluation
+def evaluate_model(model_dir: str | Path, tasks: Iterable[str], examples: int, *, tools: bool = True,
+                   max_tokens: int = 64, batch_size: int = 32, lang: str = "mixed",
+                   keep_samples: int = 2) -> dict[str, Any]:
+    """Greedy exact match of a chat model on held-out examples of built-in tasks (``eval/tasks.py``).
+
+    Returns ``{task: {"accuracy", "correct", "n", "samples": [...]}}``; a sample is
+    ``{"prompt", "completion", "answer", "score"}``.
+    """
+    from ..eval.tasks import builtin_task, evaluate_task
+    from ..inference.engine import Engine
+
+    engine = Engine.from_pretrained(model_dir, tools=tools)
+    out: dict[str, Any] = {}
+    for task in tasks:
+        r = evaluate_task(engine, builtin_task(task, examples, lang=lang), batch_size=batch_size, max_tokens=max_tokens)
+        out[task] = {"accuracy": r.accuracy, "correct": r.correct, "n": r.total, "samples": r.samples[:keep_samples]}
+    return out
+
+
+# ------------------------------------------------------------------ the run
+class Speedrun:
+    """One speedrun in a run folder.
+
+    Args:
+        out: the run folder.
+        preset: a speedrun preset name or YAML file.
+        overrides: ``section.key=value`` strings.
+        data: the user's text (files or folders) instead of the built-in corpus.
+        quiet: no progress display.
+    """
+
+    def __init__(self, out: str | Path, preset: str = "cpu", overrides: Iterable[str] = (),
+                 data: Iterable[str | Path] | None = None, quiet: bool = False):
+        self.out = Path(out)
+        self.quiet = quiet
+        self.data_inputs = [str(Path(d).resolve()) for d in data] if data else None
+        self.config = load_speedrun_config(preset, list(overrides))
+        self.parsed = check_speedrun_config(self.config)
+        state_path = self.out / STATE_FILE
+        if state_path.is_file():
+            self.state = read_json(state_path, "speedrun state")
+            if self.state.get("config") != self.config or self.state.get("data") != self.data_inputs:
+                raise FoundryError(f"{self.out} holds a speedrun with other settings; re-run it with the same preset, "
+                                   "overrides and --data, or choose another --out")
+        else:
+            if self.out.exists() and any(self.out.iterdir()):
+                raise FoundryError(f"{self.out} exists and is not a speedrun folder; choose another --out")
+            self.state = {"preset": preset, "config": self.config, "data": self.data_inputs, "stages": {},
+                          "environment": environment()}
+        self.state.setdefault("stages", {})
+
+    # -------------------------------------------------------------- state
+    def _save(self) -> None:
+        atomic_write_json(self.out / STATE_FILE, self.state)
+
+    def done(self, stage: str) -> bool:
+        return bool(self.state["stages"].get(stage, {}).get("done"))
+
+    def path(self, stage: str) -> Path:
+        return self.out / MODEL_DIRS[stage]
+
+    def _fresh_or_resume(self, folder: Path) -> bool:
+        """Whether ``folder`` holds a checkpoint to resume; clears a stage that never saved one."""
+        from .checkpoint import STATE_FILE as TRAIN_STATE
+
+        if (folder / TRAIN_STATE).is_file():
+            return True
+        if folder.exists():
+            shutil.rmtree(folder)  # started but never checkpointed: nothing worth keeping
+        return False
+
+    # -------------------------------------------------------------- stages
+    def stage_tokenizer(self, progress: Callable[[float], None]) -> dict:
+        from ..data import builtin_corpus, prepare_dataset, read_documents, split_documents
+        from ..data.chat import content_text
+        from ..data.synthetic import TASKS, make_examples
+        from ..tokenizers import build_tokenizer
+
+        tc = self.config.get("tokenizer") or {}
+        kind, vocab = tc.get("kind", "byte"), int(tc.get("vocab_size", 4096))
+        docs = read_documents(self.data_inputs) if self.data_inputs else builtin_corpus()
+        if kind == "bpe":
+            # Merges come from the training text plus some chat text (numbers, Chinese, the task words),
+            # so the chat stages do not meet a vocabulary made for Python's documentation only.
+            train_docs, _ = split_documents(docs, 0.1, seed=0)
+            chat = [" ".join(content_text(m["content"]) for m in ex.messages)
+                    for t in TASKS for ex in make_examples(t, int(tc.get("chat_examples", 500)), seed=99)]
+            tokenizer = build_tokenizer("bpe", [d.text for d in train_docs] + chat, vocab)
+        else:
+            tokenizer = build_tokenizer(kind)
+        progress(0.5)
+        meta = prepare_dataset(docs, tokenizer, self.out / "data", val_fraction=0.1, seed=0, show_progress=False)
+        s = meta["splits"]
+        return {"kind": meta["tokenizer"], "vocab_size": meta["vocab_size"], "documents": len(docs),
+                "train_tokens": s["train"]["tokens"], "val_tokens": s.get("val", {}).get("tokens", 0),
+                "bytes_per_token": round(s["train"]["bytes"] / max(s["train"]["tokens"], 1), 3)}
+
+    def stage_pretrain(self, progress: Callable[[float], None]) -> dict:
+        from .trainer import Trainer
+
+        folder = self.path("pretrain")
+        resume = self._fresh_or_resume(folder)
+        trainer = Trainer(self.parsed.model, self.parsed.pretrain, self.out / "data", folder, resume=resume, quiet=True)
+        stop = _poll(lambda: progress(trainer._progress() if hasattr(trainer, "step") else 0.0))
+        try:
+            return trainer.run()
+        finally:
+            stop()
+
+    def _chat_stage(self, stage: str, prev: str, progress: Callable[[float], None]) -> dict:
+        import dataclasses
+
+        from .stages import run_stage
+
+        cfg = getattr(self.parsed, stage)
+        if "text" in cfg.mixture and not cfg.text_data:
+            cfg = dataclasses.replace(cfg, text_data=str(self.out / "data"))
+        folder = self.path(stage)
+        resume = self._fresh_or_resume(folder)
+        return run_stage(self.path(prev), folder, cfg, resume=resume, quiet=True, on_step=lambda s, p: progress(p))
+
+    def stage_midtrain(self, progress) -> dict:
+        return self._chat_stage("midtrain", "pretrain", progress)
+
+    def stage_sft(self, progress) -> dict:
+        return self._chat_stage("sft", "midtrain", progress)
+
+    def stage_rl(self, progress) -> dict:
+        from .rl import run_rl
+
+        folder = self.path("rl")
+        resume = self._fresh_or_resume(folder)
+        return run_rl(self.path("sft"), folder, self.parsed.rl, resume=resume, quiet=True, on_step=lambda s, p: progress(p))
+
+    def eval_settings(self) -> dict[str, Any]:
+        ev = self.config.get("eval") or {}
+        return {"tasks": list(ev.get("tasks", ["arithmetic", "count_letters", "spelling", "identity", "facts"])),
+                "no_tool_tasks": list(ev.get("no_tool_tasks", ["arithmetic", "count_letters"])),
+                "examples": int(ev.get("examples", 100)), "max_tokens": int(ev.get("max_tokens", 64)),
+                "batch_size": int(ev.get("batch_size", 50)), "lang": ev.get("lang", "mixed"),
+                "samples": int(ev.get("samples", 2))}
+
+    def stage_eval(self, progress: Callable[[float], None]) -> dict:
+        ev = self.eval_settings()
+        models = [("mid", "midtrain"), ("sft", "sft"), ("rl", "rl")]
+        runs = [(name, stage, True, ev["tasks"]) for name, stage in models]
+        runs.append(("rl", "rl", False, ev["no_tool_tasks"]))
+        results_path = self.out / "eval" / "results.json"
+        results = read_json(results_path, "eval results") if results_path.is_file() else {}
+        for i, (name, stage, tools, tasks) in enumerate(runs):
+            key = f"{name}{'' if tools else '_no_tools'}"
+            if key not in results:  # each finished model is kept, so an interrupted eval resumes
+                results[key] = evaluate_model(self.path(stage), tasks, ev["examples"], tools=tools,
+                                              max_tokens=ev["max_tokens"], batch_size=ev["batch_size"],
+                                              lang=ev["lang"], keep_samples=ev["samples"])
+                atomic_write_json(results_path, results)
+            progress((i + 1) / len(runs))
+        summary = {f"{key}/{task}": round(r["accuracy"], 4) for key, res in results.items() for task, r in res.items()}
+        return summary
+
+    def stage_report(self, progress: Callable[[float], None]) -> dict:
+        from ..eval.report import write_report
+
+        path = write_report(self.out)
+        return {"report": str(path)}
+
+    # -------------------------------------------------------------- the loop
+    def weights(self) -> dict[str, float]:
+        """Expected seconds per stage, for one overall progress bar (a guide, not a promise)."""
+        p = self.parsed
+
+        def train_seconds(cfg, per_step: float) -> float:
+            return float(cfg.time_budget) if cfg.time_budget else cfg.max_steps * per_step
+
+        ev = self.eval_settings()
+        n_eval = ev["examples"] * (3 * len(ev["tasks"]) + len(ev["no_tool_tasks"]))
+        return {"tokenizer": 10.0, "pretrain": train_seconds(p.pretrain, 0.3),
+                "midtrain": train_seconds(p.midtrain.train, 0.3), "sft": train_seconds(p.sft.train, 0.3),
+                "rl": p.rl.steps * 3.0 + p.rl.eval_examples * len(p.rl.tasks) * 0.5,
+                "eval": n_eval * 0.02 + 5, "report": 5.0}
+
+    def run(self) -> dict:
+        """Run every stage not yet done; returns the state (with each stage's summary and time).
+
+        Raises:
+            TrainingInterrupted: Ctrl-C/SIGTERM during a training stage (its checkpoint is saved).
+        """
+        from rich.progress import TextColumn
+
+        from ..utils.progress import progress_bar
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._save()
+        weights = self.weights()
+        total = sum(weights.values())
+        done_before = [s for s in STAGES if self.done(s)]
+        if done_before and not self.quiet:
+            console.print(f"continuing {self.out}: done already: {', '.join(done_before)}")
+        with progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
+            task = bar.add_task("speedrun", total=total, status="")
+            base = sum(weights[s] for s in done_before)
+            bar.update(task, completed=base)
+            for i, stage in enumerate(STAGES, 1):
+                if self.done(stage):
+                    continue
+                label = f"[{i}/{len(STAGES)}] {stage}"
+                bar.update(task, description=label, status="")
+                w = weights[stage]
+
+                def progress(frac: float, _base=base, _w=w) -> None:
+                    bar.update(task, completed=_base + _w * min(max(frac, 0.0), 1.0))
+
+                record = self.state["stages"].setdefault(stage, {})
+                t0 = time.perf_counter()
+                try:
+                    summary = getattr(self, f"stage_{stage}")(progress)
+                except BaseException:
+                    # Keep the time already spent, so the report's stage times add up after a resume.
+                    record["seconds_before"] = round(record.get("seconds_before", 0.0) + time.perf_counter() - t0, 1)
+                    self._save()
+                    raise
+                seconds = round(record.pop("seconds_before", 0.0) + time.perf_counter() - t0, 1)
+                record.update(done=True, summary=summary, seconds=seconds)
+                self._save()
+                base += w
+                bar.update(task, completed=base)
+                if not self.quiet:
+                    bar.console.print(f"[green]done[/] {label} in {seconds:.0f}s: " + _short(summary))
+        self.state["total_seconds"] = round(sum(s.get("seconds", 0.0) for s in self.state["stages"].values()), 1)
+        self._save()
+        return self.state
+
+
+def _short(summary: dict, limit: int = 8) -> str:
+    items = [f"{k} {v}" for k, v in summary.items() if not isinstance(v, (dict, list))][:limit]
+    return ", ".join(items)
+
+
+def _poll(fn: Callable[[], None], every: float = 0.5) -> Callable[[], None]:
+    """Call ``fn`` every ``every`` seconds in a daemon thread; returns the stop function.
+
+    Used for the pretraining stage, whose Trainer has no step callback: the overall bar
+    reads its progress from outside.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                fn()
+            except Exception:
+                pass  # a progress read racing the trainer's own update is not worth a crash
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return stop.set
+
+
+def run_speedrun(out: str | Path, preset: str = "cpu", overrides: Iterable[str] = (),
+                 data: Iterable[str | Path] | None = None, quiet: bool = False) -> dict:
+    """Run (or continue) a speedrun in ``out``; returns its state."""
+    return Speedrun(out, preset, overrides, data, quiet).run()
+
+
+def read_state(run_dir: str | Path) -> dict:
+    """The ``speedrun_state.json`` of a run folder."""
+    return read_json(Path(run_dir) / STATE_FILE, "speedrun state")
+
+
+def format_results(state: dict) -> str:
+    """One line per stage with its time, for the CLI."""
+    lines = []
+    for stage in STAGES:
+        s = state["stages"].get(stage)
+        if s:
+            lines.append(f"{stage:<9} {s.get('seconds', 0):>7.1f}s  {json.dumps(s.get('summary', {}), ensure_ascii=False)}")
+    return "\n".join(lines)

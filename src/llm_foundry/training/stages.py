@@ -1,0 +1,303 @@
+"""Mid-training and SFT: continue a model folder on a conversation mixture into a new one.
+
+Both stages are the same loop with different data (nanochat's ``mid_train.py`` and
+``chat_sft.py``):
+
+* **midtrain** teaches the base model the chat layout, the special tokens and tool
+  calls, from a large mixture of synthetic conversations plus some pretraining text,
+  with the loss on every token (``loss_on="all"``);
+* **sft** polishes the chat model on conversations with the loss on the assistant's
+  tokens only (``loss_on="assistant"``: the masked loss), usually at a lower rate.
+
+The loop is the :class:`~llm_foundry.training.trainer.Trainer`'s, reused piece by
+piece: the same optimizers, schedule, checkpoint files (``training_state.pt`` beside
+the weights), metrics log, Ctrl-C handling and exact resume. Only the batches
+differ: they come from a :class:`~llm_foundry.training.chat_data.ChatMixture`, whose
+batch ``k`` depends on ``(seed, k)`` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .. import __version__
+from ..config import TrainConfig, configs_from_dict
+from ..eval.metrics import mean_loss
+from ..tokenizers import load_tokenizer
+from ..utils.device import autocast_context, resolve_device, resolve_dtype
+from ..utils.errors import FoundryError
+from ..utils.io import atomic_write_json, read_json
+from ..utils.progress import console
+from .chat_data import ChatMixture, parse_mixture
+from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config
+from .optim import set_lr
+from .schedule import lr_factor
+from .trainer import StopRequest, Trainer, TrainingInterrupted
+
+STAGE_CONFIG_FILE = "stage_config.json"
+STAGES = ("midtrain", "sft")
+
+# Per-stage defaults of the data side; the optimisation side is a TrainConfig.
+DEFAULT_MIXTURES = {
+    "midtrain": {"arithmetic": 4.0, "count_letters": 3.0, "spelling": 2.0, "identity": 0.5, "facts": 1.0, "text": 1.0},
+    "sft": {"arithmetic": 3.0, "count_letters": 3.0, "spelling": 1.0, "identity": 0.5, "facts": 1.0},
+}
+DEFAULT_LOSS_ON = {"midtrain": "all", "sft": "assistant"}  # nanochat's choices; the presets set their own
+
+
+@dataclass
+class StageConfig:
+    """What a mid-training or SFT stage trains on, and how.
+
+    Attributes:
+        stage: ``midtrain`` or ``sft``.
+        mixture: source -> weight (built-in task, ``text``, or a ``.jsonl`` file).
+        loss_on: ``all`` tokens or only the ``assistant``'s (masked loss).
+        examples_per_task: pool size of each synthetic task.
+        lang: ``en``, ``zh`` or ``mixed`` for the synthetic tasks.
+        text_data: a prepared data folder for the ``text`` source.
+        text_len: tokens per pretraining-text window.
+        val_examples: held-out examples per task for the validation loss.
+        train: optimisation settings (``seq_len`` None = the model's context).
+    """
+
+    stage: str = "sft"
+    mixture: dict[str, float] = field(default_factory=dict)
+    loss_on: str = ""
+    examples_per_task: int = 4000
+    lang: str = "mixed"
+    text_data: str | None = None
+    text_len: int = 128
+    val_examples: int = 200
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "StageConfig":
+        if self.stage not in STAGES:
+            raise FoundryError(f"stage must be one of {', '.join(STAGES)}, not '{self.stage}'")
+        self.mixture = parse_mixture(self.mixture or DEFAULT_MIXTURES[self.stage])
+        self.loss_on = self.loss_on or DEFAULT_LOSS_ON[self.stage]
+        for name in ("examples_per_task", "val_examples", "text_len"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise FoundryError(f"{self.stage}.{name} must be an integer, got {getattr(self, name)!r}")
+        if self.loss_on not in ("all", "assistant"):
+            raise FoundryError(f"{self.stage}.loss_on must be all or assistant, not {self.loss_on!r}")
+        if self.lang not in ("mixed", "en", "zh"):
+            raise FoundryError(f"{self.stage}.lang must be mixed, en or zh, not {self.lang!r}")
+        if self.examples_per_task < 1 or self.val_examples < 0 or self.text_len < 8:
+            raise FoundryError("examples_per_task must be >= 1, val_examples >= 0 and text_len >= 8")
+        self.train = dataclasses.replace(self.train).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def stage_config_from_dict(stage: str, raw: Mapping[str, Any] | None) -> StageConfig:
+    """A :class:`StageConfig` from plain data (a speedrun preset's section, or a saved stage config).
+
+    The ``train:`` sub-mapping holds TrainConfig fields; everything else is a StageConfig field.
+
+    Raises:
+        FoundryError: unknown keys or bad values.
+    """
+    raw = dict(raw or {})
+    _, train = configs_from_dict({"train": raw.pop("train", None) or {}})
+    known = {f.name for f in dataclasses.fields(StageConfig)} - {"train", "stage"}
+    unknown = sorted(set(raw) - known - {"stage"})
+    if unknown:
+        raise FoundryError(f"unknown key(s) in the {stage} settings: {', '.join(unknown)} (known: {', '.join(sorted(known))}, train)")
+    raw.pop("stage", None)
+    return StageConfig(stage=stage, train=train, **raw).validate()
+
+
+class StageTrainer(Trainer):
+    """Train a model folder on a conversation mixture into a new model folder.
+
+    Subclasses :class:`Trainer` for its state handling (``_build``, ``save_checkpoint``,
+    ``_load_state``, the metrics log) and replaces only where batches come from.
+
+    Args:
+        init_from: the model folder to start from (the previous stage).
+        out_dir: the stage's output model folder.
+        cfg: the stage settings.
+        resume: continue the stage saved in ``out_dir``.
+        quiet: no progress bar or log lines.
+        on_step: called with ``(step, progress in [0, 1])`` after every optimizer step.
+    """
+
+    def __init__(self, init_from: str | Path, out_dir: str | Path, cfg: StageConfig, resume: bool = False,
+                 quiet: bool = False, on_step: Callable[[int, float], None] | None = None):
+        # Trainer.__init__ is skipped on purpose: it reads a token data folder, a stage reads conversations.
+        self.stage_cfg = cfg.validate()
+        self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
+        self.init_from = Path(init_from)
+        self.data_dir = Path(cfg.text_data) if cfg.text_data else None
+        state_path = self.out / STATE_FILE
+        if resume and not state_path.is_file():
+            raise FoundryError(f"nothing to resume in {self.out} (no {STATE_FILE})")
+        if not resume and state_path.exists():
+            raise FoundryError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
+        if self.out.resolve() == self.init_from.resolve():
+            raise FoundryError("--out must differ from the input model folder (each stage writes its own)")
+        source = self.out if resume else self.init_from
+        self.model_cfg = load_model_config(source)
+        self.tokenizer = load_tokenizer(source / TOKENIZER_FILE)
+        self.cfg = cfg.train
+        self.seq_len = self.cfg.seq_len or self.model_cfg.max_seq_len
+        if self.seq_len > self.model_cfg.max_seq_len:
+            raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({self.model_cfg.max_seq_len})")
+        self.device = resolve_device(self.cfg.device)
+        _keep_freed_memory(self.device)
+        self.amp_dtype = resolve_dtype(self.cfg.precision, self.device, self.model_cfg.dim)
+
+    def _write_run_config(self) -> None:
+        atomic_write_json(self.out / STAGE_CONFIG_FILE, {
+            **self.stage_cfg.to_dict(),
+            "init_from": str(self.init_from.resolve()),
+            "seq_len": self.seq_len,
+            "mixture_share": self.train_mix.describe(),
+            "llm_foundry_version": __version__,
+        })
+
+    def evaluate(self) -> dict[str, float] | None:
+        """Mean masked loss on held-out conversations (held-out templates and number ranges)."""
+        if not self.val_batches:
+            return None
+        raw = None
+        if self.ema is not None:
+            raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.ema.copy_to(self.model)
+        try:
+            return {"loss": mean_loss(self.model, self.val_batches, self.amp_dtype)}
+        finally:
+            if raw is not None:
+                self.model.load_state_dict(raw)
+
+    def run(self) -> dict:
+        """Train until ``max_steps`` or the time budget; returns a summary dict.
+
+        Raises:
+            TrainingInterrupted: after Ctrl-C/SIGTERM, with the checkpoint saved.
+        """
+        sc, cfg = self.stage_cfg, self.cfg
+        self.train_mix = ChatMixture(self.tokenizer, sc.mixture, seq_len=self.seq_len, examples_per_task=sc.examples_per_task,
+                                     split="train", seed=cfg.seed, lang=sc.lang, loss_on=sc.loss_on,
+                                     text_data=sc.text_data, text_len=sc.text_len)
+        self.val_batches = []
+        val_mix = {k: v for k, v in sc.mixture.items() if k != "text" and not k.endswith(".jsonl")}
+        if sc.val_examples and val_mix:
+            held = ChatMixture(self.tokenizer, val_mix, seq_len=self.seq_len, examples_per_task=sc.val_examples,
+                               split="heldout", seed=cfg.seed + 1, lang=sc.lang, loss_on="assistant")
+            self.val_batches = held.fixed_batches(cfg.eval_batches, cfg.batch_size, self.device)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build()
+        self._write_run_config()
+        if not self.quiet:
+            console.print(f"[bold]{sc.stage}[/] from {self.init_from}: {self.model.num_parameters() / 1e6:.2f}M parameters, "
+                          f"loss on {sc.loss_on} tokens, batch {cfg.batch_size}x{self.seq_len}x{cfg.grad_accum}, "
+                          f"from step {self.step}; mixture " + ", ".join(f"{k} {v['weight']:.2f}" for k, v in self.train_mix.describe().items()))
+        last_val = None
+        loss_sum, loss_count, trained = torch.zeros((), device=self.device), 0, 0
+        window_start, window_tokens = time.perf_counter(), 0
+        from rich.progress import TextColumn
+
+        from ..utils.progress import progress_bar
+
+        with StopRequest(self.quiet) as stop, progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
+            task = bar.add_task(sc.stage, total=1000, status="")
+            while self.step < cfg.max_steps:
+                if stop.requested:
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(self.step)
+                if cfg.time_budget and self.train_time >= cfg.time_budget:
+                    break
+                t_step = time.perf_counter()
+                set_lr(self.optimizers, lr_factor(self.step, self._progress(), cfg.schedule, cfg.warmup_steps,
+                                                  cfg.min_lr_ratio, cfg.decay_fraction))
+                for micro in range(cfg.grad_accum):
+                    x, y = self.train_mix.batch(self.step * cfg.grad_accum + micro, cfg.batch_size, self.device)
+                    with autocast_context(self.device, self.amp_dtype):
+                        _, loss = self.forward(x, y)
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
+                    loss_sum += loss.detach()
+                    loss_count += 1
+                    trained += int((y != -100).sum())
+                if cfg.grad_clip > 0:
+                    for opt in self.optimizers:
+                        self.scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
+                for opt in self.optimizers:
+                    self.scaler.step(opt)
+                self.scaler.update()
+                for opt in self.optimizers:
+                    opt.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+                tokens = cfg.batch_size * self.seq_len * cfg.grad_accum
+                self.tokens_seen += tokens
+                window_tokens += tokens
+                self.train_time += time.perf_counter() - t_step
+                if self.on_step is not None:
+                    self.on_step(self.step, self._progress())
+                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    train_loss = float(loss_sum) / max(loss_count, 1)
+                    tok_s = window_tokens / max(now - window_start, 1e-9)
+                    self._log({"step": self.step, "loss": round(train_loss, 5),
+                               "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
+                               "trained_tokens": trained, "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
+                    bar.update(task, completed=int(1000 * self._progress()), description=f"{sc.stage} step {self.step}",
+                               status=f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
+                    loss_sum.zero_()
+                    loss_count, trained, window_start, window_tokens = 0, 0, now, 0
+                if cfg.eval_interval and self.step % cfg.eval_interval == 0:
+                    last_val = self._eval_and_log(bar)
+                    window_start = time.perf_counter()
+                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                    self.save_checkpoint()
+                    window_start = time.perf_counter()
+            if last_val is None or cfg.eval_interval == 0 or self.step % cfg.eval_interval:
+                last_val = self._eval_and_log(bar)
+            bar.update(task, completed=1000)
+        self.save_checkpoint()
+        summary = {"stage": sc.stage, "step": self.step, "tokens_seen": self.tokens_seen, "train_time": round(self.train_time, 2)}
+        if last_val:
+            summary["val_loss"] = round(last_val["loss"], 5)
+        return summary
+
+    def _eval_and_log(self, bar) -> dict[str, float] | None:
+        metrics = self.evaluate()
+        if metrics is None:
+            return None
+        self.best_val = min(self.best_val, metrics["loss"])
+        self._log({"step": self.step, "val_loss": round(metrics["loss"], 5)})
+        if not self.quiet:
+            bar.console.print(f"step {self.step:>6} | held-out chat loss {metrics['loss']:.4f} | {self.train_time:.0f}s")
+        return metrics
+
+
+def run_stage(init_from: str | Path, out_dir: str | Path, cfg: StageConfig, resume: bool = False, quiet: bool = False,
+              on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Run (or resume) a mid-training or SFT stage; returns its summary."""
+    return StageTrainer(init_from, out_dir, cfg, resume=resume, quiet=quiet, on_step=on_step).run()
+
+
+def load_stage_config(model_dir: str | Path) -> dict | None:
+    """The saved ``stage_config.json`` of a stage's model folder, or None."""
+    path = Path(model_dir) / STAGE_CONFIG_FILE
+    return read_json(path, "stage config") if path.is_file() else None
+
+
+def _keep_freed_memory(device) -> None:
+    # What Trainer.__init__ does on a CPU (faster steps); this class skips Trainer.__init__.
+    from ..utils import device as _device
+
+    if device.type == "cpu" and hasattr(_device, "keep_freed_memory"):
+        _device.keep_freed_memory()
