@@ -25,7 +25,6 @@ def test_save_load_round_trip(trained_run, tmp_path):
     x = torch.randint(0, bundle.model.cfg.vocab_size, (1, 16))
     torch.testing.assert_close(again.model(x)[0], bundle.model(x)[0])
     assert not list((tmp_path / "copy").glob("*.tmp"))  # no temp litter
-    import os
     mode = (tmp_path / "copy" / "model.safetensors").stat().st_mode & 0o777
     assert mode == 0o666 & ~_umask()  # shareable like any other file, not owner-only
 

@@ -3,7 +3,6 @@ import torch
 
 from llm_foundry import Generator
 from llm_foundry.inference import sample_next
-from llm_foundry.training import load_model_dir
 
 
 @pytest.fixture(scope="module")

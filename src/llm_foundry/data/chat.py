@@ -28,6 +28,7 @@ from typing import Any
 from ..tokenizers import Tokenizer
 from ..tokenizers.special import BOS, CHAT_SPECIAL_TOKENS
 from ..utils.errors import FoundryError
+from .sources import iter_jsonl
 
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "python", "python_output")
@@ -183,17 +184,7 @@ def read_conversations(path: str | Path) -> list[list[dict]]:
     if not path.is_file():
         raise FoundryError(f"conversation file not found: {path}")
     out: list[list[dict]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise FoundryError(f"{path} is not UTF-8 text") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FoundryError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, obj in iter_jsonl(path):
         if not isinstance(obj, dict) or "messages" not in obj:
             raise FoundryError(f"{path}:{n}: expected an object with a 'messages' list")
         try:

@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..utils.errors import FoundryError
 
@@ -64,15 +64,28 @@ def read_text_file(path: str | Path) -> str:
     return text
 
 
-def _read_jsonl(path: Path) -> list[Document]:
-    docs = []
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """``(line number, parsed value)`` for each non-blank line of a ``.jsonl`` file.
+
+    The one reader of JSON-lines files (documents, conversations, eval sets), so every
+    one reports a bad line the same way.
+
+    Raises:
+        FoundryError: what :func:`read_text_file` raises, or ``FILE:LINE: not valid JSON``.
+    """
+    path = Path(path)
     for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise FoundryError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def _read_jsonl(path: Path) -> list[Document]:
+    docs = []
+    for lineno, obj in iter_jsonl(path):
         text = None
         if isinstance(obj, dict):
             text = next((obj[k] for k in JSONL_TEXT_KEYS if isinstance(obj.get(k), str)), None)

@@ -17,11 +17,11 @@ Every malformed record is a ``FoundryError("FILE:LINE: reason")``.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..data.sources import iter_jsonl
 from ..utils.errors import FoundryError
 
 LETTERS = "ABCDEFGHIJ"
@@ -44,17 +44,7 @@ class TaskItem:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise FoundryError(f"{path} is not UTF-8 text") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FoundryError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise FoundryError(f"{path}:{n}: expected a JSON object")
         yield n, obj

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_text, read_log_records
 
 STAGE_FOLDERS = (("pretrain", "base"), ("midtrain", "mid"), ("sft", "sft"), ("rl", "rl"))
 SETTINGS_FILES = ("run_config.json", "stage_config.json", "rl_config.json")
@@ -22,16 +22,7 @@ SETTINGS_FILES = ("run_config.json", "stage_config.json", "rl_config.json")
 
 def read_metrics(folder: Path) -> list[dict]:
     """The records of ``metrics.jsonl`` (a torn last line is skipped)."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return read_log_records(folder / "metrics.jsonl")
 
 
 def _read(path: Path) -> Any:

@@ -40,7 +40,7 @@ from ..training.checkpoint import load_model_dir
 from ..training.optim import build_optimizers
 from ..training.trainer import StopRequest
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_json, read_json
+from ..utils.io import atomic_write_json, read_json, read_log_records
 from .corpus import read_split
 from .local_train import Compute, EvolveInterrupted, Runtime, run_steps
 from .mining import SelfGenFilter, distinct_n, generate_samples, mine_hard_windows, prompts_from, repetition
@@ -136,18 +136,6 @@ class MixBatches:
         return data[:, :-1], data[:, 1:]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line from a kill
-    return out
-
-
 class Evolution:
     """Runs evolution cycles on a state folder made by ``--mode train``.
 
@@ -198,7 +186,7 @@ class Evolution:
         if self.corpus_text is None:
             self.corpus_text = self.tokenizer.decode(self.train_tokens.tolist())
         path = self.paths.knowledge / SELF_GEN_FILE
-        kept_texts = [r["text"] for r in _read_jsonl(path)]
+        kept_texts = [r["text"] for r in read_log_records(path)]
         prompts = prompts_from(self.train_tokens, self.tokenizer, self.opts.self_samples, 48, cycle_seed)
         texts = generate_samples(model, self.tokenizer, prompts, self.opts.self_tokens, 0.9, cycle_seed)
         compute.forward_tokens += len(texts) * self.opts.self_tokens
@@ -217,7 +205,7 @@ class Evolution:
         return {"generated": len(texts), "kept": len(new), "rejected": rejected}
 
     def _self_pool(self) -> np.ndarray | None:
-        texts = [r["text"] for r in _read_jsonl(self.paths.knowledge / SELF_GEN_FILE)]
+        texts = [r["text"] for r in read_log_records(self.paths.knowledge / SELF_GEN_FILE)]
         if not texts:
             return None
         eos = getattr(self.tokenizer, "eos_id", None)

@@ -31,7 +31,7 @@ from ..config import ModelConfig
 from ..tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
 from ..tokenizers.special import BOS, EOS, PAD, UNK
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_bytes, atomic_write_json
 
 FORMATS = ("hf",)
 

@@ -35,14 +35,13 @@ import torch.nn.functional as F
 from .. import __version__
 from ..config import TrainConfig
 from ..tokenizers import load_tokenizer
-from ..utils.device import autocast_context, resolve_device, resolve_dtype
+from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir
 from .optim import set_lr
 from .schedule import lr_factor
-from .stages import _keep_freed_memory
 from .trainer import StopRequest, Trainer, TrainingInterrupted
 
 RL_CONFIG_FILE, RL_EVAL_FILE = "rl_config.json", "rl_eval.json"
@@ -205,7 +204,8 @@ class RLTrainer(Trainer):
         self.tokenizer = load_tokenizer(source / TOKENIZER_FILE)
         self.cfg = cfg.train_config()
         self.device = resolve_device(cfg.device)
-        _keep_freed_memory(self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # as Trainer.__init__ does
         self.amp_dtype = resolve_dtype(cfg.precision, self.device, self.model_cfg.dim)
 
     def _write_run_config(self) -> None:

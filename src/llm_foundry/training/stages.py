@@ -30,14 +30,12 @@ from .. import __version__
 from ..config import TrainConfig, configs_from_dict
 from ..eval.metrics import mean_loss
 from ..tokenizers import load_tokenizer
-from ..utils.device import autocast_context, resolve_device, resolve_dtype
+from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from .chat_data import ChatMixture, parse_mixture
 from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config
-from .optim import set_lr
-from .schedule import lr_factor
 from .trainer import StopRequest, Trainer, TrainingInterrupted
 
 STAGE_CONFIG_FILE = "stage_config.json"
@@ -153,7 +151,8 @@ class StageTrainer(Trainer):
         if self.seq_len > self.model_cfg.max_seq_len:
             raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({self.model_cfg.max_seq_len})")
         self.device = resolve_device(self.cfg.device)
-        _keep_freed_memory(self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # as Trainer.__init__, which this class skips
         self.amp_dtype = resolve_dtype(self.cfg.precision, self.device, self.model_cfg.dim)
 
     def _write_run_config(self) -> None:
@@ -218,28 +217,8 @@ class StageTrainer(Trainer):
                 if cfg.time_budget and self.train_time >= cfg.time_budget:
                     break
                 t_step = time.perf_counter()
-                set_lr(self.optimizers, lr_factor(self.step, self._progress(), cfg.schedule, cfg.warmup_steps,
-                                                  cfg.min_lr_ratio, cfg.decay_fraction))
-                for micro in range(cfg.grad_accum):
-                    x, y = self.train_mix.batch(self.step * cfg.grad_accum + micro, cfg.batch_size, self.device)
-                    with autocast_context(self.device, self.amp_dtype):
-                        _, loss = self.forward(x, y)
-                    self.scaler.scale(loss / cfg.grad_accum).backward()
-                    loss_sum += loss.detach()
-                    loss_count += 1
-                    trained += int((y != -100).sum())
-                if cfg.grad_clip > 0:
-                    for opt in self.optimizers:
-                        self.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
-                for opt in self.optimizers:
-                    self.scaler.step(opt)
-                self.scaler.update()
-                for opt in self.optimizers:
-                    opt.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.step += 1
+                trained += self.train_step(lambda i: self.train_mix.batch(i, cfg.batch_size, self.device), loss_sum)
+                loss_count += cfg.grad_accum
                 tokens = cfg.batch_size * self.seq_len * cfg.grad_accum
                 self.tokens_seen += tokens
                 window_tokens += tokens
@@ -252,7 +231,7 @@ class StageTrainer(Trainer):
                     tok_s = window_tokens / max(now - window_start, 1e-9)
                     self._log({"step": self.step, "loss": round(train_loss, 5),
                                "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
-                               "trained_tokens": trained, "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
+                               "trained_tokens": int(trained), "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
                     bar.update(task, completed=int(1000 * self._progress()), description=f"{sc.stage} step {self.step}",
                                status=f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
                     loss_sum.zero_()
@@ -293,11 +272,3 @@ def load_stage_config(model_dir: str | Path) -> dict | None:
     """The saved ``stage_config.json`` of a stage's model folder, or None."""
     path = Path(model_dir) / STAGE_CONFIG_FILE
     return read_json(path, "stage config") if path.is_file() else None
-
-
-def _keep_freed_memory(device) -> None:
-    # What Trainer.__init__ does on a CPU (faster steps); this class skips Trainer.__init__.
-    from ..utils import device as _device
-
-    if device.type == "cpu" and hasattr(_device, "keep_freed_memory"):
-        _device.keep_freed_memory()

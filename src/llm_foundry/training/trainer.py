@@ -13,6 +13,7 @@ import json
 import math
 import signal
 import time
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -250,6 +251,38 @@ class Trainer:
         return loss_metrics(loss, self.dataset.bytes_per_token("val"))
 
     # ------------------------------------------------------------------- loop
+    def train_step(self, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], loss_sum: torch.Tensor) -> torch.Tensor:
+        """One optimizer step: ``grad_accum`` micro-batches ``batch(i)`` at the schedule's lr.
+
+        Adds each micro-batch's loss to ``loss_sum`` and returns the number of target
+        tokens trained (labels other than -100) as a tensor: neither forces a device
+        sync. Shared by every loop built on this class (pretraining, mid-training, SFT).
+        """
+        cfg = self.cfg
+        set_lr(self.optimizers, lr_factor(self.step, self._progress(), cfg.schedule, cfg.warmup_steps,
+                                          cfg.min_lr_ratio, cfg.decay_fraction))
+        trained = torch.zeros((), dtype=torch.long, device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = batch(self.step * cfg.grad_accum + micro)
+            with autocast_context(self.device, self.amp_dtype):
+                _, loss = self.forward(x, y)
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+            trained += (y != -100).sum()
+        if cfg.grad_clip > 0:
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
+        for opt in self.optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return trained
+
     def run(self) -> dict:
         """Train until ``max_steps`` or the time budget; returns a summary dict.
 
@@ -287,28 +320,8 @@ class Trainer:
                 if cfg.time_budget and self.train_time >= cfg.time_budget:
                     break
                 t_step = time.perf_counter()
-                progress = self._progress()
-                set_lr(self.optimizers, lr_factor(self.step, progress, cfg.schedule, cfg.warmup_steps,
-                                                  cfg.min_lr_ratio, cfg.decay_fraction))
-                for micro in range(cfg.grad_accum):
-                    x, y = train.batch(self.step * cfg.grad_accum + micro)
-                    with autocast_context(self.device, self.amp_dtype):
-                        _, loss = self.forward(x, y)
-                    self.scaler.scale(loss / cfg.grad_accum).backward()
-                    loss_sum += loss.detach()
-                    loss_count += 1
-                if cfg.grad_clip > 0:
-                    for opt in self.optimizers:
-                        self.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
-                for opt in self.optimizers:
-                    self.scaler.step(opt)
-                self.scaler.update()
-                for opt in self.optimizers:
-                    opt.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.step += 1
+                self.train_step(train.batch, loss_sum)
+                loss_count += cfg.grad_accum
                 self.tokens_seen += tokens_per_step
                 if cfg.compile and first_step_here:
                     # This step waited for the compiler: start-up, not training time (the

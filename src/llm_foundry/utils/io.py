@@ -89,3 +89,23 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise FoundryError(f"{what} is not UTF-8 text: {path}") from None
     except json.JSONDecodeError as e:
         raise FoundryError(f"{what} is not valid JSON ({e.msg} at line {e.lineno}): {path}") from None
+
+
+def read_log_records(path: str | os.PathLike) -> list[dict]:
+    """The records of an append-only ``.jsonl`` log such as ``metrics.jsonl``.
+
+    A missing file is an empty log; a line that does not parse (the torn last line of a
+    process that was killed mid-write) is skipped, never an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
