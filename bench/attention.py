@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from common import median_time
 
 
 def median_ms(fn, reps: int) -> float:
-    for _ in range(3):  # warm-up; the first call of ours compiles
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return 1000 * median_time(fn, reps, warmup=3)  # the first call of ours compiles
 
 
 def main() -> None:

@@ -19,22 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up: kernel selection, allocations
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from common import median_time, random_byte_model
 
 
 @torch.no_grad()
@@ -78,18 +67,11 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from llm_foundry import MiniLLM
-    from llm_foundry.config import load_config
     from llm_foundry.export import export_hf
-    from llm_foundry.tokenizers import ByteTokenizer
     from llm_foundry.training import save_model_dir
     from llm_foundry.inference import decode_models
 
-    cfg, _ = load_config(args.preset)
-    tok = ByteTokenizer()
-    cfg.vocab_size = tok.vocab_size
-    torch.manual_seed(0)
-    model = MiniLLM(cfg).eval()
+    model, tok = random_byte_model(args.preset)
     work = Path(tempfile.mkdtemp(prefix="bench_decode_"))
     save_model_dir(work / "model", model, tok)
     export_hf(work / "model", work / "hf")

@@ -23,20 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
-import time
 
 import torch
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up: kernel selection, allocations
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from common import median_time, random_byte_model
 
 
 def main() -> None:
@@ -49,17 +38,10 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     args = p.parse_args()
 
-    from llm_foundry import MiniLLM
-    from llm_foundry.config import load_config
     from llm_foundry.data.chat import chat_token_ids
     from llm_foundry.inference.engine import Engine
-    from llm_foundry.tokenizers import ByteTokenizer
 
-    cfg, _ = load_config(args.preset)
-    tok = ByteTokenizer()
-    cfg.vocab_size = tok.vocab_size
-    torch.manual_seed(0)
-    model = MiniLLM(cfg).eval()
+    model, tok = random_byte_model(args.preset)
     # frozen=True: the inference copies `foundry chat`, eval-chat and the server decode with.
     engine = Engine(model, tok, precision=args.precision, frozen=True)
     # A random model ends a turn now and then; suppress the enders so lengths are exact.

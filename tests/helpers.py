@@ -36,3 +36,25 @@ def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
     for f in fragments:
         assert f in err, err
+
+
+def overfit_on(model, tokenizer, messages: list[dict], steps: int = 150) -> float:
+    """Train ``model`` (masked loss, AdamW 1e-2) on one conversation until it replays it; returns the last loss.
+
+    A few seconds on a tiny model: greedy decoding then reproduces the reply, tool call
+    included, through the real engine.
+    """
+    import torch
+
+    from llm_foundry.data.chat import render_conversation
+
+    ids, mask = render_conversation(tokenizer, messages)
+    x = torch.tensor([ids[:-1]])
+    y = torch.tensor([[t if m else -100 for t, m in zip(ids[1:], mask[1:])]])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()

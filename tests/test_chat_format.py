@@ -171,7 +171,20 @@ def test_heldout_split_is_disjoint():
     for task in ("identity", "facts"):
         q_train = {e.messages[0]["content"] for e in make_examples(task, 300)}
         q_held = {e.messages[0]["content"] for e in make_examples(task, 300, split="heldout")}
-        assert not q_train & q_held
+        assert not any(h in t for h in q_held for t in q_train)  # not even inside a wrapped question
+    # A held-out word question is not a training question with other words in it, nor a
+    # training question inside a greeting or thanks.
+    def word_shape(e):
+        w = word(e)
+        text = e.messages[0]["content"].replace(w, "W")
+        if e.task == "count_letters":
+            letter = re.search(r'count\("(.)"\)', e.messages[-1]["content"][0]["text"]).group(1)
+            text = re.sub(rf"(?<![A-Za-z]){letter}(?![A-Za-z])", "C", text)
+        return re.sub(r"['\"“”「」]", "", text).strip()
+    for task in ("spelling", "count_letters"):
+        s_train = {word_shape(e) for e in make_examples(task, 2000)}
+        s_held = {word_shape(e) for e in make_examples(task, 300, split="heldout")}
+        assert len(s_train) > 50 and not any(h in t for h in s_held for t in s_train)
 
 
 def test_letter_counts_are_balanced():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import one_line_error, run_cli
+from helpers import one_line_error, overfit_on, run_cli
 from llm_foundry import MiniLLM
 from llm_foundry.config import load_config
 from llm_foundry.data.chat import chat_token_ids, render_conversation, render_prompt
@@ -139,16 +139,7 @@ LESSON = [{"role": "user", "content": "What is 2+3?"},
 def tool_model(tmp_path_factory):
     """A tiny model trained (masked loss) until it replays one tool-using conversation."""
     model = tiny_model(seed=1)
-    ids, mask = render_conversation(TOK, LESSON)
-    x = torch.tensor([ids[:-1]])
-    y = torch.tensor([[t if m else -100 for t, m in zip(ids[1:], mask[1:])]])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.05
+    assert overfit_on(model, TOK, LESSON) < 0.05
     folder = tmp_path_factory.mktemp("tool_model")
     save_model_dir(folder, model, TOK)
     return folder

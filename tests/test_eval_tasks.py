@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import one_line_error, run_cli
+from helpers import one_line_error, overfit_on, run_cli
 from llm_foundry import MiniLLM
 from llm_foundry.config import load_config
-from llm_foundry.data.chat import render_conversation, render_prompt
+from llm_foundry.data.chat import render_prompt
 from llm_foundry.eval.readers import detect_format, read_arc, read_gsm8k, read_mmlu
 from llm_foundry.eval.tasks import builtin_task, choice_logprobs, evaluate_task, load_task
 from llm_foundry.inference.engine import Engine
@@ -43,15 +43,7 @@ def random_dir(tmp_path_factory):
 def lesson_dir(tmp_path_factory):
     """A tiny model that learned one tool-using conversation by heart."""
     model = tiny_model(seed=1)
-    ids, mask = render_conversation(TOK, LESSON)
-    x = torch.tensor([ids[:-1]])
-    y = torch.tensor([[t if m else -100 for t, m in zip(ids[1:], mask[1:])]])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit_on(model, TOK, LESSON)
     folder = tmp_path_factory.mktemp("lesson_model")
     save_model_dir(folder, model, TOK)
     return folder

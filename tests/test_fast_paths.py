@@ -3,11 +3,13 @@
 * bf16 training uses our causal-attention backward (models/cpu_attention.py) instead of
   PyTorch's flash backward: its gradients must match the stock kernel's;
 * inference copies merge q/k/v and gate/up (``fuse_projections``) and decode with a bf16
-  prefill and fp32 steps sharing one cache (``decode_models``): same logits, same tokens.
+  prefill and fp32 steps sharing one cache (``decode_models``): same logits, same tokens;
+* bf16 logits on a CPU take a blocked cross-entropy (models/losses.py): same loss and gradient.
 """
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llm_foundry import MiniLLM, ModelConfig
 from llm_foundry.inference import decode_models
@@ -95,3 +97,22 @@ def test_bf16_prefill_with_fp32_steps_decodes_like_the_model(batch):
     got = torch.cat(pieces, 1)
     torch.testing.assert_close(got, full, atol=0.1, rtol=0.05)
     assert (got.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
+
+
+def test_blocked_cross_entropy_matches_reference_in_value_and_gradient():
+    """The bf16 CPU loss path (row blocks, fp32 math) is the same loss as F.cross_entropy."""
+    from llm_foundry.models.losses import cross_entropy
+
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 100, 2600) * 3).bfloat16().requires_grad_()
+    targets = torch.randint(0, 2600, (3, 100))
+    targets[:, ::5] = -100  # ignored positions count for nothing
+    loss = cross_entropy(logits, targets)
+    loss.backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref = F.cross_entropy(ref_logits.float().view(-1, 2600), targets.view(-1), ignore_index=-100)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < 1e-5
+    assert logits.grad.dtype == torch.bfloat16
+    assert torch.allclose(logits.grad.float(), ref_logits.grad.float(), atol=1e-6, rtol=1e-2)
+    assert logits.grad[:, ::5].abs().max() == 0

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import torch
 
-from helpers import ROOT, one_line_error, run_cli
+from helpers import ROOT, one_line_error, overfit_on, run_cli
 
 openai = pytest.importorskip("openai")
 
@@ -65,7 +65,6 @@ def chatty_model(path: Path, *, dim: int = 64, n_layers: int = 2, max_seq_len: i
 def tool_model(path: Path, steps: int = 150) -> Path:
     """A tiny MiniLLM overfit on TOOL_CHAT: asked QUESTION, it calls the calculator and answers."""
     from llm_foundry.config import ModelConfig
-    from llm_foundry.data.chat import render_conversation
     from llm_foundry.models import MiniLLM
     from llm_foundry.tokenizers import build_tokenizer
     from llm_foundry.training.checkpoint import save_model_dir
@@ -73,15 +72,7 @@ def tool_model(path: Path, steps: int = 150) -> Path:
     tok = build_tokenizer("byte")
     torch.manual_seed(0)
     model = MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, max_seq_len=128))
-    ids, mask = render_conversation(tok, TOOL_CHAT)
-    x = torch.tensor([ids[:-1]])
-    y = torch.tensor([[t if m else -100 for t, m in zip(ids[1:], mask[1:])]])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit_on(model, tok, TOOL_CHAT, steps)
     save_model_dir(path, model, tok)
     return path
 

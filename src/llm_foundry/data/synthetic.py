@@ -16,8 +16,9 @@ The ``heldout`` split keeps evaluation honest: it uses templates the ``train`` s
 never uses, arithmetic operands from held-out number ranges (the decades
 100-109, 170-179, 240-249, ...: every seventh decade from 100 on; a train example has
 none, a held-out example at least one), and held-out words for the two word tasks
-(whose training words are half real words, half random letter strings, so copying is
-learned rather than memorised).
+(whose training words are mostly made-up strings, so copying is learned rather than
+memorised). Training questions also vary quote styles and wrap some questions in a
+greeting or thanks, so the model finds the question inside whatever surrounds it.
 Facts and identity share their answers across splits (a model cannot know a fact it
 never saw); only their wording is held out.
 """
@@ -117,27 +118,77 @@ OP_WORDS = {"en": {"add": "plus", "sub": "minus", "mul": "times", "div": "divide
             "zh": {"add": "加", "sub": "减", "mul": "乘以", "div": "除以"}}
 BARE_TEMPLATES = {
     ("en", "train"): ["What is {a} {word} {b}?", "{a} {sym} {b} = ?", "What is {a} {sym} {b}?", "Compute {a} {sym} {b}.",
-                      "Calculate: {a} {sym} {b}"],
+                      "Calculate: {a} {sym} {b}", "Find {a} {sym} {b}.", "What do you get from {a} {word} {b}?",
+                      "{a}{sym}{b}", "Solve {a} {sym} {b}.", "Tell me {a} {word} {b}.", "{a} {word} {b} is what?"],
     ("en", "heldout"): ["Please calculate {a} {sym} {b}.", "Work out {a} {sym} {b}.", "How much is {a} {word} {b}?"],
     ("zh", "train"): ["{a}{word}{b}等于多少？", "{a} {sym} {b} = ?", "{a} {sym} {b} 等于多少？", "算一算 {a} {sym} {b}。",
-                      "计算：{a} {sym} {b}"],
+                      "计算：{a} {sym} {b}", "{a}{sym}{b}=?", "求 {a} {sym} {b} 的值。", "{a}{word}{b}是多少？",
+                      "{a}{sym}{b}是几？", "你能算出{a}{word}{b}吗？"],
     ("zh", "heldout"): ["请计算 {a} {sym} {b}。", "帮我算一下 {a} {sym} {b}。", "{a}{word}{b}得多少？"],
 }
 
+# Word-task templates. Training templates write {qw} and {qc}: the word and the letter in a
+# quote style drawn per example (QUOTES), so the model learns to find and copy the word
+# whatever surrounds it. Held-out templates keep their own fixed wording and quotes.
 COUNT_TEMPLATES = {
-    ("en", "train"): ["How many '{c}' are in the word '{w}'?", "How many times does the letter {c} appear in {w}?",
-                      "Count the letter '{c}' in '{w}'.", "In the word '{w}', count the letter '{c}'."],
+    ("en", "train"): ["How many {qc} are in the word {qw}?", "How many times does the letter {qc} appear in {qw}?",
+                      "Count the letter {qc} in {qw}.", "In the word {qw}, count the letter {qc}.",
+                      "How many {qc}s are there in {qw}?", "Count how many times {qc} appears in {qw}.",
+                      "{qw}: how many {qc}?", "Number of {qc} in {qw}?", "How many times is {qc} used in {qw}?",
+                      "What is the count of the letter {qc} in {qw}?", "Word: {qw}. Letter: {qc}. How many?",
+                      "In {qw}, how many times do you see {qc}?", "Find the number of {qc} letters in {qw}.",
+                      "The word {qw} has how many {qc}?", "Count {qc} in {qw}."],
     ("en", "heldout"): ["In '{w}', how many letters are '{c}'?", "Tell me how often '{c}' occurs in the word '{w}'."],
-    ("zh", "train"): ["单词“{w}”里有几个字母“{c}”？", "字母 {c} 在 {w} 中出现了几次？", "数一数“{w}”中字母“{c}”的个数。"],
+    ("zh", "train"): ["单词{qw}里有几个字母{qc}？", "字母{qc}在{qw}中出现了几次？", "数一数{qw}中字母{qc}的个数。",
+                      "{qw}中有多少个{qc}？", "{qw}这个词里字母{qc}有几个？", "统计{qw}里{qc}的数量。",
+                      "在{qw}中，字母{qc}出现了多少次？", "{qw}含有几个{qc}？", "单词{qw}，字母{qc}，一共几个？",
+                      "数数{qw}里有几个{qc}。", "{qc}在{qw}里有几个？", "请问{qw}中{qc}的个数是多少？"],
     ("zh", "heldout"): ["请数一数“{w}”这个单词中有多少个“{c}”。", "“{c}”在单词“{w}”里出现几次？"],
 }
 
 SPELL_TEMPLATES = {
-    ("en", "train"): ["Spell the word '{w}'.", "How do you spell '{w}'?", "Spell {w} letter by letter."],
+    ("en", "train"): ["Spell the word {qw}.", "How do you spell {qw}?", "Spell {qw} letter by letter.", "Can you spell {qw}?",
+                      "Write {qw} one letter at a time.", "Break {qw} into letters.", "Split the word {qw} into its letters.",
+                      "Give me the spelling of {qw}.", "Letter by letter, what is {qw}?", "{qw}: spell it.",
+                      "Show each letter of {qw}.", "List the letters in {qw}.", "Spell {qw}."],
     ("en", "heldout"): ["Please spell out '{w}' for me.", "What are the letters of '{w}'?"],
-    ("zh", "train"): ["请拼写单词“{w}”。", "“{w}”怎么拼？", "把 {w} 逐个字母拼出来。"],
+    ("zh", "train"): ["请拼写单词{qw}。", "{qw}怎么拼？", "把{qw}逐个字母拼出来。", "{qw}这个词怎么拼写？", "请把{qw}拆成字母。",
+                      "一个字母一个字母地写出{qw}。", "拼一下{qw}。", "{qw}的字母依次是什么？", "写出单词{qw}的每个字母。",
+                      "{qw}的拼写是什么？"],
     ("zh", "heldout"): ["请告诉我“{w}”的拼写。", "单词“{w}”由哪些字母组成？"],
 }
+# Quote styles of training templates: English also has bare words (set off by spaces).
+QUOTES = {"en": [("'", "'"), ('"', '"'), (" ", " ")], "zh": [("“", "”"), ("'", "'"), ("「", "」")]}
+
+# Words around a training question that carry no meaning for the task: the model learns to
+# look for the question inside whatever a person wraps it in.
+PREFIXES = {"en": ["Hi! ", "Hello. ", "Quick question: ", "Hey, ", "I need some help. ", "Question: ", "Please help. "],
+            "zh": ["你好！", "问一下：", "请帮个忙：", "麻烦你，", "我有个问题：", "请回答："]}
+SUFFIXES = {"en": [" Thanks!", " Thank you.", " Please answer.", " Be quick."],
+            "zh": ["谢谢！", "多谢。", "请回答。", "快点告诉我。"]}
+WRAP_PROBABILITY = 0.4
+
+
+def _wrap(rng: random.Random, text: str, lang: str, split: str) -> str:
+    """A training question, sometimes with a greeting before it and thanks after it."""
+    if split != "train" or rng.random() >= WRAP_PROBABILITY:
+        return text
+    roll = rng.random()
+    if roll < 0.4:
+        return rng.choice(PREFIXES[lang]) + text
+    if roll < 0.7:
+        return text + rng.choice(SUFFIXES[lang])
+    return rng.choice(PREFIXES[lang]) + text + rng.choice(SUFFIXES[lang])
+
+
+def _fill_word_template(rng: random.Random, template: str, lang: str, word: str, letter: str = "") -> str:
+    """``template`` with the word (and letter) filled in, in one quote style for both."""
+    left, right = rng.choice(QUOTES[lang])
+    text = template.format(w=word, c=letter, qw=f"{left}{word}{right}", qc=f"{left}{letter}{right}")
+    if left == " ":  # bare style: no doubled or edge spaces, none before punctuation
+        text = re.sub(r" ([?.,:!？。，：！])", r"\1", " ".join(text.split()))
+    return text
+
 
 WORDS = sorted(set("""
 apple banana cherry grape lemon mango orange peach pear plum melon berry strawberry raspberry blueberry
@@ -266,6 +317,7 @@ def _arithmetic(rng: random.Random, split: str, lang: str) -> Example:
         else:
             obj, unit = rng.choice(OBJECTS["zh"])
             text = template.format(name=name, name2=name2, obj=obj, unit=unit, a=a, b=b)
+    text = _wrap(rng, text, lg, split)
     expr = f"{a}{SYMBOLS[op]}{b}"
     # Every result is an integer (division is exact), printed as the calculator prints it.
     result = str({"add": a + b, "sub": a - b, "mul": a * b, "div": a // b}[op])
@@ -290,19 +342,66 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _WORD_SET = frozenset(WORDS)
 
 
-def _pseudo_word(rng: random.Random, letter: str | None = None, k: int = 0) -> str:
-    """A random lowercase string of 3-10 letters; with ``letter``, holding it exactly ``k`` times.
+VOWELS, CONSONANTS = "aeiou", "bcdfghjklmnprstvwyz"
+PSEUDO_WORD_SHARE = 0.7  # of training words in the word tasks; the rest are real words
 
-    Half the training words are such strings: a small model then has to learn to *copy* a
-    word into its tool call, instead of memorising the few real words it sees.
-    """
+
+def _random_string(rng: random.Random, letter: str | None, k: int) -> str:
     n = rng.randint(max(3, k + 1), 10)
     pool = LETTERS.replace(letter, "") if letter else LETTERS
+    chars = [rng.choice(pool) for _ in range(n - k)]
+    for _ in range(k):
+        chars.insert(rng.randint(0, len(chars)), letter)
+    return "".join(chars)
+
+
+def _pronounceable(rng: random.Random) -> str:
+    """Two to four consonant-vowel(-consonant) syllables, shaped like a word and meaning nothing.
+
+    Like many real words they repeat: a syllable twice in a row ("banana"), a doubled letter
+    ("bookkeeper"). Copying such a word is where a small model slips (it cannot tell the first
+    "n" from the second by the letter before it alone), so training must be full of them.
+    """
+    syllables = [rng.choice(CONSONANTS) + rng.choice(VOWELS) + (rng.choice(CONSONANTS) if rng.random() < 0.3 else "")
+                 for _ in range(rng.randint(2, 4))]
+    if rng.random() < 0.3:
+        i = rng.randrange(len(syllables))
+        syllables.insert(i, syllables[i])
+    word = "".join(syllables)
+    for _ in range(rng.choice((0, 1, 1, 2))):
+        i = rng.randrange(len(word))
+        word = word[:i] + word[i] + word[i:]
+    return word[:12]
+
+
+def _with_doubles(rng: random.Random, word: str) -> str:
+    """``word`` with one or two of its letters doubled in place."""
+    for _ in range(rng.randint(1, 2)):
+        i = rng.randrange(len(word))
+        word = word[:i] + word[i] + word[i:]
+    return word
+
+
+def _pseudo_word(rng: random.Random, letter: str | None = None, k: int = 0) -> str:
+    """A made-up lowercase word (random letters, or pronounceable syllables); with ``letter``,
+    holding it exactly ``k`` times.
+
+    Most training words are such strings: a small model then has to learn to *copy* a word
+    into its reply or tool call, instead of recalling the few real words it saw.
+    """
     while True:
-        chars = [rng.choice(pool) for _ in range(n - k)]
-        for _ in range(k):
-            chars.insert(rng.randint(0, len(chars)), letter)
-        word = "".join(chars)
+        word = ""
+        if rng.random() < 0.5:  # pronounceable, when one with the right count turns up soon
+            for _ in range(50):
+                candidate = _pronounceable(rng)
+                if letter is None or candidate.count(letter) == k:
+                    word = candidate
+                    break
+        if not word:
+            word = _random_string(rng, letter, k)
+            if rng.random() < 0.3 and (letter is None or k == 0):
+                doubled = _with_doubles(rng, word)
+                word = doubled if letter is None or letter not in doubled else word
         if word not in _WORD_SET:  # never a real (possibly held-out) word
             return word
 
@@ -312,7 +411,7 @@ def _count_letters(rng: random.Random, split: str, lang: str) -> Example:
     # Counts 0, 1, 2 and 3+ are equally likely, so always answering "1" scores about a quarter,
     # not the majority it would if letters were drawn from words at random.
     k = rng.randrange(4)
-    if split == "train" and rng.random() < 0.5:
+    if split == "train" and rng.random() < PSEUDO_WORD_SHARE:
         c = rng.choice(LETTERS)
         word = _pseudo_word(rng, c, k if k < 3 else rng.randint(3, 4))
     elif k == 0:
@@ -320,7 +419,7 @@ def _count_letters(rng: random.Random, split: str, lang: str) -> Example:
         c = rng.choice([ch for ch in LETTERS if ch not in word])
     else:
         word, c = rng.choice(_letter_pairs(split)[k])
-    text = rng.choice(COUNT_TEMPLATES[(lg, split)]).format(w=word, c=c)
+    text = _wrap(rng, _fill_word_template(rng, rng.choice(COUNT_TEMPLATES[(lg, split)]), lg, word, c), lg, split)
     expr = f'"{word}".count("{c}")'
     result = str(word.count(c))
     return Example("count_letters", [_user(text), _tool_reply(expr, result, lg)], result)
@@ -328,15 +427,15 @@ def _count_letters(rng: random.Random, split: str, lang: str) -> Example:
 
 def _spelling(rng: random.Random, split: str, lang: str) -> Example:
     lg = _lang(rng, lang)
-    word = _pseudo_word(rng) if split == "train" and rng.random() < 0.5 else rng.choice(_split_words(split))
+    word = _pseudo_word(rng) if split == "train" and rng.random() < PSEUDO_WORD_SHARE else rng.choice(_split_words(split))
     spelled = "-".join(word)
-    text = rng.choice(SPELL_TEMPLATES[(lg, split)]).format(w=word)
+    text = _wrap(rng, _fill_word_template(rng, rng.choice(SPELL_TEMPLATES[(lg, split)]), lg, word), lg, split)
     return Example("spelling", [_user(text), {"role": "assistant", "content": spelled}], spelled)
 
 
 def _identity(rng: random.Random, split: str, lang: str, name: str) -> Example:
     lg = _lang(rng, lang)
-    text = rng.choice(IDENTITY_TEMPLATES[(lg, split)])
+    text = _wrap(rng, rng.choice(IDENTITY_TEMPLATES[(lg, split)]), lg, split)
     return Example("identity", [_user(text), {"role": "assistant", "content": IDENTITY_REPLY[lg].format(name=name)}], name)
 
 
@@ -344,7 +443,7 @@ def _facts(rng: random.Random, split: str, lang: str) -> Example:
     lg = _lang(rng, lang)
     kind, s_en, s_zh, a_en, a_zh = rng.choice(FACTS)
     s, a = (s_en, a_en) if lg == "en" else (s_zh, a_zh)
-    text = rng.choice(FACT_TEMPLATES[(lg, split, kind)]).format(s=s)
+    text = _wrap(rng, rng.choice(FACT_TEMPLATES[(lg, split, kind)]).format(s=s), lg, split)
     return Example("facts", [_user(text), {"role": "assistant", "content": FACT_REPLY[(lg, kind)].format(s=s, a=a)}], a)
 
 

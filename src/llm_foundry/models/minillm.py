@@ -13,11 +13,11 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..utils.errors import FoundryError
 from .components import Block, RMSNorm, rope_tables
+from .losses import cross_entropy
 from .kv_cache import KVCache
 
 
@@ -80,7 +80,7 @@ class MiniLLM(nn.Module):
         logits = self.output(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            loss = cross_entropy(logits, targets)
         return logits, loss
 
     def fuse_projections(self) -> "MiniLLM":

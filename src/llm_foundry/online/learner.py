@@ -55,7 +55,7 @@ from ..training.checkpoint import STATE_FILE, load_model_config, load_model_dir,
 from ..training.ema import EMA
 from ..training.optim import build_optimizers, replace_parameter, set_lr
 from ..training.schedule import lr_factor
-from ..utils.device import autocast_context, resolve_device, resolve_dtype
+from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import _fsync_dir, atomic_torch_save, atomic_write_json, read_json
 from .replay import ReplayStore
@@ -153,6 +153,8 @@ class OnlineLearner:
         self._lock_fd = _lock(self.state)
         try:
             self.device = resolve_device(device if device != "auto" else train_cfg.device)
+            if self.device.type == "cpu":
+                keep_freed_memory()  # as Trainer.__init__: no page faults on every step's activations
             self.precision = precision
             self.train_cfg = _check_train_cfg(train_cfg)
             self.settings = (settings or OnlineSettings()).validate()

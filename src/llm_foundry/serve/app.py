@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -238,6 +238,16 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
         text = json.dumps(obj, ensure_ascii=False)
         return f"data: {text.translate(_LINE_BREAKS)}\n\n"
 
+    def chunk_writer(rid: str, kind: str, created: int, model: str, include_usage: bool) -> Callable[..., str]:
+        """``chunk(choices, usage=None)``: one streamed event of a reply (``usage`` only if asked for)."""
+        def chunk(choices: list, usage: dict | None = None) -> str:
+            body = {"id": rid, "object": kind, "created": created, "model": model, "system_fingerprint": None,
+                    "choices": choices}
+            if include_usage:
+                body["usage"] = usage
+            return sse(body)
+        return chunk
+
     def log_done(kind: str, started: float, usage: dict, first: float | None) -> None:
         ttft = f", first token after {first - started:.3f}s" if first else ""
         log.info("%s: %d prompt + %d completion tokens in %.3fs%s", kind, usage["prompt_tokens"],
@@ -308,13 +318,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
                     "system_fingerprint": None, "choices": choices, "usage": usage}
 
         include_usage = req.include_usage()
-
-        def chunk(choices: list, usage: dict | None = None) -> str:
-            body = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name,
-                    "system_fingerprint": None, "choices": choices}
-            if include_usage:
-                body["usage"] = usage
-            return sse(body)
+        chunk = chunk_writer(rid, "chat.completion.chunk", now, model_name, include_usage)
 
         def delta(i: int, d: dict, finish_reason: str | None = None) -> dict:
             return {"index": i, "delta": d, "logprobs": None, "finish_reason": finish_reason}
@@ -387,13 +391,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
                     "system_fingerprint": None, "choices": choices, "usage": usage}
 
         include_usage = req.include_usage()
-
-        def chunk(choices: list, usage: dict | None = None) -> str:
-            body = {"id": rid, "object": "text_completion", "created": now, "model": model_name,
-                    "system_fingerprint": None, "choices": choices}
-            if include_usage:
-                body["usage"] = usage
-            return sse(body)
+        chunk = chunk_writer(rid, "text_completion", now, model_name, include_usage)
 
         async def body() -> AsyncIterator[str]:
             first, usage_sum = None, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}

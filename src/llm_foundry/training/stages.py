@@ -19,16 +19,12 @@ batch ``k`` depends on ``(seed, k)`` alone.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
-
 from .. import __version__
 from ..config import TrainConfig, configs_from_dict
-from ..eval.metrics import mean_loss
 from ..tokenizers import load_tokenizer
 from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
@@ -36,7 +32,7 @@ from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from .chat_data import ChatMixture, parse_mixture
 from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config
-from .trainer import StopRequest, Trainer, TrainingInterrupted
+from .trainer import Trainer
 
 STAGE_CONFIG_FILE = "stage_config.json"
 STAGES = ("midtrain", "sft")
@@ -166,17 +162,7 @@ class StageTrainer(Trainer):
 
     def evaluate(self) -> dict[str, float] | None:
         """Mean masked loss on held-out conversations (held-out templates and number ranges)."""
-        if not self.val_batches:
-            return None
-        raw = None
-        if self.ema is not None:
-            raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.ema.copy_to(self.model)
-        try:
-            return {"loss": mean_loss(self.model, self.val_batches, self.amp_dtype)}
-        finally:
-            if raw is not None:
-                self.model.load_state_dict(raw)
+        return {"loss": self._val_loss()} if self.val_batches else None
 
     def run(self) -> dict:
         """Train until ``max_steps`` or the time budget; returns a summary dict.
@@ -201,65 +187,15 @@ class StageTrainer(Trainer):
             console.print(f"[bold]{sc.stage}[/] from {self.init_from}: {self.model.num_parameters() / 1e6:.2f}M parameters, "
                           f"loss on {sc.loss_on} tokens, batch {cfg.batch_size}x{self.seq_len}x{cfg.grad_accum}, "
                           f"from step {self.step}; mixture " + ", ".join(f"{k} {v['weight']:.2f}" for k, v in self.train_mix.describe().items()))
-        last_val = None
-        loss_sum, loss_count, trained = torch.zeros((), device=self.device), 0, 0
-        window_start, window_tokens = time.perf_counter(), 0
-        from rich.progress import TextColumn
-
-        from ..utils.progress import progress_bar
-
-        with StopRequest(self.quiet) as stop, progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
-            task = bar.add_task(sc.stage, total=1000, status="")
-            while self.step < cfg.max_steps:
-                if stop.requested:
-                    self.save_checkpoint()
-                    raise TrainingInterrupted(self.step)
-                if cfg.time_budget and self.train_time >= cfg.time_budget:
-                    break
-                t_step = time.perf_counter()
-                trained += self.train_step(lambda i: self.train_mix.batch(i, cfg.batch_size, self.device), loss_sum)
-                loss_count += cfg.grad_accum
-                tokens = cfg.batch_size * self.seq_len * cfg.grad_accum
-                self.tokens_seen += tokens
-                window_tokens += tokens
-                self.train_time += time.perf_counter() - t_step
-                if self.on_step is not None:
-                    self.on_step(self.step, self._progress())
-                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    train_loss = float(loss_sum) / max(loss_count, 1)
-                    tok_s = window_tokens / max(now - window_start, 1e-9)
-                    self._log({"step": self.step, "loss": round(train_loss, 5),
-                               "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
-                               "trained_tokens": int(trained), "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
-                    bar.update(task, completed=int(1000 * self._progress()), description=f"{sc.stage} step {self.step}",
-                               status=f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
-                    loss_sum.zero_()
-                    loss_count, trained, window_start, window_tokens = 0, 0, now, 0
-                if cfg.eval_interval and self.step % cfg.eval_interval == 0:
-                    last_val = self._eval_and_log(bar)
-                    window_start = time.perf_counter()
-                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
-                    self.save_checkpoint()
-                    window_start = time.perf_counter()
-            if last_val is None or cfg.eval_interval == 0 or self.step % cfg.eval_interval:
-                last_val = self._eval_and_log(bar)
-            bar.update(task, completed=1000)
+        last_val = self._train_loop(lambda i: self.train_mix.batch(i, cfg.batch_size, self.device), sc.stage, self.on_step)
         self.save_checkpoint()
         summary = {"stage": sc.stage, "step": self.step, "tokens_seen": self.tokens_seen, "train_time": round(self.train_time, 2)}
         if last_val:
             summary["val_loss"] = round(last_val["loss"], 5)
         return summary
 
-    def _eval_and_log(self, bar) -> dict[str, float] | None:
-        metrics = self.evaluate()
-        if metrics is None:
-            return None
-        self.best_val = min(self.best_val, metrics["loss"])
-        self._log({"step": self.step, "val_loss": round(metrics["loss"], 5)})
-        if not self.quiet:
-            bar.console.print(f"step {self.step:>6} | held-out chat loss {metrics['loss']:.4f} | {self.train_time:.0f}s")
-        return metrics
+    def _describe_val(self, metrics: dict[str, float]) -> str:
+        return f"held-out chat loss {metrics['loss']:.4f}"
 
 
 def run_stage(init_from: str | Path, out_dir: str | Path, cfg: StageConfig, resume: bool = False, quiet: bool = False,

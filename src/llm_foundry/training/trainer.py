@@ -239,16 +239,19 @@ class Trainer:
         """Validation metrics of the weights that will be saved (EMA if enabled)."""
         if not self.val_batches:
             return None
+        return loss_metrics(self._val_loss(), self.dataset.bytes_per_token("val"))
+
+    def _val_loss(self) -> float:
+        """Mean loss over ``val_batches`` of the weights that will be saved (EMA if enabled)."""
         raw = None
         if self.ema is not None:
             raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.ema.copy_to(self.model)
         try:
-            loss = mean_loss(self.model, self.val_batches, self.amp_dtype)
+            return mean_loss(self.model, self.val_batches, self.amp_dtype)
         finally:
             if raw is not None:
                 self.model.load_state_dict(raw)
-        return loss_metrics(loss, self.dataset.bytes_per_token("val"))
 
     # ------------------------------------------------------------------- loop
     def train_step(self, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], loss_sum: torch.Tensor) -> torch.Tensor:
@@ -302,16 +305,34 @@ class Trainer:
             console.print(f"[bold]training[/] {self.model.num_parameters() / 1e6:.2f}M parameters on {self.device}"
                           f" ({'bf16 autocast' if self.amp_dtype == torch.bfloat16 else 'fp32' if self.amp_dtype is None else 'fp16'}),"
                           f" batch {cfg.batch_size}x{self.seq_len}x{cfg.grad_accum}, {cfg.optimizer}, from step {self.step}")
-        tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum
-        last_val = None
-        loss_sum, loss_count = torch.zeros((), device=self.device), 0
-        window_start, window_tokens = time.perf_counter(), 0
+        last_val = self._train_loop(train.batch, "train")
+        self.save_checkpoint()
+        summary = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": round(self.train_time, 2),
+                   "tok_per_s": round(self.tokens_seen / max(self.train_time, 1e-9), 1),
+                   "parameters": self.model.num_parameters()}
+        if last_val:
+            summary.update({f"val_{k}": v for k, v in last_val.items()})
+        return summary
+
+    def _train_loop(self, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], label: str,
+                    on_step: Callable[[int, float], None] | None = None) -> dict[str, float] | None:
+        """Step until ``max_steps`` or the time budget, with progress, logs, evals and checkpoints.
+
+        Shared by pretraining and the chat stages: ``batch(i)`` gives micro-batch ``i``;
+        ``on_step(step, progress)`` is called after every optimizer step. Saves and raises
+        :class:`TrainingInterrupted` on Ctrl-C/SIGTERM. Returns the last validation metrics.
+        """
         from rich.progress import TextColumn
 
         from ..utils.progress import progress_bar
 
+        cfg = self.cfg
+        tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum
+        last_val = None
+        loss_sum, loss_count, trained = torch.zeros((), device=self.device), 0, 0
+        window_start, window_tokens = time.perf_counter(), 0
         with StopRequest(self.quiet) as stop, progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
-            task = bar.add_task("train", total=1000, status="")
+            task = bar.add_task(label, total=1000, status="")
             first_step_here = True
             while self.step < cfg.max_steps:
                 if stop.requested:
@@ -320,7 +341,7 @@ class Trainer:
                 if cfg.time_budget and self.train_time >= cfg.time_budget:
                     break
                 t_step = time.perf_counter()
-                self.train_step(train.batch, loss_sum)
+                trained += self.train_step(batch, loss_sum)
                 loss_count += cfg.grad_accum
                 self.tokens_seen += tokens_per_step
                 if cfg.compile and first_step_here:
@@ -331,19 +352,19 @@ class Trainer:
                 else:
                     window_tokens += tokens_per_step
                     self.train_time += time.perf_counter() - t_step
-
+                if on_step is not None:
+                    on_step(self.step, self._progress())
                 if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
                     now = time.perf_counter()
                     train_loss = float(loss_sum) / max(loss_count, 1)
                     tok_s = window_tokens / max(now - window_start, 1e-9)
                     self._log({"step": self.step, "loss": round(train_loss, 5),
                                "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
-                               "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
-                    bar.update(task, completed=int(1000 * self._progress()),
-                               description=f"step {self.step}",
+                               "trained_tokens": int(trained), "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
+                    bar.update(task, completed=int(1000 * self._progress()), description=f"{label} step {self.step}",
                                status=f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
                     loss_sum.zero_()
-                    loss_count, window_start, window_tokens = 0, now, 0
+                    loss_count, trained, window_start, window_tokens = 0, 0, now, 0
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0:
                     last_val = self._eval_and_log(bar)
                     window_start = time.perf_counter()  # eval time is not training throughput
@@ -353,13 +374,7 @@ class Trainer:
             if last_val is None or cfg.eval_interval == 0 or self.step % cfg.eval_interval:
                 last_val = self._eval_and_log(bar)
             bar.update(task, completed=1000)
-        self.save_checkpoint()
-        summary = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": round(self.train_time, 2),
-                   "tok_per_s": round(self.tokens_seen / max(self.train_time, 1e-9), 1),
-                   "parameters": self.model.num_parameters()}
-        if last_val:
-            summary.update({f"val_{k}": v for k, v in last_val.items()})
-        return summary
+        return last_val
 
     def _progress(self) -> float:
         p = self.step / self.cfg.max_steps
@@ -374,6 +389,9 @@ class Trainer:
         self.best_val = min(self.best_val, metrics["loss"])
         self._log({"step": self.step, **{f"val_{k}": round(v, 5) for k, v in metrics.items()}})
         if not self.quiet:
-            bar.console.print(f"step {self.step:>6} | val loss {metrics['loss']:.4f} | ppl {metrics['perplexity']:.2f}"
-                              f" | {metrics['bits_per_byte']:.3f} bits/byte | {self.train_time:.0f}s")
+            bar.console.print(f"step {self.step:>6} | {self._describe_val(metrics)} | {self.train_time:.0f}s")
         return metrics
+
+    def _describe_val(self, metrics: dict[str, float]) -> str:
+        return (f"val loss {metrics['loss']:.4f} | ppl {metrics['perplexity']:.2f}"
+                f" | {metrics['bits_per_byte']:.3f} bits/byte")
