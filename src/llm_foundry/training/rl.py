@@ -34,14 +34,14 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..config import TrainConfig
-from ..tokenizers import load_tokenizer
 from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
-from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir
+from .checkpoint import load_model_dir
 from .optim import set_lr
 from .schedule import lr_factor
+from .stages import stage_source
 from .trainer import StopRequest, Trainer, TrainingInterrupted
 
 RL_CONFIG_FILE, RL_EVAL_FILE = "rl_config.json", "rl_eval.json"
@@ -193,15 +193,7 @@ class RLTrainer(Trainer):
         self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
         self.init_from = Path(init_from)
         self.data_dir = None
-        if resume and not (self.out / STATE_FILE).is_file():
-            raise FoundryError(f"nothing to resume in {self.out} (no {STATE_FILE})")
-        if not resume and (self.out / STATE_FILE).exists():
-            raise FoundryError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
-        if self.out.resolve() == self.init_from.resolve():
-            raise FoundryError("--out must differ from the input model folder (each stage writes its own)")
-        source = self.out if resume else self.init_from
-        self.model_cfg = load_model_config(source)
-        self.tokenizer = load_tokenizer(source / TOKENIZER_FILE)
+        self.model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
         self.cfg = cfg.train_config()
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":

@@ -132,16 +132,7 @@ class StageTrainer(Trainer):
         self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
         self.init_from = Path(init_from)
         self.data_dir = Path(cfg.text_data) if cfg.text_data else None
-        state_path = self.out / STATE_FILE
-        if resume and not state_path.is_file():
-            raise FoundryError(f"nothing to resume in {self.out} (no {STATE_FILE})")
-        if not resume and state_path.exists():
-            raise FoundryError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
-        if self.out.resolve() == self.init_from.resolve():
-            raise FoundryError("--out must differ from the input model folder (each stage writes its own)")
-        source = self.out if resume else self.init_from
-        self.model_cfg = load_model_config(source)
-        self.tokenizer = load_tokenizer(source / TOKENIZER_FILE)
+        self.model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
         self.cfg = cfg.train
         self.seq_len = self.cfg.seq_len or self.model_cfg.max_seq_len
         if self.seq_len > self.model_cfg.max_seq_len:
@@ -196,6 +187,24 @@ class StageTrainer(Trainer):
 
     def _describe_val(self, metrics: dict[str, float]) -> str:
         return f"held-out chat loss {metrics['loss']:.4f}"
+
+
+def stage_source(init_from: Path, out: Path, resume: bool):
+    """``(model config, tokenizer)`` a stage starts from: its saved run in ``out`` when
+    resuming, else the previous stage's folder ``init_from``.
+
+    Raises:
+        FoundryError: nothing to resume, a run already in ``out``, or ``out`` is ``init_from``.
+    """
+    state_path = out / STATE_FILE
+    if resume and not state_path.is_file():
+        raise FoundryError(f"nothing to resume in {out} (no {STATE_FILE})")
+    if not resume and state_path.exists():
+        raise FoundryError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if out.resolve() == init_from.resolve():
+        raise FoundryError("--out must differ from the input model folder (each stage writes its own)")
+    source = out if resume else init_from
+    return load_model_config(source), load_tokenizer(source / TOKENIZER_FILE)
 
 
 def run_stage(init_from: str | Path, out_dir: str | Path, cfg: StageConfig, resume: bool = False, quiet: bool = False,
