@@ -220,18 +220,7 @@ def test_interrupted_evolution_resumes_in_its_cycle_and_stats_add_up(trained, tm
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **ENV})
     cycle_state = state / "cycle_state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if cycle_state.is_file():
-            try:
-                if json.loads(cycle_state.read_text(encoding="utf-8")).get("candidates"):
-                    break
-            except (json.JSONDecodeError, OSError):
-                pass
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("the first candidate of cycle 2 never finished")
+    wait_for_json(cycle_state, lambda d: d.get("candidates"), proc, "the first candidate of cycle 2 never finished")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
@@ -254,6 +243,20 @@ def test_interrupted_evolution_resumes_in_its_cycle_and_stats_add_up(trained, tm
     assert not cycle_state.exists()
 
 
+def wait_for_json(path: Path, ready, proc, failure: str, timeout: float = 300) -> None:
+    """Poll the JSON file ``path`` (written atomically by the running ``proc``) until ``ready(data)``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if ready(json.loads(path.read_text(encoding="utf-8"))):
+                return
+        except (json.JSONDecodeError, OSError):
+            pass  # not written yet
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(failure)
+
+
 def test_interrupted_training_continues_at_the_next_epoch(trained, corpus, tmp_path, cli):
     state = copy_state(trained, tmp_path)
     args = ["--mode", "train", "--state", str(state), "--data_dir", str(corpus), "--epochs", "3",
@@ -261,18 +264,7 @@ def test_interrupted_training_continues_at_the_next_epoch(trained, corpus, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "llm_foundry", "evolve", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
     run_file = state / "train_run.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if json.loads(run_file.read_text(encoding="utf-8")).get("epoch_done") == 1 and \
-                    not json.loads(run_file.read_text(encoding="utf-8")).get("finished"):
-                break
-        except (json.JSONDecodeError, OSError):
-            pass
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("epoch 1 never finished")
+    wait_for_json(run_file, lambda d: d.get("epoch_done") == 1 and not d.get("finished"), proc, "epoch 1 never finished")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
