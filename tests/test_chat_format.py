@@ -187,6 +187,21 @@ def test_heldout_split_is_disjoint():
         assert len(s_train) > 50 and not any(h in t for h in s_held for t in s_train)
 
 
+def test_copy_texts_are_split_and_replies_are_exact():
+    train = make_examples("copy", 1000)
+    held = make_examples("copy", 300, split="heldout")
+    for ex in train + held:  # the reply is the text, and the text ends the question
+        assert ex.messages[-1]["content"] == ex.answer and ex.messages[0]["content"].endswith(ex.answer)
+    def items(exs, kind):
+        return {t for e in exs for t in e.answer.split() if t.isdigit() == (kind == "number")}
+    assert not items(train, "word") & items(held, "word")
+    assert not any(is_heldout_number(int(n)) for n in items(train, "number"))
+    assert all(is_heldout_number(int(n)) for n in items(held, "number"))
+    def shape(e):
+        return e.messages[0]["content"][: -len(e.answer)]
+    assert not {shape(e) for e in train} & {shape(e) for e in held}
+
+
 def test_letter_counts_are_balanced():
     # A model that always answers the same count must not pass the letter-counting bar.
     from collections import Counter
@@ -235,6 +250,8 @@ def test_bad_arguments():
     ("spelling", "a-p-p-l-e", "a-p-p-l-e", 1.0),
     ("spelling", "It is spelled: A - P - P - L - E.", "a-p-p-l-e", 1.0),
     ("spelling", "a-p-l-e", "a-p-p-l-e", 0.0),
+    ("copy", "kalala 42 tiger", "kalala 42 tiger", 1.0),
+    ("copy", "kalala 42", "kalala 42 tiger", 0.0),
     ("identity", "I am Pebble.", "pebble", 1.0),
     ("facts", "The capital of France is Paris.", "Paris", 1.0),
     ("facts", "The chemical symbol of carbon is Ca.", "C", 0.0),

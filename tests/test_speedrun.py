@@ -24,6 +24,7 @@ def run_main(capsys, *args) -> subprocess.CompletedProcess:
 # A speedrun small enough for a test: tiny model, a few steps per stage.
 TINY_RUN = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.max_seq_len=192",
             "pretrain.time_budget=null", "pretrain.max_steps=6", "pretrain.batch_size=4", "pretrain.eval_batches=2",
+            "pretrain.compile=false", "midtrain.train.compile=false", "sft.train.compile=false",
             "midtrain.train.time_budget=null", "midtrain.train.max_steps=6", "midtrain.train.batch_size=4",
             "midtrain.examples_per_task=40", "midtrain.val_examples=4",
             "sft.train.time_budget=null", "sft.train.max_steps=4", "sft.train.batch_size=4",
@@ -34,7 +35,8 @@ TINY_RUN = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.max_se
 
 def test_speedrun_runs_every_stage_then_skips_them(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = run_cli("speedrun", "--out", out, "--quiet", *TINY_RUN)
+    args = [*TINY_RUN, "sft.train.compile=true"]  # one stage takes the preset's compiled path
+    proc = run_cli("speedrun", "--out", out, "--quiet", *args)
     assert proc.returncode == 0, proc.stderr
     state = json.loads((out / "speedrun_state.json").read_text())
     assert all(state["stages"][s]["done"] for s in ("tokenizer", "pretrain", "midtrain", "sft", "rl", "eval", "report"))
@@ -46,15 +48,16 @@ def test_speedrun_runs_every_stage_then_skips_them(tmp_path, capsys):
     report = (out / "report.md").read_text()
     for heading in ("## Environment", "## Stages", "## Evaluation", "## RL", "## Curves", "## Sample conversations", "## Settings"):
         assert heading in report
+    assert "| reward, task | reward, held-out |" in report  # RL: its own task and held-out prompts
     for png in ("pretrain_loss.png", "midtrain_loss.png", "sft_loss.png", "rl_reward.png"):
         assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     # the same command again: everything is done, nothing retrains
     before = (out / "mid" / "model.safetensors").stat().st_mtime_ns
-    proc = run_main(capsys, "speedrun", "--out", out, *TINY_RUN)
+    proc = run_main(capsys, "speedrun", "--out", out, *args)
     assert proc.returncode == 0 and "done already" in proc.stderr
     assert (out / "mid" / "model.safetensors").stat().st_mtime_ns == before
     # other settings in the same folder are refused; the report can be rewritten on its own
-    one_line_error(run_main(capsys, "speedrun", "--out", out, *TINY_RUN, "rl.steps=3"), "other settings")
+    one_line_error(run_main(capsys, "speedrun", "--out", out, *args, "rl.steps=3"), "other settings")
     (out / "report.md").unlink()
     assert run_main(capsys, "report", out).returncode == 0 and (out / "report.md").is_file()
 

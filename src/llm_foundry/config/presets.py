@@ -85,6 +85,17 @@ def configs_from_dict(raw: dict[str, Any], strict: bool = True) -> tuple[ModelCo
     return configs["model"], configs["train"]
 
 
+def coerce_fields(cls: type, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each field of dataclass ``cls`` converted to its annotated scalar type.
+
+    YAML reads ``1e-4`` as a string and a command line gives strings: this makes ``lr=1e-4``
+    a float and ``steps=40`` an int, or raises a one-line error. Unknown keys and non-scalar
+    fields (lists, mappings) pass through unchanged for the caller to check.
+    """
+    types = field_types(cls)
+    return {k: _coerce(v, str(types[k]), f"{section}.{k}") if k in types else v for k, v in values.items()}
+
+
 def _build(cls: type, section: str, values: dict[str, Any]):
     obj = cls()
     for key, value in values.items():

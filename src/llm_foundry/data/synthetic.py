@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from ..utils.errors import FoundryError
 
-TASKS = ("arithmetic", "spelling", "count_letters", "identity", "facts")
+TASKS = ("arithmetic", "spelling", "count_letters", "copy", "identity", "facts")
 SPLITS = ("train", "heldout")
 LANGS = ("mixed", "en", "zh")
 DEFAULT_IDENTITY = "llm-foundry mini model"
@@ -156,6 +156,18 @@ SPELL_TEMPLATES = {
                       "一个字母一个字母地写出{qw}。", "拼一下{qw}。", "{qw}的字母依次是什么？", "写出单词{qw}的每个字母。",
                       "{qw}的拼写是什么？"],
     ("zh", "heldout"): ["请告诉我“{w}”的拼写。", "单词“{w}”由哪些字母组成？"],
+}
+# Copying: the reply is the user's text, exactly. Every reply token can only be predicted by
+# looking back at the prompt, so this task teaches the copying (induction) that tool calls
+# need far faster than the word tasks, whose replies are mostly fixed wording.
+COPY_TEMPLATES = {
+    ("en", "train"): ["Repeat after me: {t}", "Say this back exactly: {t}", "Echo: {t}", "Copy this text: {t}",
+                      "Please repeat: {t}", "Write exactly this: {t}", "Repeat {t}", "Say {t}", "Copy: {t}",
+                      "Repeat this exactly: {t}"],
+    ("en", "heldout"): ["Type back the following: {t}", "Repeat word for word: {t}"],
+    ("zh", "train"): ["跟我说：{t}", "请原样重复：{t}", "复述这句话：{t}", "照抄：{t}", "重复一遍：{t}", "请写出：{t}",
+                      "跟着我念：{t}", "原样输出：{t}"],
+    ("zh", "heldout"): ["一字不差地重复：{t}", "请照着写一遍：{t}"],
 }
 # Quote styles of training templates: English also has bare words (set off by spaces).
 QUOTES = {"en": [("'", "'"), ('"', '"'), (" ", " ")], "zh": [("“", "”"), ("'", "'"), ("「", "」")]}
@@ -433,6 +445,23 @@ def _spelling(rng: random.Random, split: str, lang: str) -> Example:
     return Example("spelling", [_user(text), {"role": "assistant", "content": spelled}], spelled)
 
 
+def _copy(rng: random.Random, split: str, lang: str) -> Example:
+    lg = _lang(rng, lang)
+    items = []
+    for _ in range(rng.randint(1, 4)):
+        roll = rng.random()
+        if roll < 0.25:
+            items.append(str(_number(rng, 1, 9999, "train" if split == "train" else "held")))
+        elif split == "train" and roll < 0.25 + PSEUDO_WORD_SHARE * 0.75:
+            items.append(_pseudo_word(rng))
+        else:
+            items.append(rng.choice(_split_words(split)))
+    target = " ".join(items)
+    # Never wrapped in greetings: thanks after the text would blur where the text ends.
+    text = rng.choice(COPY_TEMPLATES[(lg, split)]).format(t=target)
+    return Example("copy", [_user(text), {"role": "assistant", "content": target}], target)
+
+
 def _identity(rng: random.Random, split: str, lang: str, name: str) -> Example:
     lg = _lang(rng, lang)
     text = _wrap(rng, rng.choice(IDENTITY_TEMPLATES[(lg, split)]), lg, split)
@@ -474,6 +503,8 @@ def make_examples(task: str, n: int, *, split: str = "train", seed: int = 0, lan
         return [_count_letters(rng, split, lang) for _ in range(n)]
     if task == "spelling":
         return [_spelling(rng, split, lang) for _ in range(n)]
+    if task == "copy":
+        return [_copy(rng, split, lang) for _ in range(n)]
     if task == "identity":
         return [_identity(rng, split, lang, name) for _ in range(n)]
     return [_facts(rng, split, lang) for _ in range(n)]
@@ -553,6 +584,7 @@ def score_answer(task: str, completion: str, answer: str) -> float:
       marker (else the last number) equals ``answer`` numerically;
     * ``spelling``: the last dash-spelled sequence (``a-p-p-l-e``) spells ``answer``;
     * ``identity``: the name appears (case-insensitive);
+    * ``copy``: the normalised reply equals ``answer`` (as ``exact``);
     * ``facts``: the answer appears as a whole word (case-sensitive for symbols of one or two letters);
     * ``exact`` or any other name: the normalised text equals ``answer``.
 

@@ -98,7 +98,9 @@ def _readable(text: str) -> str:
     for tok, shown in (("<|python_start|>", "[calc: "), ("<|python_end|>", "]"), ("<|output_start|>", " → "),
                        ("<|output_end|>", " "), ("<|assistant_end|>", ""), ("<|bos|>", ""), ("<|pad|>", "")):
         text = text.replace(tok, shown)
-    return text.strip()
+    # A reply cut at the token limit can end inside a character's bytes: show an ellipsis.
+    cut = text.rstrip("\ufffd")
+    return (cut + "…" if cut != text else text).strip()
 
 
 def _cell(text: str) -> str:
@@ -169,13 +171,18 @@ def build_report(run_dir: str | Path) -> str:
     if rl_eval and rl_eval.get("before"):
         b, a = rl_eval["before"], rl_eval.get("after")
         rl_cfg = _read(run / "rl" / "rl_config.json") or {}
+        has_task = "task_mean_reward" in b
         lines += ["## RL", "",
-                  f"Mean reward on {b['prompts']} held-out prompts of {', '.join(rl_cfg.get('tasks', []))}, "
-                  f"{rl_cfg.get('eval_samples', '?')} samples each at temperature {rl_cfg.get('temperature', '?')}:", "",
-                  "| model | mean reward (sampled) | greedy accuracy |", "|---|---|---|",
-                  f"| SFT (before RL) | {b['mean_reward']:.3f} | {b['greedy_accuracy']:.3f} |"]
-        if a:
-            lines.append(f"| RL (after {rl_eval.get('after_step', '?')} steps) | {a['mean_reward']:.3f} | {a['greedy_accuracy']:.3f} |")
+                  f"Mean reward, {rl_cfg.get('eval_samples', '?')} samples per prompt at temperature "
+                  f"{rl_cfg.get('temperature', '?')}, on {', '.join(rl_cfg.get('tasks', []))}: "
+                  + (f"{b.get('task_prompts', '?')} fresh prompts of the training distribution (the task RL optimises) and "
+                     if has_task else "") + f"{b['prompts']} held-out prompts (new wording and numbers):", "",
+                  "| model |" + (" reward, task |" if has_task else "") + " reward, held-out | greedy accuracy, held-out |",
+                  "|---|" + ("---|" if has_task else "") + "---|---|"]
+        rows = [("SFT (before RL)", b)] + ([(f"RL (after {rl_eval.get('after_step', '?')} steps)", a)] if a else [])
+        for name, r in rows:
+            task = (f" {r['task_mean_reward']:.3f} |" if "task_mean_reward" in r else " – |") if has_task else ""
+            lines.append(f"| {name} |{task} {r['mean_reward']:.3f} | {r['greedy_accuracy']:.3f} |")
         lines.append("")
 
     # ---- curves

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..config import TrainConfig
+from ..config import TrainConfig, coerce_fields
 from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
@@ -132,7 +132,7 @@ def rl_config_from_dict(raw: Mapping[str, Any] | None) -> RLConfig:
     if unknown:
         raise FoundryError(f"unknown key(s) in the rl settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     try:
-        return RLConfig(**raw).validate()
+        return RLConfig(**coerce_fields(RLConfig, "rl", raw)).validate()
     except TypeError as e:
         raise FoundryError(f"bad rl settings: {e}") from None
 
@@ -157,22 +157,25 @@ def group_advantages(rewards: list[float], std_normalize: bool = False) -> list[
 
 @torch.no_grad()
 def sampled_reward(engine, examples: list, *, samples: int, max_tokens: int, temperature: float,
-                   top_k: int | None, seed: int) -> dict[str, float]:
-    """Mean reward over ``samples`` sampled completions of each example, and greedy accuracy."""
+                   top_k: int | None, seed: int, greedy: bool = True) -> dict[str, float]:
+    """Mean reward over ``samples`` sampled completions of each example, and (with ``greedy``)
+    greedy accuracy."""
     from ..data.chat import render_prompt
     from ..data.synthetic import score_answer
 
     engine.model.eval()
-    rewards, greedy = [], []
+    rewards, greedy_scores = [], []
     for i, ex in enumerate(examples):
         prompt = render_prompt(engine.tokenizer, ex.messages)
         comps, _ = engine.generate(prompt, num_samples=samples, max_tokens=max_tokens, temperature=temperature,
                                    top_k=top_k, seed=seed + i)
         rewards += [score_answer(ex.task, completion_text(engine.tokenizer, c), ex.answer) for c in comps]
+        if not greedy:
+            continue
         comps, _ = engine.generate(prompt, num_samples=1, max_tokens=max_tokens, temperature=0.0, seed=seed + i)
-        greedy.append(score_answer(ex.task, completion_text(engine.tokenizer, comps[0]), ex.answer))
+        greedy_scores.append(score_answer(ex.task, completion_text(engine.tokenizer, comps[0]), ex.answer))
     return {"mean_reward": float(np.mean(rewards)) if rewards else 0.0,
-            "greedy_accuracy": float(np.mean(greedy)) if greedy else 0.0, "prompts": len(examples)}
+            "greedy_accuracy": float(np.mean(greedy_scores)) if greedy_scores else 0.0, "prompts": len(examples)}
 
 
 class RLTrainer(Trainer):
@@ -213,6 +216,12 @@ class RLTrainer(Trainer):
         n = self.rl.eval_examples
         self.heldout = [ex for k, t in enumerate(self.rl.tasks)
                         for ex in make_examples(t, n, split="heldout", seed=self.rl.seed + 100 + k, lang=self.rl.lang)] if n else []
+        # Fresh prompts of the training distribution, none of them in the pool: the reward on
+        # the task RL optimises, beside the held-out reward that shows whether it generalises.
+        seen = {ex.messages[0]["content"] for exs in self.pool.values() for ex in exs}
+        self.task_eval = [ex for k, t in enumerate(self.rl.tasks)
+                          for ex in make_examples(t, n, split="train", seed=self.rl.seed + 200 + k, lang=self.rl.lang)
+                          if ex.messages[0]["content"] not in seen] if n else []
 
     def _engine(self):
         from ..inference.engine import Engine
@@ -220,11 +229,15 @@ class RLTrainer(Trainer):
         return Engine(self.model, self.tokenizer, precision=self.rl.precision, tools=True)
 
     def measure(self) -> dict[str, float] | None:
-        """Mean reward and greedy accuracy of the current weights on the held-out prompts."""
+        """Mean reward and greedy accuracy of the current weights on the held-out prompts, and
+        the mean reward on fresh prompts of the training distribution (``task_mean_reward``)."""
         if not self.heldout:
             return None
-        out = sampled_reward(self._engine(), self.heldout, samples=self.rl.eval_samples, max_tokens=self.rl.max_tokens,
-                             temperature=self.rl.temperature, top_k=self.rl.top_k, seed=self.rl.seed + 10_000)
+        settings = dict(samples=self.rl.eval_samples, max_tokens=self.rl.max_tokens, temperature=self.rl.temperature,
+                        top_k=self.rl.top_k, seed=self.rl.seed + 10_000)
+        out = sampled_reward(self._engine(), self.heldout, **settings)
+        task = sampled_reward(self._engine(), self.task_eval, greedy=False, **settings)
+        out.update(task_mean_reward=task["mean_reward"], task_prompts=task["prompts"])
         self.model.train()
         return out
 
@@ -369,6 +382,9 @@ class RLTrainer(Trainer):
                            reward_after=round(evals["after"]["mean_reward"], 4),
                            greedy_before=round(evals["before"]["greedy_accuracy"], 4),
                            greedy_after=round(evals["after"]["greedy_accuracy"], 4))
+            if "task_mean_reward" in evals["before"]:  # (absent in a run begun by an older version)
+                summary.update(task_reward_before=round(evals["before"]["task_mean_reward"], 4),
+                               task_reward_after=round(evals["after"]["task_mean_reward"], 4))
         return summary
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .. import __version__
-from ..config import TrainConfig, configs_from_dict
+from ..config import TrainConfig, coerce_fields, configs_from_dict
 from ..tokenizers import load_tokenizer
 from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
@@ -107,7 +107,7 @@ def stage_config_from_dict(stage: str, raw: Mapping[str, Any] | None) -> StageCo
     if unknown:
         raise FoundryError(f"unknown key(s) in the {stage} settings: {', '.join(unknown)} (known: {', '.join(sorted(known))}, train)")
     raw.pop("stage", None)
-    return StageConfig(stage=stage, train=train, **raw).validate()
+    return StageConfig(stage=stage, train=train, **coerce_fields(StageConfig, stage, raw)).validate()
 
 
 class StageTrainer(Trainer):
