@@ -24,7 +24,6 @@ def run_main(capsys, *args) -> subprocess.CompletedProcess:
 # A speedrun small enough for a test: tiny model, a few steps per stage.
 TINY_RUN = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.max_seq_len=192",
             "pretrain.time_budget=null", "pretrain.max_steps=6", "pretrain.batch_size=4", "pretrain.eval_batches=2",
-            "pretrain.compile=false", "midtrain.train.compile=false", "sft.train.compile=false",
             "midtrain.train.time_budget=null", "midtrain.train.max_steps=6", "midtrain.train.batch_size=4",
             "midtrain.examples_per_task=40", "midtrain.val_examples=4",
             "sft.train.time_budget=null", "sft.train.max_steps=4", "sft.train.batch_size=4",
@@ -35,7 +34,7 @@ TINY_RUN = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.max_se
 
 def test_speedrun_runs_every_stage_then_skips_them(tmp_path, capsys):
     out = tmp_path / "run"
-    args = [*TINY_RUN, "sft.train.compile=true"]  # one stage takes the preset's compiled path
+    args = [*TINY_RUN, "sft.train.compile=true"]  # one stage takes the compiled path
     proc = run_cli("speedrun", "--out", out, "--quiet", *args)
     assert proc.returncode == 0, proc.stderr
     state = json.loads((out / "speedrun_state.json").read_text())

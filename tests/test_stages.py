@@ -163,7 +163,7 @@ def test_midtrain_with_text_resumes_exactly(base_model, tmp_path):
 def test_sft_cli_resumes_and_refuses_bad_input(base_model, tmp_path, capsys):
     out = tmp_path / "sft"
     common = ["--mix", "arithmetic=1,spelling=1", "--quiet", "examples_per_task=30", "val_examples=4",
-              "batch_size=2", "warmup_steps=1", "eval_batches=1", "log_interval=1", "compile=false"]
+              "batch_size=2", "warmup_steps=1", "eval_batches=1", "log_interval=1"]
     # the real command line once, in a subprocess
     proc = run_cli("sft", base_model / "base", "--out", out, "--max-steps", "3", *common)
     assert proc.returncode == 0, proc.stderr

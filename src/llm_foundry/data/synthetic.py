@@ -158,8 +158,9 @@ SPELL_TEMPLATES = {
     ("zh", "heldout"): ["请告诉我“{w}”的拼写。", "单词“{w}”由哪些字母组成？"],
 }
 # Copying: the reply is the user's text, exactly. Every reply token can only be predicted by
-# looking back at the prompt, so this task teaches the copying (induction) that tool calls
-# need far faster than the word tasks, whose replies are mostly fixed wording.
+# looking back at the prompt: the task isolates the copying (induction) that tool calls need,
+# and `eval-chat --task copy` measures it. (As a mid-training source it did not make a model
+# copy sooner: docs/en/chat.md.)
 COPY_TEMPLATES = {
     ("en", "train"): ["Repeat after me: {t}", "Say this back exactly: {t}", "Echo: {t}", "Copy this text: {t}",
                       "Please repeat: {t}", "Write exactly this: {t}", "Repeat {t}", "Say {t}", "Copy: {t}",

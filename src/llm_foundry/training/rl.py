@@ -235,8 +235,9 @@ class RLTrainer(Trainer):
             return None
         settings = dict(samples=self.rl.eval_samples, max_tokens=self.rl.max_tokens, temperature=self.rl.temperature,
                         top_k=self.rl.top_k, seed=self.rl.seed + 10_000)
-        out = sampled_reward(self._engine(), self.heldout, **settings)
-        task = sampled_reward(self._engine(), self.task_eval, greedy=False, **settings)
+        engine = self._engine()
+        out = sampled_reward(engine, self.heldout, **settings)
+        task = sampled_reward(engine, self.task_eval, greedy=False, **settings)
         out.update(task_mean_reward=task["mean_reward"], task_prompts=task["prompts"])
         self.model.train()
         return out
