@@ -171,18 +171,16 @@ def build_report(run_dir: str | Path) -> str:
     if rl_eval and rl_eval.get("before"):
         b, a = rl_eval["before"], rl_eval.get("after")
         rl_cfg = _read(run / "rl" / "rl_config.json") or {}
-        has_task = "task_mean_reward" in b
         lines += ["## RL", "",
                   f"Mean reward, {rl_cfg.get('eval_samples', '?')} samples per prompt at temperature "
                   f"{rl_cfg.get('temperature', '?')}, on {', '.join(rl_cfg.get('tasks', []))}: "
-                  + (f"{b.get('task_prompts', '?')} fresh prompts of the training distribution (the task RL optimises) and "
-                     if has_task else "") + f"{b['prompts']} held-out prompts (new wording and numbers):", "",
-                  "| model |" + (" reward, task |" if has_task else "") + " reward, held-out | greedy accuracy, held-out |",
-                  "|---|" + ("---|" if has_task else "") + "---|---|"]
+                  f"{b.get('task_prompts', '?')} fresh prompts of the training distribution (the task RL optimises) "
+                  f"and {b['prompts']} held-out prompts (new wording and numbers):", "",
+                  "| model | reward, task | reward, held-out | greedy accuracy, held-out |", "|---|---|---|---|"]
         rows = [("SFT (before RL)", b)] + ([(f"RL (after {rl_eval.get('after_step', '?')} steps)", a)] if a else [])
-        for name, r in rows:
-            task = (f" {r['task_mean_reward']:.3f} |" if "task_mean_reward" in r else " – |") if has_task else ""
-            lines.append(f"| {name} |{task} {r['mean_reward']:.3f} | {r['greedy_accuracy']:.3f} |")
+        for name, r in rows:  # a run begun by an older version has no task reward: "–"
+            task = f"{r['task_mean_reward']:.3f}" if "task_mean_reward" in r else "–"
+            lines.append(f"| {name} | {task} | {r['mean_reward']:.3f} | {r['greedy_accuracy']:.3f} |")
         lines.append("")
 
     # ---- curves
