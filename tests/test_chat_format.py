@@ -187,6 +187,36 @@ def test_heldout_split_is_disjoint():
         assert len(s_train) > 50 and not any(h in t for h in s_held for t in s_train)
 
 
+def test_stretch_split_is_harder_than_train_and_apart_from_heldout():
+    # RL trains on it: the training wording, but numbers and words longer than SFT's, and
+    # nothing from the held-out ranges or words, so the held-out evaluation stays honest.
+    def shape(e):
+        return re.sub(r"\d+", "N", e.messages[0]["content"])
+    train, held = make_examples("arithmetic", 1000, seed=0), make_examples("arithmetic", 300, split="heldout", seed=0)
+    stretch = make_examples("arithmetic", 1000, split="stretch", seed=0)
+    assert not any(is_heldout_number(n) for e in stretch for n in _question_numbers(e))
+    train_shapes = {shape(e) for e in make_examples("arithmetic", 20000, seed=1)}
+    assert sum(shape(e) in train_shapes for e in stretch) > 0.5 * len(stretch)  # names and wraps vary
+    assert not {shape(e) for e in stretch} & {shape(e) for e in held}
+    def digits(exs):
+        return sum(len(str(n)) for e in exs for n in _question_numbers(e)) / len(exs)
+    assert digits(stretch) > digits(train) + 1.5
+    for ex in stretch:  # still real calculator calls with the right answer
+        parts = ex.messages[-1]["content"]
+        assert calculate(parts[0]["text"]) == parts[1]["text"] == ex.answer
+    for task in ("count_letters", "spelling"):
+        def word(e):
+            return e.answer.replace("-", "") if task == "spelling" else re.match(r'"(\w+)"', e.messages[-1]["content"][0]["text"]).group(1)
+        w_stretch = [word(e) for e in make_examples(task, 300, split="stretch")]
+        w_train = [word(e) for e in make_examples(task, 300)]
+        assert sum(map(len, w_stretch)) > 1.6 * sum(map(len, w_train))
+        assert not set(w_stretch) & {word(e) for e in make_examples(task, 300, split="heldout")}
+    counts = {e.answer for e in make_examples("count_letters", 300, split="stretch")}
+    assert {"0", "1", "2", "3"} <= counts
+    # Tasks without a harder variant give their training examples.
+    assert make_examples("facts", 20, split="stretch", seed=4) == make_examples("facts", 20, seed=4)
+
+
 def test_copy_texts_are_split_and_replies_are_exact():
     train = make_examples("copy", 1000)
     held = make_examples("copy", 300, split="heldout")

@@ -197,6 +197,8 @@ def test_rl_logs_reward_and_resumes_exactly(base_model, tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
     one_line_error(run_main(capsys, "rl", base_model / "base", "--out", tmp_path / "bad", "--tasks", "poetry"), "poetry")
     one_line_error(run_main(capsys, "rl", base_model / "base", "--out", tmp_path / "bad", "--group-size", "1"), "group_size")
+    one_line_error(run_main(capsys, "rl", base_model / "base", "--out", tmp_path / "bad", "split=heldout"), "rl.split")
+    assert json.loads((tmp_path / "full" / "rl_config.json").read_text())["split"] == "stretch"
     # settings typed as a person types them: YAML reads 1e-4 as a string, we read it as a number
     typed = rl_config_from_dict({"lr": "1e-4", "steps": "40", "temperature": 1})
     assert (typed.lr, typed.steps, typed.temperature) == (1e-4, 40, 1.0)

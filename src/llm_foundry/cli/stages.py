@@ -50,6 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="OUT", help="the new model folder to write")
     p.add_argument("--preset", default="cpu", metavar="NAME|FILE.yaml", help="speedrun preset whose rl section gives the defaults")
     p.add_argument("--tasks", metavar="TASK,...", help="built-in tasks to train on (default from the preset: arithmetic)")
+    p.add_argument("--split", choices=("stretch", "train"),
+                   help="training prompts: stretch (default: longer numbers and words than SFT saw) or train (SFT's own)")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
     p.add_argument("--group-size", type=int, metavar="G", help="completions sampled per prompt")
     p.add_argument("--prompts-per-step", type=int, metavar="P", help="prompts per step")
@@ -153,6 +155,7 @@ def run_rl_stage(args: argparse.Namespace) -> int:
     known = {f.name for f in dataclasses.fields(RLConfig)}
     if args.resume:
         raw = {k: v for k, v in _saved(args.out, RL_CONFIG_FILE).items() if k in known}
+        raw.setdefault("split", "train")  # a run begun before the stretch split trained on train
     else:
         raw = _preset_section(args.preset, "rl")
     for item in args.overrides:
@@ -160,7 +163,7 @@ def run_rl_stage(args: argparse.Namespace) -> int:
         if key not in known:
             raise FoundryError(f"unknown rl setting '{key}' (known: {', '.join(sorted(known))})")
         raw[key] = yaml.safe_load(value)
-    for flag in ("tasks", "steps", "group_size", "prompts_per_step", "kl_coef"):
+    for flag in ("tasks", "split", "steps", "group_size", "prompts_per_step", "kl_coef"):
         if getattr(args, flag) is not None:
             raw[flag] = getattr(args, flag)
     summary = run_rl(args.model, args.out, rl_config_from_dict(raw), resume=args.resume, quiet=args.quiet)

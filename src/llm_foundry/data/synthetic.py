@@ -21,6 +21,15 @@ memorised). Training questions also vary quote styles and wrap some questions in
 greeting or thanks, so the model finds the question inside whatever surrounds it.
 Facts and identity share their answers across splits (a model cannot know a fact it
 never saw); only their wording is held out.
+
+The ``stretch`` split is the training split made harder, for reinforcement learning: a
+model fine-tuned on ``train`` solves fresh ``train`` prompts almost always, so every
+sample of a group earns the same reward and RL has nothing to prefer. ``stretch`` keeps the
+training templates and stays out of the held-out ranges and words, but its arithmetic
+operands are one digit longer than ``train``'s (sums of four-digit numbers, three-digit
+multipliers and divisors) and its words twice as long (two made-up words joined), so a
+model copies them right only some of the time. Tasks without a harder variant
+(``identity``, ``facts``, ``copy``) give their ``train`` examples.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from dataclasses import dataclass
 from ..utils.errors import FoundryError
 
 TASKS = ("arithmetic", "spelling", "count_letters", "copy", "identity", "facts")
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "stretch")
 LANGS = ("mixed", "en", "zh")
 DEFAULT_IDENTITY = "llm-foundry mini model"
 ANSWER_MARKERS = {"en": "Answer: ", "zh": "答案："}
@@ -73,24 +82,29 @@ SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 # the expression uses them, so the model copies them left to right.
 SETUPS = {
     ("en", "train"): ["{name} has {a} {obj}.", "There are {a} {obj} in a box.", "A shop has {a} {obj}.",
-                      "{name} collected {a} {obj}.", "There are {a} {obj} on the table."],
+                      "{name} collected {a} {obj}.", "There are {a} {obj} on the table.", "{name} bought {a} {obj}.",
+                      "A jar contains {a} {obj}."],
     ("en", "heldout"): ["A basket holds {a} {obj}.", "{name}'s class owns {a} {obj}."],
     ("zh", "train"): ["{name}有{a}{unit}{obj}。", "盒子里有{a}{unit}{obj}。", "商店里有{a}{unit}{obj}。",
-                      "{name}收集了{a}{unit}{obj}。", "桌子上放着{a}{unit}{obj}。"],
+                      "{name}收集了{a}{unit}{obj}。", "桌子上放着{a}{unit}{obj}。", "{name}买了{a}{unit}{obj}。",
+                      "柜子里有{a}{unit}{obj}。"],
     ("zh", "heldout"): ["篮子里装着{a}{unit}{obj}。", "{name}的书包里有{a}{unit}{obj}。"],
 }
 CLAUSES = {
     ("en", "train"): {
         "add": ["Then {b} more arrive. How many {obj} are there now?", "{name2} adds {b} more. How many {obj} are there in total?",
-                "Later {b} more are bought. How many {obj} are there altogether?"],
+                "Later {b} more are bought. How many {obj} are there altogether?",
+                "{b} more are added. How many {obj} are there now?"],
         "sub": ["Then {b} are taken away. How many {obj} are left?", "{name2} takes {b} of them. How many {obj} are left?",
-                "Later {b} are sold. How many {obj} are left?"],
+                "Later {b} are sold. How many {obj} are left?", "{b} of them are lost. How many {obj} remain?"],
         "mul": ["Each one costs {b} coins. How many coins do they cost in all?",
                 "Each one weighs {b} grams. How many grams do they weigh in all?",
-                "Each of them has {b} dots. How many dots are there in all?"],
+                "Each of them has {b} dots. How many dots are there in all?",
+                "Each one is worth {b} points. How many points are they worth in total?"],
         "div": ["They are shared equally among {b} friends. How many {obj} does each friend get?",
                 "They are packed equally into {b} bags. How many {obj} go in each bag?",
-                "They are split equally into {b} groups. How many {obj} are in each group?"],
+                "They are split equally into {b} groups. How many {obj} are in each group?",
+                "They are put equally into {b} boxes. How many {obj} are in each box?"],
     },
     ("en", "heldout"): {
         "add": ["After that, {b} more are found. How many {obj} are there in total now?"],
@@ -100,11 +114,13 @@ CLAUSES = {
     },
     ("zh", "train"): {
         "add": ["{name2}又拿来{b}{unit}，现在一共有多少{unit}？", "后来又买了{b}{unit}，一共有多少{unit}？",
-                "又放进去{b}{unit}，现在总共有多少{unit}？"],
-        "sub": ["拿走了{b}{unit}，还剩多少{unit}？", "卖掉了{b}{unit}，还剩多少{unit}？", "{name2}借走了{b}{unit}，还剩几{unit}？"],
-        "mul": ["每{unit}值{b}元，一共值多少元？", "每{unit}重{b}克，一共重多少克？", "每{unit}上有{b}个小点，一共有多少个小点？"],
+                "又放进去{b}{unit}，现在总共有多少{unit}？", "{name2}又送来{b}{unit}，现在有多少{unit}？"],
+        "sub": ["拿走了{b}{unit}，还剩多少{unit}？", "卖掉了{b}{unit}，还剩多少{unit}？", "{name2}借走了{b}{unit}，还剩几{unit}？",
+                "吃掉了{b}{unit}，还剩多少{unit}？"],
+        "mul": ["每{unit}值{b}元，一共值多少元？", "每{unit}重{b}克，一共重多少克？", "每{unit}上有{b}个小点，一共有多少个小点？",
+                "每{unit}长{b}厘米，一共长多少厘米？"],
         "div": ["把它们平均分给{b}个人，每人分到多少{unit}？", "把它们平均分成{b}组，每组有多少{unit}？",
-                "把它们平均装进{b}个袋子，每个袋子装多少{unit}？"],
+                "把它们平均装进{b}个袋子，每个袋子装多少{unit}？", "把它们平均放在{b}个盘子里，每个盘子放多少{unit}？"],
     },
     ("zh", "heldout"): {
         "add": ["过了一会儿又来了{b}{unit}，一共有多少{unit}？"],
@@ -119,11 +135,14 @@ OP_WORDS = {"en": {"add": "plus", "sub": "minus", "mul": "times", "div": "divide
 BARE_TEMPLATES = {
     ("en", "train"): ["What is {a} {word} {b}?", "{a} {sym} {b} = ?", "What is {a} {sym} {b}?", "Compute {a} {sym} {b}.",
                       "Calculate: {a} {sym} {b}", "Find {a} {sym} {b}.", "What do you get from {a} {word} {b}?",
-                      "{a}{sym}{b}", "Solve {a} {sym} {b}.", "Tell me {a} {word} {b}.", "{a} {word} {b} is what?"],
+                      "{a}{sym}{b}", "Solve {a} {sym} {b}.", "Tell me {a} {word} {b}.", "{a} {word} {b} is what?",
+                      "Evaluate {a} {sym} {b}.", "Give me the result of {a} {word} {b}.", "Determine {a} {word} {b}.",
+                      "I want to know {a} {sym} {b}.", "{a} {word} {b} equals?", "Quick question: {a} {sym} {b}?"],
     ("en", "heldout"): ["Please calculate {a} {sym} {b}.", "Work out {a} {sym} {b}.", "How much is {a} {word} {b}?"],
     ("zh", "train"): ["{a}{word}{b}等于多少？", "{a} {sym} {b} = ?", "{a} {sym} {b} 等于多少？", "算一算 {a} {sym} {b}。",
                       "计算：{a} {sym} {b}", "{a}{sym}{b}=?", "求 {a} {sym} {b} 的值。", "{a}{word}{b}是多少？",
-                      "{a}{sym}{b}是几？", "你能算出{a}{word}{b}吗？"],
+                      "{a}{sym}{b}是几？", "你能算出{a}{word}{b}吗？", "{a}{word}{b}的结果是多少？", "求{a}{word}{b}。",
+                      "{a} {sym} {b} 的结果是？", "请问{a}{word}{b}等于几？", "{a}{word}{b}，结果是多少？"],
     ("zh", "heldout"): ["请计算 {a} {sym} {b}。", "帮我算一下 {a} {sym} {b}。", "{a}{word}{b}得多少？"],
 }
 
@@ -280,7 +299,10 @@ def _number(rng: random.Random, lo: int, hi: int, mode: str) -> int:
 
 
 def _operands(rng: random.Random, op: str, split: str) -> tuple[int, int]:
-    """Operands of ``op``: train has none in the held-out ranges, held-out at least one."""
+    """Operands of ``op``: train has none in the held-out ranges, held-out at least one; stretch
+    has none either, and one digit more than train."""
+    if split == "stretch":
+        return _stretch_operands(rng, op)
     if op == "div":
         # a = b * q exactly, so the answer is an integer.
         while True:
@@ -297,6 +319,25 @@ def _operands(rng: random.Random, op: str, split: str) -> tuple[int, int]:
         a, b = _number(rng, lo_a, 999, modes[0]), _number(rng, lo_b, hi_b, modes[1])
         if op != "sub" or a > b:
             return a, b
+
+
+def _stretch_operands(rng: random.Random, op: str) -> tuple[int, int]:
+    if op == "div":
+        while True:
+            b, q = _number(rng, 100, 999, "train"), rng.randint(2, 99)
+            if not is_heldout_number(b * q):
+                return b * q, b
+    if op == "mul":
+        return _number(rng, 100, 9999, "train"), _number(rng, 100, 999, "train")
+    while True:
+        a, b = _number(rng, 1000, 9999, "train"), _number(rng, 1, 9999, "train")
+        if op != "sub" or a > b:
+            return a, b
+
+
+def _wording(split: str) -> str:
+    """Which templates a split words its questions with: stretch shares train's."""
+    return "heldout" if split == "heldout" else "train"
 
 
 def _lang(rng: random.Random, lang: str) -> str:
@@ -318,6 +359,7 @@ def _arithmetic(rng: random.Random, split: str, lang: str) -> Example:
     lg = _lang(rng, lang)
     op = rng.choice(list(SYMBOLS))
     a, b = _operands(rng, op, split)
+    split = _wording(split)
     if rng.random() < 0.5:
         text = rng.choice(BARE_TEMPLATES[(lg, split)]).format(a=a, b=b, sym=SYMBOLS[op], word=OP_WORDS[lg][op])
     else:
@@ -419,12 +461,25 @@ def _pseudo_word(rng: random.Random, letter: str | None = None, k: int = 0) -> s
             return word
 
 
+def _long_pseudo_word(rng: random.Random, letter: str | None = None, k: int = 0) -> str:
+    """Two made-up words joined (the stretch split's words); with ``letter``, holding it ``k`` times."""
+    while True:
+        k1 = rng.randint(0, k)
+        word = _pseudo_word(rng, letter, k1) + _pseudo_word(rng, letter, k - k1)
+        if word not in _WORD_SET:
+            return word
+
+
 def _count_letters(rng: random.Random, split: str, lang: str) -> Example:
     lg = _lang(rng, lang)
     # Counts 0, 1, 2 and 3+ are equally likely, so always answering "1" scores about a quarter,
     # not the majority it would if letters were drawn from words at random.
     k = rng.randrange(4)
-    if split == "train" and rng.random() < PSEUDO_WORD_SHARE:
+    if split == "stretch":
+        c = rng.choice(LETTERS)
+        word = _long_pseudo_word(rng, c, k if k < 3 else rng.randint(3, 4))
+        split = "train"
+    elif split == "train" and rng.random() < PSEUDO_WORD_SHARE:
         c = rng.choice(LETTERS)
         word = _pseudo_word(rng, c, k if k < 3 else rng.randint(3, 4))
     elif k == 0:
@@ -440,7 +495,12 @@ def _count_letters(rng: random.Random, split: str, lang: str) -> Example:
 
 def _spelling(rng: random.Random, split: str, lang: str) -> Example:
     lg = _lang(rng, lang)
-    word = _pseudo_word(rng) if split == "train" and rng.random() < PSEUDO_WORD_SHARE else rng.choice(_split_words(split))
+    if split == "stretch":
+        word, split = _long_pseudo_word(rng), "train"
+    elif split == "train" and rng.random() < PSEUDO_WORD_SHARE:
+        word = _pseudo_word(rng)
+    else:
+        word = rng.choice(_split_words(split))
     spelled = "-".join(word)
     text = _wrap(rng, _fill_word_template(rng, rng.choice(SPELL_TEMPLATES[(lg, split)]), lg, word), lg, split)
     return Example("spelling", [_user(text), {"role": "assistant", "content": spelled}], spelled)
@@ -484,7 +544,8 @@ def make_examples(task: str, n: int, *, split: str = "train", seed: int = 0, lan
     Args:
         task: one of :data:`TASKS`.
         n: how many.
-        split: ``train`` or ``heldout`` (held-out templates, number ranges and words).
+        split: ``train``, ``heldout`` (held-out templates, number ranges and words) or
+            ``stretch`` (train's templates, longer numbers and words: for RL).
         seed: seeds the generator (independent per task and split).
         lang: ``mixed`` (each example en or zh at random), ``en`` or ``zh``.
         name: what the model calls itself in the ``identity`` task.
@@ -492,11 +553,13 @@ def make_examples(task: str, n: int, *, split: str = "train", seed: int = 0, lan
     if task not in TASKS:
         raise FoundryError(f"unknown task '{task}' (built-in tasks: {', '.join(TASKS)})")
     if split not in SPLITS:
-        raise FoundryError(f"unknown split '{split}' (use train or heldout)")
+        raise FoundryError(f"unknown split '{split}' (use {', '.join(SPLITS)})")
     if lang not in LANGS:
         raise FoundryError(f"unknown language '{lang}' (use mixed, en or zh)")
     if n < 0:
         raise FoundryError("the number of examples must be >= 0")
+    if split == "stretch" and task not in ("arithmetic", "count_letters", "spelling"):
+        split = "train"  # no harder variant
     rng = random.Random(f"{task}:{split}:{seed}:{lang}")
     if task == "arithmetic":
         return [_arithmetic(rng, split, lang) for _ in range(n)]

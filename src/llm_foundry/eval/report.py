@@ -174,7 +174,8 @@ def build_report(run_dir: str | Path) -> str:
         lines += ["## RL", "",
                   f"Mean reward, {rl_cfg.get('eval_samples', '?')} samples per prompt at temperature "
                   f"{rl_cfg.get('temperature', '?')}, on {', '.join(rl_cfg.get('tasks', []))}: "
-                  f"{b.get('task_prompts', '?')} fresh prompts of the training distribution (the task RL optimises) "
+                  f"{b.get('task_prompts', '?')} fresh prompts of the training distribution ({rl_cfg.get('split', 'train')} split: "
+                  f"the task RL optimises) "
                   f"and {b['prompts']} held-out prompts (new wording and numbers):", "",
                   "| model | reward, task | reward, held-out | greedy accuracy, held-out |", "|---|---|---|---|"]
         rows = [("SFT (before RL)", b)] + ([(f"RL (after {rl_eval.get('after_step', '?')} steps)", a)] if a else [])

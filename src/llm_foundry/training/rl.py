@@ -66,6 +66,10 @@ class RLConfig:
         std_normalize: divide advantages by the group's std (GRPO); nanochat only centres them.
         kl_coef: weight of the KL penalty to the starting model (0 = off, no reference kept).
         examples: training prompts per task in the pool.
+        split: where the training prompts come from: ``stretch`` (the default: the SFT
+            templates with longer numbers and words, which a fine-tuned model gets right only
+            some of the time, so groups disagree and RL has something to learn) or ``train``
+            (the SFT distribution itself, often solved already: every advantage is zero).
         eval_examples: held-out prompts per task for the reward before and after.
         eval_samples: completions per held-out prompt.
         lang: ``en``, ``zh`` or ``mixed``.
@@ -89,6 +93,7 @@ class RLConfig:
     std_normalize: bool = False
     kl_coef: float = 0.0
     examples: int = 2000
+    split: str = "stretch"
     eval_examples: int = 64
     eval_samples: int = 4
     lang: str = "mixed"
@@ -108,6 +113,8 @@ class RLConfig:
         for name in ("steps", "prompts_per_step", "group_size", "max_tokens", "examples", "eval_samples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise FoundryError(f"rl.{name} must be a positive integer")
+        if self.split not in ("train", "stretch"):
+            raise FoundryError(f"rl.split must be train or stretch, got '{self.split}'")
         if self.group_size < 2:
             raise FoundryError("rl.group_size must be at least 2 (advantages compare the samples of a group)")
         if self.eval_examples < 0 or self.checkpoint_interval < 0 or self.warmup_steps < 0:
@@ -211,7 +218,7 @@ class RLTrainer(Trainer):
     def _pools(self) -> None:
         from ..data.synthetic import make_examples
 
-        self.pool = {t: make_examples(t, self.rl.examples, split="train", seed=self.rl.seed + 7 * k, lang=self.rl.lang)
+        self.pool = {t: make_examples(t, self.rl.examples, split=self.rl.split, seed=self.rl.seed + 7 * k, lang=self.rl.lang)
                      for k, t in enumerate(self.rl.tasks)}
         n = self.rl.eval_examples
         self.heldout = [ex for k, t in enumerate(self.rl.tasks)
@@ -220,7 +227,7 @@ class RLTrainer(Trainer):
         # the task RL optimises, beside the held-out reward that shows whether it generalises.
         seen = {ex.messages[0]["content"] for exs in self.pool.values() for ex in exs}
         self.task_eval = [ex for k, t in enumerate(self.rl.tasks)
-                          for ex in make_examples(t, n, split="train", seed=self.rl.seed + 200 + k, lang=self.rl.lang)
+                          for ex in make_examples(t, n, split=self.rl.split, seed=self.rl.seed + 200 + k, lang=self.rl.lang)
                           if ex.messages[0]["content"] not in seen] if n else []
 
     def _engine(self):
