@@ -80,6 +80,13 @@ def test_generate_with_unseen_characters_warns_and_works(trained_run):
     assert "unknown to the tokenizer" in proc.stderr and "<|unk|>" in proc.stderr
 
 
+def test_compiled_generation_gives_the_same_greedy_text(trained_run):
+    args = ("generate", trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--temperature", "0", "--precision", "fp32")
+    plain, compiled = run_cli(*args), run_cli(*args, "--compile")
+    assert plain.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == plain.stdout and len(plain.stdout) > len("ROMEO:")
+
+
 def test_generate_bad_options(trained_run):
     one_line_error(run_cli("generate", trained_run, "--prompt", "A", "--top-p", "1.5"), "--top-p")
     one_line_error(run_cli("generate", trained_run / "nope", "--prompt", "A"), "model folder not found")

@@ -4,6 +4,8 @@
   PyTorch's flash backward: its gradients must match the stock kernel's;
 * inference copies merge q/k/v and gate/up (``fuse_projections``) and decode with a bf16
   prefill and fp32 steps sharing one cache (``decode_models``): same logits, same tokens;
+* compiled decoding (``decode_models(..., compile=True)``: one fixed-shape graph per step
+  reading a full-capacity cache behind a mask) gives the model's logits;
 * bf16 logits on a CPU take a blocked cross-entropy (models/losses.py): same loss and gradient.
 """
 
@@ -97,6 +99,32 @@ def test_bf16_prefill_with_fp32_steps_decodes_like_the_model(batch):
     got = torch.cat(pieces, 1)
     torch.testing.assert_close(got, full, atol=0.1, rtol=0.05)
     assert (got.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("precision,batch,kw", [("bf16", 1, {"n_kv_heads": 2, "qk_norm": True}), ("bf16", 3, {}),
+                                                ("fp32", 1, {"n_kv_heads": 2, "qk_norm": True})])
+def test_compiled_decoding_matches_the_model(precision, batch, kw):
+    model = _model(**kw)
+    models = decode_models(model, precision, batch_size=batch, compile=True)
+    x = torch.randint(0, 97, (batch, 40))
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = models.new_cache(batch, 40)
+        assert cache.max_len == model.cfg.max_seq_len  # compiled once, for the whole context
+        # The step reads the cache past its position: NaN there must not reach the logits.
+        cache.allocate(next(models.prefill.parameters()).dtype)
+        for buffer in cache.k + cache.v:
+            buffer.fill_(float("nan"))
+        pieces = [models.prefill(x[:, :25], cache=cache, last_only=True)[0].float()]
+        for i in range(25, 39):
+            pieces.append(models.step(x[:, i:i + 1], cache=cache)[0].float())
+    got, want = torch.cat(pieces, 1), full[:, 24:39]
+    assert torch.isfinite(got).all() and cache.pos == 39
+    if precision == "fp32":
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    else:
+        torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
 
 
 def test_blocked_cross_entropy_matches_reference_in_value_and_gradient():

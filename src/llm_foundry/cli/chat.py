@@ -13,6 +13,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, metavar="N", help="reply length limit in tokens")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decoding models: waits ~20 s per batch size, then decodes about 2x faster on a CPU")
 
 
 def add_parser(sub) -> None:
@@ -69,7 +71,8 @@ def run_chat(args: argparse.Namespace) -> int:
     from ..utils.errors import FoundryError
 
     _check(args)
-    engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools)
+    engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools,
+                                    compile=args.compile)
     session = ChatSession(engine, args)
     if args.prompt is not None:
         session.reply(args.prompt)
@@ -204,7 +207,8 @@ def run_eval_chat(args: argparse.Namespace) -> int:
     tasks = [load_task(s, args.num, split=args.split, seed=args.seed, lang=args.lang,
                        identity=args.identity or DEFAULT_IDENTITY) if s in BUILTIN_TASKS else load_task(s, args.num)
              for s in specs]
-    engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools)
+    engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools,
+                                    compile=args.compile)
     results = []
     with progress_bar(True, MofNCompleteColumn()) as progress:
         for task in tasks:

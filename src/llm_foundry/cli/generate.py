@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="how many samples (default: 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
+    p.add_argument("--compile", action="store_true", help="compile the decoding models: waits ~20 s once, then decodes about 2x faster on a CPU")
     p.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
     p.set_defaults(func=run)
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise FoundryError("--max-new-tokens must be >= 0 and --num-samples >= 1")
     if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1) or (args.top_k is not None and args.top_k < 1):
         raise FoundryError("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 1")
-    gen = Generator.from_pretrained(args.model, device=args.device, precision=args.precision)
+    gen = Generator.from_pretrained(args.model, device=args.device, precision=args.precision, compile=args.compile)
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1} ---")

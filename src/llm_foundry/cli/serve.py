@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model-name", metavar="NAME", help="the model id clients use (default: the folder's name)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decoding models: waits ~20 s per batch size, then decodes about 2x faster on a CPU")
     p.add_argument("--no-tools", action="store_true", help="do not run the calculator for the model's python blocks")
     p.set_defaults(func=run)
 
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         raise FoundryError(f"model folder not found: {args.model}")
     # Take the port first: a busy port is reported before a big model is loaded for nothing.
     sock = bind_socket(args.host, args.port)
-    engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools)
+    engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools,
+                                 compile=args.compile)
     if engine.tokenizer.token_id("<|assistant_start|>") is None:
         raise FoundryError(f"{args.model}: its tokenizer has no chat tokens; serving needs a byte or bpe tokenizer")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

@@ -77,14 +77,18 @@ class Engine:
             decode with inference copies (``decode_models``: fused projections, bf16
             weights on a CPU). Leave False when the model is being trained (RL): the
             engine then always reads the live weights, under autocast.
+        compile: with ``frozen``, decode with compiled prefill and step models
+            (``decode_models(..., compile=True)``): the first reply of each batch size
+            waits for the compiler, later ones decode about twice as fast on a CPU.
     """
 
     def __init__(self, model: MiniLLM, tokenizer: Tokenizer, precision: str = "auto", tools: bool = True,
-                 frozen: bool = False):
+                 frozen: bool = False, compile: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.tools = tools
         self.frozen = frozen
+        self.compile = compile and frozen
         self.precision = precision
         self.device = next(model.parameters()).device
         self.amp_dtype = resolve_dtype(precision, self.device, model.cfg.dim)
@@ -99,12 +103,13 @@ class Engine:
         self.special_ids = set(tokenizer.special_tokens.values())
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "auto", tools: bool = True) -> "Engine":
+    def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "auto", tools: bool = True,
+                        compile: bool = False) -> "Engine":
         """Load a model folder (or a run folder) into an engine."""
         from ..training.checkpoint import load_model_dir
 
         bundle = load_model_dir(path, resolve_device(device))
-        return cls(bundle.model, bundle.tokenizer, precision, tools, frozen=True)
+        return cls(bundle.model, bundle.tokenizer, precision, tools, frozen=True, compile=compile)
 
     # ------------------------------------------------------------ public API
     def stream(self, prompt_ids: list[int], *, num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
@@ -227,7 +232,7 @@ class Engine:
             return DecodeModels(self.model, self.model, self.amp_dtype)
         key = rows > 2  # decode_models picks its step model by batch size: 1-2 rows vs more
         if key not in self._decoders:
-            self._decoders[key] = decode_models(self.model, self.precision, batch_size=rows)
+            self._decoders[key] = decode_models(self.model, self.precision, batch_size=rows, compile=self.compile)
         return self._decoders[key]
 
     def _forward(self, model: MiniLLM, amp_dtype, ids: torch.Tensor, cache) -> torch.Tensor:
@@ -329,7 +334,7 @@ class Engine:
                 # Most rows have ended: drop them from the batch so no compute is spent on them.
                 keep = torch.tensor([live.index(i) for i in running], device=self.device)
                 if use_cache:
-                    _select_rows(cache, keep)
+                    cache.select_rows(keep)
                 else:
                     seq = seq.index_select(0, keep)
                 live = running
@@ -376,16 +381,6 @@ class Engine:
         elif row.python is not None:
             row.python.append(tok)
         return None
-
-
-def _select_rows(cache, keep: torch.Tensor) -> None:
-    """Keep only the batch rows ``keep`` of a KV cache, in place."""
-    if cache.k is not None:
-        cache.k = cache.k.index_select(1, keep)
-        cache.v = cache.v.index_select(1, keep)
-    shape = list(cache.shape)
-    shape[1] = len(keep)
-    cache.shape = tuple(shape)
 
 
 def run_tool(expression: str) -> str:

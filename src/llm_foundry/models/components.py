@@ -78,7 +78,10 @@ class Attention(nn.Module):
         self.wqkv.weight.copy_(w)
         del self.wq, self.wk, self.wv
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Attention output for every position of ``x``, or with ``last_only`` for the last one
+        (whose query sees every key); keys and values of all positions are cached either way."""
         b, t, _ = x.shape
         if self.wqkv is not None:  # inference copy: one product instead of three
             q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
@@ -91,7 +94,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if cache is None and t > 1 and use_fast_backward(q, k, self.training, self.dropout):
+        if cache is None and t > 1 and not last_only and use_fast_backward(q, k, self.training, self.dropout):
             y = causal_attention(q, k, v)  # same math as below; a ~2x faster backward for bf16 on CPUs
             return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
         start = 0
@@ -100,9 +103,14 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
             # A cache may be kept in fp32 for a bf16 prefill followed by fp32 decoding.
             k, v = k.to(q.dtype), v.to(q.dtype)
-        if start == 0:
-            # Plain causal attention over the new tokens only.
-            mask, causal = None, t > 1
+        if last_only:
+            # The last position sees every key: one query row, no mask.
+            q, t = q[:, :, -1:], 1
+            mask, causal = None, False
+        elif start == 0:
+            # Plain causal attention over the new tokens only (for one token the same as no mask;
+            # a constant, not `t > 1`, keeps a compiled graph whole when t is symbolic).
+            mask, causal = None, True
         elif t == 1:
             # One new token may look at everything cached: no mask at all.
             mask, causal = None, False
@@ -154,6 +162,9 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg.dim, cfg.hidden_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """The block's output for every position, or with ``last_only`` for the last one."""
+        h = self.attn(self.attn_norm(x), cos, sin, cache, last_only)
+        x = (x[:, -1:] if last_only else x) + self.drop(h)
         return x + self.drop(self.ffn(self.ffn_norm(x)))

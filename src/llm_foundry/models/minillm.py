@@ -62,7 +62,8 @@ class MiniLLM(nn.Module):
             idx: token ids.
             targets: next-token ids; ``-100`` marks positions not to train on.
             cache: a :class:`KVCache`; ``idx`` then continues the cached tokens.
-            last_only: compute logits for the last position only (prefill, decoding).
+            last_only: compute logits for the last position only (prefill, decoding); the
+                last block then runs its query, output and MLP for that position alone.
         """
         b, t = idx.shape
         start = cache.pos if cache is not None else 0
@@ -70,13 +71,14 @@ class MiniLLM(nn.Module):
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
         x = self.tok_embeddings(idx)
-        for layer in self.layers:
-            x = layer(x, cos, sin, cache)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            # The last block's keys and values are needed for every position (the cache), its
+            # output only for the positions we return: with last_only it runs one row.
+            x = layer(x, cos, sin, cache, last_only=last_only and i == last)
         if cache is not None:
             cache.advance(t)
         x = self.norm(x)
-        if last_only:
-            x = x[:, -1:, :]
         logits = self.output(x)
         loss = None
         if targets is not None:
