@@ -14,7 +14,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
     p.add_argument("--compile", action="store_true",
-                   help="compile the decoding models: waits ~20 s per batch size, then decodes about 2x faster on a CPU")
+                   help="compile the decoding models: waits ~20 s (again when the batch size first changes), then decodes about 2x faster on a CPU")
 
 
 def add_parser(sub) -> None:

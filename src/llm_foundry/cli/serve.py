@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
     p.add_argument("--compile", action="store_true",
-                   help="compile the decoding models: waits ~20 s per batch size, then decodes about 2x faster on a CPU")
+                   help="compile the decoding models: waits ~20 s (again when the batch size first changes), then decodes about 2x faster on a CPU")
     p.add_argument("--no-tools", action="store_true", help="do not run the calculator for the model's python blocks")
     p.set_defaults(func=run)
 

@@ -78,8 +78,9 @@ class Engine:
             weights on a CPU). Leave False when the model is being trained (RL): the
             engine then always reads the live weights, under autocast.
         compile: with ``frozen``, decode with compiled prefill and step models
-            (``decode_models(..., compile=True)``): the first reply of each batch size
-            waits for the compiler, later ones decode about twice as fast on a CPU.
+            (``decode_models(..., compile=True)``): the first reply waits for the compiler
+            (and once more when the batch size first changes), later ones decode about
+            twice as fast on a CPU.
     """
 
     def __init__(self, model: MiniLLM, tokenizer: Tokenizer, precision: str = "auto", tools: bool = True,

@@ -61,7 +61,7 @@ def decode_models(model: MiniLLM, precision: str = "auto", batch_size: int = 1, 
     ``compile=True`` compiles both (on a CPU; elsewhere only the prefill): the prefill model with ``torch.compile`` and the
     step as one fixed-shape graph (:class:`CompiledStep`, bf16 weights read by fp32
     sums where bf16 is fast). The first prompt then waits for the compiler (about 20 s
-    on 2 cores, and again for each new batch size); after that prompts run about 1.5x
+    on 2 cores, and again when the batch size first changes); after that prompts run about 1.5x
     and tokens about 2x faster: worth it for a long generation or a chat session, not
     for one short ``foundry generate``.
     """
