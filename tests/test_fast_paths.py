@@ -127,6 +127,42 @@ def test_compiled_decoding_matches_the_model(precision, batch, kw):
         assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
 
 
+def test_compiled_decoding_serves_every_batch_size():
+    # Chat batches shrink as rows finish: more batch sizes than torch's recompile limit (8).
+    model = _model()
+    models = decode_models(model, "fp32", compile=True)
+    with torch.no_grad():
+        for batch in range(1, 11):
+            x = torch.randint(0, 97, (batch, 12))
+            cache = models.new_cache(batch)
+            models.prefill(x[:, :11], cache=cache, last_only=True)
+            got, _ = models.step(x[:, 11:], cache=cache)
+            torch.testing.assert_close(got, model(x)[0][:, 11:], atol=1e-4, rtol=1e-4)
+    assert not models.step.uncompiled  # compiled all along, not fallen back to eager
+
+
+def test_compiled_step_without_a_compiler_runs_the_same_math_eagerly(capsys):
+    import copy
+
+    from llm_foundry.inference.compiled_step import CompiledStep
+
+    model = _model()
+    fused = copy.deepcopy(model).fuse_projections()
+    step = CompiledStep(fused)
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    step._graph = broken
+    x = torch.randint(0, 97, (1, 9))
+    with torch.no_grad():
+        cache = fused.new_cache(1)
+        fused(x[:, :8], cache=cache)
+        got, _ = step(x[:, 8:], cache=cache)
+        torch.testing.assert_close(got, model(x)[0][:, 8:], atol=1e-4, rtol=1e-4)
+    assert step.uncompiled and "decoding uncompiled (RuntimeError: no C++ compiler)" in capsys.readouterr().err
+
+
 def test_blocked_cross_entropy_matches_reference_in_value_and_gradient():
     """The bf16 CPU loss path (row blocks, fp32 math) is the same loss as F.cross_entropy."""
     from llm_foundry.models.losses import cross_entropy

@@ -44,6 +44,7 @@ class CompiledStep(nn.Module):
         self.model = model.eval()
         self.cfg = model.cfg
         self._graph = torch.compile(self._step, fullgraph=True)
+        self.uncompiled = False  # set when compiling failed and the step runs eagerly
 
     def forward(self, idx: torch.Tensor, targets=None, cache: KVCache | None = None,
                 last_only: bool = True) -> tuple[torch.Tensor, None]:
@@ -54,15 +55,16 @@ class CompiledStep(nn.Module):
         if cache.k is None:
             cache.allocate(self.model.tok_embeddings.weight.dtype)
         pos = torch.tensor([cache.pos], device=idx.device)
-        try:
-            logits = self._graph(idx, pos, cache.k, cache.v)
-        except Exception as e:
-            if self._graph == self._step:
-                raise
-            # No working compiler here (e.g. no C++ toolchain): the same math, uncompiled.
-            print(f"warning: decoding uncompiled ({type(e).__name__}: {str(e).splitlines()[0][:200]})", file=sys.stderr)
-            self._graph = self._step
+        if self.uncompiled:
             logits = self._step(idx, pos, cache.k, cache.v)
+        else:
+            try:
+                logits = self._graph(idx, pos, cache.k, cache.v)
+            except Exception as e:
+                # No working compiler here (e.g. no C++ toolchain): the same math, uncompiled.
+                print(f"warning: decoding uncompiled ({type(e).__name__}: {str(e).splitlines()[0][:200]})", file=sys.stderr)
+                self.uncompiled = True
+                logits = self._step(idx, pos, cache.k, cache.v)
         cache.advance(1)
         return logits, None
 
