@@ -42,12 +42,16 @@ class CompiledStep(nn.Module):
     def __init__(self, model: MiniLLM):
         super().__init__()
         self.model = model.eval()
-        self.cfg = model.cfg
         self._graph = torch.compile(self._step, fullgraph=True)
         self.uncompiled = False  # set when compiling failed and the step runs eagerly
 
     def forward(self, idx: torch.Tensor, targets=None, cache: KVCache | None = None,
                 last_only: bool = True) -> tuple[torch.Tensor, None]:
+        """Logits ``(batch, 1, vocab)`` for one new token per row; advances ``cache``.
+
+        ``targets`` and ``last_only`` are there for MiniLLM's call signature (with one new
+        token, its logits are the last position's).
+        """
         if cache is None or idx.shape[1] != 1 or targets is not None:
             raise ValueError("CompiledStep decodes one token per row into a KV cache")
         if cache.pos >= cache.max_len:
