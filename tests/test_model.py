@@ -35,6 +35,13 @@ def test_last_only_and_cache_overflow():
         full, _ = model(x)
         last, _ = model(x, last_only=True)
     torch.testing.assert_close(last[:, 0], full[:, -1])
+    # With a cache, continuing after cached tokens: the last query still sees every key.
+    with torch.no_grad():
+        cache = model.new_cache(1)
+        model(x[:, :4], cache=cache)
+        cont, _ = model(x[:, 4:], cache=cache, last_only=True)
+    torch.testing.assert_close(cont[:, 0], full[:, -1], atol=2e-5, rtol=1e-4)
+    assert cache.pos == 10
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 49, dtype=torch.long))
 

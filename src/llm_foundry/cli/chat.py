@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from . import add_compile_option
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a model folder (a run folder works)")
@@ -13,8 +15,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, metavar="N", help="reply length limit in tokens")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the decoding models: waits ~20 s (again when the batch size first changes), then decodes about 2x faster on a CPU")
+    add_compile_option(p)
 
 
 def add_parser(sub) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import add_compile_option
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="sample text from a model", description="Continue a prompt, streaming tokens as they come.")
@@ -19,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="how many samples (default: 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
-    p.add_argument("--compile", action="store_true", help="compile the decoding models: waits ~20 s once, then decodes about 2x faster on a CPU")
+    add_compile_option(p)
     p.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
     p.set_defaults(func=run)
 

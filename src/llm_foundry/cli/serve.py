@@ -7,6 +7,8 @@ import ipaddress
 import os
 import sys
 
+from . import add_compile_option
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a model: OpenAI-compatible API and a web chat page",
@@ -24,8 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model-name", metavar="NAME", help="the model id clients use (default: the folder's name)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the decoding models: waits ~20 s (again when the batch size first changes), then decodes about 2x faster on a CPU")
+    add_compile_option(p)
     p.add_argument("--no-tools", action="store_true", help="do not run the calculator for the model's python blocks")
     p.set_defaults(func=run)
 
