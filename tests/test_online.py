@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -246,6 +247,45 @@ def test_batches_never_target_pad(tmp_path):
             assert not (y == learner.pad_id).any() and not (y == learner.unk_id).any()
             assert (y[x == learner.pad_id] == -100).all()
             assert (y != -100).any()
+    finally:
+        learner.close()
+
+
+def test_compiled_learner_pads_batches_to_few_widths(tmp_path):
+    """With train.compile each new batch width recompiles the blocks: widths are powers of two."""
+    learner = small_learner(tmp_path / "s", "train.compile=true")
+    try:
+        assert learner.compiled
+        learner.add("ab")
+        assert learner.batch()[0].shape[1] == 32  # at least 32, though the window is 3 wide
+        learner.add("x" * 40)
+        widths = {learner.batch()[0].shape[1] for _ in range(30)}
+        assert widths <= {32, 64} and 64 in widths  # 64 = the context, the cap
+    finally:
+        learner.close()
+    eager = small_learner(tmp_path / "e")
+    try:
+        assert not eager.compiled
+        eager.add("ab")
+        assert eager.batch()[0].shape[1] == 3  # eager: the window's own width (separator, a, b)
+    finally:
+        eager.close()
+
+
+def test_compiled_learner_without_a_compiler_trains_eagerly(tmp_path, capsys):
+    learner = small_learner(tmp_path / "s", "train.compile=true", steps=3)
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("no C++ compiler")
+
+        for layer in learner.model.layers:
+            layer._compiled_call_impl = broken  # what a failing compile raises at the first call
+        result = learner.learn("hello there")
+        assert result.steps == 3 and math.isfinite(result.loss) and learner.step == 3
+        assert not learner.compiled
+        assert "training uncompiled (RuntimeError: no C++ compiler)" in capsys.readouterr().err
+        assert learner.learn("and again").steps == 3  # no second warning, no compile
+        assert "uncompiled" not in capsys.readouterr().err
     finally:
         learner.close()
 

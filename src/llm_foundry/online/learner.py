@@ -37,6 +37,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -160,6 +161,7 @@ class OnlineLearner:
             self.settings = (settings or OnlineSettings()).validate()
             self.store = ReplayStore(self.state / "replay")
             self.stop_requested = False  # set by a signal handler; pulses stop at the next step
+            self._compile_failed = False  # set when compiling failed: blocks run eagerly from then on
             self._model_cfg = model_cfg
             self._fresh(model_cfg)
         except BaseException:
@@ -228,6 +230,29 @@ class OnlineLearner:
         self.unk_id = self.tokenizer.token_id(UNK)
         self._gen_model: MiniLLM | None = None
         self._gen_stale = True
+        self._compile_blocks()
+
+    def _compile_blocks(self) -> None:
+        """With ``train.compile`` (the tinygpt preset): compile the transformer blocks.
+
+        Only the blocks: they share one graph (compiled once, about 10 s the first time on
+        a machine, a few seconds from the compiler's disk cache later), and the embedding,
+        head and loss stay eager, so a growing vocabulary never recompiles. Shapes are
+        static (faster kernels than dynamic ones); :meth:`batch` rounds its width up to a
+        power of two so only a few widths ever compile.
+        """
+        self.compiled = bool(self.train_cfg.compile) and not self._compile_failed
+        if self.compiled:
+            for layer in self.model.layers:
+                layer.compile(dynamic=False)
+
+    def _uncompile_blocks(self, error: Exception) -> None:
+        # No working compiler here (e.g. no C++ toolchain): the same math, uncompiled.
+        print(f"warning: training uncompiled ({type(error).__name__}: {str(error).splitlines()[0][:200]})",
+              file=sys.stderr)
+        self._compile_failed, self.compiled = True, False
+        for layer in self.model.layers:
+            layer._compiled_call_impl = None  # what nn.Module.compile() set
 
     # -------------------------------------------------------------- vocabulary
     def observe(self, text: str) -> list[str]:
@@ -343,6 +368,8 @@ class OnlineLearner:
                                           s.recent_records, s.typed_ratio)
         windows = [self._window(st) for st in starts]
         width = max(len(w) for w in windows) - 1
+        if self.compiled:  # few distinct shapes: each compiles once
+            width = min(self.seq_len, max(32, 1 << (width - 1).bit_length()))
         x = torch.full((len(windows), width), self.pad_id, dtype=torch.long)
         y = torch.full((len(windows), width), -100, dtype=torch.long)
         for r, w in enumerate(windows):
@@ -355,6 +382,12 @@ class OnlineLearner:
     def lr_factor(self, step: int | None = None) -> float:
         """Warmup, then constant: the schedule of a run that never ends."""
         return lr_factor(self.step if step is None else step, 0.0, "constant", self.train_cfg.warmup_steps, 1.0)
+
+    def _loss_and_grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.device, self.amp_dtype):
+            _, loss = self.model(x, y)
+        loss.backward()
+        return loss
 
     def pulse(self, steps: int) -> PulseResult:
         """Train ``steps`` steps on replayed windows; stops early if ``stop_requested``."""
@@ -371,9 +404,15 @@ class OnlineLearner:
             x, y = self.batch()
             if not (y != -100).any():
                 continue
-            with autocast_context(self.device, self.amp_dtype):
-                _, loss = self.model(x, y)
-            loss.backward()
+            try:
+                loss = self._loss_and_grads(x, y)
+            except Exception as e:
+                if not self.compiled:
+                    raise
+                self._uncompile_blocks(e)
+                for opt in self.optimizers:
+                    opt.zero_grad(set_to_none=True)
+                loss = self._loss_and_grads(x, y)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
             for opt in self.optimizers:

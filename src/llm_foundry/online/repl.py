@@ -71,6 +71,7 @@ class Repl:
         self._lines: Iterator[str] | None = None
         self._busy = False
         self._stop: _Stop | None = None
+        self._compile_told = False
 
     # ---------------------------------------------------------------- output
     def say(self, text: str = "") -> None:
@@ -224,7 +225,14 @@ class Repl:
             self.error(str(e))
             return True
 
+    def _tell_about_compiling(self) -> None:
+        if self.learner.compiled and not self._compile_told:
+            self._compile_told = True
+            self.say("compiling the model for faster pulses: the first waits for it "
+                     "(about 10 s on a new machine, a few seconds once cached)")
+
     def _learn(self, text: str) -> bool:
+        self._tell_about_compiling()
         result = self.learner.learn(text)
         loss = f"loss {result.loss:.4f}" if result.loss is not None else "no loss"
         self.say(f"learned · {result.steps} steps · {loss} · {result.seconds:.2f}s · "
@@ -289,6 +297,7 @@ class Repl:
 
         path = Path(arg).expanduser()
         steps = self.file_steps
+        self._tell_about_compiling()
         with progress_bar(True, TextColumn("{task.fields[status]}")) as bar:
             task = bar.add_task(path.name[:30], total=None, status="")
 

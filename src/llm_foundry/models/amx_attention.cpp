@@ -1,0 +1,376 @@
+// Causal softmax attention, forward and backward, for bf16 training on CPUs with AMX.
+//
+// Why a kernel of our own: at the shapes small models train with (head size 32-128, a few
+// hundred positions) PyTorch's CPU flash-attention reaches about a tenth of what the AMX
+// units can do, and its backward is slower still, so attention was a third of a training
+// step. Here every matrix product is an AMX tile product (16x16 fp32 += 16x32 bf16 times
+// 32x16 bf16) and the softmax work runs in AVX-512 registers.
+//
+// Layout: q, k, v, out, grads are (heads, T, D) bf16 contiguous, lse is (heads, T) fp32,
+// the log-sum-exp of each query's scaled scores. T and D must be multiples of 32.
+//
+// Forward, per head and per block of 16 queries: S = Q K^T for the causal keys only
+// (16 x keys fp32), then the exact softmax of each row (no online rescaling: a whole row of
+// scores fits in L1), then O = P V with P in bf16, divided by the row sums at the end.
+//
+// Backward, per head and per block of 32 keys (the FlashAttention-2 order): recompute
+// S^T = K Q^T and dP^T = V dO^T for the queries that see these keys, P^T = exp(S^T s - lse),
+// dS^T = P^T (dP^T - rowsum(dO o O)) s; then dV = P^T dO and dK = dS^T Q are final for the
+// block, and dQ^T += K^T dS^T accumulates in fp32 across blocks. Computing the transposed
+// scores means every product reads its operands in a layout packed once per head, and no
+// score block is ever transposed.
+//
+// AMX operands: A tiles are row-major 16 rows x 32 bf16; B tiles are "VNNI" 16 rows x 16
+// pairs, i.e. for B (32 x 16), row p holds (B[2p][n], B[2p+1][n]) for n = 0..15.
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+
+typedef uint16_t bf16;
+
+namespace {
+
+constexpr int kTileRows = 16;
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Every tile register is 16 rows x 64 bytes; tmm0 accumulates, tmm1 is A, tmm2 is B.
+void configure_tiles() {
+  TileConfig cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.palette_id = 1;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = kTileRows;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// C (16 x 16 fp32, row stride ldc bytes) = [C +] sum over kb of A_kb (16 x 32 bf16) B_kb (VNNI).
+inline void tile_gemm(float* c, int ldc, bool accumulate, const bf16* a, int lda, long a_step, const bf16* b,
+                      int ldb, long b_step, int kblocks) {
+  if (accumulate) {
+    _tile_loadd(0, c, ldc);
+  } else {
+    _tile_zero(0);
+  }
+  for (int kb = 0; kb < kblocks; ++kb) {
+    _tile_loadd(1, a + kb * a_step, lda);
+    _tile_loadd(2, b + kb * b_step, ldb);
+    _tile_dpbf16ps(0, 1, 2);
+  }
+  _tile_stored(0, c, ldc);
+}
+
+// Two outputs sharing the A operand: C0 = A B0, C1 = A B1 (one K block, no accumulation).
+inline void tile_gemm2(float* c0, float* c1, int ldc, const bf16* a, int lda, const bf16* b0, const bf16* b1,
+                       int ldb, long a_step, long b_step, int kblocks) {
+  _tile_zero(0);
+  _tile_zero(3);
+  for (int kb = 0; kb < kblocks; ++kb) {
+    _tile_loadd(1, a + kb * a_step, lda);
+    _tile_loadd(2, b0 + kb * b_step, ldb);
+    _tile_loadd(4, b1 + kb * b_step, ldb);
+    _tile_dpbf16ps(0, 1, 2);
+    _tile_dpbf16ps(3, 1, 4);
+  }
+  _tile_stored(0, c0, ldc);
+  _tile_stored(3, c1, ldc);
+}
+
+// exp(x) for x <= 0 (scores minus their maximum or log-sum-exp): 2^n * p(r), |r| <= ln2/2.
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-100.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m256i to_bf16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
+
+inline __m512 load_bf16(const bf16* p) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+// dst (D/2 x T pairs) [p][n] = src (T x D) pair p of row n: the VNNI form of src^T.
+void pack_pairs_transposed(const bf16* src, bf16* dst, int T, int D) {
+  const int pairs = D / 2;
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(pairs));
+  const uint32_t* s = (const uint32_t*)src;
+  uint32_t* d = (uint32_t*)dst;
+  for (int n = 0; n < T; n += 16) {
+    for (int p = 0; p < pairs; ++p) {
+      _mm512_storeu_si512(d + (long)p * T + n, _mm512_i32gather_epi32(rows, s + (long)n * pairs + p, 4));
+    }
+  }
+}
+
+// dst (D x T) = src (T x D)^T, plain transpose (for A operands that read src by columns).
+void transpose(const bf16* src, bf16* dst, int T, int D) {
+  const int pairs = D / 2;
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(pairs));
+  const uint32_t* s = (const uint32_t*)src;
+  for (int n = 0; n < T; n += 16) {
+    for (int p = 0; p < pairs; ++p) {
+      const __m512i both = _mm512_i32gather_epi32(rows, s + (long)n * pairs + p, 4);
+      _mm256_storeu_si256((__m256i*)(dst + (long)(2 * p) * T + n), _mm512_cvtepi32_epi16(both));
+      _mm256_storeu_si256((__m256i*)(dst + (long)(2 * p + 1) * T + n),
+                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(both, 16)));
+    }
+  }
+}
+
+// dst (T/2 x D pairs) [p][n] = (src[2p][n], src[2p+1][n]): the VNNI form of src itself.
+void pack_row_pairs(const bf16* src, bf16* dst, int T, int D) {
+  alignas(64) static const uint16_t lo_index[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                                    8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i lo = _mm512_load_si512(lo_index);  // element n of row 2p, then of row 2p+1
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (int p = 0; p < T / 2; ++p) {
+    const bf16* even = src + (long)(2 * p) * D;
+    const bf16* odd = even + D;
+    bf16* out = dst + (long)p * 2 * D;
+    for (int n = 0; n < D; n += 32) {
+      const __m512i a = _mm512_loadu_si512(even + n), b = _mm512_loadu_si512(odd + n);
+      _mm512_storeu_si512(out + 2 * n, _mm512_permutex2var_epi16(a, lo, b));
+      _mm512_storeu_si512(out + 2 * n + 32, _mm512_permutex2var_epi16(a, hi, b));
+    }
+  }
+}
+
+struct Buffer {
+  void* ptr = nullptr;
+  explicit Buffer(size_t bytes) { ptr = aligned_alloc(64, (bytes + 63) / 64 * 64); }
+  ~Buffer() { free(ptr); }
+  template <class T>
+  T* as() { return (T*)ptr; }
+};
+
+void forward_heads(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int h0, int h1, int T,
+                   int D, float scale) {
+  configure_tiles();
+  Buffer kt(sizeof(bf16) * T * D), vp(sizeof(bf16) * T * D), s_buf(sizeof(float) * 16 * T),
+      p_buf(sizeof(bf16) * 16 * T), o_buf(sizeof(float) * 16 * D);
+  float* S = s_buf.as<float>();
+  bf16* P = p_buf.as<bf16>();
+  float* O = o_buf.as<float>();
+  const int kd = D / 32;
+  for (int h = h0; h < h1; ++h) {
+    const long base = (long)h * T * D;
+    pack_pairs_transposed(k + base, kt.as<bf16>(), T, D);
+    pack_row_pairs(v + base, vp.as<bf16>(), T, D);
+    for (int row0 = 0; row0 < T; row0 += 16) {
+      const int keys = (row0 + 16 + 31) / 32 * 32;  // causal keys, rounded up to the PV block
+      const bf16* qa = q + base + (long)row0 * D;
+      for (int kt_i = 0; kt_i < keys / 16; kt_i += 2) {
+        tile_gemm2(S + kt_i * 16, S + kt_i * 16 + 16, T * 4, qa, D * 2, kt.as<bf16>() + kt_i * 16 * 2,
+                   kt.as<bf16>() + (kt_i + 1) * 16 * 2, T * 4, 32, 16L * T * 2, kd);
+      }
+      float inv_sum[16];
+      for (int r = 0; r < 16; ++r) {
+        const int last = row0 + r;  // keys 0..last are visible
+        float* srow = S + (long)r * T;
+        bf16* prow = P + (long)r * T;
+        __m512 vmax = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j <= last; j += 16) {
+          const __mmask16 m = j + 15 <= last ? (__mmask16)0xFFFF : (__mmask16)((1u << (last - j + 1)) - 1);
+          vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_loadu_ps(srow + j));
+        }
+        const float mx = _mm512_reduce_max_ps(vmax) * scale;
+        const __m512 vscale = _mm512_set1_ps(scale), vmx = _mm512_set1_ps(mx);
+        __m512 vsum = _mm512_setzero_ps();
+        for (int j = 0; j < keys; j += 16) {
+          __mmask16 m = 0;
+          if (j <= last) m = j + 15 <= last ? (__mmask16)0xFFFF : (__mmask16)((1u << (last - j + 1)) - 1);
+          const __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), vscale, vmx)));
+          vsum = _mm512_add_ps(vsum, e);
+          _mm256_storeu_si256((__m256i*)(prow + j), to_bf16(e));
+        }
+        const float sum = _mm512_reduce_add_ps(vsum);
+        inv_sum[r] = 1.0f / sum;
+        lse[(long)h * T + row0 + r] = mx + logf(sum);
+      }
+      for (int dt = 0; dt < D / 16; ++dt) {
+        tile_gemm(O + dt * 16, D * 4, false, P, T * 2, 32, vp.as<bf16>() + dt * 16 * 2, D * 4, 16L * D * 2,
+                  keys / 32);
+      }
+      for (int r = 0; r < 16; ++r) {
+        const __m512 inv = _mm512_set1_ps(inv_sum[r]);
+        bf16* orow = out + base + (long)(row0 + r) * D;
+        for (int d = 0; d < D; d += 16) {
+          _mm256_storeu_si256((__m256i*)(orow + d), to_bf16(_mm512_mul_ps(_mm512_loadu_ps(O + r * D + d), inv)));
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+void backward_heads(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
+                    const bf16* dout, bf16* dq, bf16* dk, bf16* dv, int h0, int h1, int T, int D, float scale) {
+  configure_tiles();
+  const long TD = (long)T * D;
+  Buffer qt(2 * TD), dot(2 * TD), qp(2 * TD), dop(2 * TD), ktr(2 * TD), drow_b(4L * T), st_b(4L * 32 * T),
+      dpt_b(4L * 32 * T), pt_b(2L * 32 * T), dst_b(2L * 32 * T), dsv_b(2L * 32 * T), dqt_b(4 * TD),
+      acc_b(4L * 16 * D);
+  float* drow = drow_b.as<float>();
+  float* ST = st_b.as<float>();
+  float* dPT = dpt_b.as<float>();
+  bf16* PT = pt_b.as<bf16>();
+  bf16* dST = dst_b.as<bf16>();
+  bf16* dSV = dsv_b.as<bf16>();  // dS^T in VNNI form over key pairs: [pair][query][2]
+  float* dQT = dqt_b.as<float>();
+  float* acc = acc_b.as<float>();
+  const int kd = D / 32;
+  alignas(64) static const uint16_t interleave_index[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                            8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(interleave_index);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int h = h0; h < h1; ++h) {
+    const long base = (long)h * TD;
+    const float* hl = lse + (long)h * T;
+    pack_pairs_transposed(q + base, qt.as<bf16>(), T, D);
+    pack_pairs_transposed(dout + base, dot.as<bf16>(), T, D);
+    pack_row_pairs(q + base, qp.as<bf16>(), T, D);
+    pack_row_pairs(dout + base, dop.as<bf16>(), T, D);
+    transpose(k + base, ktr.as<bf16>(), T, D);
+    for (int i = 0; i < T; ++i) {
+      __m512 acc_v = _mm512_setzero_ps();
+      for (int d = 0; d < D; d += 16) {
+        acc_v = _mm512_fmadd_ps(load_bf16(dout + base + (long)i * D + d), load_bf16(out + base + (long)i * D + d),
+                                acc_v);
+      }
+      drow[i] = _mm512_reduce_add_ps(acc_v);
+    }
+    memset(dQT, 0, 4 * TD);
+    for (int j0 = 0; j0 < T; j0 += 32) {
+      const int nq = T - j0;  // queries j0..T-1 see some of keys j0..j0+31
+      for (int s = 0; s < 2; ++s) {
+        const bf16* ka = k + base + (long)(j0 + 16 * s) * D;
+        const bf16* va = v + base + (long)(j0 + 16 * s) * D;
+        for (int t = 0; t < nq / 16; t += 2) {
+          const long col = (long)(j0 + 16 * t) * 2;
+          tile_gemm2(ST + 16 * s * T + 16 * t, ST + 16 * s * T + 16 * t + 16, T * 4, ka, D * 2, qt.as<bf16>() + col,
+                     qt.as<bf16>() + col + 32, T * 4, 32, 16L * T * 2, kd);
+          tile_gemm2(dPT + 16 * s * T + 16 * t, dPT + 16 * s * T + 16 * t + 16, T * 4, va, D * 2,
+                     dot.as<bf16>() + col, dot.as<bf16>() + col + 32, T * 4, 32, 16L * T * 2, kd);
+        }
+      }
+      // P^T and dS^T, two key rows at a time so dS^T can also be written in VNNI form.
+      for (int r = 0; r < 32; r += 2) {
+        for (int c = 0; c < nq; c += 16) {
+          const __m512i query = _mm512_add_epi32(lane, _mm512_set1_epi32(j0 + c));
+          const __m512 l = _mm512_loadu_ps(hl + j0 + c), dr = _mm512_loadu_ps(drow + j0 + c);
+          __m256i ds_half[2];
+          for (int e = 0; e < 2; ++e) {
+            const long at = (long)(r + e) * T + c;
+            const __mmask16 visible = _mm512_cmpge_epi32_mask(query, _mm512_set1_epi32(j0 + r + e));
+            const __m512 p =
+                _mm512_maskz_mov_ps(visible, exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(ST + at), vscale, l)));
+            const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dPT + at), dr)), vscale);
+            _mm256_storeu_si256((__m256i*)(PT + at), to_bf16(p));
+            ds_half[e] = to_bf16(ds);
+            _mm256_storeu_si256((__m256i*)(dST + at), ds_half[e]);
+          }
+          const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(ds_half[0]), ds_half[1], 1);
+          _mm512_storeu_si512(dSV + (long)(r / 2) * T * 2 + 2L * c, _mm512_permutexvar_epi16(interleave, both));
+        }
+      }
+      for (int s = 0; s < 2; ++s) {
+        const int key = j0 + 16 * s;
+        for (int dt = 0; dt < D / 16; ++dt) {  // dV = P^T dO over queries j0..T-1
+          tile_gemm(acc + dt * 16, D * 4, false, PT + 16 * s * T, T * 2, 32,
+                    dop.as<bf16>() + (long)(j0 / 2) * D * 2 + dt * 32, D * 4, 16L * D * 2, nq / 32);
+        }
+        for (int r = 0; r < 16; ++r) {
+          for (int d = 0; d < D; d += 16) {
+            _mm256_storeu_si256((__m256i*)(dv + base + (long)(key + r) * D + d), to_bf16(_mm512_loadu_ps(acc + r * D + d)));
+          }
+        }
+        for (int dt = 0; dt < D / 16; ++dt) {  // dK = dS^T Q
+          tile_gemm(acc + dt * 16, D * 4, false, dST + 16 * s * T, T * 2, 32,
+                    qp.as<bf16>() + (long)(j0 / 2) * D * 2 + dt * 32, D * 4, 16L * D * 2, nq / 32);
+        }
+        for (int r = 0; r < 16; ++r) {
+          for (int d = 0; d < D; d += 16) {
+            _mm256_storeu_si256((__m256i*)(dk + base + (long)(key + r) * D + d), to_bf16(_mm512_loadu_ps(acc + r * D + d)));
+          }
+        }
+      }
+      for (int dt = 0; dt < D / 16; ++dt) {  // dQ^T += K^T dS^T, one K block of these 32 keys
+        for (int t = 0; t < nq / 16; ++t) {
+          tile_gemm(dQT + (long)dt * 16 * T + j0 + 16 * t, T * 4, true, ktr.as<bf16>() + (long)dt * 16 * T + j0,
+                    T * 2, 0, dSV + 32L * t, T * 4, 0, 1);
+        }
+      }
+    }
+    const __m512i column = _mm512_mullo_epi32(lane, _mm512_set1_epi32(T));
+    for (int i = 0; i < T; ++i) {
+      for (int d = 0; d < D; d += 16) {
+        const __m512 g = _mm512_i32gather_ps(column, dQT + (long)d * T + i, 4);
+        _mm256_storeu_si256((__m256i*)(dq + base + (long)i * D + d), to_bf16(g));
+      }
+    }
+  }
+  _tile_release();
+}
+
+// Heads split evenly over OpenMP threads. The library links libgomp.so.1, which resolves to the
+// copy PyTorch has already loaded, so these are PyTorch's own worker threads: a thread of our
+// own would compete for a core with a PyTorch worker still spinning after its last op.
+template <class F>
+void parallel_heads(int heads, int threads, F&& work) {
+  threads = threads < 1 ? 1 : (threads > heads ? heads : threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int t = 0; t < threads; ++t) work(heads * t / threads, heads * (t + 1) / threads);
+}
+
+}  // namespace
+
+extern "C" {
+
+// 0 when this process may use the AMX tile registers (Linux asks each process to request them).
+int foundry_amx_init() {
+  const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+  return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+}
+
+void foundry_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int heads, int T,
+                               int D, float scale, int threads) {
+  parallel_heads(heads, threads, [&](int h0, int h1) { forward_heads(q, k, v, out, lse, h0, h1, T, D, scale); });
+}
+
+void foundry_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
+                                const bf16* dout, bf16* dq, bf16* dk, bf16* dv, int heads, int T, int D, float scale,
+                                int threads) {
+  parallel_heads(heads, threads, [&](int h0, int h1) {
+    backward_heads(q, k, v, out, lse, dout, dq, dk, dv, h0, h1, T, D, scale);
+  });
+}
+
+}  // extern "C"

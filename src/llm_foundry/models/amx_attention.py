@@ -1,0 +1,162 @@
+"""Causal attention on AMX tiles: builds, loads and calls ``amx_attention.cpp``.
+
+The C++ kernel (see its header for the algorithm) is compiled on first use with the
+system's C++ compiler, about a second, into ``$XDG_CACHE_HOME/llm-foundry/kernels``
+(``~/.cache/...``), keyed by a hash of the source and flags, and loaded with ``ctypes``:
+no PyTorch headers, so no minute-long extension build. Calls release the GIL and split
+the heads over ``torch.get_num_threads()`` OpenMP threads, PyTorch's own pool where
+PyTorch uses libgomp (the Linux builds do).
+
+:func:`available` is False, with :func:`unavailable_reason` saying why, on machines
+without AMX (or AVX512-BF16), without a compiler, or with ``FOUNDRY_NO_AMX_ATTENTION=1``;
+callers then use PyTorch's kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+_SOURCE = Path(__file__).with_name("amx_attention.cpp")
+_FLAGS = ["-O2", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+          "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mfma"]
+_CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512bw")
+_BLOCK = 32  # sequence length and head size are padded to multiples of this
+
+_library: ctypes.CDLL | None = None
+_reason: str | None = None  # why the kernel is unavailable, once known
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "llm-foundry" / "kernels"
+
+
+def _cpu_supports_amx() -> bool:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    present = set(flags.split(":", 1)[1].split())
+    return all(flag in present for flag in _CPU_FLAGS)
+
+
+def _build(compiler: str) -> Path:
+    """Compile the kernel once per source/flags/compiler; an atomic rename publishes it."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + version.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"amx_attention-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip().splitlines()[-1:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load() -> ctypes.CDLL | None:
+    global _library, _reason
+    if _library is not None or _reason is not None:
+        return _library
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if os.environ.get("FOUNDRY_NO_AMX_ATTENTION"):
+        _reason = "disabled by FOUNDRY_NO_AMX_ATTENTION"
+    elif not _cpu_supports_amx():
+        _reason = "this CPU has no AMX-BF16"
+    elif not compiler:
+        _reason = "no C++ compiler (g++) found"
+    else:
+        try:
+            library = ctypes.CDLL(str(_build(compiler)))
+            if library.foundry_amx_init() != 0:
+                raise RuntimeError("the kernel refused AMX (arch_prctl)")
+            pointer, integer, real = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+            library.foundry_attention_forward.argtypes = [pointer] * 5 + [integer] * 3 + [real, integer]
+            library.foundry_attention_backward.argtypes = [pointer] * 9 + [integer] * 3 + [real, integer]
+            _library = library
+        except (OSError, RuntimeError) as e:
+            _reason = f"could not build the kernel: {e}"
+    return _library
+
+
+@torch.compiler.assume_constant_result  # a constant to torch.compile: tracing never reaches the build
+def available() -> bool:
+    """True where the AMX kernel can run in this process (builds it on first call)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (None while it is True or not yet checked)."""
+    _load()
+    return _reason
+
+
+def _padded(x: torch.Tensor, t: int, d: int) -> torch.Tensor:
+    """``x`` zero-padded to ``t`` positions and ``d`` channels, contiguous.
+
+    Exact for causal attention: padded keys come after every real query, padded channels
+    add zero to every score, padded query rows are dropped.
+    """
+    pad_t, pad_d = t - x.shape[-2], d - x.shape[-1]
+    return F.pad(x, (0, pad_d, 0, pad_t)).contiguous() if pad_t or pad_d else x.contiguous()
+
+
+def _sizes(q: torch.Tensor) -> tuple[int, int, int, int, float]:
+    b, h, t, d = q.shape
+    round_up = lambda n: -(-n // _BLOCK) * _BLOCK  # noqa: E731
+    return b * h, round_up(t), round_up(d), torch.get_num_threads(), 1.0 / math.sqrt(d)
+
+
+def lse_shape(q: torch.Tensor) -> tuple[int, ...]:
+    """Shape of the ``lse`` that :func:`forward` returns: positions padded to a multiple of 32."""
+    return (*q.shape[:-2], -(-q.shape[-2] // _BLOCK) * _BLOCK)
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of ``(batch, heads, time, head_dim)`` bf16 tensors: ``(out, lse)``.
+
+    ``lse`` (fp32, padded to a multiple of 32 positions) is what :func:`backward` needs.
+    """
+    heads, t, d, threads, scale = _sizes(q)
+    qp, kp, vp = (_padded(x, t, d) for x in (q, k, v))
+    out = torch.empty_like(qp)
+    lse = torch.empty(qp.shape[:-1], dtype=torch.float32)
+    _library.foundry_attention_forward(qp.data_ptr(), kp.data_ptr(), vp.data_ptr(), out.data_ptr(), lse.data_ptr(),
+                                       heads, t, d, scale, threads)
+    if out.shape != q.shape:
+        out = out[..., : q.shape[-2], : q.shape[-1]].contiguous()
+    return out, lse
+
+
+def backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+             grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`forward` with respect to ``q``, ``k``, ``v``."""
+    heads, t, d, threads, scale = _sizes(q)
+    qp, kp, vp, outp, grad_outp = (_padded(x, t, d) for x in (q, k, v, out, grad_out))
+    grads = [torch.empty_like(qp) for _ in range(3)]
+    _library.foundry_attention_backward(qp.data_ptr(), kp.data_ptr(), vp.data_ptr(), outp.data_ptr(), lse.data_ptr(),
+                                        grad_outp.data_ptr(), *(g.data_ptr() for g in grads), heads, t, d, scale,
+                                        threads)
+    if qp.shape != q.shape:
+        grads = [g[..., : q.shape[-2], : q.shape[-1]].contiguous() for g in grads]
+    return tuple(grads)
