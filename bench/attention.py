@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args()
 
-    from llm_foundry.models import amx_attention
+    from llm_foundry.models import cpu_kernels
     from llm_foundry.models.cpu_attention import causal_attention, reference_attention
     from llm_foundry.utils.device import keep_freed_memory
 
@@ -56,8 +56,8 @@ def main() -> None:
     ours_fwd_ms = median_ms(fwd(causal_attention), args.reps)
     print(json.dumps({
         "benchmark": "attention", "shape": list(shape), "dtype": "bfloat16", "threads": torch.get_num_threads(),
-        "ours": "amx kernel" if amx_attention.available() else
-                f"flash forward + our backward ({amx_attention.unavailable_reason()})",
+        "ours": "amx kernel" if cpu_kernels.available() else
+                f"flash forward + our backward ({cpu_kernels.unavailable_reason()})",
         "stock_forward_ms": round(stock_fwd_ms, 2), "ours_forward_ms": round(ours_fwd_ms, 2),
         "stock_forward_backward_ms": round(stock_ms, 2), "ours_forward_backward_ms": round(ours_ms, 2),
         "stock_backward_ms": round(stock_ms - stock_fwd_ms, 2), "ours_backward_ms": round(ours_ms - ours_fwd_ms, 2),

@@ -7,7 +7,8 @@
   prefill and fp32 steps sharing one cache (``decode_models``): same logits, same tokens;
 * compiled decoding (``decode_models(..., compile=True)``: one fixed-shape graph per step
   reading a full-capacity cache behind a mask) gives the model's logits;
-* bf16 logits on a CPU take a blocked cross-entropy (models/losses.py): same loss and gradient.
+* bf16 logits on a CPU take a native or blocked cross-entropy (models/losses.py): same loss
+  and gradient.
 """
 
 import pytest
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from llm_foundry import MiniLLM, ModelConfig
 from llm_foundry.inference import decode_models
-from llm_foundry.models import amx_attention, cpu_attention
+from llm_foundry.models import cpu_attention, cpu_kernels
 
 
 @pytest.mark.parametrize("path", ["amx", "flash + compiled backward", "flash + eager backward"])
@@ -24,12 +25,12 @@ from llm_foundry.models import amx_attention, cpu_attention
 def test_causal_attention_matches_an_fp32_reference(path, shape, monkeypatch):
     calls = []
     if path == "amx":
-        if not amx_attention.available():
-            pytest.skip(f"AMX kernel unavailable: {amx_attention.unavailable_reason()}")
-        forward = amx_attention.forward
-        monkeypatch.setattr(amx_attention, "forward", lambda *a: calls.append(1) or forward(*a))
+        if not cpu_kernels.available():
+            pytest.skip(f"AMX kernel unavailable: {cpu_kernels.unavailable_reason()}")
+        forward = cpu_kernels.forward
+        monkeypatch.setattr(cpu_kernels, "forward", lambda *a: calls.append(1) or forward(*a))
     else:
-        monkeypatch.setattr(amx_attention, "available", lambda: False)
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
         monkeypatch.setattr(cpu_attention, "_SCORES_BYTES_PER_CHUNK", 2 * shape[1] * shape[2] ** 2 * 4)  # 2 sequences
         if path == "flash + eager backward":
             monkeypatch.setattr(cpu_attention, "_compiled", False)  # the no-compiler fallback
@@ -177,10 +178,19 @@ def test_compiled_step_without_a_compiler_runs_the_same_math_eagerly(capsys):
     assert step.uncompiled and "decoding uncompiled (RuntimeError: no C++ compiler)" in capsys.readouterr().err
 
 
-def test_blocked_cross_entropy_matches_reference_in_value_and_gradient():
-    """The bf16 CPU loss path (row blocks, fp32 math) is the same loss as F.cross_entropy."""
-    from llm_foundry.models.losses import cross_entropy
+@pytest.mark.parametrize("native", [True, False])
+def test_blocked_cross_entropy_matches_reference_in_value_and_gradient(native, monkeypatch):
+    """The bf16 CPU loss paths (native kernel; row blocks) are the same loss as F.cross_entropy."""
+    from llm_foundry.models import losses
 
+    if native and not cpu_kernels.available():
+        pytest.skip(f"native kernels unavailable: {cpu_kernels.unavailable_reason()}")
+    if not native:
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    calls = []
+    forward = cpu_kernels.cross_entropy_forward
+    monkeypatch.setattr(cpu_kernels, "cross_entropy_forward", lambda *a: calls.append(1) or forward(*a))
+    cross_entropy = losses.cross_entropy
     torch.manual_seed(0)
     logits = (torch.randn(3, 100, 2600) * 3).bfloat16().requires_grad_()
     targets = torch.randint(0, 2600, (3, 100))
@@ -194,3 +204,4 @@ def test_blocked_cross_entropy_matches_reference_in_value_and_gradient():
     assert logits.grad.dtype == torch.bfloat16
     assert torch.allclose(logits.grad.float(), ref_logits.grad.float(), atol=1e-6, rtol=1e-2)
     assert logits.grad[:, ::5].abs().max() == 0
+    assert len(calls) == native

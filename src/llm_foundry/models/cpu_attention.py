@@ -1,7 +1,7 @@
 """Causal attention for bf16 training on CPUs: our AMX kernel, or a faster backward.
 
 Where the CPU has AMX (and a C++ compiler is present), forward and backward both run in
-our own kernel, ``amx_attention.cpp``: about 3.7x faster than PyTorch's flash kernels at
+our own kernel, ``cpu_kernels.cpp``: about 3.7x faster than PyTorch's flash kernels at
 the ``tinygpt`` shape (``bench/attention.py``). Elsewhere, PyTorch's flash forward with
 the backward below.
 
@@ -32,7 +32,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from . import amx_attention
+from . import cpu_kernels
 
 # Sequences per backward chunk: fp32 scores of about 8 MB per chunk were fastest (4 sequences of
 # 8 heads × 256²); smaller chunks pay per-call overhead, larger ones fall out of cache.
@@ -108,18 +108,18 @@ class _CausalAttention(torch.autograd.Function):
 # graph (an opaque call into ctypes would break it at every layer).
 @torch.library.custom_op("foundry::amx_attention", mutates_args=())
 def _amx_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return amx_attention.forward(q, k, v)
+    return cpu_kernels.forward(q, k, v)
 
 
 @_amx_forward.register_fake
 def _(q, k, v):
-    return torch.empty_like(q), q.new_empty(amx_attention.lse_shape(q), dtype=torch.float32)
+    return torch.empty_like(q), q.new_empty(cpu_kernels.lse_shape(q), dtype=torch.float32)
 
 
 @torch.library.custom_op("foundry::amx_attention_backward", mutates_args=())
 def _amx_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return amx_attention.backward(q, k, v, out, lse, grad_out)
+    return cpu_kernels.backward(q, k, v, out, lse, grad_out)
 
 
 @_amx_backward.register_fake
@@ -149,7 +149,7 @@ def use_fast_backward(q: torch.Tensor, k: torch.Tensor, training: bool, dropout:
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal self-attention of ``(batch, heads, time, head_dim)`` bf16 tensors on a CPU."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if amx_attention.available():
+    if cpu_kernels.available():
         return _amx_forward(q, k, v)[0]
     return _CausalAttention.apply(q, k, v)
 

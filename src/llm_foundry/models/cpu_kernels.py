@@ -1,6 +1,7 @@
-"""Causal attention on AMX tiles: builds, loads and calls ``amx_attention.cpp``.
+"""Native CPU kernels for bf16 training: builds, loads and calls ``cpu_kernels.cpp``.
 
-The C++ kernel (see its header for the algorithm) is compiled on first use with the
+Causal attention on AMX tiles, and the cross-entropy of bf16 logits. The C++ source
+(see its header for the algorithms) is compiled on first use with the
 system's C++ compiler, about a second, into ``$XDG_CACHE_HOME/llm-foundry/kernels``
 (``~/.cache/...``), keyed by a hash of the source and flags, and loaded with ``ctypes``:
 no PyTorch headers, so no minute-long extension build. Calls release the GIL and split
@@ -8,7 +9,7 @@ the heads over ``torch.get_num_threads()`` OpenMP threads, PyTorch's own pool wh
 PyTorch uses libgomp (the Linux builds do).
 
 :func:`available` is False, with :func:`unavailable_reason` saying why, on machines
-without AMX (or AVX512-BF16), without a compiler, or with ``FOUNDRY_NO_AMX_ATTENTION=1``;
+without AMX (or AVX512-BF16), without a compiler, or with ``FOUNDRY_NO_CPU_KERNELS=1``;
 callers then use PyTorch's kernels.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-_SOURCE = Path(__file__).with_name("amx_attention.cpp")
+_SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 _FLAGS = ["-O2", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
           "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mfma"]
 _CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512bw")
@@ -57,7 +58,7 @@ def _build(compiler: str) -> Path:
     """Compile the kernel once per source/flags/compiler; an atomic rename publishes it."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"amx_attention-{key}.so"
+    target = _cache_dir() / f"cpu_kernels-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +80,8 @@ def _load() -> ctypes.CDLL | None:
     if _library is not None or _reason is not None:
         return _library
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if os.environ.get("FOUNDRY_NO_AMX_ATTENTION"):
-        _reason = "disabled by FOUNDRY_NO_AMX_ATTENTION"
+    if os.environ.get("FOUNDRY_NO_CPU_KERNELS"):
+        _reason = "disabled by FOUNDRY_NO_CPU_KERNELS"
     elif not _cpu_supports_amx():
         _reason = "this CPU has no AMX-BF16"
     elif not compiler:
@@ -93,6 +94,11 @@ def _load() -> ctypes.CDLL | None:
             pointer, integer, real = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
             library.foundry_attention_forward.argtypes = [pointer] * 5 + [integer] * 3 + [real, integer]
             library.foundry_attention_backward.argtypes = [pointer] * 9 + [integer] * 3 + [real, integer]
+            long = ctypes.c_long
+            library.foundry_cross_entropy_forward.argtypes = [pointer, long, pointer, integer, integer, pointer,
+                                                              pointer, integer]
+            library.foundry_cross_entropy_backward.argtypes = [pointer, long, pointer, pointer, pointer, pointer, long,
+                                                               integer, integer, integer]
             _library = library
         except (OSError, RuntimeError) as e:
             _reason = f"could not build the kernel: {e}"
@@ -160,3 +166,26 @@ def backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tenso
     if qp.shape != q.shape:
         grads = [g[..., : q.shape[-2], : q.shape[-1]].contiguous() for g in grads]
     return tuple(grads)
+
+
+def cross_entropy_forward(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of bf16 ``logits`` (``rows, vocab``): the log-sum-exp, and ``lse - logit[target]``
+    (0 where the target is outside ``[0, vocab)``, e.g. an ignored ``-100``). Both fp32."""
+    rows, vocab = logits.shape
+    targets = targets.contiguous()
+    lse, terms = (torch.empty(rows, dtype=torch.float32) for _ in range(2))
+    _library.foundry_cross_entropy_forward(logits.data_ptr(), logits.stride(0), targets.data_ptr(), rows, vocab,
+                                           lse.data_ptr(), terms.data_ptr(), torch.get_num_threads())
+    return lse, terms
+
+
+def cross_entropy_backward(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
+                           scale: torch.Tensor) -> torch.Tensor:
+    """``(softmax(logits) - onehot(targets)) * scale`` per row, as a bf16 tensor like ``logits``."""
+    rows, vocab = logits.shape
+    grad = torch.empty(rows, vocab, dtype=logits.dtype)
+    targets, scale = targets.contiguous(), scale.float().contiguous()
+    _library.foundry_cross_entropy_backward(logits.data_ptr(), logits.stride(0), targets.data_ptr(), lse.data_ptr(),
+                                            scale.data_ptr(), grad.data_ptr(), grad.stride(0), rows, vocab,
+                                            torch.get_num_threads())
+    return grad

@@ -1,4 +1,7 @@
-// Causal softmax attention, forward and backward, for bf16 training on CPUs with AMX.
+// Native CPU kernels for bf16 training: causal softmax attention (AMX tiles) and the
+// cross-entropy of bf16 logits (AVX-512), forward and backward.
+//
+// Attention.
 //
 // Why a kernel of our own: at the shapes small models train with (head size 32-128, a few
 // hundred positions) PyTorch's CPU flash-attention reaches about a tenth of what the AMX
@@ -340,14 +343,73 @@ void backward_heads(const bf16* q, const bf16* k, const bf16* v, const bf16* out
   _tile_release();
 }
 
-// Heads split evenly over OpenMP threads. The library links libgomp.so.1, which resolves to the
+
+// Cross-entropy of bf16 logits, one row per thread step: the row is read in bf16 and
+// every sum is fp32. Forward: lse and (lse - logit of the target) per row; backward:
+// (softmax - onehot) * scale per row written straight into a bf16 gradient. One pass over
+// the logits each way where PyTorch's blocked version makes four.
+inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+
+inline __m512 load_bf16_masked(const bf16* p, __mmask16 m) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+inline float bf16_to_float(bf16 x) {
+  uint32_t bits = (uint32_t)x << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+void ce_forward_rows(const bf16* logits, long ld, const int64_t* targets, int r0, int r1, int V, float* lse,
+                     float* terms) {
+  for (int r = r0; r < r1; ++r) {
+    const bf16* row = logits + (long)r * ld;
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < V; j += 16) {
+      const __mmask16 m = tail_mask(V - j);
+      vmax = _mm512_mask_max_ps(vmax, m, vmax, load_bf16_masked(row + j, m));
+    }
+    const float mx = _mm512_reduce_max_ps(vmax);
+    const __m512 vmx = _mm512_set1_ps(mx);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int j = 0; j < V; j += 16) {
+      const __mmask16 m = tail_mask(V - j);
+      vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(load_bf16_masked(row + j, m), vmx))));
+    }
+    lse[r] = mx + logf(_mm512_reduce_add_ps(vsum));
+    const int64_t t = targets[r];
+    terms[r] = (t >= 0 && t < V) ? lse[r] - bf16_to_float(row[t]) : 0.0f;
+  }
+}
+
+void ce_backward_rows(const bf16* logits, long ld, const int64_t* targets, const float* lse, const float* scale,
+                      bf16* grad, long ldg, int r0, int r1, int V) {
+  for (int r = r0; r < r1; ++r) {
+    const bf16* row = logits + (long)r * ld;
+    bf16* out = grad + (long)r * ldg;
+    const __m512 l = _mm512_set1_ps(lse[r]), s = _mm512_set1_ps(scale[r]);
+    const int64_t t = targets[r];
+    for (int j = 0; j < V; j += 16) {
+      const __mmask16 m = tail_mask(V - j);
+      __m512 g = _mm512_mul_ps(exp_ps(_mm512_sub_ps(load_bf16_masked(row + j, m), l)), s);
+      if (t >= j && t < j + 16) {  // subtract the one-hot target
+        g = _mm512_mask_sub_ps(g, (__mmask16)(1u << (t - j)), g, s);
+      }
+      _mm256_mask_storeu_epi16(out + j, m, to_bf16(g));
+    }
+  }
+}
+
+// Work (heads, rows) split evenly over OpenMP threads. The library links libgomp.so.1, which resolves to the
 // copy PyTorch has already loaded, so these are PyTorch's own worker threads: a thread of our
 // own would compete for a core with a PyTorch worker still spinning after its last op.
 template <class F>
-void parallel_heads(int heads, int threads, F&& work) {
-  threads = threads < 1 ? 1 : (threads > heads ? heads : threads);
+void parallel_split(int n, int threads, F&& work) {
+  threads = threads < 1 ? 1 : (threads > n ? n : threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int t = 0; t < threads; ++t) work(heads * t / threads, heads * (t + 1) / threads);
+  for (int t = 0; t < threads; ++t) work(n * t / threads, n * (t + 1) / threads);
 }
 
 }  // namespace
@@ -362,14 +424,28 @@ int foundry_amx_init() {
 
 void foundry_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int heads, int T,
                                int D, float scale, int threads) {
-  parallel_heads(heads, threads, [&](int h0, int h1) { forward_heads(q, k, v, out, lse, h0, h1, T, D, scale); });
+  parallel_split(heads, threads, [&](int h0, int h1) { forward_heads(q, k, v, out, lse, h0, h1, T, D, scale); });
 }
 
 void foundry_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                                 const bf16* dout, bf16* dq, bf16* dk, bf16* dv, int heads, int T, int D, float scale,
                                 int threads) {
-  parallel_heads(heads, threads, [&](int h0, int h1) {
+  parallel_split(heads, threads, [&](int h0, int h1) {
     backward_heads(q, k, v, out, lse, dout, dq, dk, dv, h0, h1, T, D, scale);
+  });
+}
+
+// Per row: lse and lse - logit[target] (0 for a target outside [0, V), e.g. an ignored -100).
+void foundry_cross_entropy_forward(const bf16* logits, long ld, const int64_t* targets, int rows, int V, float* lse,
+                                   float* terms, int threads) {
+  parallel_split(rows, threads, [&](int r0, int r1) { ce_forward_rows(logits, ld, targets, r0, r1, V, lse, terms); });
+}
+
+// grad[r] = (softmax(logits[r]) - onehot(target[r])) * scale[r], in bf16.
+void foundry_cross_entropy_backward(const bf16* logits, long ld, const int64_t* targets, const float* lse,
+                                    const float* scale, bf16* grad, long ldg, int rows, int V, int threads) {
+  parallel_split(rows, threads, [&](int r0, int r1) {
+    ce_backward_rows(logits, ld, targets, lse, scale, grad, ldg, r0, r1, V);
   });
 }
 
