@@ -35,7 +35,7 @@ _CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512bw")
 _BLOCK = 32  # sequence length and head size are padded to multiples of this
 
 _library: ctypes.CDLL | None = None
-_reason: str | None = None  # why the kernel is unavailable, once known
+_reason: str | None = None  # why the kernels are unavailable, once known
 
 
 def _cache_dir() -> Path:
@@ -107,7 +107,7 @@ def _load() -> ctypes.CDLL | None:
 
 @torch.compiler.assume_constant_result  # a constant to torch.compile: tracing never reaches the build
 def available() -> bool:
-    """True where the AMX kernel can run in this process (builds it on first call)."""
+    """True where the native kernels can run in this process (builds them on first call)."""
     return _load() is not None
 
 
@@ -127,15 +127,18 @@ def _padded(x: torch.Tensor, t: int, d: int) -> torch.Tensor:
     return F.pad(x, (0, pad_d, 0, pad_t)).contiguous() if pad_t or pad_d else x.contiguous()
 
 
+def _round_up(n: int) -> int:
+    return -(-n // _BLOCK) * _BLOCK
+
+
 def _sizes(q: torch.Tensor) -> tuple[int, int, int, int, float]:
     b, h, t, d = q.shape
-    round_up = lambda n: -(-n // _BLOCK) * _BLOCK  # noqa: E731
-    return b * h, round_up(t), round_up(d), torch.get_num_threads(), 1.0 / math.sqrt(d)
+    return b * h, _round_up(t), _round_up(d), torch.get_num_threads(), 1.0 / math.sqrt(d)
 
 
 def lse_shape(q: torch.Tensor) -> tuple[int, ...]:
     """Shape of the ``lse`` that :func:`forward` returns: positions padded to a multiple of 32."""
-    return (*q.shape[:-2], -(-q.shape[-2] // _BLOCK) * _BLOCK)
+    return (*q.shape[:-2], _round_up(q.shape[-2]))
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +175,7 @@ def cross_entropy_forward(logits: torch.Tensor, targets: torch.Tensor) -> tuple[
     """Per row of bf16 ``logits`` (``rows, vocab``): the log-sum-exp, and ``lse - logit[target]``
     (0 where the target is outside ``[0, vocab)``, e.g. an ignored ``-100``). Both fp32."""
     rows, vocab = logits.shape
-    targets = targets.contiguous()
+    targets = targets.long().contiguous()
     lse, terms = (torch.empty(rows, dtype=torch.float32) for _ in range(2))
     _library.foundry_cross_entropy_forward(logits.data_ptr(), logits.stride(0), targets.data_ptr(), rows, vocab,
                                            lse.data_ptr(), terms.data_ptr(), torch.get_num_threads())
@@ -184,7 +187,7 @@ def cross_entropy_backward(logits: torch.Tensor, targets: torch.Tensor, lse: tor
     """``(softmax(logits) - onehot(targets)) * scale`` per row, as a bf16 tensor like ``logits``."""
     rows, vocab = logits.shape
     grad = torch.empty(rows, vocab, dtype=logits.dtype)
-    targets, scale = targets.contiguous(), scale.float().contiguous()
+    targets, scale = targets.long().contiguous(), scale.float().contiguous()
     _library.foundry_cross_entropy_backward(logits.data_ptr(), logits.stride(0), targets.data_ptr(), lse.data_ptr(),
                                             scale.data_ptr(), grad.data_ptr(), grad.stride(0), rows, vocab,
                                             torch.get_num_threads())
