@@ -297,7 +297,8 @@ class Repl:
 
         path = Path(arg).expanduser()
         steps = self.file_steps
-        self._tell_about_compiling()
+        if path.is_file():  # a missing file gets its one-line error, not a note about compiling first
+            self._tell_about_compiling()
         with progress_bar(True, TextColumn("{task.fields[status]}")) as bar:
             task = bar.add_task(path.name[:30], total=None, status="")
 
