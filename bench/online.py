@@ -5,7 +5,7 @@ Prints one JSON object:
 - ``pulse``: median seconds of a 20-step pulse (batch 4, context 256, the tinygpt preset)
   on a store filled with ../shared/data/zh/tang300.txt, so every window is a full 256
   characters; next to it, in the same run, the same number of plain train steps on
-  random ids (the core's step with no replay sampling), the baseline;
+  random ids (the core's step: no replay sampling, no EMA), the baseline;
 - ``store``: lines/s of bulk appends (the /load_txt path: group fsync) and of
   per-line fsync appends (the typed-line path), against plain buffered file writes;
 - ``memory``: RSS of a learner while 100,000 lines are fed through it (stored, their
@@ -46,6 +46,7 @@ def bench_pulse(work: Path, pulses: int, steps: int = 20) -> dict:
 
     from llm_foundry.online import OnlineLearner
     from llm_foundry.training import build_optimizers
+    from llm_foundry.training.optim import optimizer_step
     from llm_foundry.utils.device import autocast_context
 
     learner = OnlineLearner.open(work / "pulse", preset="tinygpt", settings={"steps": steps})
@@ -68,10 +69,7 @@ def bench_pulse(work: Path, pulses: int, steps: int = 20) -> dict:
                 with autocast_context(learner.device, learner.amp_dtype):
                     _, loss = model(ids[:, :-1], ids[:, 1:])
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-                for o in opts:
-                    o.step()
-                    o.zero_grad(set_to_none=True)
+                optimizer_step(model, opts, 1.0)
             if rep:
                 base.append(time.perf_counter() - t0)
         return {

@@ -132,3 +132,77 @@ def test_ema_warms_up_instead_of_averaging_the_init():
     other = EMA(model, decay=0.5)
     other.load_state_dict(state)
     assert other.updates == 100 and other.decay == 0.999
+
+
+def _twin_models_with_optimizers():
+    import copy
+
+    from llm_foundry import MiniLLM, ModelConfig
+    from llm_foundry.config import TrainConfig
+    from llm_foundry.training import EMA, build_optimizers
+
+    torch.manual_seed(0)
+    model = MiniLLM(ModelConfig(vocab_size=61, dim=40, n_layers=2, n_heads=4, max_seq_len=32))
+    twin = copy.deepcopy(model)
+    cfg = TrainConfig(weight_decay=0.1)
+    return [(m, build_optimizers(m, cfg), EMA(m, 0.9)) for m in (model, twin)]
+
+
+def test_native_optimizer_step_is_pytorchs_clip_adamw_and_ema(monkeypatch):
+    """optimizer_step's one-pass native step = clip_grad_norm_ + AdamW.step + EMA.update,
+    in the parameters, the EMA and the optimizer state (so checkpoints are unchanged)."""
+    from llm_foundry.models import cpu_kernels
+    from llm_foundry.training import optim
+
+    if not cpu_kernels.available():
+        pytest.skip(f"native kernels unavailable: {cpu_kernels.unavailable_reason()}")
+    calls = []
+    native = cpu_kernels.adamw_ema_step
+    monkeypatch.setattr(cpu_kernels, "adamw_ema_step", lambda *a: calls.append(1) or native(*a))
+    (model, opts, ema), (twin, twin_opts, twin_ema) = _twin_models_with_optimizers()
+    for step in range(6):
+        ids = torch.randint(0, 61, (3, 17))
+        for m in (model, twin):
+            loss = m(ids[:, :-1], ids[:, 1:])[1]
+            (loss * (100.0 if step % 2 else 0.01)).backward()  # clipped on odd steps, not on even ones
+        optim.set_lr(opts, 1.0 + step)
+        optim.set_lr(twin_opts, 1.0 + step)
+        optim.optimizer_step(model, opts, 1.0, ema)
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), 1.0, foreach=True)
+        for opt in twin_opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        twin_ema.update(twin)
+    assert len(calls) == 6 and all(p.grad is None for p in model.parameters())
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for name, shadow in ema.shadow.items():
+        torch.testing.assert_close(shadow, twin_ema.shadow[name], atol=1e-6, rtol=1e-5)
+    assert ema.updates == twin_ema.updates == 6
+    for opt, twin_opt in zip(opts, twin_opts):
+        ours, theirs = opt.state_dict(), twin_opt.state_dict()
+        assert ours["param_groups"] == theirs["param_groups"]
+        for i, state in ours["state"].items():
+            assert state.keys() == theirs["state"][i].keys()
+            assert state["step"].dtype == theirs["state"][i]["step"].dtype and state["step"].item() == 6
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(state[key], theirs["state"][i][key], atol=1e-7, rtol=1e-5)
+
+
+def test_native_optimizer_step_leaves_what_it_cannot_do_to_pytorch():
+    """A parameter without a gradient (AdamW skips it) sends the whole step to PyTorch,
+    before anything was changed."""
+    from llm_foundry.training import optim
+
+    (model, opts, ema), _ = _twin_models_with_optimizers()
+    ids = torch.randint(0, 61, (3, 17))
+    model(ids[:, :-1], ids[:, 1:])[1].backward()
+    frozen = model.layers[0].attn_norm.weight
+    frozen.grad = None
+    before = [p.detach().clone() for p in model.parameters()]
+    assert not optim._native_adamw_step(model, opts, 1.0, ema)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and ema.updates == 0
+    assert not any(opt.state for opt in opts)
+    optim.optimizer_step(model, opts, 1.0, ema)  # PyTorch's path
+    assert torch.equal(frozen, before[[p is frozen for p in model.parameters()].index(True)])
+    assert ema.updates == 1 and all(p.grad is None for p in model.parameters())

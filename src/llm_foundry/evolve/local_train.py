@@ -27,7 +27,7 @@ from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import mean_loss
 from ..models import MiniLLM
 from ..training.checkpoint import load_model_config, load_model_dir, save_model_dir
-from ..training.optim import build_optimizers, set_lr
+from ..training.optim import build_optimizers, optimizer_step, set_lr
 from ..training.schedule import lr_factor
 from ..training.trainer import StopRequest
 from ..utils.device import autocast_context, resolve_device, resolve_dtype
@@ -133,11 +133,7 @@ def run_steps(model: MiniLLM, optimizers: list[torch.optim.Optimizer], batch_fn:
         with autocast_context(device, amp_dtype):
             _, loss = model(x, y)
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizers, cfg.grad_clip)
         if compute is not None:
             compute.train_tokens += x.numel()
         if on_step is not None:

@@ -94,8 +94,9 @@ inline void tile_gemm2(float* c0, float* c1, int ldc, const bf16* a, int lda, co
 }
 
 // exp(x) for x <= 0 (scores minus their maximum or log-sum-exp): 2^n * p(r), |r| <= ln2/2.
+// Inputs below -87 give exp(-87) ~ 1.6e-38, the smallest normal float (see parallel_split on denormals).
 inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-100.0f));
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
@@ -402,14 +403,119 @@ void ce_backward_rows(const bf16* logits, long ld, const int64_t* targets, const
   }
 }
 
+// SwiGLU's activation, h = silu(gate) * up, where gate and up are the two halves of each row of
+// one (rows, 2F) product. Inductor computes the sigmoid with a full-precision exp and a true
+// division, twice in the backward; here one fast exp and a reciprocal with one Newton step
+// (relative error ~1e-7, far below bf16's 4e-3), one pass each way.
+inline __m512 sigmoid_ps(__m512 x) {
+  const __m512 minus_x = _mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), x), _mm512_set1_ps(80.0f));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp_ps(minus_x));
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
+inline void store_bf16_masked(bf16* p, __mmask16 m, __m512 x) { _mm256_mask_storeu_epi16(p, m, to_bf16(x)); }
+
+void swiglu_forward_rows(const bf16* gu, bf16* h, int r0, int r1, int F) {
+  for (int r = r0; r < r1; ++r) {
+    const bf16* gate = gu + 2L * F * r;
+    const bf16* up = gate + F;
+    bf16* out = h + (long)F * r;
+    for (int j = 0; j < F; j += 16) {
+      const __mmask16 m = tail_mask(F - j);
+      const __m512 a = load_bf16_masked(gate + j, m), b = load_bf16_masked(up + j, m);
+      store_bf16_masked(out + j, m, _mm512_mul_ps(_mm512_mul_ps(a, sigmoid_ps(a)), b));
+    }
+  }
+}
+
+// d gate = dh * up * s * (1 + gate * (1 - s)), d up = dh * gate * s, with s = sigmoid(gate).
+void swiglu_backward_rows(const bf16* gu, const bf16* dh, bf16* dgu, int r0, int r1, int F) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int r = r0; r < r1; ++r) {
+    const bf16* gate = gu + 2L * F * r;
+    const bf16* up = gate + F;
+    const bf16* g = dh + (long)F * r;
+    bf16* dgate = dgu + 2L * F * r;
+    bf16* dup = dgate + F;
+    for (int j = 0; j < F; j += 16) {
+      const __mmask16 m = tail_mask(F - j);
+      const __m512 a = load_bf16_masked(gate + j, m), b = load_bf16_masked(up + j, m);
+      const __m512 dy = load_bf16_masked(g + j, m);
+      const __m512 s = sigmoid_ps(a);
+      const __m512 gs = _mm512_mul_ps(dy, s);
+      const __m512 slope = _mm512_fmadd_ps(a, _mm512_sub_ps(one, s), one);
+      store_bf16_masked(dgate + j, m, _mm512_mul_ps(_mm512_mul_ps(gs, b), slope));
+      store_bf16_masked(dup + j, m, _mm512_mul_ps(gs, a));
+    }
+  }
+}
+
+// The optimizer step of fp32 training on a CPU in one pass: gradient clipping (a scale on every
+// gradient), AdamW with decoupled weight decay (PyTorch's formulas), and the EMA of the weights.
+// PyTorch makes four passes over memory for this (clip's multiply, AdamW, the EMA's lerp, and
+// its own norm pass), each reading tens of MiB that no cache holds. The work over all tensors
+// is split evenly by element, whatever their sizes.
+//
+// Per tensor, hyper[6 i ...] = (lr * weight_decay, beta1, beta2, eps, lr / (1 - beta1^step),
+// 1 / sqrt(1 - beta2^step)).
+template <class F>
+void for_each_slice(const long* sizes, int n, int part, int parts, F&& work) {
+  long total = 0;
+  for (int i = 0; i < n; ++i) total += sizes[i];
+  const long begin = total * part / parts, end = total * (part + 1) / parts;
+  long offset = 0;
+  for (int i = 0; i < n && offset < end; offset += sizes[i], ++i) {
+    const long lo = begin > offset ? begin - offset : 0, hi = end - offset < sizes[i] ? end - offset : sizes[i];
+    if (lo < hi) work(i, lo, hi);
+  }
+}
+
+inline __mmask16 tail_mask_long(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+
+void adamw_ema_slice(float* p, const float* g, float* m, float* v, float* ema, const float* hp, long lo, long hi,
+                     float grad_scale, float ema_weight) {
+  const __m512 decay = _mm512_set1_ps(1.0f - hp[0]), b1 = _mm512_set1_ps(1.0f - hp[1]),
+               b2 = _mm512_set1_ps(hp[2]), one_minus_b2 = _mm512_set1_ps(1.0f - hp[2]), eps = _mm512_set1_ps(hp[3]),
+               step_size = _mm512_set1_ps(hp[4]), inv_bc2 = _mm512_set1_ps(hp[5]), scale = _mm512_set1_ps(grad_scale),
+               w = _mm512_set1_ps(ema_weight);
+  for (long j = lo; j < hi; j += 16) {
+    const __mmask16 k = tail_mask_long(hi - j);
+    const __m512 grad = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + j), scale);
+    __m512 param = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + j), decay);
+    __m512 avg = _mm512_maskz_loadu_ps(k, m + j);
+    avg = _mm512_fmadd_ps(b1, _mm512_sub_ps(grad, avg), avg);
+    __m512 sq = _mm512_maskz_loadu_ps(k, v + j);
+    sq = _mm512_fmadd_ps(sq, b2, _mm512_mul_ps(one_minus_b2, _mm512_mul_ps(grad, grad)));
+    const __m512 denom = _mm512_fmadd_ps(_mm512_sqrt_ps(sq), inv_bc2, eps);
+    param = _mm512_fnmadd_ps(step_size, _mm512_div_ps(avg, denom), param);
+    _mm512_mask_storeu_ps(p + j, k, param);
+    _mm512_mask_storeu_ps(m + j, k, avg);
+    _mm512_mask_storeu_ps(v + j, k, sq);
+    if (ema) {
+      const __m512 old = _mm512_maskz_loadu_ps(k, ema + j);
+      _mm512_mask_storeu_ps(ema + j, k, _mm512_fmadd_ps(w, _mm512_sub_ps(param, old), old));
+    }
+  }
+}
+
 // Work (heads, rows) split evenly over OpenMP threads. The library links libgomp.so.1, which resolves to the
 // copy PyTorch has already loaded, so these are PyTorch's own worker threads: a thread of our
 // own would compete for a core with a PyTorch worker still spinning after its last op.
+//
+// Each thread flushes denormals to zero while it works (MXCSR FTZ and DAZ, restored after): an
+// operation with a denormal result costs a microcode assist, and the softmax of very confident
+// logits makes such values by the million (a 5-10x slower cross-entropy); in bf16 they are zero anyway.
 template <class F>
 void parallel_split(int n, int threads, F&& work) {
   threads = threads < 1 ? 1 : (threads > n ? n : threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int t = 0; t < threads; ++t) work(n * t / threads, n * (t + 1) / threads);
+  for (int t = 0; t < threads; ++t) {
+    const unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);  // flush-to-zero | denormals-are-zero
+    work(n * t / threads, n * (t + 1) / threads);
+    _mm_setcsr(csr);
+  }
 }
 
 }  // namespace
@@ -446,6 +552,49 @@ void foundry_cross_entropy_backward(const bf16* logits, long ld, const int64_t* 
                                     const float* scale, bf16* grad, long ldg, int rows, int V, int threads) {
   parallel_split(rows, threads, [&](int r0, int r1) {
     ce_backward_rows(logits, ld, targets, lse, scale, grad, ldg, r0, r1, V);
+  });
+}
+
+// h (rows, F) = silu(gu[:, :F]) * gu[:, F:], for gu (rows, 2F) bf16 contiguous.
+void foundry_swiglu_forward(const bf16* gu, bf16* h, int rows, int F, int threads) {
+  parallel_split(rows, threads, [&](int r0, int r1) { swiglu_forward_rows(gu, h, r0, r1, F); });
+}
+
+// dgu (rows, 2F): the gradient of the forward with respect to gu, given dh (rows, F).
+void foundry_swiglu_backward(const bf16* gu, const bf16* dh, bf16* dgu, int rows, int F, int threads) {
+  parallel_split(rows, threads, [&](int r0, int r1) { swiglu_backward_rows(gu, dh, dgu, r0, r1, F); });
+}
+
+// Sum of the squares of n fp32 tensors (the squared global norm of the gradients).
+double foundry_sum_squares(float* const* tensors, const long* sizes, int n, int threads) {
+  double partial[256] = {0};
+  threads = threads < 1 ? 1 : (threads > 256 ? 256 : threads);
+  parallel_split(threads, threads, [&](int t, int) {
+    for_each_slice(sizes, n, t, threads, [&](int i, long lo, long hi) {
+      __m512 acc = _mm512_setzero_ps();
+      for (long j = lo; j < hi; j += 16) {
+        const __m512 x = _mm512_maskz_loadu_ps(tail_mask_long(hi - j), tensors[i] + j);
+        acc = _mm512_fmadd_ps(x, x, acc);
+      }
+      partial[t] += _mm512_reduce_add_ps(acc);
+    });
+  });
+  double total = 0;
+  for (int t = 0; t < threads; ++t) total += partial[t];
+  return total;
+}
+
+// One AdamW step of n fp32 tensors with gradients scaled by grad_scale, then ema += ema_weight *
+// (param - ema) where emas[i] is not null.
+void foundry_adamw_ema_step(float* const* params, float* const* grads, float* const* exp_avgs,
+                            float* const* exp_avg_sqs, float* const* emas, const long* sizes, const float* hyper,
+                            int n, float grad_scale, float ema_weight, int threads) {
+  threads = threads < 1 ? 1 : threads;
+  parallel_split(threads, threads, [&](int t, int) {
+    for_each_slice(sizes, n, t, threads, [&](int i, long lo, long hi) {
+      adamw_ema_slice(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], emas ? emas[i] : nullptr, hyper + 6 * i, lo,
+                      hi, grad_scale, ema_weight);
+    });
   });
 }
 

@@ -99,6 +99,11 @@ def _load() -> ctypes.CDLL | None:
                                                               pointer, integer]
             library.foundry_cross_entropy_backward.argtypes = [pointer, long, pointer, pointer, pointer, pointer, long,
                                                                integer, integer, integer]
+            library.foundry_swiglu_forward.argtypes = [pointer, pointer] + [integer] * 3
+            library.foundry_swiglu_backward.argtypes = [pointer] * 3 + [integer] * 3
+            library.foundry_sum_squares.argtypes = [pointer, pointer, integer, integer]
+            library.foundry_sum_squares.restype = ctypes.c_double
+            library.foundry_adamw_ema_step.argtypes = [pointer] * 7 + [integer, real, real, integer]
             _library = library
         except (OSError, RuntimeError) as e:
             _reason = f"could not build the kernel: {e}"
@@ -192,3 +197,52 @@ def cross_entropy_backward(logits: torch.Tensor, targets: torch.Tensor, lse: tor
                                             scale.data_ptr(), grad.data_ptr(), grad.stride(0), rows, vocab,
                                             torch.get_num_threads())
     return grad
+
+
+def swiglu_forward(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for bf16 ``gate_up`` (``..., 2F``) holding gate then up: ``(..., F)``."""
+    gate_up = gate_up.contiguous()
+    hidden = gate_up.shape[-1] // 2
+    out = gate_up.new_empty(*gate_up.shape[:-1], hidden)
+    _library.foundry_swiglu_forward(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * hidden), hidden,
+                                    torch.get_num_threads())
+    return out
+
+
+def swiglu_backward(gate_up: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`swiglu_forward` with respect to ``gate_up``, given that of its output."""
+    gate_up, grad_out = gate_up.contiguous(), grad_out.contiguous()
+    hidden = gate_up.shape[-1] // 2
+    grad = torch.empty_like(gate_up)
+    _library.foundry_swiglu_backward(gate_up.data_ptr(), grad_out.data_ptr(), grad.data_ptr(),
+                                     gate_up.numel() // (2 * hidden), hidden, torch.get_num_threads())
+    return grad
+
+
+
+def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+def _sizes_array(tensors: list[torch.Tensor]) -> ctypes.Array:
+    return (ctypes.c_long * len(tensors))(*(t.numel() for t in tensors))
+
+
+def sum_squares(tensors: list[torch.Tensor]) -> float:
+    """Sum of the squares of contiguous fp32 CPU ``tensors``, accumulated in fp64."""
+    return _library.foundry_sum_squares(_pointers(tensors), _sizes_array(tensors), len(tensors),
+                                        torch.get_num_threads())
+
+
+def adamw_ema_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                   exp_avg_sqs: list[torch.Tensor], emas: list[torch.Tensor] | None, hyper: torch.Tensor,
+                   grad_scale: float, ema_weight: float) -> None:
+    """One AdamW step of contiguous fp32 CPU tensors in place, gradients times ``grad_scale``,
+    then ``ema += ema_weight * (param - ema)`` (see ``cpu_kernels.cpp``).
+
+    ``hyper`` is fp32 ``(len(params), 6)``: lr * weight_decay, beta1, beta2, eps,
+    lr / (1 - beta1^step), 1 / sqrt(1 - beta2^step).
+    """
+    _library.foundry_adamw_ema_step(_pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
+                                    _pointers(emas) if emas is not None else None, _sizes_array(params),
+                                    hyper.data_ptr(), len(params), grad_scale, ema_weight, torch.get_num_threads())

@@ -54,7 +54,7 @@ from ..tokenizers import CharTokenizer
 from ..tokenizers.special import PAD, UNK
 from ..training.checkpoint import STATE_FILE, load_model_config, load_model_dir, save_model_dir
 from ..training.ema import EMA
-from ..training.optim import build_optimizers, replace_parameter, set_lr
+from ..training.optim import build_optimizers, optimizer_step, replace_parameter, set_lr
 from ..training.schedule import lr_factor
 from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
@@ -413,14 +413,7 @@ class OnlineLearner:
                 for opt in self.optimizers:
                     opt.zero_grad(set_to_none=True)
                 loss = self._loss_and_grads(x, y)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
-            for opt in self.optimizers:
-                opt.step()
-            for opt in self.optimizers:
-                opt.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update(self.model)
+            optimizer_step(self.model, self.optimizers, cfg.grad_clip, self.ema)
             self.step += 1
             value = float(loss.detach())
             self.losses.append(value)

@@ -22,13 +22,17 @@ class EMA:
         self.updates = 0
         self.shadow = {n: p.detach().clone().float() for n, p in model.named_parameters()}
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def next_weight(self) -> float:
+        """The weight ``1 - d`` of this update on the new parameters; counts the update."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
+        return 1.0 - d
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
         names, params = zip(*model.named_parameters())
         shadows = [self.shadow[n] for n in names]
-        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1.0 - d)
+        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], self.next_weight())
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

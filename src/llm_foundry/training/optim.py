@@ -7,10 +7,14 @@ head and norm gains are not such matrices and stay with AdamW.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
 from ..config import TrainConfig
+from ..models import cpu_kernels
+from .ema import EMA
 
 
 def _adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -49,6 +53,86 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
     return optimizers
+
+
+def optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], grad_clip: float,
+                   ema: EMA | None = None) -> None:
+    """Clip the gradients' global norm to ``grad_clip`` (0: no clipping), step ``optimizers``,
+    clear the gradients and update ``ema``.
+
+    Where every parameter is an fp32 CPU tensor stepped by AdamW and the native kernels
+    build, the clipping, AdamW and the EMA run as one pass over memory (``cpu_kernels``)
+    with the optimizers' own state, so checkpoints are unchanged; elsewhere PyTorch's
+    ``clip_grad_norm_``, ``step`` and :meth:`EMA.update` do the same in four passes.
+    """
+    if not _native_adamw_step(model, optimizers, grad_clip, ema):
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+        for opt in optimizers:
+            opt.step()
+        if ema is not None:
+            ema.update(model)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+def _plain_fp32_cpu(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and t.layout == torch.strided
+
+
+@torch.no_grad()
+def _native_adamw_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], grad_clip: float,
+                       ema: EMA | None) -> bool:
+    """:func:`optimizer_step` in one native pass; False (having changed nothing) where it does not apply."""
+    if not cpu_kernels.available():
+        return False
+    names = {id(p): n for n, p in model.named_parameters()}
+    entries = []  # (optimizer, group, parameter), every parameter of the model once
+    for opt in optimizers:
+        if type(opt) is not torch.optim.AdamW:
+            return False
+        for group in opt.param_groups:
+            if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+                    or torch.is_tensor(group["lr"])):
+                return False
+            entries += [(opt, group, p) for p in group["params"]]
+    if sorted(id(p) for _, _, p in entries) != sorted(names):
+        return False
+    for opt, _, p in entries:
+        state = opt.state.get(p, {})
+        if p.grad is None or not _plain_fp32_cpu(p) or not _plain_fp32_cpu(p.grad) or not all(
+                _plain_fp32_cpu(state[k]) for k in ("exp_avg", "exp_avg_sq") if k in state):
+            return False
+        shadow = ema.shadow.get(names[id(p)]) if ema is not None else p
+        if shadow is None or shadow.shape != p.shape or not _plain_fp32_cpu(shadow):
+            return False
+    params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+    for opt, _, p in entries:
+        state = opt.state[p]
+        if not state:  # as torch.optim.AdamW initialises it
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        params.append(p)
+        grads.append(p.grad)
+        exp_avgs.append(state["exp_avg"])
+        exp_avg_sqs.append(state["exp_avg_sq"])
+        steps.append(state["step"])
+    torch._foreach_add_(steps, 1.0)
+    hyper = []
+    for (_, group, _), step in zip(entries, steps):
+        (beta1, beta2), lr, n = group["betas"], group["lr"], step.item()
+        hyper += [lr * group["weight_decay"], beta1, beta2, group["eps"], lr / (1 - beta1 ** n),
+                  1 / math.sqrt(1 - beta2 ** n)]
+    scale = 1.0
+    if grad_clip > 0:  # torch.nn.utils.clip_grad_norm_'s coefficient
+        scale = min(1.0, grad_clip / (math.sqrt(cpu_kernels.sum_squares(grads)) + 1e-6))
+    emas, weight = None, 0.0
+    if ema is not None:
+        emas, weight = [ema.shadow[names[id(p)]] for p in params], ema.next_weight()
+    cpu_kernels.adamw_ema_step(params, grads, exp_avgs, exp_avg_sqs, emas, torch.tensor(hyper, dtype=torch.float32),
+                               scale, weight)
+    return True
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:

@@ -39,7 +39,7 @@ from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from .checkpoint import load_model_dir
-from .optim import set_lr
+from .optim import optimizer_step, set_lr
 from .schedule import lr_factor
 from .stages import stage_source
 from .trainer import StopRequest, Trainer, TrainingInterrupted
@@ -360,13 +360,11 @@ class RLTrainer(Trainer):
                 if out is not None:
                     loss, kl = out
                     loss.backward()
-                    if rl.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), rl.grad_clip, foreach=True)
-                    for opt in self.optimizers:
-                        opt.step()
+                    optimizer_step(self.model, self.optimizers, rl.grad_clip)
                     loss_v = float(loss.detach())
-                for opt in self.optimizers:
-                    opt.zero_grad(set_to_none=True)
+                else:
+                    for opt in self.optimizers:
+                        opt.zero_grad(set_to_none=True)
                 self.step += 1
                 self.tokens_seen += sum(len(r[0]) for r in rows)
                 self.train_time += time.perf_counter() - t0

@@ -29,7 +29,7 @@ from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..utils.progress import console
 from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, save_model_dir
 from .ema import EMA
-from .optim import build_optimizers, set_lr
+from .optim import build_optimizers, optimizer_step, set_lr
 from .schedule import lr_factor
 
 RUN_CONFIG_FILE, METRICS_FILE = "run_config.json", "metrics.jsonl"
@@ -272,17 +272,20 @@ class Trainer:
             self.scaler.scale(loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
             trained += (y != -100).sum()
-        if cfg.grad_clip > 0:
+        if not self.scaler.is_enabled():  # bf16 or fp32: no loss scaling
+            optimizer_step(self.model, self.optimizers, cfg.grad_clip, self.ema)
+        else:
+            if cfg.grad_clip > 0:
+                for opt in self.optimizers:
+                    self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
             for opt in self.optimizers:
-                self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
-        for opt in self.optimizers:
-            self.scaler.step(opt)
-        self.scaler.update()
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.model)
+                self.scaler.step(opt)
+            self.scaler.update()
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model)
         self.step += 1
         return trained
 
