@@ -118,32 +118,64 @@ inline __m512 load_bf16(const bf16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 
+// Transpose of a 16 x 16 matrix of 32-bit elements held in 16 registers, in place.
+inline void transpose16x16(__m512i* r) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm512_shuffle_i32x4(r[j], r[j + 4], 0x88);
+    t[j + 4] = _mm512_shuffle_i32x4(r[j], r[j + 4], 0xdd);
+    t[j + 8] = _mm512_shuffle_i32x4(r[j + 8], r[j + 12], 0x88);
+    t[j + 12] = _mm512_shuffle_i32x4(r[j + 8], r[j + 12], 0xdd);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+    r[j + 4] = _mm512_shuffle_i32x4(t[j + 4], t[j + 12], 0x88);
+    r[j + 12] = _mm512_shuffle_i32x4(t[j + 4], t[j + 12], 0xdd);
+  }
+}
+
+// Loads the 16 x 16 block of 32-bit pairs at row n, pair p of src (T x D bf16) and transposes it:
+// r[j] then holds pair p + j of rows n .. n + 15. (Register transposes: gathers were a sixth of
+// the backward.)
+inline void load_pairs_transposed(const bf16* src, int D, int n, int p, __m512i* r) {
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + (long)(n + i) * D + 2 * p);
+  transpose16x16(r);
+}
+
 // dst (D/2 x T pairs) [p][n] = src (T x D) pair p of row n: the VNNI form of src^T.
 void pack_pairs_transposed(const bf16* src, bf16* dst, int T, int D) {
-  const int pairs = D / 2;
-  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(pairs));
-  const uint32_t* s = (const uint32_t*)src;
   uint32_t* d = (uint32_t*)dst;
+  __m512i r[16];
   for (int n = 0; n < T; n += 16) {
-    for (int p = 0; p < pairs; ++p) {
-      _mm512_storeu_si512(d + (long)p * T + n, _mm512_i32gather_epi32(rows, s + (long)n * pairs + p, 4));
+    for (int p = 0; p < D / 2; p += 16) {
+      load_pairs_transposed(src, D, n, p, r);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(d + (long)(p + j) * T + n, r[j]);
     }
   }
 }
 
 // dst (D x T) = src (T x D)^T, plain transpose (for A operands that read src by columns).
 void transpose(const bf16* src, bf16* dst, int T, int D) {
-  const int pairs = D / 2;
-  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(pairs));
-  const uint32_t* s = (const uint32_t*)src;
+  __m512i r[16];
   for (int n = 0; n < T; n += 16) {
-    for (int p = 0; p < pairs; ++p) {
-      const __m512i both = _mm512_i32gather_epi32(rows, s + (long)n * pairs + p, 4);
-      _mm256_storeu_si256((__m256i*)(dst + (long)(2 * p) * T + n), _mm512_cvtepi32_epi16(both));
-      _mm256_storeu_si256((__m256i*)(dst + (long)(2 * p + 1) * T + n),
-                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(both, 16)));
+    for (int p = 0; p < D / 2; p += 16) {
+      load_pairs_transposed(src, D, n, p, r);
+      for (int j = 0; j < 16; ++j) {
+        _mm256_storeu_si256((__m256i*)(dst + (long)(2 * (p + j)) * T + n), _mm512_cvtepi32_epi16(r[j]));
+        _mm256_storeu_si256((__m256i*)(dst + (long)(2 * (p + j) + 1) * T + n),
+                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(r[j], 16)));
+      }
     }
   }
 }
@@ -174,6 +206,12 @@ struct Buffer {
   T* as() { return (T*)ptr; }
 };
 
+// Lanes of keys j .. j + 15 that a query seeing keys 0 .. last may attend to.
+inline __mmask16 visible_keys(int j, int last) {
+  if (j > last) return 0;
+  return j + 15 <= last ? (__mmask16)0xFFFF : (__mmask16)((1u << (last - j + 1)) - 1);
+}
+
 void forward_heads(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int h0, int h1, int T,
                    int D, float scale) {
   configure_tiles();
@@ -194,29 +232,44 @@ void forward_heads(const bf16* q, const bf16* k, const bf16* v, bf16* out, float
         tile_gemm2(S + kt_i * 16, S + kt_i * 16 + 16, T * 4, qa, D * 2, kt.as<bf16>() + kt_i * 16 * 2,
                    kt.as<bf16>() + (kt_i + 1) * 16 * 2, T * 4, 32, 16L * T * 2, kd);
       }
+      // Softmax of each row, four rows at a time: their horizontal reductions (max, sum) are
+      // latency-bound, and four independent chains keep the vector units busy meanwhile.
       float inv_sum[16];
-      for (int r = 0; r < 16; ++r) {
-        const int last = row0 + r;  // keys 0..last are visible
-        float* srow = S + (long)r * T;
-        bf16* prow = P + (long)r * T;
-        __m512 vmax = _mm512_set1_ps(-INFINITY);
-        for (int j = 0; j <= last; j += 16) {
-          const __mmask16 m = j + 15 <= last ? (__mmask16)0xFFFF : (__mmask16)((1u << (last - j + 1)) - 1);
-          vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_loadu_ps(srow + j));
+      const __m512 vscale = _mm512_set1_ps(scale);
+      for (int r0 = 0; r0 < 16; r0 += 4) {
+        const int first_last = row0 + r0;  // row r0 + i sees keys 0 .. first_last + i
+        __m512 vmax[4];
+        for (int i = 0; i < 4; ++i) vmax[i] = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j <= first_last + 3; j += 16) {
+          for (int i = 0; i < 4; ++i) {
+            vmax[i] = _mm512_mask_max_ps(vmax[i], visible_keys(j, first_last + i), vmax[i],
+                                         _mm512_loadu_ps(S + (long)(r0 + i) * T + j));
+          }
         }
-        const float mx = _mm512_reduce_max_ps(vmax) * scale;
-        const __m512 vscale = _mm512_set1_ps(scale), vmx = _mm512_set1_ps(mx);
-        __m512 vsum = _mm512_setzero_ps();
+        __m512 vmx[4], vsum[4];
+        float mx[4];
+        for (int i = 0; i < 4; ++i) {
+          mx[i] = _mm512_reduce_max_ps(vmax[i]) * scale;
+          vmx[i] = _mm512_set1_ps(mx[i]);
+          vsum[i] = _mm512_setzero_ps();
+        }
         for (int j = 0; j < keys; j += 16) {
-          __mmask16 m = 0;
-          if (j <= last) m = j + 15 <= last ? (__mmask16)0xFFFF : (__mmask16)((1u << (last - j + 1)) - 1);
-          const __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), vscale, vmx)));
-          vsum = _mm512_add_ps(vsum, e);
-          _mm256_storeu_si256((__m256i*)(prow + j), to_bf16(e));
+          if (j > first_last + 3) {  // past every row's last key: zeros for the P V product
+            for (int i = 0; i < 4; ++i) _mm256_storeu_si256((__m256i*)(P + (long)(r0 + i) * T + j), _mm256_setzero_si256());
+            continue;
+          }
+          for (int i = 0; i < 4; ++i) {
+            const __m512 x = _mm512_fmsub_ps(_mm512_loadu_ps(S + (long)(r0 + i) * T + j), vscale, vmx[i]);
+            const __m512 e = _mm512_maskz_mov_ps(visible_keys(j, first_last + i), exp_ps(x));
+            vsum[i] = _mm512_add_ps(vsum[i], e);
+            _mm256_storeu_si256((__m256i*)(P + (long)(r0 + i) * T + j), to_bf16(e));
+          }
         }
-        const float sum = _mm512_reduce_add_ps(vsum);
-        inv_sum[r] = 1.0f / sum;
-        lse[(long)h * T + row0 + r] = mx + logf(sum);
+        for (int i = 0; i < 4; ++i) {
+          const float sum = _mm512_reduce_add_ps(vsum[i]);
+          inv_sum[r0 + i] = 1.0f / sum;
+          lse[(long)h * T + row0 + r0 + i] = mx[i] + logf(sum);
+        }
       }
       for (int dt = 0; dt < D / 16; ++dt) {
         tile_gemm(O + dt * 16, D * 4, false, P, T * 2, 32, vp.as<bf16>() + dt * 16 * 2, D * 4, 16L * D * 2,
@@ -333,11 +386,14 @@ void backward_heads(const bf16* q, const bf16* k, const bf16* v, const bf16* out
         }
       }
     }
-    const __m512i column = _mm512_mullo_epi32(lane, _mm512_set1_epi32(T));
-    for (int i = 0; i < T; ++i) {
+    for (int i = 0; i < T; i += 16) {  // dq = (dQ^T)^T in bf16, 16 x 16 blocks
       for (int d = 0; d < D; d += 16) {
-        const __m512 g = _mm512_i32gather_ps(column, dQT + (long)d * T + i, 4);
-        _mm256_storeu_si256((__m256i*)(dq + base + (long)i * D + d), to_bf16(g));
+        __m512i r[16];
+        for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_si512(dQT + (long)(d + j) * T + i);
+        transpose16x16(r);
+        for (int j = 0; j < 16; ++j) {
+          _mm256_storeu_si256((__m256i*)(dq + base + (long)(i + j) * D + d), to_bf16(_mm512_castsi512_ps(r[j])));
+        }
       }
     }
   }

@@ -8,6 +8,7 @@ head and norm gains are not such matrices and stay with AdamW.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn as nn
@@ -77,7 +78,27 @@ def optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], gr
 
 
 def _plain_fp32_cpu(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and t.layout == torch.strided
+    return t.dtype is torch.float32 and t.is_contiguous() and t.device.type == "cpu" and not t.is_sparse
+
+
+# Per model: the ids of the parameters its optimizers held when last checked, and the name of
+# each (for the EMA). Walking the module tree each step cost a quarter of a millisecond.
+_names_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], dict[int, str]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _parameter_names(model: nn.Module, held: list[torch.Tensor]) -> dict[int, str] | None:
+    """Names of the parameters ``held`` by the optimizers by id, or None unless they are exactly
+    the model's parameters (each once)."""
+    key = tuple(id(p) for p in held)
+    cached = _names_cache.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    names = {id(p): n for n, p in model.named_parameters()}
+    if sorted(key) != sorted(names):
+        return None
+    _names_cache[model] = (key, names)
+    return names
 
 
 @torch.no_grad()
@@ -86,7 +107,6 @@ def _native_adamw_step(model: nn.Module, optimizers: list[torch.optim.Optimizer]
     """:func:`optimizer_step` in one native pass; False (having changed nothing) where it does not apply."""
     if not cpu_kernels.available():
         return False
-    names = {id(p): n for n, p in model.named_parameters()}
     entries = []  # (optimizer, group, parameter), every parameter of the model once
     for opt in optimizers:
         if type(opt) is not torch.optim.AdamW:
@@ -96,12 +116,13 @@ def _native_adamw_step(model: nn.Module, optimizers: list[torch.optim.Optimizer]
                     or torch.is_tensor(group["lr"])):
                 return False
             entries += [(opt, group, p) for p in group["params"]]
-    if sorted(id(p) for _, _, p in entries) != sorted(names):
+    names = _parameter_names(model, [p for _, _, p in entries])
+    if names is None:
         return False
     for opt, _, p in entries:
-        state = opt.state.get(p, {})
-        if p.grad is None or not _plain_fp32_cpu(p) or not _plain_fp32_cpu(p.grad) or not all(
-                _plain_fp32_cpu(state[k]) for k in ("exp_avg", "exp_avg_sq") if k in state):
+        state = opt.state.get(p)
+        if p.grad is None or not _plain_fp32_cpu(p) or not _plain_fp32_cpu(p.grad) or (state and not (
+                _plain_fp32_cpu(state["exp_avg"]) and _plain_fp32_cpu(state["exp_avg_sq"]))):
             return False
         shadow = ema.shadow.get(names[id(p)]) if ema is not None else p
         if shadow is None or shadow.shape != p.shape or not _plain_fp32_cpu(shadow):
