@@ -405,7 +405,7 @@ void backward_heads(const bf16* q, const bf16* k, const bf16* v, const bf16* out
 // every sum is fp32. Forward: lse and (lse - logit of the target) per row; backward:
 // (softmax - onehot) * scale per row written straight into a bf16 gradient. One pass over
 // the logits each way where PyTorch's blocked version makes four.
-inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+inline __mmask16 tail_mask(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
 
 inline __m512 load_bf16_masked(const bf16* p, __mmask16 m) {
   const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
@@ -509,9 +509,9 @@ void swiglu_backward_rows(const bf16* gu, const bf16* dh, bf16* dgu, int r0, int
 
 // The optimizer step of fp32 training on a CPU in one pass: gradient clipping (a scale on every
 // gradient), AdamW with decoupled weight decay (PyTorch's formulas), and the EMA of the weights.
-// PyTorch makes four passes over memory for this (clip's multiply, AdamW, the EMA's lerp, and
-// its own norm pass), each reading tens of MiB that no cache holds. The work over all tensors
-// is split evenly by element, whatever their sizes.
+// After the gradients' norm (foundry_sum_squares), one pass where PyTorch makes three more
+// (clip's multiply, AdamW, the EMA's lerp), each over tens of MiB that no cache holds. The work
+// over all tensors is split evenly by element, whatever their sizes.
 //
 // Per tensor, hyper[6 i ...] = (lr * weight_decay, beta1, beta2, eps, lr / (1 - beta1^step),
 // 1 / sqrt(1 - beta2^step)).
@@ -527,20 +527,18 @@ void for_each_slice(const long* sizes, int n, int part, int parts, F&& work) {
   }
 }
 
-inline __mmask16 tail_mask_long(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
-
 void adamw_ema_slice(float* p, const float* g, float* m, float* v, float* ema, const float* hp, long lo, long hi,
                      float grad_scale, float ema_weight) {
-  const __m512 decay = _mm512_set1_ps(1.0f - hp[0]), b1 = _mm512_set1_ps(1.0f - hp[1]),
+  const __m512 decay = _mm512_set1_ps(1.0f - hp[0]), avg_weight = _mm512_set1_ps(1.0f - hp[1]),
                b2 = _mm512_set1_ps(hp[2]), one_minus_b2 = _mm512_set1_ps(1.0f - hp[2]), eps = _mm512_set1_ps(hp[3]),
                step_size = _mm512_set1_ps(hp[4]), inv_bc2 = _mm512_set1_ps(hp[5]), scale = _mm512_set1_ps(grad_scale),
                w = _mm512_set1_ps(ema_weight);
   for (long j = lo; j < hi; j += 16) {
-    const __mmask16 k = tail_mask_long(hi - j);
+    const __mmask16 k = tail_mask(hi - j);
     const __m512 grad = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + j), scale);
     __m512 param = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + j), decay);
     __m512 avg = _mm512_maskz_loadu_ps(k, m + j);
-    avg = _mm512_fmadd_ps(b1, _mm512_sub_ps(grad, avg), avg);
+    avg = _mm512_fmadd_ps(avg_weight, _mm512_sub_ps(grad, avg), avg);  // lerp toward the gradient
     __m512 sq = _mm512_maskz_loadu_ps(k, v + j);
     sq = _mm512_fmadd_ps(sq, b2, _mm512_mul_ps(one_minus_b2, _mm512_mul_ps(grad, grad)));
     const __m512 denom = _mm512_fmadd_ps(_mm512_sqrt_ps(sq), inv_bc2, eps);
@@ -629,7 +627,7 @@ double foundry_sum_squares(float* const* tensors, const long* sizes, int n, int 
     for_each_slice(sizes, n, t, threads, [&](int i, long lo, long hi) {
       __m512 acc = _mm512_setzero_ps();
       for (long j = lo; j < hi; j += 16) {
-        const __m512 x = _mm512_maskz_loadu_ps(tail_mask_long(hi - j), tensors[i] + j);
+        const __m512 x = _mm512_maskz_loadu_ps(tail_mask(hi - j), tensors[i] + j);
         acc = _mm512_fmadd_ps(x, x, acc);
       }
       partial[t] += _mm512_reduce_add_ps(acc);
