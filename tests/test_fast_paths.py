@@ -4,7 +4,8 @@
   CPU has AMX, else PyTorch's flash forward with our backward; outputs and gradients must
   match an fp32 reference as closely as the stock bf16 kernel does;
 * inference copies merge q/k/v and gate/up (``fuse_projections``) and decode with a bf16
-  prefill and fp32 steps sharing one cache (``decode_models``): same logits, same tokens;
+  prefill (its attention in the AMX kernel where it exists) and fp32 steps sharing one cache
+  (``decode_models``): same logits, same tokens;
 * compiled decoding (``decode_models(..., compile=True)``: one fixed-shape graph per step
   reading a full-capacity cache behind a mask) gives the model's logits;
 * bf16 logits on a CPU take a native or blocked cross-entropy (models/losses.py): same loss
@@ -99,7 +100,10 @@ def test_fused_projections_give_the_same_logits(kw):
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_bf16_prefill_with_fp32_steps_decodes_like_the_model(batch):
+def test_bf16_prefill_with_fp32_steps_decodes_like_the_model(batch, monkeypatch):
+    calls = []
+    forward = cpu_kernels.forward
+    monkeypatch.setattr(cpu_kernels, "forward", lambda *a: calls.append(1) or forward(*a))
     model = _model()
     models = decode_models(model, "bf16", batch_size=batch)
     assert next(models.prefill.parameters()).dtype == torch.bfloat16
@@ -116,6 +120,8 @@ def test_bf16_prefill_with_fp32_steps_decodes_like_the_model(batch):
     got = torch.cat(pieces, 1)
     torch.testing.assert_close(got, full, atol=0.1, rtol=0.05)
     assert (got.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
+    # the bf16 prompt's attention took the AMX kernel (25 positions, padded to 32) where it exists
+    assert len(calls) == (model.cfg.n_layers if cpu_kernels.available() else 0)
 
 
 @pytest.mark.parametrize("precision,batch,kw", [("bf16", 1, {"n_kv_heads": 2, "qk_norm": True}), ("bf16", 3, {}),

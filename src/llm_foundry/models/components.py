@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .activations import swiglu
-from .cpu_attention import causal_attention, use_fast_backward
+from .cpu_attention import causal_attention, use_fast_backward, use_native_prefill
 from .kv_cache import KVCache
 
 
@@ -115,6 +115,9 @@ class Attention(nn.Module):
             q, t = q[:, :, -1:], 1
             mask, causal = None, False
         elif start == 0:
+            if use_native_prefill(q, k):  # a prompt's attention in our AMX kernel
+                y = causal_attention(q, k, v)
+                return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
             # Plain causal attention over the new tokens only (for one token the same as no mask;
             # a constant, not `t > 1`, keeps a compiled graph whole when t is symbolic).
             mask, causal = None, True

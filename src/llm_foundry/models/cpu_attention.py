@@ -146,6 +146,14 @@ def use_fast_backward(q: torch.Tensor, k: torch.Tensor, training: bool, dropout:
             and k.shape[-2] == q.shape[-2])
 
 
+def use_native_prefill(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """True where a prompt's causal attention (no cache before it) takes the AMX kernel: bf16
+    on a CPU with the native kernels, no GQA, no gradient. About 120 µs against PyTorch's
+    flash kernel's 200 for 6 heads x 256 positions x 64."""
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16 and not q.requires_grad
+            and q.shape[1] == k.shape[1] and k.shape[-2] == q.shape[-2] and q.shape[-2] > 1 and cpu_kernels.available())
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal self-attention of ``(batch, heads, time, head_dim)`` bf16 tensors on a CPU."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
