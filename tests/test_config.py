@@ -13,6 +13,20 @@ def test_presets_match_the_source_designs():
     assert (t.lr, t.batch_size, t.grad_clip, t.schedule) == (1e-4, 8, 1.0, "cosine")
 
 
+def test_base_preset_is_a_100m_model_for_one_gpu():
+    import dataclasses
+
+    import torch
+
+    from llm_foundry import MiniLLM
+
+    m, t = load_config("base")
+    with torch.device("meta"):  # counted, not allocated
+        model = MiniLLM(dataclasses.replace(m, vocab_size=16000))
+    assert 90e6 < model.num_parameters() < 110e6
+    assert t.compile and t.precision == "auto"  # bf16 where the hardware has it
+
+
 def test_overrides_with_and_without_section():
     m, t = load_config("tiny", ["model.dim=96", "lr=3e-4", "qk_norm=true", "time_budget=none", "n_kv_heads=2"])
     assert m.dim == 96 and t.lr == pytest.approx(3e-4) and m.qk_norm is True and t.time_budget is None
