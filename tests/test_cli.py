@@ -1,8 +1,12 @@
 """The `foundry` command as a user meets it: the core path and every kind of bad input."""
 
 import json
+import subprocess
+import sys
 
 import pytest
+
+import llm_foundry
 
 from helpers import TINY_MODEL, one_line_error, run_cli, shared_file
 from llm_foundry.cli.main import COMMANDS
@@ -15,6 +19,21 @@ def test_help_everywhere():
         proc = run_cli(cmd, "--help")
         assert proc.returncode == 0 and "usage: foundry " + cmd in proc.stdout
     assert run_cli("--version").stdout.startswith("llm-foundry ")
+
+
+def test_help_and_the_package_start_without_pytorch():
+    # Importing PyTorch takes 2-3 s on a slow CPU: `foundry --help` and `import llm_foundry` must
+    # not pay it, while the public names still resolve (loaded on first use).
+    probe = ("import sys, llm_foundry, llm_foundry.cli.main as m; m.build_parser(); "
+             "assert 'torch' not in sys.modules, 'torch imported'; "
+             "from llm_foundry import MiniLLM, Trainer, ModelConfig, __version__; "
+             "from llm_foundry.training import TrainingInterrupted, EMA; "
+             "from llm_foundry.utils.errors import TrainingInterrupted as T; assert T is TrainingInterrupted; "
+             "print(MiniLLM.__name__, Trainer.__name__, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.split() == ["MiniLLM", "Trainer", "True"], proc.stderr
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        llm_foundry.Nothing
 
 
 def test_prepare_train_generate_eval(tmp_path):

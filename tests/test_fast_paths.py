@@ -247,3 +247,18 @@ def test_native_swiglu_matches_an_fp32_reference(shape, monkeypatch):
     # fp32 tensors (and a CPU without the kernels) take PyTorch's activation
     torch.testing.assert_close(activations.swiglu(exact.detach()), ref.detach())
     assert len(calls) == 1
+
+
+def test_kernel_availability_is_a_constant_to_the_compiler():
+    # cpu_kernels.available() reads /proc/cpuinfo and may build a library: torch.compile must
+    # take its result as a constant, not trace into it (which breaks the graph). We mark it
+    # the way torch.compiler.assume_constant_result does, without importing the compiler.
+    marked = torch.compiler.assume_constant_result(lambda: True)
+    assert {k: v for k, v in vars(marked).items()} == {k: v for k, v in vars(cpu_kernels.available).items()}
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def scaled(x):
+        return x * 2 if cpu_kernels.available() else x * 3
+
+    expected = 2 if cpu_kernels.available() else 3
+    assert torch.equal(scaled(torch.ones(3)), torch.full((3,), float(expected)))

@@ -1,27 +1,26 @@
 """llm-foundry: build, train, study and talk to small language models, offline.
 
 The public API is re-exported here so that `from llm_foundry import MiniLLM` works;
-deeper imports (`llm_foundry.models.components`) are for the package itself.
+deeper imports (`llm_foundry.models.components`) are for the package itself. The
+re-exports load on first use, so that `foundry --help` and the light commands start
+without importing PyTorch.
 """
+
+from .utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-from .config import ModelConfig, TrainConfig
-from .tokenizers import Tokenizer, ByteTokenizer, CharTokenizer, BPETokenizer, load_tokenizer
-from .models import MiniLLM
-from .training import Trainer
-from .inference import Generator
-
-__all__ = [
-    "__version__",
-    "ModelConfig",
-    "TrainConfig",
-    "Tokenizer",
-    "ByteTokenizer",
-    "CharTokenizer",
-    "BPETokenizer",
-    "load_tokenizer",
-    "MiniLLM",
-    "Trainer",
-    "Generator",
-]
+_EXPORTS = {
+    "ModelConfig": ".config",
+    "TrainConfig": ".config",
+    "Tokenizer": ".tokenizers",
+    "ByteTokenizer": ".tokenizers",
+    "CharTokenizer": ".tokenizers",
+    "BPETokenizer": ".tokenizers",
+    "load_tokenizer": ".tokenizers",
+    "MiniLLM": ".models",
+    "Trainer": ".training",
+    "Generator": ".inference",
+}
+__all__ = ["__version__", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

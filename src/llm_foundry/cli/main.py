@@ -44,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    from ..training.trainer import TrainingInterrupted
-    from ..utils.errors import FoundryError
+    from ..utils.errors import FoundryError, TrainingInterrupted
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..online.learner import default_state_dir
+from ..utils.paths import default_state_dir
 
 
 def add_parser(sub) -> None:

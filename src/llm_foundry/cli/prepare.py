@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import prepare_dataset, read_documents
-from ..tokenizers import load_tokenizer
 from ..utils.progress import console
 
 
@@ -27,6 +25,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import prepare_dataset, read_documents
+    from ..tokenizers import load_tokenizer
+
     docs = read_documents(args.inputs)
     tokenizer = load_tokenizer(args.tokenizer_from) if args.tokenizer_from else args.tokenizer
     meta = prepare_dataset(docs, tokenizer, args.out, vocab_size=args.vocab_size,

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..training.speedrun import format_results, run_speedrun
-    from ..training.trainer import TrainingInterrupted
+    from ..utils.errors import TrainingInterrupted
     from ..utils.progress import console
 
     out = args.out or f"runs/speedrun-{Path(args.preset).stem}"

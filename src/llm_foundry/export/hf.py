@@ -33,7 +33,6 @@ from ..tokenizers.special import BOS, EOS, PAD, UNK
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_bytes, atomic_write_json
 
-FORMATS = ("hf",)
 
 # Our parameter names (per layer, after "layers.{i}.") -> Hugging Face names (after "model.layers.{i}.").
 _LAYER_NAMES = {

@@ -59,6 +59,7 @@ from ..training.schedule import lr_factor
 from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import _fsync_dir, atomic_torch_save, atomic_write_json, read_json
+from ..utils.paths import default_state_dir
 from .replay import ReplayStore
 
 SEPARATOR = "\n"  # joins stored inputs into training windows; never part of an input
@@ -69,12 +70,6 @@ ONLINE_FILE = "online.json"
 # a faster EMA lets a line typed today show in generation after a few pulses.
 ONLINE_TRAIN_DEFAULTS = ("train.batch_size=4", "train.schedule=constant", "train.warmup_steps=20",
                          "train.ema_decay=0.99")
-
-
-def default_state_dir() -> Path:
-    """``$XDG_DATA_HOME/llm-foundry/online`` (``~/.local/share/llm-foundry/online``)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "llm-foundry" / "online"
 
 
 @dataclass

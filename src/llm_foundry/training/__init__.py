@@ -1,10 +1,10 @@
-"""Training: optimizers, schedules, EMA, checkpoints and the Trainer loop."""
+"""Training: optimizers, schedules, EMA, checkpoints and the Trainer loop (loaded on first use)."""
 
-from .schedule import lr_factor
-from .optim import build_optimizers
-from .ema import EMA
-from .checkpoint import save_model_dir, load_model_dir, load_model_config, ModelBundle
-from .trainer import Trainer, TrainingInterrupted
+from ..utils.errors import TrainingInterrupted
+from ..utils.lazy import lazy_exports
 
-__all__ = ["lr_factor", "build_optimizers", "EMA", "save_model_dir", "load_model_dir", "load_model_config",
-           "ModelBundle", "Trainer", "TrainingInterrupted"]
+_EXPORTS = {"lr_factor": ".schedule", "build_optimizers": ".optim", "EMA": ".ema", "save_model_dir": ".checkpoint",
+            "load_model_dir": ".checkpoint", "load_model_config": ".checkpoint", "ModelBundle": ".checkpoint",
+            "Trainer": ".trainer"}
+__all__ = [*_EXPORTS, "TrainingInterrupted"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -24,7 +24,7 @@ from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import loss_metrics, mean_loss
 from ..models import MiniLLM
 from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
-from ..utils.errors import FoundryError
+from ..utils.errors import FoundryError, TrainingInterrupted
 from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..utils.progress import console
 from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, save_model_dir
@@ -33,14 +33,6 @@ from .optim import build_optimizers, optimizer_step, set_lr
 from .schedule import lr_factor
 
 RUN_CONFIG_FILE, METRICS_FILE = "run_config.json", "metrics.jsonl"
-
-
-class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C or SIGTERM, once the checkpoint has been saved."""
-
-    def __init__(self, step: int):
-        super().__init__(f"training interrupted at step {step}; checkpoint saved")
-        self.step = step
 
 
 def same_tokenizer(a: Path, b: Path) -> bool:

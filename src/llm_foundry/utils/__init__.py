@@ -2,7 +2,11 @@
 
 from .errors import FoundryError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_torch_save, read_json
-from .device import resolve_device, bf16_supported, autocast_context, resolve_dtype
+from .lazy import lazy_exports
+
+# The device helpers import PyTorch: loaded on first use.
+__getattr__, __dir__ = lazy_exports(__name__, {name: ".device" for name in (
+    "resolve_device", "bf16_supported", "autocast_context", "resolve_dtype")})
 
 __all__ = [
     "FoundryError",
