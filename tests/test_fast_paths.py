@@ -125,10 +125,14 @@ def test_bf16_prefill_with_fp32_steps_decodes_like_the_model(batch, monkeypatch)
 
 
 @pytest.mark.parametrize("precision,batch,kw", [("bf16", 1, {"n_kv_heads": 2, "qk_norm": True}), ("bf16", 3, {}),
-                                                ("fp32", 1, {"n_kv_heads": 2, "qk_norm": True})])
+                                                ("fp32", 1, {"n_kv_heads": 2, "qk_norm": True}), ("auto", 1, {})])
 def test_compiled_decoding_matches_the_model(precision, batch, kw):
     model = _model(**kw)
     models = decode_models(model, precision, batch_size=batch, compile=True)
+    if precision == "auto" and models.amp_dtype is None:  # no bf16 training here (narrow model or no bf16 CPU):
+        # the prompt runs fp32, the compiled step reads bf16 weights (half the bytes) into the fp32 cache
+        assert next(models.prefill.parameters()).dtype == torch.float32 and models.cache_dtype == torch.float32
+        assert next(models.step.parameters()).dtype == torch.bfloat16
     x = torch.randint(0, 97, (batch, 40))
     with torch.no_grad():
         full, _ = model(x)
