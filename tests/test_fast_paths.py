@@ -11,7 +11,9 @@
 * bf16 logits on a CPU take a native or blocked cross-entropy (models/losses.py): same loss
   and gradient, also for logits confident enough to underflow;
 * SwiGLU's activation in bf16 training runs a native kernel (models/activations.py): as close
-  to an fp32 reference as PyTorch's bf16 activation.
+  to an fp32 reference as PyTorch's bf16 activation;
+* a compiled CPU training step takes the embedding's gradient as ``index_add_`` and RoPE's as
+  the inverse rotation (models/embedding.py, models/components.py): the gradients autograd gives.
 """
 
 import pytest
@@ -266,3 +268,32 @@ def test_kernel_availability_is_a_constant_to_the_compiler():
 
     expected = 2 if cpu_kernels.available() else 3
     assert torch.equal(scaled(torch.ones(3)), torch.full((3,), float(expected)))
+
+
+def test_rotation_gradient_is_the_inverse_rotation():
+    # apply_rope's hand-written backward (the rotation by -angle) against autograd's own, in float64
+    from llm_foundry.models import apply_rope, rope_tables
+
+    cos, sin = (t.double() for t in rope_tables(8, 12))
+    x = torch.randn(2, 3, 12, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: apply_rope(x, cos, sin), (x,))
+    with torch.no_grad():  # inference takes the plain function: same values
+        torch.testing.assert_close(apply_rope(x, cos, sin), apply_rope(x.detach().requires_grad_(), cos, sin))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_compiled_training_gradients_match_eager(tie):
+    # Under torch.compile the embedding's gradient is an index_add_ operator (models/embedding.py)
+    # and RoPE's the inverse rotation: every parameter's gradient must be what eager autograd gives,
+    # with tokens repeated many times in the batch (rows that collect several gradients).
+    torch.manual_seed(0)
+    model = MiniLLM(ModelConfig(vocab_size=13, dim=64, n_layers=2, n_heads=4, max_seq_len=32, tie_embeddings=tie))
+    x, y = torch.randint(0, 10, (3, 32)), torch.randint(0, 13, (3, 32))  # rows 10-12: never an input
+    grads = []
+    for forward in (model, torch.compile(model)):
+        model.zero_grad()
+        forward(x, y)[1].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, eager in grads[0].items():
+        torch.testing.assert_close(grads[1][name], eager, atol=1e-5, rtol=1e-4, msg=name)
+    assert grads[1]["tok_embeddings.weight"][10:].abs().sum() > 0 if tie else grads[1]["tok_embeddings.weight"][10:].abs().sum() == 0

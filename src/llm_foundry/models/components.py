@@ -47,10 +47,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     We rotate the first half of each head against the second half ("rotate half"),
     the same convention as Hugging Face Llama, so exported weights need no permutation.
     """
+    if x.requires_grad and torch.is_grad_enabled():
+        return _Rotation.apply(x, cos, sin)
+    return _rotate_half(x, cos, sin)
+
+
+def _rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class _Rotation(torch.autograd.Function):
+    """The rotation with its gradient written as the inverse rotation (angle -θ).
+
+    Autograd's own gradient of the slices and the concatenation pads each half with zeros
+    and adds them, which Inductor compiles on a CPU into masked loads with per-element index
+    arithmetic: twice the time of the forward. The inverse rotation is the same clean loop
+    as the forward (a ``tinygpt`` step ~3 ms faster, about 2.5%).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate_half(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate_half(grad, cos, -sin), None, None
 
 
 class Attention(nn.Module):

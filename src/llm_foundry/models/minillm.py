@@ -17,6 +17,7 @@ import torch.nn as nn
 from ..config import ModelConfig
 from ..utils.errors import FoundryError
 from .components import Block, RMSNorm, rope_tables
+from .embedding import embedding
 from .losses import cross_entropy
 from .kv_cache import KVCache
 
@@ -70,7 +71,7 @@ class MiniLLM(nn.Module):
         if start + t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
-        x = self.tok_embeddings(idx)
+        x = embedding(self.tok_embeddings.weight, idx)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             # The last block's keys and values are needed for every position (the cache), its
