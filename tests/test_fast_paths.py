@@ -277,8 +277,9 @@ def test_rotation_gradient_is_the_inverse_rotation():
     cos, sin = (t.double() for t in rope_tables(8, 12))
     x = torch.randn(2, 3, 12, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: apply_rope(x, cos, sin), (x,))
-    with torch.no_grad():  # inference takes the plain function: same values
-        torch.testing.assert_close(apply_rope(x, cos, sin), apply_rope(x.detach().requires_grad_(), cos, sin))
+    with torch.no_grad():  # inference takes the plain function: the same values as training's
+        plain = apply_rope(x, cos, sin)
+    torch.testing.assert_close(apply_rope(x, cos, sin), plain, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -296,4 +297,8 @@ def test_compiled_training_gradients_match_eager(tie):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, eager in grads[0].items():
         torch.testing.assert_close(grads[1][name], eager, atol=1e-5, rtol=1e-4, msg=name)
-    assert grads[1]["tok_embeddings.weight"][10:].abs().sum() > 0 if tie else grads[1]["tok_embeddings.weight"][10:].abs().sum() == 0
+    unused_rows = grads[1]["tok_embeddings.weight"][10:].abs().sum()
+    if tie:  # the tied head still trains every row
+        assert unused_rows > 0
+    else:  # tokens never looked up get no embedding gradient
+        assert unused_rows == 0

@@ -4,9 +4,10 @@ The gradient of an embedding lookup adds each position's gradient row into the r
 its token. Inductor (torch 2.13) compiles that on a CPU into one vectorised *atomic* add
 per element, since two positions may share a token: at the ``tinygpt`` shape (4,096
 positions x 256) that loop alone took ~3.5 ms of a ~125 ms step, where PyTorch's eager
-``index_add_`` does the same sum in ~0.2 ms. Inside a compiled graph the lookup is
-therefore an opaque operator whose backward is ``index_add_``; everywhere else (eager
-training, inference, GPUs, whose atomics are fast) it is the plain ``F.embedding``.
+``index_add_`` does the same sum in ~0.2 ms. Inside a compiled graph the lookup's
+backward is therefore an operator the compiler does not open, running ``index_add_`` (the
+forward stays ``F.embedding``, fused with what follows); everywhere else (eager training,
+inference, GPUs, whose atomics are fast) the lookup is plain ``F.embedding``.
 """
 
 from __future__ import annotations
