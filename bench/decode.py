@@ -69,7 +69,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from llm_foundry.export import export_hf
-    from llm_foundry.training import save_model_dir
+    from llm_foundry.models import save_model_dir
     from llm_foundry.inference import decode_models
 
     model, tok = random_byte_model(args.preset)

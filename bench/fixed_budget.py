@@ -26,7 +26,7 @@ def main() -> None:
     from llm_foundry.config import load_config
     from llm_foundry.data import prepare_dataset, read_documents
     from llm_foundry.eval import evaluate_text
-    from llm_foundry.training import load_model_dir
+    from llm_foundry.models import load_model_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=60.0, help="training seconds (default: 60)")

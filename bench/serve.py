@@ -38,7 +38,7 @@ def make_model(path: Path, preset: str) -> dict:
     from llm_foundry.config import load_config
     from llm_foundry.models import MiniLLM
     from llm_foundry.tokenizers import build_tokenizer
-    from llm_foundry.training.checkpoint import save_model_dir
+    from llm_foundry.models.model_dir import save_model_dir
 
     tok = build_tokenizer("byte")
     model_cfg, _ = load_config(preset, [f"model.vocab_size={tok.vocab_size}"])

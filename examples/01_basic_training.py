@@ -31,7 +31,7 @@ from pathlib import Path
 from llm_foundry import Generator, Trainer
 from llm_foundry.config import load_config
 from llm_foundry.data import builtin_corpus, prepare_dataset
-from llm_foundry.training import load_model_dir
+from llm_foundry.models import load_model_dir
 
 from _common import example_parser, fresh_dir, parse_example_args
 

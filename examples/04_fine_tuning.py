@@ -34,7 +34,7 @@ from llm_foundry.config import load_config
 from llm_foundry.data import Document, builtin_corpus, prepare_dataset
 from llm_foundry.eval import evaluate_text
 from llm_foundry.tokenizers import load_tokenizer
-from llm_foundry.training import load_model_dir
+from llm_foundry.models import load_model_dir
 
 from _common import example_parser, fresh_dir, parse_example_args
 

@@ -10,8 +10,8 @@ import pytest
 from helpers import run_cli
 from llm_foundry.data.chat import (chat_token_ids, read_conversations, render_conversation, render_prompt,
                                    validate_messages, write_conversations)
-from llm_foundry.data.synthetic import (TASKS, extract_number, is_heldout_number, make_examples, make_mixture,
-                                        score_answer)
+from llm_foundry.data.synthetic import TASKS, is_heldout_number, make_examples, make_mixture
+from llm_foundry.eval.answers import extract_number, score_answer
 from llm_foundry.inference.tools import calculate
 from llm_foundry.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
 from llm_foundry.utils.errors import FoundryError

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from llm_foundry.training import load_model_dir, save_model_dir
+from llm_foundry.models import load_model_dir, save_model_dir
 from llm_foundry.utils.errors import FoundryError
 
 from helpers import run_cli

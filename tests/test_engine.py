@@ -11,7 +11,7 @@ from llm_foundry.config import load_config
 from llm_foundry.data.chat import chat_token_ids, render_conversation, render_prompt
 from llm_foundry.inference.engine import Engine
 from llm_foundry.tokenizers import ByteTokenizer
-from llm_foundry.training import save_model_dir
+from llm_foundry.models import save_model_dir
 from llm_foundry.utils.errors import FoundryError
 
 TOK = ByteTokenizer()

@@ -16,7 +16,7 @@ from llm_foundry.eval.readers import detect_format, read_arc, read_gsm8k, read_m
 from llm_foundry.eval.tasks import builtin_task, choice_logprobs, evaluate_task, load_task
 from llm_foundry.inference.engine import Engine
 from llm_foundry.tokenizers import ByteTokenizer
-from llm_foundry.training import save_model_dir
+from llm_foundry.models import save_model_dir
 from llm_foundry.utils.errors import FoundryError
 
 TOK = ByteTokenizer()

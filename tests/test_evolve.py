@@ -183,7 +183,7 @@ def test_rejected_cycle_leaves_champion_byte_identical(trained, tmp_path, cli):
 def test_accepted_cycle_lowers_heldout_loss(trained, tmp_path, cli):
     from llm_foundry.evolve.local_train import Runtime
     from llm_foundry.evolve.state import StatePaths
-    from llm_foundry.training import load_model_dir
+    from llm_foundry.models import load_model_dir
 
     state = copy_state(trained, tmp_path)
     paths = StatePaths(state)

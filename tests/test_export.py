@@ -23,7 +23,7 @@ from llm_foundry import Generator, MiniLLM, ModelConfig  # noqa: E402
 from llm_foundry.cli.main import main  # noqa: E402
 from llm_foundry.export import export_hf  # noqa: E402
 from llm_foundry.tokenizers import BPETokenizer, ByteTokenizer  # noqa: E402
-from llm_foundry.training.checkpoint import load_model_dir, save_model_dir  # noqa: E402
+from llm_foundry.models.model_dir import load_model_dir, save_model_dir  # noqa: E402
 
 TEXTS = [
     "ROMEO: But soft, what light through yonder window breaks?",

@@ -335,7 +335,7 @@ def test_ema_is_loaded_after_the_checkpoint(tmp_path):
         assert torch.equal(learner.optimizers[0].state[learner.model.tok_embeddings.weight]["exp_avg"], moments)
         assert learner.generate("the ", max_new_tokens=30) == text
         # The saved model folder is a normal one, holding the EMA weights.
-        from llm_foundry.training import load_model_dir
+        from llm_foundry.models import load_model_dir
 
         bundle = load_model_dir(state / "model")
         assert torch.equal(bundle.model.tok_embeddings.weight, shadow["tok_embeddings.weight"])

@@ -46,7 +46,7 @@ def chatty_model(path: Path, *, dim: int = 64, n_layers: int = 2, max_seq_len: i
     from llm_foundry.config import ModelConfig
     from llm_foundry.models import MiniLLM
     from llm_foundry.tokenizers import build_tokenizer
-    from llm_foundry.training.checkpoint import save_model_dir
+    from llm_foundry.models.model_dir import save_model_dir
 
     tok = build_tokenizer("byte")
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def tool_model(path: Path, steps: int = 150) -> Path:
     from llm_foundry.config import ModelConfig
     from llm_foundry.models import MiniLLM
     from llm_foundry.tokenizers import build_tokenizer
-    from llm_foundry.training.checkpoint import save_model_dir
+    from llm_foundry.models.model_dir import save_model_dir
 
     tok = build_tokenizer("byte")
     torch.manual_seed(0)

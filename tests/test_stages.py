@@ -15,7 +15,7 @@ from helpers import TINY_MODEL, one_line_error, run_cli
 
 from llm_foundry.data.chat import render_conversation, write_conversations
 from llm_foundry.tokenizers import ByteTokenizer
-from llm_foundry.training.chat_data import ChatMixture, parse_mixture
+from llm_foundry.data.chat_batches import ChatMixture, parse_mixture
 from llm_foundry.training.trainer import TrainingInterrupted
 from llm_foundry.utils.errors import FoundryError
 
@@ -49,7 +49,7 @@ def _stage_cfg(stage: str, steps: int, **kw):
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    from llm_foundry.training.checkpoint import read_weights
+    from llm_foundry.models.model_dir import read_weights
 
     return read_weights(folder)[0]
 

@@ -28,7 +28,7 @@ from llm_foundry.cli.main import main as foundry
 from llm_foundry.config import ModelConfig
 from llm_foundry.models import MiniLLM
 from llm_foundry.tokenizers import CharTokenizer, load_tokenizer
-from llm_foundry.training.checkpoint import load_model_dir
+from llm_foundry.models.model_dir import load_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, GENERATE = ROOT / "tutorials" / "train.py", ROOT / "tutorials" / "generate.py"

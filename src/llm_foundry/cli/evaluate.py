@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import read_text_file
     from ..eval import evaluate_text
-    from ..training.checkpoint import load_model_dir
+    from ..models.model_dir import load_model_dir
     from ..utils.device import resolve_device, resolve_dtype
     from ..utils.progress import console
 

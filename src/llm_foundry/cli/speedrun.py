@@ -7,7 +7,7 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from ..training.speedrun import list_speedrun_presets
+    from ..pipelines.speedrun import list_speedrun_presets
 
     p = sub.add_parser("speedrun", help="the whole chat pipeline, resumable per stage",
                        description="Run tokenizer -> pretrain -> midtrain -> SFT -> RL -> eval -> report into one run "
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..training.speedrun import format_results, run_speedrun
+    from ..pipelines.speedrun import format_results, run_speedrun
     from ..utils.errors import TrainingInterrupted
     from ..utils.progress import console
 

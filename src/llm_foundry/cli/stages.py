@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
 
 
 def _preset_section(preset: str, section: str) -> dict:
-    from ..training.speedrun import load_speedrun_config
+    from ..pipelines.speedrun import load_speedrun_config
 
     return dict(load_speedrun_config(preset).get(section) or {})
 
@@ -128,7 +128,7 @@ def stage_settings(args: argparse.Namespace) -> dict:
 
 
 def run_chat_stage(args: argparse.Namespace) -> int:
-    from ..training.chat_data import TEXT_SOURCE, parse_mixture
+    from ..data.chat_batches import TEXT_SOURCE, parse_mixture
     from ..training.stages import StageTrainer, stage_config_from_dict
 
     raw = stage_settings(args)

@@ -4,7 +4,7 @@ A :class:`Task` is a list of :class:`~llm_foundry.eval.readers.TaskItem` plus ho
 score it:
 
 * **generative**: the engine completes each prompt (greedy by default, tools on unless
-  disabled) and :func:`~llm_foundry.data.synthetic.score_answer` checks the reply with
+  disabled) and :func:`~llm_foundry.eval.answers.score_answer` checks the reply with
   the task's scorer (``numeric``, ``exact`` or a built-in task's checker);
 * **choice**: nothing is generated; each choice's log-likelihood as the assistant's
   continuation of the prompt is computed and the most likely choice is the answer.
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.chat import render_prompt
-from ..data.synthetic import DEFAULT_IDENTITY, TASKS, make_examples, score_answer
+from ..data.synthetic import DEFAULT_IDENTITY, TASKS, make_examples
+from .answers import score_answer
 from ..inference.engine import Engine
 from ..utils.device import autocast_context
 from ..utils.errors import FoundryError

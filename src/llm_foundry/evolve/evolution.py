@@ -36,9 +36,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..training.checkpoint import load_model_dir
+from ..models.model_dir import load_model_dir
 from ..training.optim import build_optimizers
-from ..training.trainer import StopRequest
+from ..utils.signals import StopRequest
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json, read_log_records
 from .corpus import read_split
@@ -52,7 +52,7 @@ SELF_GEN_FILE = "self_generated.jsonl"
 
 def weights_digest(model_dir: Path) -> str:
     """SHA-256 of a model folder's weights file (to know whether the champion changed)."""
-    from ..training.checkpoint import WEIGHTS_FILE
+    from ..models.model_dir import WEIGHTS_FILE
 
     return hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
 

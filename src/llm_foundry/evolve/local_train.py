@@ -26,10 +26,10 @@ from ..config import TrainConfig, apply_overrides, load_config, override_section
 from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import mean_loss
 from ..models import MiniLLM
-from ..training.checkpoint import load_model_config, load_model_dir, save_model_dir
+from ..models.model_dir import load_model_config, load_model_dir, save_model_dir
 from ..training.optim import build_optimizers, optimizer_step, set_lr
 from ..training.schedule import lr_factor
-from ..training.trainer import StopRequest
+from ..utils.signals import StopRequest
 from ..utils.device import autocast_context, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_torch_save, atomic_write_json, read_json

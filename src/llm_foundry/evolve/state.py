@@ -30,7 +30,7 @@ import torch
 from ..config import ModelConfig, TrainConfig, config_to_dict, configs_from_dict
 from ..models import MiniLLM
 from ..tokenizers import Tokenizer
-from ..training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, save_model_dir
+from ..models.model_dir import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, save_model_dir
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 

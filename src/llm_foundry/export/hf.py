@@ -66,7 +66,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, force: bool = False) -
     """
     from safetensors.torch import save
 
-    from ..training.checkpoint import TOKENIZER_FILE, load_model_dir
+    from ..models.model_dir import TOKENIZER_FILE, load_model_dir
 
     model_dir, out = Path(model_dir), Path(out_dir)
     if out.exists() and not out.is_dir():

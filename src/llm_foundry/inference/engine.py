@@ -107,7 +107,7 @@ class Engine:
     def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "auto", tools: bool = True,
                         compile: bool = False) -> "Engine":
         """Load a model folder (or a run folder) into an engine."""
-        from ..training.checkpoint import load_model_dir
+        from ..models.model_dir import load_model_dir
 
         bundle = load_model_dir(path, resolve_device(device))
         return cls(bundle.model, bundle.tokenizer, precision, tools, frozen=True, compile=compile)

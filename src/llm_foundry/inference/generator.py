@@ -121,7 +121,7 @@ class Generator:
     def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "auto",
                         compile: bool = False) -> "Generator":
         """Load a model folder (or a run folder) for generation."""
-        from ..training.checkpoint import load_model_dir
+        from ..models.model_dir import load_model_dir
 
         bundle = load_model_dir(path, resolve_device(device))
         return cls(bundle.model, bundle.tokenizer, precision, compile)

@@ -52,7 +52,7 @@ from ..inference import Generator
 from ..models import MiniLLM
 from ..tokenizers import CharTokenizer
 from ..tokenizers.special import PAD, UNK
-from ..training.checkpoint import STATE_FILE, load_model_config, load_model_dir, save_model_dir
+from ..models.model_dir import STATE_FILE, load_model_config, load_model_dir, save_model_dir
 from ..training.ema import EMA
 from ..training.optim import build_optimizers, optimizer_step, replace_parameter, set_lr
 from ..training.schedule import lr_factor

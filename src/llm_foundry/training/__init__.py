@@ -3,8 +3,6 @@
 from ..utils.errors import TrainingInterrupted
 from ..utils.lazy import lazy_exports
 
-_EXPORTS = {"lr_factor": ".schedule", "build_optimizers": ".optim", "EMA": ".ema", "save_model_dir": ".checkpoint",
-            "load_model_dir": ".checkpoint", "load_model_config": ".checkpoint", "ModelBundle": ".checkpoint",
-            "Trainer": ".trainer"}
+_EXPORTS = {"lr_factor": ".schedule", "build_optimizers": ".optim", "EMA": ".ema", "Trainer": ".trainer"}
 __all__ = [*_EXPORTS, "TrainingInterrupted"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

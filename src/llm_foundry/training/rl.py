@@ -38,11 +38,12 @@ from ..utils.device import autocast_context, keep_freed_memory, resolve_device, 
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
-from .checkpoint import load_model_dir
+from ..models.model_dir import load_model_dir
 from .optim import optimizer_step, set_lr
 from .schedule import lr_factor
 from .stages import stage_source
-from .trainer import StopRequest, Trainer, TrainingInterrupted
+from ..utils.signals import StopRequest
+from .trainer import Trainer, TrainingInterrupted
 
 RL_CONFIG_FILE, RL_EVAL_FILE = "rl_config.json", "rl_eval.json"
 
@@ -168,7 +169,7 @@ def sampled_reward(engine, examples: list, *, samples: int, max_tokens: int, tem
     """Mean reward over ``samples`` sampled completions of each example, and (with ``greedy``)
     greedy accuracy."""
     from ..data.chat import render_prompt
-    from ..data.synthetic import score_answer
+    from ..eval.answers import score_answer
 
     engine.model.eval()
     rewards, greedy_scores = [], []
@@ -258,7 +259,7 @@ class RLTrainer(Trainer):
     def _rollout(self, step: int) -> tuple[list[tuple[list[int], list[int], float]], list[float]]:
         """Sample groups for this step: ``[(ids, trained mask, advantage)]`` and the raw rewards."""
         from ..data.chat import render_prompt
-        from ..data.synthetic import score_answer
+        from ..eval.answers import score_answer
 
         rl = self.rl
         rng = np.random.default_rng([rl.seed, step])

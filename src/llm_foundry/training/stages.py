@@ -12,7 +12,7 @@ Both stages are the same loop with different data (nanochat's ``mid_train.py`` a
 The loop is the :class:`~llm_foundry.training.trainer.Trainer`'s, reused piece by
 piece: the same optimizers, schedule, checkpoint files (``training_state.pt`` beside
 the weights), metrics log, Ctrl-C handling and exact resume. Only the batches
-differ: they come from a :class:`~llm_foundry.training.chat_data.ChatMixture`, whose
+differ: they come from a :class:`~llm_foundry.data.chat_batches.ChatMixture`, whose
 batch ``k`` depends on ``(seed, k)`` alone.
 """
 
@@ -30,8 +30,8 @@ from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
-from .chat_data import ChatMixture, parse_mixture
-from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config
+from ..data.chat_batches import ChatMixture, parse_mixture
+from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config
 from .trainer import Trainer
 
 STAGE_CONFIG_FILE = "stage_config.json"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import time
 from typing import Callable
 from pathlib import Path
@@ -27,7 +26,8 @@ from ..utils.device import autocast_context, keep_freed_memory, resolve_device, 
 from ..utils.errors import FoundryError, TrainingInterrupted
 from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..utils.progress import console
-from .checkpoint import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, save_model_dir
+from ..utils.signals import StopRequest
+from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, save_model_dir
 from .ema import EMA
 from .optim import build_optimizers, optimizer_step, set_lr
 from .schedule import lr_factor
@@ -41,40 +41,6 @@ def same_tokenizer(a: Path, b: Path) -> bool:
         return json.loads(a.read_text(encoding="utf-8")) == json.loads(b.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-
-
-class StopRequest:
-    """Turns Ctrl-C and SIGTERM into a request to stop at the next step boundary.
-
-    Stopping between steps (never inside one) is what makes the saved state exact: no
-    half-accumulated gradients, no optimizer that stepped while another did not, no RNG
-    advanced by a step that did not finish. A second Ctrl-C quits at once; the last
-    checkpoint is still intact because every write is atomic.
-    """
-
-    def __init__(self, quiet: bool = False):
-        self.requested = False
-        self.quiet = quiet
-        self._previous: dict[int, object] = {}
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if not self.quiet:
-            console.print("\n[yellow]stopping after this step and saving (Ctrl-C again to quit without saving)[/]")
-
-    def __enter__(self) -> "StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: signals stay as they were
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class Trainer:

@@ -142,27 +142,27 @@ class ChatMixture:
 
     # ------------------------------------------------------------ sources
     def _render(self, messages: list[dict]) -> tuple[list[int], list[int]]:
-        from ..data.chat import render_conversation
+        from .chat import render_conversation
 
         # One extra token: a row holds seq_len inputs and seq_len targets.
         return render_conversation(self.tokenizer, messages, max_tokens=self.seq_len + 1)
 
     @staticmethod
     def _conversations(name: str, n: int, split: str, seed: int, lang: str) -> list[list[dict]]:
-        from ..data.synthetic import TASKS, make_examples
+        from .synthetic import TASKS, make_examples
 
         if name in TASKS:
             return [ex.messages for ex in make_examples(name, n, split=split, seed=seed, lang=lang)]
         path = Path(name)
         if path.suffix.lower() == ".jsonl" or path.exists():
-            from ..data.chat import read_conversations
+            from .chat import read_conversations
 
             return read_conversations(path)
         raise FoundryError(f"unknown mixture source '{name}' (built-in tasks: {', '.join(TASKS)}, "
                            f"'{TEXT_SOURCE}', or a .jsonl file of conversations)")
 
     def _text_split(self, text_data: str | Path | None, split: str) -> np.ndarray:
-        from ..data import TokenDataset
+        from . import TokenDataset
 
         if text_data is None:
             raise FoundryError(f"the mixture has '{TEXT_SOURCE}' but no data folder was given (--data DATA_DIR)")

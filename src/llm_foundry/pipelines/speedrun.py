@@ -104,8 +104,8 @@ class _Parsed:
 def check_speedrun_config(raw: dict[str, Any]) -> _Parsed:
     """Validate every section (raises FoundryError naming the first bad key) and return them parsed."""
     from ..config import configs_from_dict
-    from .rl import rl_config_from_dict
-    from .stages import stage_config_from_dict
+    from ..training.rl import rl_config_from_dict
+    from ..training.stages import stage_config_from_dict
 
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
@@ -217,7 +217,7 @@ class Speedrun:
 
     def _fresh_or_resume(self, folder: Path) -> bool:
         """Whether ``folder`` holds a checkpoint to resume; clears a stage that never saved one."""
-        from .checkpoint import STATE_FILE as TRAIN_STATE
+        from ..models.model_dir import STATE_FILE as TRAIN_STATE
 
         if (folder / TRAIN_STATE).is_file():
             return True
@@ -252,7 +252,7 @@ class Speedrun:
                 "bytes_per_token": round(s["train"]["bytes"] / max(s["train"]["tokens"], 1), 3)}
 
     def stage_pretrain(self, progress: Callable[[float], None]) -> dict:
-        from .trainer import Trainer
+        from ..training.trainer import Trainer
 
         folder = self.path("pretrain")
         resume = self._fresh_or_resume(folder)
@@ -266,7 +266,7 @@ class Speedrun:
     def _chat_stage(self, stage: str, prev: str, progress: Callable[[float], None]) -> dict:
         import dataclasses
 
-        from .stages import run_stage
+        from ..training.stages import run_stage
 
         cfg = getattr(self.parsed, stage)
         if "text" in cfg.mixture and not cfg.text_data:
@@ -282,7 +282,7 @@ class Speedrun:
         return self._chat_stage("sft", "midtrain", progress)
 
     def stage_rl(self, progress) -> dict:
-        from .rl import run_rl
+        from ..training.rl import run_rl
 
         folder = self.path("rl")
         resume = self._fresh_or_resume(folder)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..models import MiniLLM
+from .minillm import MiniLLM
 from ..tokenizers import Tokenizer, load_tokenizer
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_bytes, atomic_write_json, read_json

@@ -1,0 +1,1 @@
+"""Orchestrations over the library: the chat pipeline (speedrun) strings the stages together."""
