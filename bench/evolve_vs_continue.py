@@ -34,7 +34,8 @@ from llm_foundry.data import WindowLoader
 from llm_foundry.evolve import EvolveOptions, Evolution, TrainOptions, heldout_report, run_steps, train, write_model_dir
 from llm_foundry.evolve.local_train import Compute, Runtime
 from llm_foundry.evolve.state import StatePaths, load_settings
-from llm_foundry.training import build_optimizers, load_model_dir
+from llm_foundry.models import load_model_dir
+from llm_foundry.training import build_optimizers
 
 ROOT = Path(__file__).resolve().parents[1]
 
