@@ -109,6 +109,14 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
+def wait_until(condition, timeout: float = 60.0) -> None:
+    """Poll ``condition()`` until it holds; fail after ``timeout`` seconds (a hang, not a slow machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.01)
+
+
 def sse_lines(response: httpx.Response) -> list[str]:
     return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
 
@@ -263,9 +271,7 @@ def test_overload_queue_disconnect_and_fairness(chatty_dir):
                 queued = threading.Thread(target=lambda: c.chat.completions.create(
                     model="chatty", messages=[{"role": "user", "content": "x"}], max_tokens=2))
                 queued.start()
-                deadline = time.monotonic() + 10
-                while h.get(s.url + "/health").json()["queued"] < 1 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                wait_until(lambda: h.get(s.url + "/health").json()["queued"] == 1)
                 with pytest.raises(openai.RateLimitError) as e:
                     c.chat.completions.create(model="chatty", messages=[{"role": "user", "content": "y"}])
                 assert e.value.status_code == 429 and e.value.body["code"] == "server_overloaded"
@@ -278,9 +284,7 @@ def test_overload_queue_disconnect_and_fairness(chatty_dir):
             body = {**body, "stream": False}
             with pytest.raises(httpx.ReadTimeout):
                 h.post(s.url + "/v1/chat/completions", json=body, timeout=0.3)
-            deadline = time.monotonic() + 60
-            while h.get(s.url + "/health").json()["cancelled"] < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: h.get(s.url + "/health").json()["cancelled"] == 2)
             health = h.get(s.url + "/health").json()
             assert health["cancelled"] == 2 and health["active"] == 0
 
@@ -296,7 +300,8 @@ def test_overload_queue_disconnect_and_fairness(chatty_dir):
 
             long = threading.Thread(target=run, args=("long", 400))
             long.start()
-            time.sleep(0.05)
+            # the short request starts only once the long one holds a slot and is decoding
+            wait_until(lambda: httpx.get(s2.url + "/health", timeout=300).json()["active"] == 1)
             run("short", 10)
             long.join(300)
             assert done["short"] < done["long"]
