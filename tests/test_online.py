@@ -8,6 +8,7 @@ torn-record recovery, EMA loaded after the checkpoint, atomic saves, the schedul
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -30,6 +31,7 @@ from llm_foundry.online import OnlineLearner, ReplayStore
 from llm_foundry.online.learner import VOCAB_CHUNK, vocab_capacity
 from llm_foundry.online.replay import HEADER, INDEX_FILE, LOG_FILE, OFFSET, TYPED_FILE
 from llm_foundry.online.repl import Repl
+from llm_foundry.online.state import StateLock
 from llm_foundry.training import EMA, build_optimizers
 from llm_foundry.training.optim import replace_parameter
 from llm_foundry.utils.errors import FoundryError
@@ -382,7 +384,7 @@ def test_inputs_stored_after_the_last_save_join_the_vocabulary(tmp_path):
         learner.add("xyzω")  # stored durably, then the process dies before any save
     finally:
         learner.store.close()
-        os.close(learner._lock_fd)
+        learner._lock.release()
     learner = small_learner(state)
     try:
         assert "ω" in learner.tokenizer.stoi and len(learner.store) == 2
@@ -399,6 +401,38 @@ def test_state_folder_is_locked(tmp_path):
             small_learner(tmp_path / "s")
     finally:
         learner.close()
+    small_learner(tmp_path / "s").close()  # closing let go of it
+
+
+LOCK_HOLDER = """
+import sys
+from pathlib import Path
+from llm_foundry.online.state import StateLock
+lock = StateLock(Path(sys.argv[1]), sys.argv[2])
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("kind", [k for k in ("fcntl", "msvcrt", "pidfile")
+                                  if k == "pidfile" or importlib.util.find_spec(k)])
+def test_lock_keeps_a_second_process_out_until_the_first_dies(tmp_path, kind):
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path), kind], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FoundryError, match="in use by another") as err:
+            StateLock(tmp_path, kind)
+        assert "\n" not in str(err.value) and (kind == "msvcrt" or f"pid {holder.pid}" in str(err.value))
+    finally:
+        holder.kill()  # no clean exit: the lock must not outlive its process
+        holder.wait()
+        holder.stdout.close()
+        holder.stdin.close()
+    lock = StateLock(tmp_path, kind)  # the pidfile kind takes over the dead pid's file
+    assert lock.held
+    lock.release()
+    assert not lock.held and (kind != "pidfile" or not (tmp_path / "lock").exists())
 
 
 # -------------------------------------------------------------------------- REPL
@@ -688,3 +722,36 @@ def test_cli_rejects_a_new_shape_for_an_existing_state(tmp_path):
     proc = run_cli("online", "--state", tmp_path / "s", *SMALL[:-1], "model.max_seq_len=128")
     assert proc.returncode == 1 and proc.stderr.startswith("error:") and "model.max_seq_len" in proc.stderr, proc.stderr
     assert "\n" not in proc.stderr.strip()
+
+
+def test_cli_second_learner_on_a_state_gets_one_line_until_the_first_exits(tmp_path):
+    from helpers import one_line_error, run_cli
+
+    state = tmp_path / "s"
+    first = Proc(state)  # a real `foundry online` holding the folder
+    try:
+        second = run_cli("online", "--state", state, *SMALL, timeout=120)
+        one_line_error(second, "in use by another `foundry online`", f"pid {first.p.pid}")
+        first.send("/quit")
+        assert first.finish() == 0
+    finally:
+        if first.p.poll() is None:
+            first.p.kill()
+            first.finish()
+    small_learner(state).close()  # the lock went with the process
+
+
+def test_foundry_online_runs_where_fcntl_is_missing(tmp_path):
+    # As on a platform with neither fcntl nor msvcrt: the pid lock file, removed at the end.
+    blocked = ("import runpy, sys; sys.modules['fcntl'] = sys.modules['msvcrt'] = None; "
+               "sys.argv[0] = 'foundry'; runpy.run_module('llm_foundry', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", blocked, "online", "--state", str(tmp_path / "s"), "--steps", "2",
+                           "--preset", "tiny", *SMALL], input="hello there\n/quit\n", capture_output=True, text=True,
+                          encoding="utf-8", timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "saved" in proc.stdout, proc.stdout + proc.stderr
+    assert not (tmp_path / "s" / "lock").exists()
+    learner = small_learner(tmp_path / "s")
+    try:
+        assert len(learner.store) == 1 and learner.step == 2
+    finally:
+        learner.close()

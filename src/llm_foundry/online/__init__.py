@@ -1,10 +1,13 @@
 """Online learning: a model that trains on every line it is given and keeps them all.
 
-``ReplayStore`` (durable, append-only inputs), ``OnlineLearner`` (pulses of training,
-growing vocabulary, atomic saves) and the REPL behind ``foundry online``.
+``OnlineLearner`` (learner.py: pulses of training, growing vocabulary, generation) over a
+state folder (state.py: lock, atomic saves, crash recovery), ``ReplayStore`` (replay.py:
+durable, append-only inputs), text-file checks (textfiles.py) and the REPL behind
+``foundry online`` (repl.py).
 """
 
+from ..utils.paths import default_state_dir
+from .learner import OnlineLearner, OnlineSettings, PulseResult
 from .replay import ReplayStore
-from .learner import OnlineLearner, OnlineSettings, PulseResult, default_state_dir
 
 __all__ = ["ReplayStore", "OnlineLearner", "OnlineSettings", "PulseResult", "default_state_dir"]

@@ -1,19 +1,10 @@
 """The online learner: a MiniLLM that trains a short pulse on every input and keeps it all.
 
-State folder (one learner per folder; a lock file keeps a second process out)::
-
-    STATE/
-      replay/            the durable replay store (see replay.py): every input, forever
-      model/             the last save, a normal model folder -- `foundry generate STATE/model` works:
-        config.json, model.safetensors (the EMA weights), tokenizer.json (the grown char vocabulary),
-        training_state.pt  raw weights, optimizer moments, EMA shadow, RNG, step
-        online.json        schedule position, train config, sampling settings, recent losses,
-                           how many stored records the model has seen; written last
-      history            the REPL's line history
-      lock
-
-A save writes ``model.new/`` completely, then swaps it in with two renames; a kill
-at any moment leaves either the old or the new folder whole (``_recover_model_dir``).
+This module owns the learner itself: its model and optimizers, the vocabulary that grows
+with every new character, the training pulse over replayed windows, and generation. The
+state folder on disk (layout, lock, atomic saves, crash recovery) is ``state.py``; the
+durable store of inputs is ``replay.py``; checking the text files a person loads is
+``textfiles.py``.
 
 What the original TinyGPT got wrong, and what this does instead:
 
@@ -32,11 +23,9 @@ What the original TinyGPT got wrong, and what this does instead:
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections import deque
@@ -47,24 +36,22 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from ..config import ModelConfig, TrainConfig, apply_overrides, load_config
-from ..config.presets import configs_from_dict
 from ..inference import Generator
 from ..models import MiniLLM
 from ..tokenizers import CharTokenizer
 from ..tokenizers.special import PAD, UNK
-from ..models.model_dir import STATE_FILE, load_model_config, load_model_dir, save_model_dir
 from ..training.ema import EMA
 from ..training.optim import build_optimizers, optimizer_step, replace_parameter, set_lr
 from ..training.schedule import lr_factor
 from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
-from ..utils.io import _fsync_dir, atomic_torch_save, atomic_write_json, read_json
-from ..utils.paths import default_state_dir
 from .replay import ReplayStore
+from .state import (MODEL_DIR, StateLock, check_save_target, disk_bytes, erase, read_save, read_saved_configs,
+                    recover_model_dir, restore_rng, write_save)
+from .textfiles import check_text_file, iter_text_lines
 
 SEPARATOR = "\n"  # joins stored inputs into training windows; never part of an input
 VOCAB_CHUNK = 64  # the model's vocabulary rows grow to the next multiple of this
-ONLINE_FILE = "online.json"
 # Defaults of online learning, applied on top of the preset (overridable with key=value):
 # small batches keep a pulse under a second; a constant schedule never decays to a floor;
 # a faster EMA lets a line typed today show in generation after a few pulses.
@@ -115,11 +102,20 @@ class OnlineSettings:
 
     @property
     def steps_per_file_line(self) -> float:
+        """Steps after each line of a loaded file (``file_steps``, else ``steps``)."""
         return float(self.steps if self.file_steps is None else self.file_steps)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "OnlineSettings":
+        """Settings from a dict (a save's, or the command line's); unknown keys are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known}).validate()
 
 
 @dataclass
 class PulseResult:
+    """What one pulse did: steps trained, their mean loss (None if none ran), wall time."""
+
     steps: int
     loss: float | None
     seconds: float
@@ -131,7 +127,7 @@ def vocab_capacity(n: int) -> int:
 
 
 class OnlineLearner:
-    """Continual learner over a state folder; see the module docstring for the layout.
+    """Continual learner over a state folder (layout: see ``state.py``).
 
     Build it with :meth:`open` (loads the folder's last save, or starts an empty one).
 
@@ -146,7 +142,7 @@ class OnlineLearner:
                  settings: OnlineSettings | None = None, device: str = "auto", precision: str = "auto"):
         self.state = Path(state_dir)
         self.state.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.state)
+        self._lock: StateLock | None = StateLock(self.state)
         try:
             self.device = resolve_device(device if device != "auto" else train_cfg.device)
             if self.device.type == "cpu":
@@ -175,11 +171,9 @@ class OnlineLearner:
         """
         state = Path(state_dir)
         overrides = list(overrides)
-        model_dir = _recover_model_dir(state)
+        model_dir = recover_model_dir(state)
         if model_dir is not None:
-            saved = read_json(model_dir / ONLINE_FILE, "online state")
-            _, train_cfg = configs_from_dict({"train": saved.get("train", {})}, strict=False)
-            saved_model = load_model_config(model_dir)
+            saved_model, train_cfg, saved_settings = read_saved_configs(model_dir)
             model_cfg, train_cfg = apply_overrides(saved_model, train_cfg, overrides)
             # Re-running the same command line is fine; changing the saved shape is not.
             changed = [f.name for f in dataclasses.fields(ModelConfig)
@@ -187,13 +181,11 @@ class OnlineLearner:
             if changed:
                 raise FoundryError(f"{state} already holds a model whose shape is fixed: cannot change "
                                    f"model.{changed[0]} (drop that override or use another --state)")
-            base = {**saved.get("settings", {}), **(settings or {})}
+            base = {**saved_settings, **(settings or {})}
         else:
             model_cfg, train_cfg = load_config(preset, [*ONLINE_TRAIN_DEFAULTS, *overrides])
             base = dict(settings or {})
-        known = {f.name for f in dataclasses.fields(OnlineSettings)}
-        learner = cls(state, model_cfg, train_cfg, OnlineSettings(**{k: v for k, v in base.items() if k in known}),
-                      device, precision)
+        learner = cls(state, model_cfg, train_cfg, OnlineSettings.from_dict(base), device, precision)
         if model_dir is not None:
             try:
                 learner.load(model_dir, keep_settings=True)
@@ -439,7 +431,8 @@ class OnlineLearner:
         return "".join(self.stream(prefix, temperature, top_p, max_new_tokens, seed))
 
     def stream(self, prefix: str = "", temperature: float | None = None, top_p: float | None = None,
-               max_new_tokens: int | None = None, seed: int | None = None):
+               max_new_tokens: int | None = None, seed: int | None = None) -> Iterator[str]:
+        """:meth:`generate`, piece by piece as the characters come (the REPL's ``/gen``)."""
         s = self.settings
         gen = Generator(self.generation_model(), self.tokenizer, self.precision)
         top_p = s.top_p if top_p is None else top_p
@@ -472,120 +465,45 @@ class OnlineLearner:
 
         ``path`` None = the state folder's ``model/``; else a snapshot folder.
         """
-        target = self.state / "model" if path is None else Path(path)
-        if target.exists() and not target.is_dir():
-            raise FoundryError(f"cannot save to {target}: it is a file (give a folder name)")
-        if path is not None and target.is_dir() and any(target.iterdir()) and not (target / ONLINE_FILE).is_file():
-            raise FoundryError(f"cannot save to {target}: it is a folder holding something else")
-        self.store.sync()
-        tmp = target.with_name(target.name + ".new")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        raw = self.model.state_dict()
-        state = {
-            "step": self.step,
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "raw_weights": raw if self.ema is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "python": list(self.rng.getstate()[1]),
-                    "python_version": self.rng.getstate()[0]},
-        }
-        atomic_torch_save(tmp / STATE_FILE, state)
-        weights = None
-        if self.ema is not None:
-            weights = {k: self.ema.shadow.get(k, v) for k, v in raw.items()}
-        save_model_dir(tmp, self.model, self.tokenizer, self.step, weights=weights)
-        atomic_write_json(tmp / ONLINE_FILE, {
-            "format": "llm_foundry.online", "version": 1, "step": self.step,
+        target = self.state / MODEL_DIR if path is None else Path(path)
+        check_save_target(target, snapshot=path is not None)
+        self.store.sync()  # the save counts records_seen: they are on disk first
+        return write_save(target, self.model, self.tokenizer, self.step, self.optimizers, self.ema, self.rng, {
             "train": dataclasses.asdict(self.train_cfg), "settings": dataclasses.asdict(self.settings),
             "records_seen": self.records_seen, "store_id": self.store.id,
             "losses": [round(v, 5) for v in self.losses], "saved_at": time.time(),
         })
-        # Swap: target -> target.old, target.new -> target, drop target.old.
-        old = target.with_name(target.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if old.exists():
-            shutil.rmtree(old)
-        return target
 
     def load(self, path: str | os.PathLike | None = None, keep_settings: bool = False) -> None:
-        """Load a save (default: the state folder's); on any error nothing changes.
-
-        Order matters: raw weights first, then the optimizers, then an EMA built from the
-        loaded weights and given its saved shadow (building the EMA before loading made
-        the original sample noise after every restart).
-        """
-        src = _recover_model_dir(self.state) if path is None else Path(path)
+        """Load a save (default: the state folder's); on any error nothing changes."""
+        src = recover_model_dir(self.state) if path is None else Path(path)
         if src is None:
             raise FoundryError(f"nothing saved yet in {self.state}")
-        if not (src / ONLINE_FILE).is_file():
-            raise FoundryError(f"{src} is not an online-learner save (no {ONLINE_FILE})")
-        meta = read_json(src / ONLINE_FILE, "online state")
-        bundle = load_model_dir(src, self.device)
-        if not isinstance(bundle.tokenizer, CharTokenizer) or SEPARATOR not in bundle.tokenizer.stoi:
-            raise FoundryError(f"{src} does not hold an online learner's character vocabulary")
-        try:
-            state = torch.load(src / STATE_FILE, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise FoundryError(f"training state is corrupt: {src / STATE_FILE} ({str(e).splitlines()[0][:100]})") from None
-        if state.get("step") != bundle.step or meta.get("step") != bundle.step:
-            raise FoundryError(f"{src} holds parts of different saves (weights of step {bundle.step}, "
-                               f"training state of step {state.get('step')})")
-        model = bundle.model
-        if state.get("raw_weights") is not None:
-            model.load_state_dict(state["raw_weights"])
-        model.train()
-        train_cfg = self.train_cfg
-        optimizers = build_optimizers(model, train_cfg)
-        if len(state["optimizers"]) != len(optimizers):
-            raise FoundryError(f"{src} was trained with another optimizer; keep train.optimizer as it was")
-        for opt, sd in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
-            for g in opt.param_groups:  # base_lr follows the current config
-                g["base_lr"] = train_cfg.muon_lr if isinstance(opt, torch.optim.Muon) else train_cfg.lr
-        ema = None
-        if train_cfg.ema_decay > 0:
-            ema = EMA(model, train_cfg.ema_decay)  # from the loaded raw weights ...
-            if state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])  # ... then the saved average
-                ema.decay = train_cfg.ema_decay
-        settings = self.settings
-        if not keep_settings:
-            known = {f.name for f in dataclasses.fields(OnlineSettings)}
-            settings = OnlineSettings(**{k: v for k, v in meta.get("settings", {}).items() if k in known}).validate()
+        saved = read_save(src, self.device, self.train_cfg, SEPARATOR)
+        meta = saved.meta
+        settings = self.settings if keep_settings else OnlineSettings.from_dict(meta.get("settings", {}))
         # Everything checked: switch over.
-        self.model, self.optimizers, self.ema, self.tokenizer = model, optimizers, ema, bundle.tokenizer
+        self.model, self.optimizers, self.ema, self.tokenizer = saved.model, saved.optimizers, saved.ema, saved.tokenizer
         self.settings = settings
-        self.step = bundle.step
+        self.step = saved.step
         self.losses = deque((float(v) for v in meta.get("losses", [])), maxlen=200)
         self.last_pulse = None
         same_store = meta.get("store_id") == self.store.id
         self.records_seen = min(int(meta.get("records_seen", 0)), len(self.store)) if same_store else 0
-        rng = state.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"].cpu())
-        if "python" in rng:
-            self.rng.setstate((rng.get("python_version", 3), tuple(int(v) for v in rng["python"]), None))
+        restore_rng(saved.rng, self.rng)
         self._after_model_change()
         self.catch_up()
 
     def reset(self) -> None:
         """Erase everything: stored inputs, model, optimizer, history of losses."""
         self.store.close()
-        for name in ("replay", "model", "model.new", "model.old"):
-            p = self.state / name
-            if p.exists():
-                shutil.rmtree(p)
+        erase(self.state)
         self.store = ReplayStore(self.state / "replay")
         self._fresh(self._model_cfg)
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict:
+        """Figures for ``/stats``: vocabulary, inputs, steps, recent loss, sizes, settings."""
         recent = list(self.losses)[-20:]
         return {
             "vocab_size": self.tokenizer.vocab_size,
@@ -596,19 +514,20 @@ class OnlineLearner:
             "recent_loss": sum(recent) / len(recent) if recent else None,
             "lr": self.train_cfg.lr * self.lr_factor(),
             "parameters": self.model.num_parameters(),
-            "disk_bytes": _du(self.state),
+            "disk_bytes": disk_bytes(self.state),
             "cache_bytes": self.store.cached_bytes,
             "state": str(self.state),
             "settings": dataclasses.asdict(self.settings),
         }
 
     def close(self) -> None:
+        """Close the replay store and let go of the state folder's lock (idempotent)."""
         store = getattr(self, "store", None)
         if store is not None:
             store.close()
-        if getattr(self, "_lock_fd", None) is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "OnlineLearner":
         return self
@@ -626,92 +545,3 @@ def _check_train_cfg(cfg: TrainConfig) -> TrainConfig:
     if cfg.grad_accum != 1:
         raise FoundryError("online learning uses train.grad_accum=1")
     return cfg
-
-
-def _lock(state: Path) -> int:
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise FoundryError(f"{state} is in use by another `foundry online`") from None
-    return fd
-
-
-def _recover_model_dir(state: Path) -> Path | None:
-    """The state's complete save after a possible crash mid-save, tidying leftovers.
-
-    A save writes ``model.new`` (``online.json`` last), renames ``model`` to ``model.old``,
-    then ``model.new`` to ``model``. So: ``model`` present = it is whole; otherwise a
-    whole ``model.new`` (one with ``online.json``) is newer than ``model.old``.
-    """
-    cur, new, old = state / "model", state / "model.new", state / "model.old"
-    if not cur.is_dir():
-        if new.is_dir() and (new / ONLINE_FILE).is_file():
-            os.replace(new, cur)
-        elif old.is_dir():
-            os.replace(old, cur)
-    for leftover in (new, old):
-        if leftover.exists() and cur.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-    return cur if (cur / ONLINE_FILE).is_file() else None
-
-
-def check_text_file(path: str | os.PathLike) -> int:
-    """Check that ``path`` is a UTF-8 text file with text lines; returns how many (one-line errors).
-
-    Reads in chunks, so a large file costs no memory; nothing is stored before it passes.
-    """
-    import codecs
-
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FoundryError(f"file not found: {path}")
-    if path.is_dir():
-        raise FoundryError(f"{path} is a folder; give a text file")
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    lines, pending, offset = 0, "", 0
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                if offset == 0 and b"\x00" in chunk[:8192]:
-                    raise FoundryError(f"{path} looks binary, not text")
-                try:
-                    text = pending + decoder.decode(chunk)
-                except UnicodeDecodeError as e:
-                    raise FoundryError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start})") from None
-                if offset == 0:
-                    text = text.removeprefix("\ufeff")  # a BOM is no text
-                offset += len(chunk)
-                *full, pending = text.split("\n")
-                lines += sum(1 for line in full if line.strip())
-            try:
-                pending += decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                raise FoundryError(f"{path} is not UTF-8 text (it ends inside a character)") from None
-    except OSError as e:
-        raise FoundryError(f"cannot read {path}: {e.strerror}") from None
-    lines += bool(pending.strip())
-    if not lines:
-        raise FoundryError(f"{path} has no text lines")
-    return lines
-
-
-def iter_text_lines(path: str | os.PathLike) -> Iterator[str]:
-    """The non-blank lines of a UTF-8 text file (check it first with :func:`check_text_file`)."""
-    with open(Path(path).expanduser(), encoding="utf-8-sig", newline="\n") as f:
-        for line in f:
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield line
-
-
-def _du(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
