@@ -126,7 +126,8 @@ def test_limits_and_errors(engine):
         engine.generate(prompt("q" * 200), max_tokens=5)
     with pytest.raises(FoundryError, match="num_samples"):
         engine.generate(p, num_samples=0)
-    assert engine.generate(p, max_tokens=0) == ([[]], [[]])
+    with pytest.raises(FoundryError, match="max_tokens must be an integer >= 1"):
+        engine.generate(p, max_tokens=0)
 
 
 # ----------------------------------------------------------- a model that uses the tool

@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..tokenizers.special import BOS, CHAT_TERMINATORS, EOS
 from ..utils.errors import FoundryError
 from .scheduler import Job, Scheduler
 from .schemas import TOOL_NAME, ApiError, ChatCompletionRequest, CompletionRequest, parse_body, to_chat_messages
@@ -116,8 +117,8 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     def ids(*names: str) -> list[int]:
         return [i for n in names if (i := tokenizer.token_id(n)) is not None]
 
-    chat_stop_ids = ids("<|assistant_end|>", "<|bos|>", "<|eos|>", "<|user_start|>")
-    text_stop_ids = ids("<|eos|>", "<|bos|>")
+    chat_stop_ids = ids(*CHAT_TERMINATORS)
+    text_stop_ids = ids(EOS, BOS)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(ApiError)
@@ -372,7 +373,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
                     raise ApiError(400, f"prompt token ids must be in [0, {tokenizer.vocab_size})", param="prompt")
                 ids_ = list(p)
             if not ids_:
-                bos = tokenizer.token_id("<|bos|>")
+                bos = tokenizer.token_id(BOS)
                 ids_ = [bos] if bos is not None else tokenizer.encode("\n")
             encoded.append(ids_)
         queue: asyncio.Queue = asyncio.Queue()
