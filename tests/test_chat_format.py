@@ -48,6 +48,21 @@ def test_layout_and_mask_cover_assistant_tokens_only():
     assert ids.count(SP["assistant_end"]) == 2
 
 
+def test_named_special_tokens_are_the_layout():
+    # One definition of the chat tokens and the terminator set; the renderer and the engine both use it.
+    from llm_foundry.tokenizers import special
+
+    names = [special.USER_START, special.USER_END, special.ASSISTANT_START, special.ASSISTANT_END,
+             special.PYTHON_START, special.PYTHON_END, special.OUTPUT_START, special.OUTPUT_END]
+    assert special.CHAT_SPECIAL_TOKENS == names
+    assert {f"<|{short}|>" for short in SP} == {special.BOS, *names}
+    assert all(TOK.token_id(t) is not None for t in special.CHAT_TERMINATORS)
+    prompt = render_prompt(TOK, CONVO[:2])
+    assert prompt[-1] == TOK.token_id(special.ASSISTANT_START)
+    ids, _ = render_conversation(TOK, CONVO)
+    assert ids[-1] == TOK.token_id(special.ASSISTANT_END) and ids[-1] in special.token_ids(TOK, special.CHAT_TERMINATORS)
+
+
 def test_max_tokens_truncates_both():
     ids, mask = render_conversation(TOK, CONVO, max_tokens=10)
     assert len(ids) == len(mask) == 10

@@ -118,6 +118,23 @@ def test_tool_output_is_forced_with_mask_zero(engine):
     assert all(m == 1 for m in masks[0])
 
 
+def test_terminators_and_text_mode():
+    # One terminator set: a chat reply ends where the server's does; plain text only at EOS.
+    from llm_foundry.tokenizers.special import BOS, CHAT_TERMINATORS, EOS, token_ids
+
+    model = tiny_model(max_seq_len=32)
+    chat, text = Engine(model, TOK, precision="fp32"), Engine(model, TOK, precision="fp32", mode="text")
+    assert chat.terminators == token_ids(TOK, CHAT_TERMINATORS) and text.terminators == {TOK.token_id(EOS)}
+    assert TOK.token_id(BOS) in text.suppress and TOK.token_id(BOS) not in chat.suppress
+    # Text mode goes past the context (the newest half is prefilled again), with or without the cache.
+    p = TOK.encode("abc")
+    long, _ = text.generate(p, max_tokens=80, temperature=0)
+    assert len(long[0]) == 80 and long == text.generate(p, max_tokens=80, temperature=0, use_cache=False)[0]
+    assert len(chat.generate(p, max_tokens=80, temperature=0)[0][0]) <= 32 - len(p)
+    with pytest.raises(FoundryError, match="mode"):
+        Engine(model, TOK, mode="poem")
+
+
 def test_limits_and_errors(engine):
     p = prompt("q" * 100)
     tokens, _ = engine.generate(p, max_tokens=500, temperature=0)  # the context (128) ends it, no error
@@ -126,7 +143,8 @@ def test_limits_and_errors(engine):
         engine.generate(prompt("q" * 200), max_tokens=5)
     with pytest.raises(FoundryError, match="num_samples"):
         engine.generate(p, num_samples=0)
-    assert engine.generate(p, max_tokens=0) == ([[]], [[]])
+    with pytest.raises(FoundryError, match="max_tokens must be an integer >= 1"):
+        engine.generate(p, max_tokens=0)
 
 
 # ----------------------------------------------------------- a model that uses the tool
@@ -157,6 +175,11 @@ def test_chat_events_show_the_tool_call(tool_model):
     assert done["completion_tokens"] == len(render_conversation(TOK, LESSON)[0]) - done["prompt_tokens"] - 1
     # max_tokens cuts the reply: finish_reason "length".
     assert list(engine.chat(LESSON[:1], temperature=0, max_tokens=3))[-1]["finish_reason"] == "length"
+    # A stop string ends the text before it; tool blocks are never cut by one.
+    events = list(engine.chat(LESSON[:1], temperature=0, max_tokens=40, stop=["5"]))
+    assert events[:2] == [{"type": "tool_call", "text": "2+3"}, {"type": "tool_result", "text": "5"}]
+    assert "".join(e["text"] for e in events if e["type"] == "text") == "Answer: "
+    assert events[-1]["finish_reason"] == "stop"
     # Without tools the engine forces nothing; the model never learned to write outputs itself.
     off = Engine.from_pretrained(tool_model, device="cpu", precision="fp32", tools=False)
     tokens, masks = off.generate(render_prompt(TOK, LESSON[:1]), temperature=0, max_tokens=20)

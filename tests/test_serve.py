@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -307,22 +308,24 @@ def test_overload_queue_disconnect_and_fairness(chatty_dir):
             assert done["short"] < done["long"]
 
 
-def test_reply_decoder_utf8_and_stop_strings():
-    from llm_foundry.serve import ReplyDecoder
-    from llm_foundry.tokenizers import build_tokenizer
+def test_one_set_of_sampling_bounds_everywhere(client, tool_dir):
+    """The same bad value gives the same error from the server, the Python API and the command line."""
+    from llm_foundry import Generator
+    from llm_foundry.inference.engine import Engine
+    from llm_foundry.utils.errors import FoundryError
 
-    tok = build_tokenizer("byte")
-    d = ReplyDecoder(tok, stop=[])
-    pieces = [t for b in "你好，世界".encode() for _, t in d.feed(b)]
-    assert "".join(pieces) == "你好，世界" and all("\ufffd" not in p for p in pieces) and len(pieces) == 5
-    d = ReplyDecoder(tok, stop=["END"])
-    out = [t for b in "abcENxyzENDmore".encode() for _, t in d.feed(b)]
-    assert "".join(out) == "abcENxyz" and d.finish_reason == "stop"
-    d = ReplyDecoder(tok, stop=[])
-    events = [e for t in [*tok.encode("a"), tok.token_id("<|python_start|>"), *tok.encode("2+2"),
-                          tok.token_id("<|python_end|>"), tok.token_id("<|output_start|>"), *tok.encode("4"),
-                          tok.token_id("<|output_end|>"), tok.token_id("<|assistant_end|>")] for e in d.feed(t)]
-    assert events == [("text", "a"), ("tool_call", "2+2"), ("tool_result", "4")] and d.finish_reason == "stop"
+    rule = "must be a number from 0 to 2 (0 = greedy) (got 5.0)"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tool-model", messages=QUESTION, temperature=5)
+    assert e.value.body["message"] == f"invalid value for 'temperature': temperature {rule}"
+    with pytest.raises(openai.BadRequestError, match="top_p must be a number in"):
+        client.completions.create(model="tool-model", prompt="x", top_p=0)
+    for api in (Generator.from_pretrained(tool_dir, device="cpu"), Engine.from_pretrained(tool_dir, device="cpu")):
+        with pytest.raises(FoundryError, match=rf"^temperature {re.escape(rule)}$"):
+            list(api.stream("x" if isinstance(api, Generator) else [1, 2], temperature=5.0))
+    for command in ("generate", "chat"):
+        one_line_error(run_cli(command, tool_dir, "--temperature", "5"), f"error: --temperature {rule}")
+    one_line_error(run_cli("chat", tool_dir, "--top-k", "-1"), "--top-k must be an integer >= 0")
 
 
 # ---------------------------------------------------------------------------- the command line

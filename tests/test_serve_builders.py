@@ -106,11 +106,6 @@ def test_job_options_clip_to_the_context():
         builders.job_options(completion_request(), [0] * 64, [], context=64)
 
 
-def test_stop_ids_skip_tokens_the_tokenizer_lacks(tok):
-    assert builders.stop_ids(tok, builders.CHAT_STOPS) == [tok.token_id(n) for n in builders.CHAT_STOPS]
-    assert builders.stop_ids(tok, ["<|no-such-token|>", "<|eos|>"]) == [tok.token_id("<|eos|>")]
-
-
 # ---------------------------------------------------------------------------- small bodies and errors
 def test_model_check_card_and_health():
     builders.check_model("m", "m")

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
                                    "/clear (forget the conversation), /temp=T (set the temperature), /quit. "
                                    "When stdin is not a terminal, each input line is one user message.")
     _common(p)
-    p.add_argument("--temperature", type=float, default=0.6, metavar="T", help="0 = greedy (default: 0.6)")
+    p.add_argument("--temperature", type=float, default=0.6, metavar="T", help="0 = greedy, at most 2 (default: 0.6)")
     p.add_argument("--top-k", type=int, default=50, metavar="K", help="sample among the K most likely tokens (default: 50)")
     p.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set with probability >= P")
     p.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
@@ -52,18 +52,13 @@ def add_parser(sub) -> None:
 
 
 def _check(args) -> None:
-    from ..utils.errors import FoundryError
+    from ..inference.sampling import check_sampling
 
     if args.max_tokens is None:
         args.max_tokens = args.max_tokens_default
-    if args.max_tokens < 1:
-        raise FoundryError("--max-tokens must be >= 1")
-    if args.temperature < 0:
-        raise FoundryError("--temperature must be >= 0")
-    if getattr(args, "top_p", None) is not None and not 0 < args.top_p <= 1:
-        raise FoundryError("--top-p must be in (0, 1]")
-    if getattr(args, "top_k", None) is not None and args.top_k < 1:
-        raise FoundryError("--top-k must be >= 1")
+    check_sampling(temperature=args.temperature, top_k=getattr(args, "top_k", None), top_p=getattr(args, "top_p", None),
+                   max_new_tokens=args.max_tokens, seed=args.seed, as_flags=True,
+                   names={"max_new_tokens": "--max-tokens"})
 
 
 # ---------------------------------------------------------------- chat
@@ -135,13 +130,15 @@ class ChatSession:
             self.messages.pop()
 
     def set_temperature(self, line: str) -> None:
+        from ..inference.sampling import MAX_TEMPERATURE, check_sampling
+        from ..utils.errors import FoundryError
+
         value = line.partition("=")[2].strip()
         try:
             t = float(value)
-            if t < 0:
-                raise ValueError
-        except ValueError:
-            print(f"usage: /temp=T with T >= 0 (now {self.temperature})", file=sys.stderr)
+            check_sampling(temperature=t)
+        except (ValueError, FoundryError):
+            print(f"usage: /temp=T with T from 0 to {MAX_TEMPERATURE:g} (now {self.temperature})", file=sys.stderr)
             return
         self.temperature = t
         print(f"(temperature {t})", file=sys.stderr)

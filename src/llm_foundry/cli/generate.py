@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="a model folder (a run folder works)")
     p.add_argument("--prompt", default="", help="text to continue (empty: start from BOS where the tokenizer has one)")
     p.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to generate (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 = greedy (default: 0.8)")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 = greedy, at most 2 (default: 0.8)")
     p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
     p.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set with probability >= P")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
@@ -27,20 +27,21 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import Generator
+    from ..inference import Generator, check_sampling
+    from ..inference.sampling import MAX_SEED
     from ..utils.errors import FoundryError
 
-    if args.max_new_tokens < 0 or args.num_samples < 1:
-        raise FoundryError("--max-new-tokens must be >= 0 and --num-samples >= 1")
-    if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1) or (args.top_k is not None and args.top_k < 1):
-        raise FoundryError("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 1")
+    check_sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                   seed=args.seed, as_flags=True)
+    if args.num_samples < 1:
+        raise FoundryError("--num-samples must be >= 1")
     gen = Generator.from_pretrained(args.model, device=args.device, precision=args.precision, compile=args.compile)
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1} ---")
         if not args.no_echo:
             sys.stdout.write(args.prompt)
-        seed = None if args.seed is None else args.seed + i
+        seed = None if args.seed is None else (args.seed + i) % (MAX_SEED + 1)
         for piece in gen.stream(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, stop=args.stop, seed=seed):
             sys.stdout.write(piece)

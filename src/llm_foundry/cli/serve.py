@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference.engine import Engine
     from ..serve import bind_socket, create_app, make_server
+    from ..tokenizers.special import ASSISTANT_START
     from ..utils.errors import FoundryError
 
     if args.max_concurrency < 1 or args.max_queue < 0:
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)
     engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools,
                                  compile=args.compile)
-    if engine.tokenizer.token_id("<|assistant_start|>") is None:
+    if engine.tokenizer.token_id(ASSISTANT_START) is None:
         raise FoundryError(f"{args.model}: its tokenizer has no chat tokens; serving needs a byte or bpe tokenizer")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     app = create_app(engine, name, api_key=api_key, max_concurrency=args.max_concurrency, max_queue=args.max_queue)

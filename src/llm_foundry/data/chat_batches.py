@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..tokenizers import Tokenizer
+from ..tokenizers.special import PAD
 from ..utils.errors import FoundryError
 
 TEXT_SOURCE = "text"
@@ -120,7 +121,7 @@ class ChatMixture:
             raise FoundryError("the task mixture is empty; name at least one source (e.g. arithmetic=1)")
         self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
         self.loss_on, self.text_len = loss_on, text_len
-        self.pad_id = tokenizer.token_id("<|pad|>") or 0
+        self.pad_id = tokenizer.token_id(PAD) or 0
         self.text = None
         self.sources: list[_Source] = []
         for k, (name, weight) in enumerate(mixture.items()):

@@ -15,6 +15,7 @@ import torch
 
 from ..models import MiniLLM
 from ..tokenizers import Tokenizer
+from ..tokenizers.special import UNK
 from ..utils.device import autocast_context
 from ..utils.errors import FoundryError
 
@@ -57,7 +58,7 @@ def evaluate_text(model: MiniLLM, tokenizer: Tokenizer, text: str, batch_size: i
     char tokenizer never saw; they are scored as its UNK token).
     """
     ids = tokenizer.encode(text)
-    unk = tokenizer.token_id("<|unk|>")
+    unk = tokenizer.token_id(UNK)
     unknown = sum(1 for i in ids if i == unk) if unk is not None else 0
     t = min(seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
     if len(ids) < 2:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..tokenizers.special import ASSISTANT_END, BOS, OUTPUT_END, OUTPUT_START, PAD, PYTHON_END, PYTHON_START
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_text, read_log_records
 
@@ -95,8 +96,8 @@ def _fmt(v: Any) -> str:
 
 def _readable(text: str) -> str:
     """A completion with its special tokens turned into short visible markers."""
-    for tok, shown in (("<|python_start|>", "[calc: "), ("<|python_end|>", "]"), ("<|output_start|>", " → "),
-                       ("<|output_end|>", " "), ("<|assistant_end|>", ""), ("<|bos|>", ""), ("<|pad|>", "")):
+    for tok, shown in ((PYTHON_START, "[calc: "), (PYTHON_END, "]"), (OUTPUT_START, " → "),
+                       (OUTPUT_END, " "), (ASSISTANT_END, ""), (BOS, ""), (PAD, "")):
         text = text.replace(tok, shown)
     # A reply cut at the token limit can end inside a character's bytes: show an ellipsis.
     cut = text.rstrip("\ufffd")

@@ -12,8 +12,16 @@ How a request runs:
    (:func:`~llm_foundry.inference.tools.calculate`) and
    ``<|output_start|>result<|output_end|>`` is queued as forced tokens (mask 0).
    With ``tools=False`` blocks are not evaluated and the model writes what follows.
-4. A row ends at ``<|assistant_end|>``, ``<|bos|>``, ``<|eos|>``, a stop id, after
-   ``max_tokens`` tokens, or when the context is full; after that it yields padding.
+4. A row ends at a terminator (``CHAT_TERMINATORS`` of :mod:`~llm_foundry.tokenizers.special`),
+   a stop id, after ``max_tokens`` tokens, or when the context is full; after that it
+   yields padding.
+
+An engine with ``mode="text"`` continues plain text instead (what :class:`Generator`
+wraps): a row ends only at ``<|eos|>``, ``<|bos|>`` is never sampled, and when the
+context is full each row keeps its newest half, which is prefilled again, and goes on.
+
+Sampling arguments are checked by :func:`~llm_foundry.inference.sampling.check_sampling`;
+text comes out of the tokens through :mod:`~llm_foundry.inference.text_stream`.
 
 Several *different* prompts (``generate_batch``) decode together without padding
 inside the cache: all rows are prefilled with the length of the shortest prompt, and
@@ -33,11 +41,13 @@ import torch
 
 from ..models import MiniLLM
 from ..tokenizers import Tokenizer
-from ..tokenizers.special import BOS, EOS, PAD, UNK
+from ..tokenizers.special import (ASSISTANT_END, ASSISTANT_START, BOS, CHAT_TERMINATORS, NEVER_SAMPLED, OUTPUT_END,
+                                  OUTPUT_START, PAD, PYTHON_END, PYTHON_START, TEXT_TERMINATORS, token_ids)
 from ..utils.device import autocast_context, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
-from .generator import DecodeModels, decode_models
-from .sampling import sample_next
+from .decoding import DecodeModels, decode_models
+from .sampling import check_sampling, sample_next
+from .text_stream import ReplyDecoder
 from .tools import ToolError, calculate
 
 
@@ -52,6 +62,7 @@ class _Row:
     forced: deque = field(default_factory=deque)    # tool output to force into the stream
     python: list[int] | None = None                 # ids of an open python block
     produced: int = 0                               # tokens returned so far (sampled + forced)
+    context: list[int] = field(default_factory=list)  # every token fed so far (to refill a full context)
     finish: str | None = None                       # "stop" or "length" once the row has ended
 
 
@@ -81,13 +92,18 @@ class Engine:
             (``decode_models(..., compile=True)``): the first reply waits for the compiler
             (and once more when the batch size first changes), later ones decode about
             twice as fast on a CPU.
+        mode: ``"chat"`` (replies end at the chat terminators and at the end of the context)
+            or ``"text"`` (plain text, as :class:`Generator`: see the module docstring).
     """
 
     def __init__(self, model: MiniLLM, tokenizer: Tokenizer, precision: str = "auto", tools: bool = True,
-                 frozen: bool = False, compile: bool = False):
+                 frozen: bool = False, compile: bool = False, mode: str = "chat"):
+        if mode not in ("chat", "text"):
+            raise FoundryError(f"engine mode must be 'chat' or 'text', got {mode!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.tools = tools
+        self.mode = mode
         self.frozen = frozen
         self.compile = compile and frozen
         self.precision = precision
@@ -96,12 +112,12 @@ class Engine:
         self._decoders: dict[bool, DecodeModels] = {}
         tid = tokenizer.token_id
         self.pad_id = tid(PAD) if tid(PAD) is not None else 0
-        self.suppress = [i for t in (PAD, UNK) if (i := tid(t)) is not None]
-        self.assistant_start, self.assistant_end = tid("<|assistant_start|>"), tid("<|assistant_end|>")
-        self.python_start, self.python_end = tid("<|python_start|>"), tid("<|python_end|>")
-        self.output_start, self.output_end = tid("<|output_start|>"), tid("<|output_end|>")
-        self.terminators = {i for i in (self.assistant_end, tid(BOS), tid(EOS)) if i is not None}
-        self.special_ids = set(tokenizer.special_tokens.values())
+        chat = mode == "chat"
+        self.suppress = sorted(token_ids(tokenizer, NEVER_SAMPLED if chat else (*NEVER_SAMPLED, BOS)))
+        self.terminators = token_ids(tokenizer, CHAT_TERMINATORS if chat else TEXT_TERMINATORS)
+        self.assistant_start, self.assistant_end = tid(ASSISTANT_START), tid(ASSISTANT_END)
+        self.python_start, self.python_end = tid(PYTHON_START), tid(PYTHON_END)
+        self.output_start, self.output_end = tid(OUTPUT_START), tid(OUTPUT_END)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "auto", tools: bool = True,
@@ -119,8 +135,8 @@ class Engine:
         """Yield, one step at a time, ``(token of each sample, mask of each sample)``.
 
         The mask is 1 for a token the model sampled, 0 for one the tool forced. All
-        samples share one prefill. A sample ends at ``<|assistant_end|>``, ``<|bos|>``,
-        ``<|eos|>``, a stop id, or ``max_tokens`` (the ending token is yielded); after
+        samples share one prefill. A sample ends at a terminator, a stop id, or
+        ``max_tokens`` (the ending token is yielded); after
         that its slot yields the pad id with mask 0. The stream stops when every sample
         has ended. ``use_cache=False`` recomputes the whole context each step (slow;
         for checking the cache).
@@ -176,33 +192,37 @@ class Engine:
                 out_masks[i * n:(i + 1) * n] = masks[k * n:(k + 1) * n]
         return (out, out_masks) if with_masks else out
 
-    def chat(self, messages: list[dict], **kwargs) -> Iterator[dict]:
+    def chat(self, messages: list[dict], stop: Sequence[str] = (), **kwargs) -> Iterator[dict]:
         """Stream one assistant reply to ``messages`` as events.
 
         Events: ``{"type": "text", "text"}`` (pieces of the reply), ``{"type": "tool_call",
         "text": expr}``, ``{"type": "tool_result", "text": result}``, and last
         ``{"type": "done", "finish_reason": "stop"|"length", "completion_tokens", "prompt_tokens"}``.
-        Options as :meth:`stream` (``num_samples`` is always 1).
+        ``stop``: stop strings (the reply ends before the first). Other options as
+        :meth:`stream` (``num_samples`` is always 1).
         """
         from ..data.chat import render_prompt
 
         prompt = render_prompt(self.tokenizer, messages)
         kwargs.pop("num_samples", None)
-        decoder = _EventDecoder(self)
-        produced, finish = 0, "length"
+        reply = ReplyDecoder(self.tokenizer, stop)
         for step in self._decode([prompt], 1, **kwargs):
             if not step.active[0]:
                 continue
-            if step.finished[0] == "stop":  # the ending token itself is not part of the reply
-                finish = "stop"
-                break
-            produced += 1
-            yield from decoder.feed(step.tokens[0])
-            if step.finished[0]:
-                finish = step.finished[0]
-                break
-        yield from decoder.flush()
-        yield {"type": "done", "finish_reason": finish, "completion_tokens": produced, "prompt_tokens": len(prompt)}
+            if step.finished[0] == "stop":  # the ending token (maybe a caller's stop id) is not part of the reply
+                events = reply.finish("stop")
+            else:
+                events = reply.feed(step.tokens[0], step.masks[0])
+                if step.finished[0]:
+                    events += reply.finish(step.finished[0])
+            for kind, text in events:
+                yield {"type": kind, "text": text}
+            if reply.done:
+                break  # (a stop string: closing the loop frees its cache)
+        for kind, text in reply.finish("length"):
+            yield {"type": kind, "text": text}
+        yield {"type": "done", "finish_reason": reply.finish_reason, "completion_tokens": reply.tokens,
+               "prompt_tokens": len(prompt)}
 
     # ------------------------------------------------------------ decoding
     def _collect(self, prompts: list[list[int]], num_samples: int, on_token: TokenCallback | None = None,
@@ -239,12 +259,14 @@ class Engine:
     def _forward(self, model: MiniLLM, amp_dtype, ids: torch.Tensor, cache) -> torch.Tensor:
         """Last-position logits (fp32) of ``ids``, in eval mode, without autograd."""
         was_training = model.training
-        model.eval()
+        if was_training:  # the live model during RL; inference copies are in eval mode already
+            model.eval()
         try:
             with torch.no_grad(), autocast_context(self.device, amp_dtype):
                 logits, _ = model(ids, cache=cache, last_only=True)
         finally:
-            model.train(was_training)
+            if was_training:
+                model.train()
         logits = logits[:, -1, :].float()
         if self.suppress:
             logits[:, self.suppress] = float("-inf")
@@ -259,18 +281,15 @@ class Engine:
         """The decode loop over ``len(prompts) * num_samples`` rows (see the module docstring)."""
         if num_samples < 1:
             raise FoundryError("num_samples must be >= 1")
-        if max_tokens < 0:
-            raise FoundryError("max_tokens must be >= 0")
-        if temperature < 0:
-            raise FoundryError("temperature must be >= 0")
+        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_tokens, seed=seed,
+                       names={"max_new_tokens": "max_tokens"})
         if not prompts or any(not p for p in prompts):
             raise FoundryError("every prompt needs at least one token")
         ctx = self.model.cfg.max_seq_len
         longest = max(len(p) for p in prompts)
-        if longest >= ctx:
+        slide = self.mode == "text"  # a full context is refilled with its newest half, not the end
+        if longest > ctx or (longest == ctx and not slide):
             raise FoundryError(f"the prompt has {longest} tokens but the model's context is {ctx}; shorten it")
-        if max_tokens == 0:
-            return
         stop = set(int(i) for i in stop_ids) | self.terminators
         gen = torch.Generator(device=self.device)
         if seed is None:
@@ -281,7 +300,8 @@ class Engine:
         # Rows: each prompt repeated num_samples times. Prefill the common length once.
         common = min(len(p) for p in prompts)
         capacity = min(ctx, longest + max_tokens)
-        rows = [self._prime(_Row(pending=deque(p[common:])), p) for p in prompts for _ in range(num_samples)]
+        rows = [self._prime(_Row(pending=deque(p[common:]), context=p[:common]), p)
+                for p in prompts for _ in range(num_samples)]
         n = len(rows)
         dm = self._decoder(n)
         if use_cache:
@@ -319,9 +339,10 @@ class Engine:
                         row.produced += 1
                         fin = self._advance(row, tok, mask, stop)
                         # Prompt + reply never exceed the context, so a reply can always be fed back.
-                        if fin is None and (row.produced >= max_tokens or pos + 1 >= capacity):
+                        if fin is None and (row.produced >= max_tokens or (pos + 1 >= capacity and not slide)):
                             fin = "length"
                         row.finish = fin
+                    row.context.append(tok)
                 tokens.append(tok)
                 masks.append(mask)
                 finished.append(fin)
@@ -339,6 +360,15 @@ class Engine:
                 else:
                     seq = seq.index_select(0, keep)
                 live = running
+            if slide and pos >= capacity:
+                # The context is full: keep each row's newest half (this token included) and prefill
+                # it again. The model then sees only the recent half-window, and the text goes on.
+                pos = ctx // 2
+                seq = torch.tensor([rows[i].context[-pos:] for i in live], device=self.device)
+                if use_cache:
+                    cache.reset()
+                logits = self._forward(dm.prefill, dm.amp_dtype, seq, cache)
+                continue
             step_ids = torch.tensor([tokens[i] for i in live], device=self.device).unsqueeze(1)
             if use_cache:
                 logits = self._forward(dm.step, dm.amp_dtype, step_ids, cache)
@@ -390,50 +420,3 @@ def run_tool(expression: str) -> str:
         return calculate(expression)
     except ToolError as e:
         return f"error: {e}"
-
-
-class _EventDecoder:
-    """Turns a reply's token stream into text / tool_call / tool_result events.
-
-    Text is decoded incrementally; an incomplete UTF-8 character at the end is held
-    back until the next token completes it.
-    """
-
-    def __init__(self, engine: Engine):
-        self.e = engine
-        self.block: str | None = None   # "python" or "output" while inside a block
-        self.ids: list[int] = []        # text ids (current text run or block contents)
-        self.emitted = 0                # characters of the current text run already sent
-
-    def feed(self, token: int) -> Iterator[dict]:
-        e = self.e
-        if token in (e.python_start, e.output_start) and self.block is None:
-            yield from self.flush()
-            self.block = "python" if token == e.python_start else "output"
-            self.ids = []
-        elif token == e.python_end and self.block == "python":
-            yield {"type": "tool_call", "text": e.tokenizer.decode(self.ids)}
-            self.block, self.ids = None, []
-        elif token == e.output_end and self.block == "output":
-            yield {"type": "tool_result", "text": e.tokenizer.decode(self.ids)}
-            self.block, self.ids = None, []
-        elif token in e.special_ids:
-            return  # other specials (a stray marker) carry no text
-        else:
-            self.ids.append(token)
-            if self.block is None:
-                text = e.tokenizer.decode(self.ids)
-                safe = len(text.rstrip("\ufffd"))
-                if safe > self.emitted:
-                    yield {"type": "text", "text": text[self.emitted:safe]}
-                    self.emitted = safe
-
-    def flush(self) -> Iterator[dict]:
-        if self.block is None and self.ids:
-            text = self.e.tokenizer.decode(self.ids)
-            if len(text) > self.emitted:
-                yield {"type": "text", "text": text[self.emitted:]}
-        elif self.block == "python" and self.ids:
-            # An unclosed tool call (the reply was cut off): show what there was.
-            yield {"type": "tool_call", "text": self.e.tokenizer.decode(self.ids)}
-        self.ids, self.emitted = [], 0

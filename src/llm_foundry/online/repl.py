@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
+from ..inference.sampling import MAX_TEMPERATURE, check_sampling
 from ..utils.errors import FoundryError
 from .learner import OnlineLearner
 
@@ -246,14 +247,12 @@ class Repl:
         try:
             if name == "temp":
                 v = float(value)
-                if not 0 <= v <= 10:
-                    raise ValueError
+                check_sampling(temperature=v)  # the bounds of every sampler
                 s.temperature = v
                 self.say(f"temperature {v:g}" + (" (greedy)" if v == 0 else ""))
             elif name == "topp":
                 v = float(value)
-                if not 0 < v <= 1:
-                    raise ValueError
+                check_sampling(top_p=v)
                 s.top_p = v
                 self.say(f"top-p {v:g}" + (" (off)" if v == 1 else ""))
             elif name == "steps":
@@ -264,8 +263,9 @@ class Repl:
                 self.say(f"{v} steps per typed line")
             else:
                 self.error(f"unknown setting /{name}= (settings: /temp=X, /topp=X, /steps=N)")
-        except ValueError:
-            wants = {"temp": "a number from 0 to 10", "topp": "a number in (0, 1]", "steps": "an integer from 1 to 100000"}
+        except (ValueError, FoundryError):
+            wants = {"temp": f"a number from 0 to {MAX_TEMPERATURE:g}", "topp": "a number in (0, 1]",
+                     "steps": "an integer from 1 to 100000"}
             self.error(f"/{name}= wants {wants[name]}, not {value!r}")
         return True
 

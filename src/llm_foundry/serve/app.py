@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..tokenizers.special import CHAT_TERMINATORS, TEXT_TERMINATORS, token_ids
 from . import builders
 from .scheduler import Job, Scheduler
 from .schemas import ApiError, ChatCompletionRequest, CompletionRequest, parse_body
@@ -171,8 +172,8 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     tokenizer = engine.tokenizer
     context = engine.model.cfg.max_seq_len
     created = int(time.time())
-    chat_stop_ids = builders.stop_ids(tokenizer, builders.CHAT_STOPS)
-    text_stop_ids = builders.stop_ids(tokenizer, builders.TEXT_STOPS)
+    chat_stop_ids = sorted(token_ids(tokenizer, CHAT_TERMINATORS))
+    text_stop_ids = sorted(token_ids(tokenizer, TEXT_TERMINATORS))
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager

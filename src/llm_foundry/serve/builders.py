@@ -14,28 +14,19 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from ..tokenizers.special import BOS, EOS
+from ..tokenizers.special import BOS, CHAT_TERMINATORS, TEXT_TERMINATORS
 from ..utils.errors import FoundryError
 from .schemas import TOOL_NAME, ApiError, to_chat_messages
 
 MAX_PROMPTS = 16  # prompts in one /v1/completions request (each is a job of n samples)
-# A chat reply ends at the end of the assistant's turn (or wherever a new document or user turn would begin);
-# a raw completion only at the end of the document.
-CHAT_STOPS = ("<|assistant_end|>", BOS, EOS, "<|user_start|>")
-TEXT_STOPS = (EOS, BOS)
 DONE = "data: [DONE]\n\n"
 # Characters some line readers take for line breaks although JSON leaves them raw.
 _LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 # ---------------------------------------------------------------------------- requests -> jobs
-def stop_ids(tokenizer, names: Iterable[str]) -> list[int]:
-    """The ids of the special tokens ``names`` that ``tokenizer`` has (the others are skipped)."""
-    return [i for n in names if (i := tokenizer.token_id(n)) is not None]
-
-
 def check_model(name: str, served: str) -> None:
     """Raise a 404 :class:`ApiError` unless ``name`` is the model this server holds."""
     if name != served:
@@ -92,7 +83,7 @@ def job_options(req, prompt_ids: list[int], stop_ids: list[int], context: int) -
     Args:
         req: a validated :class:`~.schemas.ChatCompletionRequest` or :class:`~.schemas.CompletionRequest`.
         prompt_ids: the prompt's tokens.
-        stop_ids: the tokens that end a sample (:data:`CHAT_STOPS` or :data:`TEXT_STOPS`, as ids).
+        stop_ids: the tokens that end a sample (:data:`CHAT_TERMINATORS` or :data:`TEXT_TERMINATORS`, as ids).
         context: the model's context length.
 
     Raises:

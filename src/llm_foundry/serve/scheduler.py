@@ -23,104 +23,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ..tokenizers.special import BOS, EOS, PAD
+from ..inference.text_stream import ReplyDecoder
 
 log = logging.getLogger("llm_foundry.serve")
 
-# Tokens that end a reply in the chat layout (the engine also stops at these).
-TERMINATORS = ("<|assistant_end|>", BOS, EOS, "<|user_start|>")
-
-
-class ReplyDecoder:
-    """Turn one sample's tokens into events: text pieces, tool calls and tool results.
-
-    Text is released only once it can no longer change: an incomplete UTF-8 character
-    and any tail that could be the start of a stop string are held back, and the text
-    ends before the first stop string (which is not sent), as OpenAI does.
-    """
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tok = tokenizer
-        self.stop = [s for s in stop if s]
-        ids = lambda name: tokenizer.token_id(name)  # noqa: E731
-        self.ends = {i for t in TERMINATORS if (i := ids(t)) is not None}
-        self.pad = ids(PAD)
-        self.py_start, self.py_end = ids("<|python_start|>"), ids("<|python_end|>")
-        self.out_start, self.out_end = ids("<|output_start|>"), ids("<|output_end|>")
-        self.mode = "text"  # or "python" / "output": inside a tool block
-        self.ids: list[int] = []  # tokens of the current text segment or tool block
-        self.sent = 0  # characters of the current text segment already released
-        self.finish_reason: str | None = None
-        self.tokens = 0  # completion tokens (the terminating token not counted)
-        self.text = ""  # all text released so far (the `content` of a non-streamed reply)
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def feed(self, token: int, mask: int = 1) -> list[tuple[str, str]]:
-        """Events (kind, text) released by one more token; kinds: text, tool_call, tool_result."""
-        if self.done:
-            return []
-        if token in self.ends or (token == self.pad and mask == 0):
-            # A terminator, or the engine's padding after it ended this sample.
-            return self._finish("stop")
-        self.tokens += 1
-        if token == self.py_start:
-            events = self._flush(final=True)
-            if not self.done:
-                self.mode, self.ids = "python", []
-            return events
-        if token == self.out_start:
-            events = self._flush(final=True) if self.mode == "text" else []
-            self.mode, self.ids = "output", []
-            return events
-        if token == self.py_end and self.mode == "python":
-            expr = self.tok.decode(self.ids)
-            self.mode, self.ids, self.sent = "text", [], 0
-            return [("tool_call", expr)]
-        if token == self.out_end and self.mode == "output":
-            result = self.tok.decode(self.ids)
-            self.mode, self.ids, self.sent = "text", [], 0
-            return [("tool_result", result)]
-        self.ids.append(token)
-        return self._flush(final=False) if self.mode == "text" else []
-
-    def finish(self, reason: str) -> list[tuple[str, str]]:
-        """End the sample (if it has not ended already), releasing held-back text."""
-        return [] if self.done else self._finish(reason)
-
-    def _finish(self, reason: str) -> list[tuple[str, str]]:
-        events = self._flush(final=True) if self.mode == "text" else []
-        if self.finish_reason is None:
-            self.finish_reason = reason
-        return events
-
-    def _flush(self, final: bool) -> list[tuple[str, str]]:
-        text = self.tok.decode(self.ids)
-        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
-        if cut >= 0:
-            piece = text[self.sent:cut] if cut > self.sent else ""
-            self.sent = max(self.sent, cut)
-            self.finish_reason = "stop"
-            return self._emit(piece)
-        safe = len(text)
-        if not final:
-            safe = len(text.rstrip("\ufffd"))
-            for s in self.stop:
-                for k in range(min(len(s) - 1, safe), 0, -1):
-                    if text[:safe].endswith(s[:k]):
-                        safe -= k
-                        break
-        piece = text[self.sent:safe] if safe > self.sent else ""
-        self.sent = max(self.sent, safe)
-        return self._emit(piece)
-
-    def _emit(self, piece: str) -> list[tuple[str, str]]:
-        if not piece:
-            return []
-        self.text += piece
-        return [("text", piece)]
+# Each sample's tokens become events (text, tool calls, tool results) through the one reply
+# decoder of the inference package; it also ends a sample at a terminator or a stop string.
+__all__ = ["Job", "Scheduler", "ReplyDecoder"]
 
 
 @dataclass

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from ..inference.sampling import check_sampling
 from ..utils.errors import FoundryError
 
 # A client asking for many samples at once multiplies the work of one slot; keep it bounded.
@@ -38,15 +39,27 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1)  # not in OpenAI's API; vLLM and llama.cpp accept it too
-    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None  # not in OpenAI's API; vLLM and llama.cpp accept it too
+    max_tokens: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+
+    @field_validator("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "seed",
+                     check_fields=False)
+    @classmethod
+    def _sampling(cls, v, info: ValidationInfo):
+        # The bounds of every entry point, from the one check (inference/sampling.py).
+        name = "max_new_tokens" if info.field_name.startswith("max_") else info.field_name
+        try:
+            check_sampling(**{name: v}, names={name: info.field_name})
+        except FoundryError as e:
+            raise ValueError(str(e)) from None
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -66,7 +79,7 @@ class _Sampling(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    max_completion_tokens: int | None = None  # the newer name of max_tokens
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -74,7 +87,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
+    max_tokens: int | None = 16  # OpenAI's default for /v1/completions
     echo: bool = False
 
     def token_limit(self) -> int | None:
@@ -97,7 +110,9 @@ def parse_body(raw: bytes, model_cls: type[BaseModel]) -> Any:
         if err["type"] == "missing":
             msg = f"missing required parameter: '{param}'"
         else:
-            msg = f"invalid value for '{param}': {err['msg']}"
+            # A validator's own message as it is (pydantic would prefix "Value error, ").
+            reason = err["ctx"]["error"] if err["type"] == "value_error" else err["msg"]
+            msg = f"invalid value for '{param}': {reason}"
         code = "missing_parameter" if err["type"] == "missing" else "invalid_value"
         raise ApiError(400, msg, param=param, code=code) from None
 

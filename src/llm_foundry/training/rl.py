@@ -39,6 +39,7 @@ from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from ..models.model_dir import load_model_dir
+from ..tokenizers.special import ASSISTANT_END, PAD
 from .optim import optimizer_step, set_lr
 from .schedule import lr_factor
 from .stages import stage_source
@@ -264,7 +265,7 @@ class RLTrainer(Trainer):
         rl = self.rl
         rng = np.random.default_rng([rl.seed, step])
         engine = self._engine()
-        end_id = self.tokenizer.token_id("<|assistant_end|>")
+        end_id = self.tokenizer.token_id(ASSISTANT_END)
         rows, rewards = [], []
         self.model.eval()
         for p in range(rl.prompts_per_step):
@@ -291,7 +292,7 @@ class RLTrainer(Trainer):
         if not rows:
             return None  # every group all-right or all-wrong: nothing to learn from this step
         t = min(max(len(ids) for ids, _, _ in rows), self.model_cfg.max_seq_len + 1)
-        pad = self.tokenizer.token_id("<|pad|>") or 0
+        pad = self.tokenizer.token_id(PAD) or 0
         ids = torch.full((len(rows), t), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), t), dtype=torch.float32)
         adv = torch.tensor([a for _, _, a in rows], dtype=torch.float32)
