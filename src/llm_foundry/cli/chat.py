@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 
-from . import add_compile_option
+from . import add_alias, add_compile_option
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a model folder (a run folder works)")
     p.add_argument("--no-tools", action="store_true", help="do not evaluate python blocks with the calculator")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="reply length limit in tokens")
+    p.add_argument("--max-new-tokens", dest="max_tokens", type=int, metavar="N", help="reply length limit in tokens")
+    add_alias(p, "--max-tokens", dest="max_tokens", type=int)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
     add_compile_option(p)
@@ -57,7 +58,7 @@ def _check(args) -> None:
     if args.max_tokens is None:
         args.max_tokens = args.max_tokens_default
     if args.max_tokens < 1:
-        raise FoundryError("--max-tokens must be >= 1")
+        raise FoundryError("--max-new-tokens must be >= 1")
     if args.temperature < 0:
         raise FoundryError("--temperature must be >= 0")
     if getattr(args, "top_p", None) is not None and not 0 < args.top_p <= 1:

@@ -6,9 +6,11 @@ Read and overridden by the shared loader (``config/loader.py``), like every othe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..utils.errors import FoundryError
+from .loader import parse_override
+from .schema import ModelConfig, TrainConfig
 
 
 @dataclass
@@ -55,3 +57,28 @@ class OnlineSettings:
     @property
     def steps_per_file_line(self) -> float:
         return float(self.steps if self.file_steps is None else self.file_steps)
+
+
+@dataclass
+class OnlineConfig:
+    """Everything ``foundry online`` takes as ``key=value``: its settings (bare or ``online.``), model and training."""
+
+    online: OnlineSettings = field(default_factory=OnlineSettings)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def split_settings(overrides: list[str]) -> tuple[dict, list[str]]:
+    """The online settings among ``overrides`` (typed values) and the model/training overrides left.
+
+    Raises:
+        FoundryError: an unknown key (with a hint) or a bad value.
+    """
+    settings, rest = {}, []
+    for item in overrides:
+        path, value = parse_override(OnlineConfig, item)
+        if path[0] == "online":
+            settings[path[1]] = value
+        else:
+            rest.append(item)
+    return settings, rest
