@@ -21,21 +21,22 @@ def add_compile_option(p: argparse.ArgumentParser) -> None:
                         "then decodes about 2x faster on a CPU")
 
 
-def add_alias(p: argparse.ArgumentParser, *flags: str, dest: str, **kwargs) -> None:
-    """Old spellings of an option: accepted, not listed in ``--help``, and not overriding its default."""
-    p.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+def add_alias(p: argparse.ArgumentParser, action: argparse.Action, *flags: str) -> None:
+    """Old spellings of ``action``'s option: parsed as that option (``required`` included), not shown in ``--help``."""
+    for flag in flags:
+        if flag in p._option_string_actions:
+            raise ValueError(f"{flag} is already an option")
+        p._option_string_actions[flag] = action  # argparse has no public "hidden alias"; this is its lookup table
 
 
 def add_preset_option(p: argparse.ArgumentParser, default: str | None, help: str, dest: str = "config") -> None:
     """``--preset NAME|FILE.yaml`` (old spelling ``--config``, hidden)."""
-    p.add_argument("--preset", dest=dest, default=default, metavar="PRESET|FILE.yaml", help=help)
-    add_alias(p, "--config", dest=dest)
+    add_alias(p, p.add_argument("--preset", dest=dest, default=default, metavar="PRESET|FILE.yaml", help=help), "--config")
 
 
-def add_text_option(p: argparse.ArgumentParser, nargs: str | None, help: str, **kwargs) -> None:
+def add_text_option(p: argparse.ArgumentParser, help: str, **kwargs) -> None:
     """``--text PATH``: raw text (old spelling ``--data``, hidden), stored as ``args.text``."""
-    p.add_argument("--text", nargs=nargs, metavar="PATH", help=help, **kwargs)
-    add_alias(p, "--data", dest="text", nargs=nargs)
+    add_alias(p, p.add_argument("--text", metavar="PATH", help=help, **kwargs), "--data")
 
 
 def add_run_options(p: argparse.ArgumentParser, from_config: bool = False, seed_help: str | None = None) -> None:

@@ -12,8 +12,8 @@ from . import add_alias, add_compile_option
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a model folder (a run folder works)")
     p.add_argument("--no-tools", action="store_true", help="do not evaluate python blocks with the calculator")
-    p.add_argument("--max-new-tokens", dest="max_tokens", type=int, metavar="N", help="reply length limit in tokens")
-    add_alias(p, "--max-tokens", dest="max_tokens", type=int)
+    add_alias(p, p.add_argument("--max-new-tokens", dest="max_tokens", type=int, metavar="N",
+                                help="reply length limit in tokens"), "--max-tokens")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
     add_compile_option(p)

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="prepare, train, sample and evaluate on a built-in corpus",
                        description="Run the main job end to end on Python's bundled documentation (or --text).")
     p.add_argument("--out", default="runs/demo", help="folder for data and run (default: runs/demo; replaced on re-run)")
-    add_text_option(p, "*", "your own text files or folders instead of the built-in corpus")
+    add_text_option(p, "your own text files or folders instead of the built-in corpus", nargs="*")
     p.add_argument("--time-budget", type=float, default=150.0, metavar="SECONDS", help="training time (default: 150)")
     add_preset_option(p, "tiny", "model and training preset (default: tiny)")
     add_run_options(p, from_config=True, seed_help="seed of the training run (train.seed)")

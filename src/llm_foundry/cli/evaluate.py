@@ -11,7 +11,7 @@ from . import add_run_options, add_text_option
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model on a text file", description="Print loss (nats/token), perplexity and bits per byte.")
     p.add_argument("model", metavar="MODEL", help="a model folder (a run folder works)")
-    add_text_option(p, None, "a UTF-8 text file (required)")
+    add_text_option(p, "a UTF-8 text file", required=True)
     p.add_argument("--batch-size", type=int, default=8, help="windows per batch (default: 8)")
     add_run_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -23,11 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from ..eval import evaluate_text
     from ..models.model_dir import load_model_dir
     from ..utils.device import resolve_device, resolve_dtype
-    from ..utils.errors import FoundryError
     from ..utils.progress import console
 
-    if not args.text:
-        raise FoundryError("eval needs --text FILE, the text to score")
     text = read_text_file(args.text)
     device = resolve_device(args.device)
     bundle = load_model_dir(args.model, device)

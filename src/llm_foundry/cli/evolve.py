@@ -25,10 +25,10 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", choices=MODES, default="train", help="what to do (default: train)")
     p.add_argument("--state", default="h2q_state", metavar="DIR", help="state folder (default: h2q_state)")
     g = p.add_argument_group("training (--mode train)")
-    g.add_argument("--text", dest="data_dir", default="data/training_data", metavar="PATH",
-                   help="folder searched recursively for .txt files, or one text file (default: data/training_data; "
-                        "sample data is created there when it holds none)")
-    add_alias(g, "--data_dir", "--data-dir", dest="data_dir")  # the source design's spelling
+    text = g.add_argument("--text", dest="data_dir", default="data/training_data", metavar="PATH",
+                          help="folder searched recursively for .txt files, or one text file "
+                               "(default: data/training_data; sample data is created there when it holds none)")
+    add_alias(g, text, "--data_dir", "--data-dir")  # the source design's spelling
     g.add_argument("--epochs", type=int, default=10, metavar="N", help="training epochs (default: 10)")
     add_preset_option(g, "h2q", "model and training preset of a new state (default: h2q: d256, 8 heads, 6 layers, ctx 512)")
     g.add_argument("--tokenizer", choices=["byte", "char", "bpe"], default="byte",
@@ -61,9 +61,8 @@ def add_parser(sub) -> None:
                    help="train every candidate to its full budget (default: stop one that is no better at half)")
     i = p.add_argument_group("inference (--mode demo, --mode interactive) and statistics (--mode stats)")
     i.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature (default: 0.8)")
-    i.add_argument("--max-new-tokens", dest="max_tokens", type=int, default=100, metavar="N",
-                   help="tokens per answer (default: 100)")
-    add_alias(i, "--max-tokens", dest="max_tokens", type=int)
+    add_alias(i, i.add_argument("--max-new-tokens", dest="max_tokens", type=int, default=100, metavar="N",
+                                help="tokens per answer (default: 100)"), "--max-tokens")
     i.add_argument("--plot", metavar="FILE.png", help="where --mode stats writes its plot (default: STATE/evolution_stats.png)")
     add_run_options(p, seed_help="seed of a new state (default: the preset's train.seed)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", default="cpu", metavar="NAME|FILE.yaml",
                    help="speedrun preset: cpu (<= 30 min on 2 cores), demo (<= 10 min), or a YAML file (default: cpu)")
     p.add_argument("--out", default=None, metavar="RUN", help="the run folder (default: runs/speedrun-PRESET)")
-    add_text_option(p, "+", "your own text files or folders instead of the built-in corpus")
+    add_text_option(p, "your own text files or folders instead of the built-in corpus", nargs="+")
     add_run_options(p, from_config=True, seed_help="seed of every training stage (pretrain.seed, midtrain.train.seed, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="preset overrides")
