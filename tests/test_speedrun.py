@@ -105,3 +105,10 @@ def test_presets_load():
     for name in list_speedrun_presets():
         parsed = check_speedrun_config(load_speedrun_config(name))
         assert parsed.sft.loss_on == "assistant"
+
+
+def test_stage_lines_round_figures_for_people():
+    from llm_foundry.pipelines.speedrun import _short
+
+    line = _short({"step": 40, "val_loss": 0.960224962234497, "tok_per_s": 13021.51234, "curve": [1.0, 2.0]})
+    assert line == "step 40, val_loss 0.9602, tok_per_s 13021.5"
