@@ -72,7 +72,7 @@ def _unknown_options(parser: argparse.ArgumentParser, args: argparse.Namespace, 
 
     An option named like a config field gets the one line that says how to set it.
     """
-    from ..config.loader import resolve_key
+    from ..config.loader import matching_paths, resolve_key
     from ..utils.errors import FoundryError
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -85,12 +85,11 @@ def _unknown_options(parser: argparse.ArgumentParser, args: argparse.Namespace, 
             i = argv.index(flag) if flag in argv else -1
             value = argv[i + 1] if 0 <= i < len(argv) - 1 and not argv[i + 1].startswith("-") else "VALUE"
         try:
-            path, _ = resolve_key(root, name)
-        except FoundryError:
-            path = None
-        if path:
-            print(f"error: unknown option --{name}; config fields are key=value, e.g. {name.replace('-', '_')}={value}",
-                  file=sys.stderr)
+            key = name.replace("-", "_") if resolve_key(root, name) else None
+        except FoundryError:  # not a field, or a bare name several sections have: show the first path
+            key = next((".".join(p) for p in matching_paths(root, name)), None)
+        if key:
+            print(f"error: unknown option --{name}; config fields are key=value, e.g. {key}={value}", file=sys.stderr)
             return 2
     if flag and flag.split("=")[0] == "--data" and "--text" in command._option_string_actions:
         command.error("unknown option --data: --data is a prepared data folder; raw text is --text PATH")

@@ -144,6 +144,14 @@ def _paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     return out
 
 
+def matching_paths(root: Any, name: str) -> list[tuple[str, ...]]:
+    """The paths of the fields called ``name`` at the shallowest depth that has one (bare-key lookup)."""
+    root = root() if isinstance(root, type) else root
+    paths = [p for p in _paths(root) if p[-1] == name.strip().replace("-", "_")]
+    depth = min((len(p) for p in paths), default=0)
+    return [p for p in paths if len(p) == depth]
+
+
 def resolve_key(root: Any, key: str, section: str = "") -> tuple[tuple[str, ...], str]:
     """The path of an override key in the settings ``root`` (class or instance), and its field's annotation.
 
@@ -165,12 +173,10 @@ def resolve_key(root: Any, key: str, section: str = "") -> tuple[tuple[str, ...]
         if path[-1] not in types or path[-1] in sections(node):
             raise FoundryError(f"unknown config key '{_join(section, key)}'{_hint(path[-1], types, _join(section, '.'.join(path[:-1])))}")
         return path, str(types[path[-1]])
-    paths = [p for p in _paths(root) if p[-1] == key]
+    paths = matching_paths(root, key)
     if not paths:
         names = {p[-1] for p in _paths(root)}
         raise FoundryError(f"unknown config key '{_join(section, key)}'{_hint(key, names)}")
-    depth = min(len(p) for p in paths)
-    paths = [p for p in paths if len(p) == depth]
     if len(paths) > 1:
         raise FoundryError(f"config key '{key}' is ambiguous; write {' or '.join('.'.join(p) for p in paths)}")
     node = root

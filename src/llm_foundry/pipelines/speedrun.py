@@ -110,7 +110,7 @@ class Speedrun:
             self.state = read_json(state_path, "speedrun state")
             if self.state.get("config") != self.config or self.state.get("data") != self.data_inputs:
                 raise FoundryError(f"{self.out} holds a speedrun with other settings; re-run it with the same preset, "
-                                   "overrides and --data, or choose another --out")
+                                   "overrides and --text, or choose another --out")
         else:
             if self.out.exists() and any(self.out.iterdir()):
                 raise FoundryError(f"{self.out} exists and is not a speedrun folder; choose another --out")
