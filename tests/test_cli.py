@@ -168,6 +168,7 @@ def test_help_groups_commands_by_workflow():
     (["sft", "m", "--out", "o", "--examples-per-task"], "error: unknown option --examples-per-task; config fields are key=value, e.g. examples_per_task=VALUE"),
     (["rl", "m", "--out", "o", "--temperature", "0.7"], "error: unknown option --temperature; config fields are key=value, e.g. temperature=0.7"),
     (["speedrun", "--dim", "64"], "error: unknown option --dim; config fields are key=value, e.g. dim=64"),
+    (["speedrun", "--lr", "1e-3"], "error: unknown option --lr; config fields are key=value, e.g. pretrain.lr=1e-3"),
     (["online", "--typed-ratio", "0.3"], "error: unknown option --typed-ratio; config fields are key=value, e.g. typed_ratio=0.3"),
 ])
 def test_an_option_that_is_a_config_field_says_how_to_set_it(capsys, argv, line):
