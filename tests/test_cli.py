@@ -43,14 +43,14 @@ def test_prepare_train_generate_eval(tmp_path):
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((data / "meta.json").read_text())
     assert meta["tokenizer"] == "byte" and meta["splits"]["val"]["tokens"] > 0
-    proc = run_cli("train", "--config", "tiny", "--data", data, "--out", run, "--max-steps", "20", "--quiet",
+    proc = run_cli("train", "--preset", "tiny", "--data", data, "--out", run, "--max-steps", "20", "--quiet",
                    *TINY_MODEL, "batch_size=8", "eval_interval=10")
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("generate", run, "--prompt", "床前明月光", "--max-new-tokens", "30", "--seed", "1")
     assert proc.returncode == 0 and proc.stdout.startswith("床前明月光"), proc.stderr
     val = tmp_path / "val.txt"
     val.write_text(text.read_text(encoding="utf-8")[-3000:], encoding="utf-8")
-    proc = run_cli("eval", run, "--data", val, "--json")
+    proc = run_cli("eval", run, "--text", val, "--json")
     assert proc.returncode == 0, proc.stderr
     m = json.loads(proc.stdout)
     assert m["bytes"] == len(val.read_bytes()) and 0 < m["bits_per_byte"] < 9 and m["perplexity"] > 1
@@ -77,7 +77,7 @@ def test_prepare_empty_folder(tmp_path):
 
 def test_train_bad_config_and_data(tmp_path, shakespeare_data):
     one_line_error(run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", "model.wings=2"), "unknown config key")
-    one_line_error(run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", "--config", "nope"), "unknown preset")
+    one_line_error(run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", "--preset", "nope"), "unknown preset")
     one_line_error(run_cli("train", "--data", tmp_path / "missing", "--out", tmp_path / "r"), "data folder not found")
     one_line_error(run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", "--resume"), "nothing to resume")
 
@@ -90,7 +90,7 @@ def test_checkpoint_from_another_architecture(tmp_path, trained_run):
     cfg = json.loads((other / "config.json").read_text())
     cfg["n_layers"] = 3
     (other / "config.json").write_text(json.dumps(cfg))
-    one_line_error(run_cli("eval", other, "--data", shared_file("en/tinyshakespeare.txt")), "do not match")
+    one_line_error(run_cli("eval", other, "--text", shared_file("en/tinyshakespeare.txt")), "do not match")
 
 
 def test_generate_with_unseen_characters_warns_and_works(trained_run):
@@ -123,3 +123,128 @@ def test_overrides_anywhere_and_init_from_guards(tmp_path, shakespeare_data, tra
                            "dim=32"), "model overrides are not allowed")
     proc = run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "g", "--bogus")
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr and "Traceback" not in proc.stderr
+    assert "usage: foundry train" in proc.stderr  # the command's own usage, not the top-level one
+
+
+# ------------------------------------------------------------------ one vocabulary
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI in this process (no seconds of imports per call); same result shape as run_cli."""
+    from llm_foundry.cli.main import main
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors and --help
+        rc = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+
+def parse(*args):
+    """The parsed command line, with key=value overrides gathered as `foundry` gathers them."""
+    from llm_foundry.cli.main import build_parser
+
+    ns, extra = build_parser().parse_known_args([str(a) for a in args])
+    assert all("=" in e for e in extra), extra
+    if extra:
+        ns.overrides = [*ns.overrides, *extra]
+    return ns
+
+
+def test_help_groups_commands_by_workflow():
+    from llm_foundry.cli.main import WORKFLOWS, build_parser
+
+    text = build_parser().format_help()
+    headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings[-6:] == ["build", "chat", "serve", "online", "evolve", "tools"]
+    listed = [name for _, names in WORKFLOWS for name in names]
+    assert sorted(listed) == sorted(COMMANDS)  # every command once
+    assert text.index("\n  train ") < text.index("\nchat:") < text.index("\n  chat ") < text.index("\ntools:")
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--data", "d", "--out", "r", "--lr", "3e-4"], "error: unknown option --lr; config fields are key=value, e.g. lr=3e-4"),
+    (["train", "--data", "d", "--out", "r", "--n-layers=6"], "error: unknown option --n-layers; config fields are key=value, e.g. n_layers=6"),
+    (["sft", "m", "--out", "o", "--examples-per-task"], "error: unknown option --examples-per-task; config fields are key=value, e.g. examples_per_task=VALUE"),
+    (["rl", "m", "--out", "o", "--temperature", "0.7"], "error: unknown option --temperature; config fields are key=value, e.g. temperature=0.7"),
+    (["speedrun", "--dim", "64"], "error: unknown option --dim; config fields are key=value, e.g. dim=64"),
+    (["speedrun", "--lr", "1e-3"], "error: unknown option --lr; config fields are key=value, e.g. pretrain.lr=1e-3"),
+    (["online", "--typed-ratio", "0.3"], "error: unknown option --typed-ratio; config fields are key=value, e.g. typed_ratio=0.3"),
+])
+def test_an_option_that_is_a_config_field_says_how_to_set_it(capsys, argv, line):
+    proc = run_main(capsys, *argv)
+    assert proc.returncode == 2 and proc.stderr == line + "\n"
+
+
+def test_other_unknown_options_get_the_commands_usage(capsys):
+    proc = run_main(capsys, "evolve", "--data", "corpus/")
+    assert proc.returncode == 2 and "usage: foundry evolve" in proc.stderr and "raw text is --text" in proc.stderr
+    proc = run_main(capsys, "generate", "m", "--lr", "1")
+    assert proc.returncode == 2 and "usage: foundry generate" in proc.stderr and "unrecognized arguments: --lr" in proc.stderr
+
+
+def test_one_flag_name_per_meaning_with_old_spellings_hidden():
+    from llm_foundry.cli.main import build_parser
+
+    assert parse("train", "--preset", "small", "--data", "d", "--out", "r").config == "small"
+    assert parse("train", "--config", "small", "--data", "d", "--out", "r").config == "small"
+    assert parse("demo", "--text", "a.txt", "b/").text == parse("demo", "--data", "a.txt", "b/").text == ["a.txt", "b/"]
+    assert parse("speedrun", "--data", "mine/").text == ["mine/"]
+    assert parse("eval", "m", "--data", "f.txt").text == parse("eval", "m", "--text", "f.txt").text == "f.txt"
+    assert parse("chat", "m", "--max-tokens", "5").max_tokens == parse("chat", "m", "--max-new-tokens", "5").max_tokens == 5
+    assert parse("evolve", "--data_dir", "x").data_dir == parse("evolve", "--data-dir", "x").data_dir == \
+        parse("evolve", "--text", "x").data_dir == "x"
+    assert parse("evolve", "--mode", "demo", "--max-tokens", "7").max_tokens == 7
+    subs = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    for name in ("train", "demo", "speedrun", "eval", "chat", "eval-chat", "evolve"):
+        text = subs[name].format_help()
+        assert not any(old in text for old in ("--config", "--max-tokens", "--data_dir", "--data-dir")), name
+    assert "--data DATA_DIR" in subs["train"].format_help() and "--data" not in subs["eval"].format_help()
+
+
+def test_device_precision_seed_reach_the_config():
+    from llm_foundry.cli.stages import stage_settings
+    from llm_foundry.cli.train import resolve_configs
+    from llm_foundry.config.stages import stage_config_from_dict
+
+    _, t = resolve_configs(parse("train", "--data", "d", "--out", "r", "--device", "cpu", "--precision", "fp32", "--seed", "7"))
+    assert (t.device, t.precision, t.seed) == ("cpu", "fp32", 7)
+    _, t = resolve_configs(parse("train", "--data", "d", "--out", "r"))
+    assert (t.device, t.precision, t.seed) == ("auto", "auto", 1337)  # the preset's, when not given
+    args = parse("sft", "m", "--out", "o", "--device", "cpu", "--seed", "3", "lr=1e-4", "examples_per_task=10")
+    cfg = stage_config_from_dict("sft", stage_settings(args))
+    assert (cfg.train.device, cfg.train.seed, cfg.train.lr, cfg.examples_per_task) == ("cpu", 3, 1e-4, 10)
+    for name in ("generate", "chat", "eval-chat", "eval", "serve", "online", "evolve", "rl", "speedrun", "demo"):
+        argv = [name] + (["m"] if name in ("generate", "chat", "eval-chat", "eval", "serve", "rl") else []) \
+            + (["--text", "f"] if name == "eval" else []) + (["--out", "o"] if name == "rl" else [])
+        assert parse(*argv, "--device", "cpu", "--precision", "bf16").device == "cpu", name
+
+
+def test_config_show_and_copy(tmp_path, capsys):
+    import yaml
+
+    from llm_foundry.config import load_config
+    from llm_foundry.config.speedrun import check_speedrun_config, load_speedrun_config
+
+    proc = run_main(capsys, "config", "show", "tiny", "dim=96", "lr=3e-4")
+    shown = yaml.safe_load(proc.stdout)
+    assert proc.returncode == 0 and shown["model"]["dim"] == 96 and shown["train"]["lr"] == 3e-4
+    assert set(shown["train"]) >= {"seed", "device", "precision", "ema_decay"}  # every field, defaults included
+    shown = yaml.safe_load(run_main(capsys, "config", "show", "cpu").stdout)
+    assert list(shown) == ["tokenizer", "model", "pretrain", "midtrain", "sft", "rl", "eval"]
+    assert shown["sft"]["loss_on"] == "assistant" and "lr" in shown["sft"]["train"]
+    # copy writes a file that loads back as the same config; it never replaces one unasked
+    mine = tmp_path / "mine.yaml"
+    assert run_main(capsys, "config", "copy", "tinygpt", mine, "lr=5e-4").returncode == 0
+    assert load_config(str(mine)) == load_config("tinygpt", ["lr=5e-4"])
+    one_line_error(run_main(capsys, "config", "copy", "tiny", mine), "exists", "--force")
+    assert load_config(str(mine)) == load_config("tinygpt", ["lr=5e-4"])
+    assert run_main(capsys, "config", "copy", "tiny", mine, "--force").returncode == 0
+    assert load_config(str(mine)) == load_config("tiny")
+    run_yaml = tmp_path / "run.yaml"
+    assert run_main(capsys, "config", "copy", "speedrun/demo", run_yaml, "rl.steps=3").returncode == 0
+    assert check_speedrun_config(load_speedrun_config(str(run_yaml))) == \
+        check_speedrun_config(load_speedrun_config("demo", ["rl.steps=3"]))
+    assert parse("speedrun", "--preset", run_yaml).preset == str(run_yaml)
+    one_line_error(run_main(capsys, "config", "show", "nosuch"), "unknown preset 'nosuch'", "tinygpt", "cpu")
+    one_line_error(run_main(capsys, "config", "show", "tiny", "lrr=1"), "did you mean 'lr'")

@@ -67,3 +67,91 @@ def test_unknown_preset_and_yaml_file(tmp_path):
 def test_defaults_validate():
     assert ModelConfig().validate().hidden_dim % 32 == 0
     TrainConfig().validate()
+
+
+# ------------------------------------------------------------------ one dialect for every part
+def test_every_part_reads_key_value_the_same_way():
+    from llm_foundry.config.loader import apply_to
+    from llm_foundry.config.online import split_settings
+    from llm_foundry.config.speedrun import check_speedrun_config, load_speedrun_config
+    from llm_foundry.config.stages import RLConfig, StageConfig, rl_config_from_dict, stage_config_from_dict
+
+    # a bare key goes to the one field of that name, at the shallowest level
+    sft = apply_to(StageConfig(), ["lr=3e-4", "examples_per_task=1e3", "train.seed=5", "lang=en"], "sft")
+    assert (sft.train.lr, sft.examples_per_task, sft.train.seed, sft.lang) == (3e-4, 1000, 5, "en")
+    rl = apply_to(RLConfig(), ["tasks=arithmetic,spelling", "top_k=none", "std_normalize=yes"], "rl").validate()
+    assert (rl.tasks, rl.top_k, rl.std_normalize) == (["arithmetic", "spelling"], None, True)
+    # plain data (a preset section, a saved json) converts exactly like a command line
+    assert stage_config_from_dict("midtrain", {"train": {"lr": "1e-3"}, "text_len": "64"}).train.lr == 1e-3
+    assert rl_config_from_dict({"steps": "40"}).steps == 40
+    run = check_speedrun_config(load_speedrun_config("demo", ["pretrain.time_budget=60", "midtrain.train.max_steps=200",
+                                                              "rl.steps=3", "dim=128", "eval.tasks=arithmetic"]))
+    assert (run.pretrain.time_budget, run.midtrain.train.max_steps, run.rl.steps, run.model.dim) == (60.0, 200, 3, 128)
+    assert run.eval.tasks == ["arithmetic"] and run.midtrain.stage == "midtrain"
+    settings, rest = split_settings(["steps=5", "online.temperature=0.5", "lr=5e-4", "model.dim=64"])
+    assert settings == {"steps": 5, "temperature": 0.5} and rest == ["lr=5e-4", "model.dim=64"]
+
+
+@pytest.mark.parametrize("apply, message", [
+    (lambda: load_config("tiny", ["dimm=128"]), "unknown config key 'dimm' (did you mean 'dim'?)"),
+    (lambda: load_config("tiny", ["train.lrr=1"]), "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+    (lambda: load_config("tiny", ["modle.dim=1"]), "unknown config key 'modle.dim' (did you mean 'model'?)"),
+    (lambda: _stage(["examples_per_tsk=5"]), "unknown config key 'sft.examples_per_tsk' (did you mean 'examples_per_task'?)"),
+    (lambda: _stage(["lr=fast"]), "sft.train.lr expects float, got 'fast'"),
+    (lambda: _rl({"stepz": 3}), "unknown config key 'rl.stepz' (did you mean 'rl.steps'?)"),
+    (lambda: _speedrun(["lr=1e-3"]), "config key 'lr' is ambiguous; write pretrain.lr or rl.lr"),
+    (lambda: _speedrun(["rl.stepz=3"]), "unknown config key 'rl.stepz' (did you mean 'rl.steps'?)"),
+    (lambda: _speedrun(["pretrian.lr=1"]), "did you mean 'pretrain'?"),
+    (lambda: _online(["temprature=0.5"]), "unknown config key 'temprature' (did you mean 'temperature'?)"),
+])
+def test_unknown_keys_and_bad_values_are_the_same_one_line_errors(apply, message):
+    with pytest.raises(FoundryError) as info:
+        apply()
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def _stage(overrides):
+    from llm_foundry.config.loader import apply_to
+    from llm_foundry.config.stages import StageConfig
+
+    return apply_to(StageConfig(), overrides, "sft")
+
+
+def _rl(raw):
+    from llm_foundry.config.stages import rl_config_from_dict
+
+    return rl_config_from_dict(raw)
+
+
+def _speedrun(overrides):
+    from llm_foundry.config.speedrun import load_speedrun_config
+
+    return load_speedrun_config("cpu", overrides)
+
+
+def _online(overrides):
+    from llm_foundry.config.online import split_settings
+
+    return split_settings(overrides)
+
+
+def test_settings_live_in_config_and_old_imports_still_work():
+    from llm_foundry.config.online import OnlineSettings
+    from llm_foundry.config.stages import RLConfig, StageConfig, parse_mixture
+    from llm_foundry.data.chat_batches import parse_mixture as old_parse_mixture
+    from llm_foundry.evolve import EvolveOptions, TrainOptions
+    from llm_foundry.online import OnlineSettings as OldOnlineSettings
+    from llm_foundry.pipelines.speedrun import check_speedrun_config, load_speedrun_config
+    from llm_foundry.training.rl import RLConfig as OldRLConfig
+    from llm_foundry.training.stages import StageConfig as OldStageConfig
+
+    assert (OldRLConfig, OldStageConfig, OldOnlineSettings, old_parse_mixture) == (RLConfig, StageConfig, OnlineSettings, parse_mixture)
+    assert EvolveOptions.__module__ == TrainOptions.__module__ == "llm_foundry.config.evolve"
+    assert check_speedrun_config(load_speedrun_config("cpu")).sft.loss_on == "assistant"
+
+
+def test_figures_for_people_are_rounded():
+    from llm_foundry.utils.progress import rounded
+
+    assert rounded({"val_loss": 0.960224962234497, "tok_per_s": 12345.678, "step": 5, "tasks": [0.12345678]}) == \
+        {"val_loss": 0.9602, "tok_per_s": 12345.7, "step": 5, "tasks": [0.1235]}

@@ -91,7 +91,7 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys):
 def test_speedrun_errors_are_one_line(tmp_path, capsys):
     one_line_error(run_main(capsys, "speedrun", "--preset", "nosuch", "--out", tmp_path / "a"), "nosuch")
     one_line_error(run_main(capsys, "speedrun", "--out", tmp_path / "b", "pretrain.no_such_key=1"), "no_such_key")
-    one_line_error(run_main(capsys, "speedrun", "--out", tmp_path / "c", "dim=64"), "SECTION.key=value")
+    one_line_error(run_main(capsys, "speedrun", "--out", tmp_path / "c", "lr=1e-3"), "ambiguous")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "mine.txt").write_text("my files")
     one_line_error(run_main(capsys, "speedrun", "--out", tmp_path / "d"), "not a speedrun folder")
@@ -105,3 +105,10 @@ def test_presets_load():
     for name in list_speedrun_presets():
         parsed = check_speedrun_config(load_speedrun_config(name))
         assert parsed.sft.loss_on == "assistant"
+
+
+def test_stage_lines_round_figures_for_people():
+    from llm_foundry.pipelines.speedrun import _short
+
+    line = _short({"step": 40, "val_loss": 0.960224962234497, "tok_per_s": 13021.51234, "curve": [1.0, 2.0]})
+    assert line == "step 40, val_loss 0.9602, tok_per_s 13021.5"

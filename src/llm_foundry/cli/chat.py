@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 
-from . import add_compile_option
+from . import add_alias, add_compile_option
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a model folder (a run folder works)")
     p.add_argument("--no-tools", action="store_true", help="do not evaluate python blocks with the calculator")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="reply length limit in tokens")
+    add_alias(p, p.add_argument("--max-new-tokens", dest="max_tokens", type=int, metavar="N",
+                                help="reply length limit in tokens"), "--max-tokens")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
     add_compile_option(p)
@@ -52,13 +53,12 @@ def add_parser(sub) -> None:
 
 
 def _check(args) -> None:
-    from ..inference.sampling import check_sampling
+    from ..config.sampling import check_sampling
 
     if args.max_tokens is None:
         args.max_tokens = args.max_tokens_default
     check_sampling(temperature=args.temperature, top_k=getattr(args, "top_k", None), top_p=getattr(args, "top_p", None),
-                   max_new_tokens=args.max_tokens, seed=args.seed, as_flags=True,
-                   names={"max_new_tokens": "--max-tokens"})
+                   max_new_tokens=args.max_tokens, seed=args.seed, as_flags=True)
 
 
 # ---------------------------------------------------------------- chat
@@ -130,7 +130,7 @@ class ChatSession:
             self.messages.pop()
 
     def set_temperature(self, line: str) -> None:
-        from ..inference.sampling import MAX_TEMPERATURE, check_sampling
+        from ..config.sampling import MAX_TEMPERATURE, check_sampling
         from ..utils.errors import FoundryError
 
         value = line.partition("=")[2].strip()
@@ -181,7 +181,7 @@ class ChatSession:
                 out.write(self._style(f"[= {ev['text']}]", "36"))
                 parts.append({"type": "python_output", "text": ev["text"]})
             elif ev["type"] == "done" and ev["finish_reason"] == "length":
-                out.write(self._style(" [cut off: --max-tokens reached]", "2"))
+                out.write(self._style(" [cut off: --max-new-tokens reached]", "2"))
             out.flush()
         out.write("\n")
         out.flush()

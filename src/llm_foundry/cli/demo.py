@@ -11,18 +11,22 @@ import argparse
 import shutil
 from pathlib import Path
 
+from ..config.presets import RunConfig
+from . import add_preset_option, add_run_options, add_text_option, run_option_overrides
+
 MARKER = ".foundry-demo"
 PROMPTS = ("When a function is called,", "Exceptions are")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="prepare, train, sample and evaluate on a built-in corpus",
-                       description="Run the main job end to end on Python's bundled documentation (or --data).")
+                       description="Run the main job end to end on Python's bundled documentation (or --text).")
     p.add_argument("--out", default="runs/demo", help="folder for data and run (default: runs/demo; replaced on re-run)")
-    p.add_argument("--data", nargs="*", metavar="INPUT", help="your own text files or folders instead of the built-in corpus")
+    add_text_option(p, "your own text files or folders instead of the built-in corpus", nargs="*")
     p.add_argument("--time-budget", type=float, default=150.0, metavar="SECONDS", help="training time (default: 150)")
-    p.add_argument("--config", default="tiny", help="preset (default: tiny)")
-    p.set_defaults(func=run)
+    add_preset_option(p, "tiny", "model and training preset (default: tiny)")
+    add_run_options(p, from_config=True, seed_help="seed of the training run (train.seed)")
+    p.set_defaults(func=run, config_root=RunConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     (out / MARKER).touch()
 
     console.rule("[bold]1/4 prepare")
-    docs = read_documents(args.data) if args.data else builtin_corpus()
+    docs = read_documents(args.text) if args.text else builtin_corpus()
     meta = prepare_dataset(docs, "char", out / "data", val_fraction=0.1)
     _, val_docs = split_documents(docs, 0.1, seed=0)
     val_file = out / "val.txt"
@@ -53,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
                   + ", ".join(f"{k} {v['tokens']:,} tokens" for k, v in meta["splits"].items()))
 
     console.rule(f"[bold]2/4 train ({args.config} preset, {args.time_budget:.0f} s)")
-    model_cfg, train_cfg = load_config(args.config, [f"train.time_budget={args.time_budget}", "train.max_steps=1000000000"])
+    model_cfg, train_cfg = load_config(args.config, [f"train.time_budget={args.time_budget}", "train.max_steps=1000000000",
+                                                     *run_option_overrides(args, ["train."])])
     summary = Trainer(model_cfg, train_cfg, out / "data", out / "run").run()
     console.print(f"{summary['step']} steps, {summary['tokens_seen']:,} tokens, {summary['tok_per_s']:,.0f} tokens/s")
 
     console.rule("[bold]3/4 sample")
-    gen = Generator.from_pretrained(out / "run")
+    gen = Generator.from_pretrained(out / "run", device=train_cfg.device, precision=train_cfg.precision)
     for prompt in PROMPTS:
         console.print(f"[bold cyan]{prompt}[/]", end="")
         console.print(gen.generate(prompt, max_new_tokens=200, temperature=0.8, top_p=0.95, seed=0), markup=False, highlight=False)
@@ -69,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"held-out: loss {m['loss']:.4f} nats/char | perplexity {m['perplexity']:.2f} | {m['bits_per_byte']:.3f} bits/byte")
     console.print(f"\nYour model is in {out / 'run'}. Try:\n"
                   f"  foundry generate {out / 'run'} --prompt \"The\" --temperature 0.7\n"
-                  f"  foundry eval {out / 'run'} --data {val_file}")
+                  f"  foundry eval {out / 'run'} --text {val_file}")
     return 0

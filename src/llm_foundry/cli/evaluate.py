@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_run_options, add_text_option
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model on a text file", description="Print loss (nats/token), perplexity and bits per byte.")
     p.add_argument("model", metavar="MODEL", help="a model folder (a run folder works)")
-    p.add_argument("--data", required=True, metavar="FILE", help="a UTF-8 text file")
+    add_text_option(p, "a UTF-8 text file", required=True)
     p.add_argument("--batch-size", type=int, default=8, help="windows per batch (default: 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
+    add_run_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.device import resolve_device, resolve_dtype
     from ..utils.progress import console
 
-    text = read_text_file(args.data)
+    text = read_text_file(args.text)
     device = resolve_device(args.device)
     bundle = load_model_dir(args.model, device)
     m = evaluate_text(bundle.model, bundle.tokenizer, text, batch_size=args.batch_size,

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..config.evolve import EvolveOptions, TrainOptions
+from ..config.loader import build
+from ..config.presets import RunConfig
+from . import add_alias, add_preset_option, add_run_options
+
 MODES = ("train", "evolve", "demo", "interactive", "stats")
 
 
@@ -20,12 +25,12 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", choices=MODES, default="train", help="what to do (default: train)")
     p.add_argument("--state", default="h2q_state", metavar="DIR", help="state folder (default: h2q_state)")
     g = p.add_argument_group("training (--mode train)")
-    g.add_argument("--data_dir", "--data-dir", dest="data_dir", default="data/training_data", metavar="DIR",
-                   help="folder searched recursively for .txt files, or one text file (default: data/training_data; "
-                        "sample data is created there when it holds none)")
+    text = g.add_argument("--text", dest="data_dir", default="data/training_data", metavar="PATH",
+                          help="folder searched recursively for .txt files, or one text file "
+                               "(default: data/training_data; sample data is created there when it holds none)")
+    add_alias(g, text, "--data_dir", "--data-dir")  # the source design's spelling
     g.add_argument("--epochs", type=int, default=10, metavar="N", help="training epochs (default: 10)")
-    g.add_argument("--config", default="h2q", metavar="PRESET|FILE.yaml",
-                   help="model and training preset of a new state (default: h2q: d256, 8 heads, 6 layers, ctx 512)")
+    add_preset_option(g, "h2q", "model and training preset of a new state (default: h2q: d256, 8 heads, 6 layers, ctx 512)")
     g.add_argument("--tokenizer", choices=["byte", "char", "bpe"], default="byte",
                    help="tokenizer of a new state (default: byte, lossless UTF-8)")
     g.add_argument("--vocab-size", type=int, metavar="N", help="BPE vocabulary size (default: 4096)")
@@ -56,14 +61,13 @@ def add_parser(sub) -> None:
                    help="train every candidate to its full budget (default: stop one that is no better at half)")
     i = p.add_argument_group("inference (--mode demo, --mode interactive) and statistics (--mode stats)")
     i.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature (default: 0.8)")
-    i.add_argument("--max-tokens", type=int, default=100, metavar="N", help="tokens per answer (default: 100)")
+    add_alias(i, i.add_argument("--max-new-tokens", dest="max_tokens", type=int, default=100, metavar="N",
+                                help="tokens per answer (default: 100)"), "--max-tokens")
     i.add_argument("--plot", metavar="FILE.png", help="where --mode stats writes its plot (default: STATE/evolution_stats.png)")
-    p.add_argument("--seed", type=int, metavar="N", help="seed of a new state (default: the preset's train.seed)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
+    add_run_options(p, seed_help="seed of a new state (default: the preset's train.seed)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see above)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, config_root=RunConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,13 +86,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..evolve import TrainOptions, train
+    from ..evolve import train
 
-    opts = TrainOptions(data_dir=args.data_dir, epochs=args.epochs, config=args.config, overrides=list(args.overrides),
-                        tokenizer=args.tokenizer, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
-                        test_fraction=args.test_fraction, steps_per_epoch=args.steps_per_epoch,
-                        save_every=args.save_every, log_every=max(1, args.log_every), seed=args.seed,
-                        device=args.device, precision=args.precision, quiet=args.quiet)
+    opts = build(TrainOptions, {"data_dir": args.data_dir, "epochs": args.epochs, "config": args.config,
+                                "overrides": list(args.overrides), "tokenizer": args.tokenizer,
+                                "vocab_size": args.vocab_size, "val_fraction": args.val_fraction,
+                                "test_fraction": args.test_fraction, "steps_per_epoch": args.steps_per_epoch,
+                                "save_every": args.save_every, "log_every": max(1, args.log_every), "seed": args.seed,
+                                "device": args.device, "precision": args.precision, "quiet": args.quiet}, "evolve")
     summary = train(args.state, opts)
     if args.quiet:
         print(f"trained {summary['epochs']} epoch(s): best eval loss {summary['best_eval_loss']:.4f} -> {summary['champion']}")
@@ -96,14 +101,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evolve(args: argparse.Namespace) -> int:
-    from ..evolve import EvolveOptions, Evolution
+    from ..evolve import Evolution
 
-    opts = EvolveOptions(cycles=args.cycles, population=args.population, cycle_steps=args.cycle_steps,
-                         min_improvement=args.min_improvement, mine_windows=args.mine_windows,
-                         hard_keep=args.hard_keep, self_samples=args.self_samples,
-                         early_reject=not args.no_early_reject, diversity_weight=args.diversity_weight,
-                         device=args.device, precision=args.precision,
-                         quiet=args.quiet)
+    opts = build(EvolveOptions, {"cycles": args.cycles, "population": args.population, "cycle_steps": args.cycle_steps,
+                                 "min_improvement": args.min_improvement, "mine_windows": args.mine_windows,
+                                 "hard_keep": args.hard_keep, "self_samples": args.self_samples,
+                                 "early_reject": not args.no_early_reject, "diversity_weight": args.diversity_weight,
+                                 "device": args.device, "precision": args.precision, "quiet": args.quiet}, "evolve")
     stats = Evolution(args.state, opts).run()
     print(f"evolution statistics: total {stats['total_evolutions']}, successful {stats['successful_evolutions']}, "
           f"failed {stats['failed_evolutions']}, average improvement {stats['average_improvement']:.4f}, "

@@ -27,8 +27,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import Generator, check_sampling
-    from ..inference.sampling import MAX_SEED
+    from ..config.sampling import check_sampling
+    from ..inference import Generator
+    from ..config.sampling import MAX_SEED
     from ..utils.errors import FoundryError
 
     check_sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..config.online import OnlineConfig, split_settings
 from ..utils.paths import default_state_dir
+from . import add_run_options
 
 
 def add_parser(sub) -> None:
@@ -14,9 +16,9 @@ def add_parser(sub) -> None:
                     "on at once; /help lists the commands. The state folder keeps the model, optimizer, EMA, "
                     "vocabulary, settings and every input, and is saved on /save, /quit, end of input, "
                     "Ctrl-C and SIGTERM.",
-        epilog="Overrides: key=value for a new state's model (e.g. model.dim=128) or the training (e.g. lr=5e-4, "
-               "ema_decay=0.995). Online defaults on top of the preset: batch_size=4, schedule=constant, "
-               "warmup_steps=20, ema_decay=0.99.")
+        epilog="Overrides: key=value for the online settings (e.g. steps=5 temperature=0.5 typed_ratio=0.3; saved), "
+               "a new state's model (e.g. model.dim=128) or the training (e.g. lr=5e-4, ema_decay=0.995). Online "
+               "defaults on top of the preset: batch_size=4, schedule=constant, warmup_steps=20, ema_decay=0.99.")
     p.add_argument("--state", default=str(default_state_dir()), metavar="DIR",
                    help="state folder (default: $XDG_DATA_HOME/llm-foundry/online, "
                         "i.e. ~/.local/share/llm-foundry/online)")
@@ -27,10 +29,9 @@ def add_parser(sub) -> None:
                    help="steps per line for /load_txt and /train (default: as --steps; 0.25 = one step every 4 "
                         "lines; saved)")
     p.add_argument("--sample-lines", action="store_true", help="print a short sample after each typed line")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
+    add_run_options(p, seed_help="seed of a new state: its init and replay draws (train.seed)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, config_root=OnlineConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,13 +39,15 @@ def run(args: argparse.Namespace) -> int:
     from ..online.repl import run_repl
     from ..utils.errors import FoundryError
 
-    settings = {}
+    settings, overrides = split_settings(args.overrides)
     if args.steps is not None:
         settings["steps"] = args.steps
     if args.file_steps is not None:
         if not args.file_steps > 0:
             raise FoundryError("--file-steps must be positive")
         settings["file_steps"] = args.file_steps
-    learner = OnlineLearner.open(args.state, preset=args.preset, overrides=args.overrides, settings=settings,
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    learner = OnlineLearner.open(args.state, preset=args.preset, overrides=overrides, settings=settings,
                                  device=args.device, precision=args.precision)
     return run_repl(learner, sample_lines=args.sample_lines)

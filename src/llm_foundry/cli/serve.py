@@ -7,7 +7,7 @@ import ipaddress
 import os
 import sys
 
-from . import add_compile_option
+from . import add_compile_option, add_run_options
 
 
 def add_parser(sub) -> None:
@@ -24,8 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="requests that may wait for a slot; one more gets HTTP 429 (default: 64)")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients use (default: the folder's name)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
+    add_run_options(p)
     add_compile_option(p)
     p.add_argument("--no-tools", action="store_true", help="do not run the calculator for the model's python blocks")
     p.set_defaults(func=run)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
+from ..config.loader import override_dict
+from ..config.stages import RLConfig, StageConfig
 from ..utils.errors import FoundryError
 from ..utils.progress import console
+from . import add_run_options, check_tasks, run_option_overrides, summary_line
 
 STAGE_HELP = {
     "midtrain": ("teach a pretrained model the chat layout and tool calls (task mixture)",
@@ -32,14 +34,15 @@ def add_parser(sub) -> None:
         p.add_argument("--mix", metavar="SOURCE=W,...",
                        help="task mixture, e.g. arithmetic=4,count_letters=3,text=1,chats.jsonl=2 "
                             "(built-in tasks, 'text' for --data, or .jsonl conversation files)")
-        p.add_argument("--data", metavar="DATA_DIR", help="prepared text (foundry prepare) for the mixture's 'text' source")
+        p.add_argument("--data", metavar="DATA_DIR", help="a prepared data folder (foundry prepare) for the mixture's 'text' source")
         p.add_argument("--loss-on", choices=["all", "assistant"], help="train every token or only the assistant's")
         p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps")
         p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
+        add_run_options(p, from_config=True, seed_help="seed of the batches and the init of new rows (train.seed)")
         p.add_argument("--resume", action="store_true", help="continue the stage saved in OUT")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="stage or training overrides")
-        p.set_defaults(func=run_chat_stage, stage=name)
+        p.set_defaults(func=run_chat_stage, stage=name, config_root=StageConfig)
 
     p = sub.add_parser("rl", help="reinforcement learning (GRPO) with rewards from the task checkers",
                        description="Sample groups of completions per prompt with the engine (tool on), reward them "
@@ -56,14 +59,15 @@ def add_parser(sub) -> None:
     p.add_argument("--group-size", type=int, metavar="G", help="completions sampled per prompt")
     p.add_argument("--prompts-per-step", type=int, metavar="P", help="prompts per step")
     p.add_argument("--kl-coef", type=float, metavar="X", help="weight of the KL penalty to the starting model (0 = off)")
+    add_run_options(p, from_config=True, seed_help="seed of the prompt draws and the sampling (rl seed)")
     p.add_argument("--resume", action="store_true", help="continue the RL run saved in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="rl overrides")
-    p.set_defaults(func=run_rl_stage)
+    p.set_defaults(func=run_rl_stage, config_root=RLConfig)
 
 
 def _preset_section(preset: str, section: str) -> dict:
-    from ..pipelines.speedrun import load_speedrun_config
+    from ..config.speedrun import load_speedrun_config
 
     return dict(load_speedrun_config(preset).get(section) or {})
 
@@ -77,39 +81,18 @@ def _saved(out: str, filename: str) -> dict:
     return read_json(path, "stage settings")
 
 
-def _split_override(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise FoundryError(f"override '{item}' must look like key=value")
-    key, value = item.split("=", 1)
-    return key.strip().replace("-", "_"), value.strip()
-
-
 def stage_settings(args: argparse.Namespace) -> dict:
-    """The stage's settings as data: preset section (or the saved ones on --resume), then flags and overrides."""
-    import yaml
-
-    from ..config.schema import TrainConfig, field_types
-    from ..training.stages import STAGE_CONFIG_FILE, StageConfig
+    """The stage's settings as data: preset section (or the saved ones on --resume), then overrides and flags."""
+    from ..training.stages import STAGE_CONFIG_FILE
 
     if args.resume:
         raw = _saved(args.out, STAGE_CONFIG_FILE)
         raw = {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(StageConfig)} and k != "stage"}
     else:
         raw = _preset_section(args.preset, args.stage)
+    raw = override_dict(StageConfig(stage=args.stage), raw, [*args.overrides, *run_option_overrides(args, ["train."])],
+                        args.stage)
     raw["train"] = dict(raw.get("train") or {})
-    stage_keys = set(field_types(StageConfig)) - {"train", "stage"}
-    train_keys = set(field_types(TrainConfig))
-    for item in args.overrides:
-        key, value = _split_override(item)
-        if key.startswith("train."):
-            raw["train"][key[6:]] = value
-        elif key in stage_keys:
-            raw[key] = yaml.safe_load(value)
-        elif key in train_keys:
-            raw["train"][key] = value
-        else:
-            raise FoundryError(f"unknown {args.stage} setting '{key}' (stage: {', '.join(sorted(stage_keys))}; "
-                               "or a training field such as lr, batch_size)")
     if args.mix is not None:
         raw["mixture"] = args.mix
     if args.loss_on:
@@ -143,29 +126,25 @@ def run_chat_stage(args: argparse.Namespace) -> int:
     if dropped and not args.quiet:
         console.print("note: no --data given, so the mixture's 'text' source is left out")
     summary = trainer.run()
-    console.print(f"saved {args.out}: " + json.dumps(summary))
+    console.print(summary_line(args.out, summary))
     return 0
 
 
 def run_rl_stage(args: argparse.Namespace) -> int:
-    import yaml
+    from ..training.rl import RL_CONFIG_FILE, rl_config_from_dict, run_rl
 
-    from ..training.rl import RL_CONFIG_FILE, RLConfig, rl_config_from_dict, run_rl
-
-    known = {f.name for f in dataclasses.fields(RLConfig)}
     if args.resume:
+        known = {f.name for f in dataclasses.fields(RLConfig)}
         raw = {k: v for k, v in _saved(args.out, RL_CONFIG_FILE).items() if k in known}
         raw.setdefault("split", "train")  # a run begun before the stretch split trained on train
     else:
         raw = _preset_section(args.preset, "rl")
-    for item in args.overrides:
-        key, value = _split_override(item)
-        if key not in known:
-            raise FoundryError(f"unknown rl setting '{key}' (known: {', '.join(sorted(known))})")
-        raw[key] = yaml.safe_load(value)
+    raw = override_dict(RLConfig, raw, [*args.overrides, *run_option_overrides(args, [""])], "rl")
     for flag in ("tasks", "split", "steps", "group_size", "prompts_per_step", "kl_coef"):
         if getattr(args, flag) is not None:
             raw[flag] = getattr(args, flag)
-    summary = run_rl(args.model, args.out, rl_config_from_dict(raw), resume=args.resume, quiet=args.quiet)
-    console.print(f"saved {args.out}: " + json.dumps(summary))
+    cfg = rl_config_from_dict(raw)
+    check_tasks(cfg.tasks, "rl.tasks")
+    summary = run_rl(args.model, args.out, cfg, resume=args.resume, quiet=args.quiet)
+    console.print(summary_line(args.out, summary))
     return 0

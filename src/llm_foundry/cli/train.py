@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from ..config import apply_overrides, configs_from_dict, list_presets, load_config, override_sections
+from ..config.presets import RunConfig
 from ..utils.errors import FoundryError
 from ..utils.io import read_json
 from ..utils.progress import console
+from . import add_preset_option, add_run_options, run_option_overrides, summary_line
 
 
 def add_parser(sub) -> None:
@@ -18,7 +19,7 @@ def add_parser(sub) -> None:
                        description="Train a MiniLLM. The run folder is a model folder holding the latest checkpoint.",
                        epilog="Overrides: key=value, e.g. model.dim=128 train.lr=3e-4 (or just dim=128 lr=3e-4). "
                               f"Presets: {', '.join(list_presets())}.")
-    p.add_argument("--config", default="tiny", metavar="PRESET|FILE.yaml", help="a preset name or a YAML file (default: tiny)")
+    add_preset_option(p, "tiny", "a preset name or a YAML file (default: tiny; `foundry config show NAME` prints one)")
     p.add_argument("--data", required=True, metavar="DATA_DIR", help="a folder made by `foundry prepare`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
@@ -27,14 +28,15 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run saved in RUN_DIR exactly")
     p.add_argument("--init-from", metavar="MODEL", help="start from this model folder's weights (fine-tuning); "
                    "prepare the data with `foundry prepare --tokenizer-from MODEL`")
+    add_run_options(p, from_config=True, seed_help="seed of the init, the data windows and dropout (train.seed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, config_root=RunConfig)
 
 
 def resolve_configs(args: argparse.Namespace):
     """The configs for this run: the preset (or the saved run config on --resume) plus overrides."""
-    overrides = list(args.overrides)
+    overrides = [*args.overrides, *run_option_overrides(args, ["train."])]
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.time_budget is not None:
@@ -65,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         raise FoundryError("the model shape comes from --init-from; model overrides are not allowed with it")
     trainer = Trainer(model_cfg, train_cfg, args.data, args.out, resume=args.resume, init_from=args.init_from, quiet=args.quiet)
     summary = trainer.run()
-    console.print(f"saved {args.out}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+    console.print(summary_line(args.out, summary))
     return 0

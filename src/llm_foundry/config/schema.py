@@ -7,8 +7,7 @@ report it without a traceback.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from ..utils.errors import FoundryError
 
@@ -163,8 +162,4 @@ class TrainConfig:
         _check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
         _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         return self
-
-
-def field_types(cls: type) -> dict[str, Any]:
-    """Field name -> annotation string, for override coercion."""
-    return {f.name: f.type for f in fields(cls)}
+from .loader import field_types  # noqa: E402,F401  (its old home; the loader owns it now)

@@ -32,6 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..config.stages import parse_mixture  # noqa: F401  (its home is config/; importable here as before)
 from ..tokenizers import Tokenizer
 from ..tokenizers.special import PAD
 from ..utils.errors import FoundryError
@@ -39,40 +40,6 @@ from ..utils.errors import FoundryError
 TEXT_SOURCE = "text"
 LOSS_ON = ("assistant", "all")
 IGNORE = -100
-
-
-def parse_mixture(spec: str | Mapping[str, float] | None) -> dict[str, float]:
-    """``"arithmetic=4,count_letters=3,text=1"`` (or a mapping) -> ``{name: weight}``.
-
-    Raises:
-        FoundryError: malformed entry, negative weight, or all weights zero.
-    """
-    if spec is None:
-        return {}
-    if isinstance(spec, Mapping):
-        items = list(spec.items())
-    else:
-        items = []
-        for part in str(spec).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            name, sep, weight = part.rpartition("=")
-            if not sep:
-                name, weight = part, "1"
-            items.append((name.strip(), weight.strip()))
-    out: dict[str, float] = {}
-    for name, weight in items:
-        try:
-            w = float(weight)
-        except (TypeError, ValueError):
-            raise FoundryError(f"mixture weight of '{name}' must be a number, got {weight!r}") from None
-        if not name or w < 0 or not np.isfinite(w):
-            raise FoundryError(f"bad mixture entry '{name}={weight}' (write NAME=WEIGHT with WEIGHT >= 0)")
-        out[str(name)] = w
-    if out and not any(w > 0 for w in out.values()):
-        raise FoundryError("every mixture weight is 0; give at least one source a positive weight")
-    return {k: v for k, v in out.items() if v > 0}
 
 
 def target_ids(ids: Sequence[int], mask: Sequence[int], loss_on: str) -> list[int]:

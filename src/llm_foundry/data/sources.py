@@ -143,5 +143,5 @@ def builtin_corpus() -> list[Document]:
     try:
         from pydoc_data.topics import topics
     except ImportError:  # pragma: no cover - stripped-down Python builds
-        raise FoundryError("this Python has no pydoc_data; pass your own text with --data") from None
+        raise FoundryError("this Python has no pydoc_data; pass your own text with --text") from None
     return [Document(text, "pydoc_data.topics") for _, text in sorted(topics.items()) if text.strip()]

@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..config.evolve import EvolveOptions  # noqa: F401  (its home is config/)
 from ..models.model_dir import load_model_dir
 from ..training.optim import build_optimizers
 from ..utils.signals import StopRequest
@@ -55,28 +56,6 @@ def weights_digest(model_dir: Path) -> str:
     from ..models.model_dir import WEIGHTS_FILE
 
     return hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
-
-
-@dataclass
-class EvolveOptions:
-    """Options of ``foundry evolve --mode evolve`` (see the CLI for their meaning)."""
-
-    cycles: int = 3
-    population: int = 3
-    cycle_steps: int = 50
-    min_improvement: float = 0.001
-    mine_windows: int = 256
-    hard_keep: int = 64
-    self_samples: int = 4
-    self_tokens: int = 96
-    score_samples: int = 2
-    score_tokens: int = 64
-    eval_batches: int | None = None
-    early_reject: bool = True
-    diversity_weight: float = 0.05
-    device: str = "auto"
-    precision: str = "auto"
-    quiet: bool = False
 
 
 @dataclass

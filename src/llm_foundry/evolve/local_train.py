@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from ..config import TrainConfig, apply_overrides, load_config, override_sections
+from ..config.evolve import TrainOptions  # noqa: F401  (its home is config/)
 from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import mean_loss
 from ..models import MiniLLM
@@ -143,27 +144,6 @@ def run_steps(model: MiniLLM, optimizers: list[torch.optim.Optimizer], batch_fn:
 
 
 # ----------------------------------------------------------------------------- train mode
-@dataclass
-class TrainOptions:
-    """Options of ``foundry evolve --mode train`` (see the CLI for their meaning)."""
-
-    data_dir: str = "data/training_data"
-    epochs: int = 10
-    config: str = "h2q"
-    overrides: list[str] = field(default_factory=list)
-    tokenizer: str = "byte"
-    vocab_size: int | None = None
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    steps_per_epoch: int | None = None
-    save_every: int = 1
-    log_every: int = 50
-    seed: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    quiet: bool = False
-
-
 def prepare_state(paths: StatePaths, opts: TrainOptions, say: Callable[[str], None]):
     """Make (once) the split and settings of a state folder; return ``(model_cfg, train_cfg, settings)``."""
     paths.root.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ An engine with ``mode="text"`` continues plain text instead (what :class:`Genera
 wraps): a row ends only at ``<|eos|>``, ``<|bos|>`` is never sampled, and when the
 context is full each row keeps its newest half, which is prefilled again, and goes on.
 
-Sampling arguments are checked by :func:`~llm_foundry.inference.sampling.check_sampling`;
+Sampling arguments are checked by :func:`~llm_foundry.config.sampling.check_sampling`;
 text comes out of the tokens through :mod:`~llm_foundry.inference.text_stream`.
 
 Several *different* prompts (``generate_batch``) decode together without padding
@@ -46,7 +46,8 @@ from ..tokenizers.special import (ASSISTANT_END, ASSISTANT_START, BOS, CHAT_TERM
 from ..utils.device import autocast_context, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from .decoding import DecodeModels, decode_models
-from .sampling import check_sampling, sample_next
+from ..config.sampling import check_sampling
+from .sampling import sample_next
 from .text_stream import ReplyDecoder
 from .tools import ToolError, calculate
 

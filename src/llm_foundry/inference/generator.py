@@ -19,7 +19,7 @@ from ..tokenizers.special import BOS, UNK
 from ..utils.device import resolve_device
 from ..utils.errors import FoundryError
 from .engine import Engine
-from .sampling import check_sampling
+from ..config.sampling import check_sampling
 from .text_stream import TextStream
 
 

@@ -36,6 +36,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from ..config import ModelConfig, TrainConfig, apply_overrides, load_config
+from ..config.online import OnlineSettings  # noqa: F401  (its home is config/)
+from ..config.presets import configs_from_dict
 from ..inference import Generator
 from ..models import MiniLLM
 from ..tokenizers import CharTokenizer
@@ -57,59 +59,6 @@ VOCAB_CHUNK = 64  # the model's vocabulary rows grow to the next multiple of thi
 # a faster EMA lets a line typed today show in generation after a few pulses.
 ONLINE_TRAIN_DEFAULTS = ("train.batch_size=4", "train.schedule=constant", "train.warmup_steps=20",
                          "train.ema_decay=0.99")
-
-
-@dataclass
-class OnlineSettings:
-    """Settings the REPL changes and the state folder keeps.
-
-    Attributes:
-        steps: training steps in the pulse after each typed line (``/steps=N``).
-        file_steps: steps per line of ``/load_txt``/``/train`` (None = ``steps``);
-            fractions spread steps over lines (0.25 = one step every four lines).
-        temperature: sampling temperature of ``/gen`` (``/temp=X``; 0 = greedy).
-        top_p: nucleus sampling of ``/gen`` (``/topp=X``; 1 = off).
-        max_new_tokens: most characters ``/gen`` writes (it stops at the end of the line).
-        recent_ratio: share of training windows that start among the newest inputs.
-        recent_records: how many of the newest inputs count as recent.
-        typed_ratio: of the other (history) windows, the share that starts at a line a
-            person typed rather than at any stored input; so a few taught lines keep
-            being replayed after a long file is loaded (0 = plain uniform history).
-    """
-
-    steps: int = 20
-    file_steps: float | None = None
-    temperature: float = 0.8
-    top_p: float = 0.9
-    max_new_tokens: int = 200
-    recent_ratio: float = 0.2
-    recent_records: int = 16
-    typed_ratio: float = 0.5
-
-    def validate(self) -> "OnlineSettings":
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise FoundryError(msg)
-        check(isinstance(self.steps, int) and 1 <= self.steps <= 100_000, "steps must be an integer from 1 to 100000")
-        check(self.file_steps is None or 0 < self.file_steps <= 100_000, "file steps must be in (0, 100000]")
-        check(0 <= self.temperature <= 10, "temperature must be in [0, 10] (0 = greedy)")
-        check(0 < self.top_p <= 1, "top-p must be in (0, 1]")
-        check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
-        check(0 <= self.recent_ratio <= 1, "recent_ratio must be in [0, 1]")
-        check(isinstance(self.recent_records, int) and self.recent_records >= 1, "recent_records must be >= 1")
-        check(0 <= self.typed_ratio <= 1, "typed_ratio must be in [0, 1]")
-        return self
-
-    @property
-    def steps_per_file_line(self) -> float:
-        """Steps after each line of a loaded file (``file_steps``, else ``steps``)."""
-        return float(self.steps if self.file_steps is None else self.file_steps)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "OnlineSettings":
-        """Settings from a dict (a save's, or the command line's); unknown keys are ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known}).validate()
 
 
 @dataclass

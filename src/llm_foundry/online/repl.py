@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-from ..inference.sampling import MAX_TEMPERATURE, check_sampling
+from ..config.sampling import MAX_TEMPERATURE, check_sampling
 from ..utils.errors import FoundryError
 from .learner import OnlineLearner
 

@@ -19,112 +19,25 @@ command runs again; finished stages are skipped.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
-
 from .. import __version__
+from ..config.speedrun import (SECTIONS, SPEEDRUN_DIR, SpeedrunConfig, check_speedrun_config,  # noqa: F401
+                               list_speedrun_presets, load_speedrun_config)  # (their home is config/)
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
-from ..utils.progress import console
+from ..utils.progress import console, rounded
 
-SPEEDRUN_DIR = Path(__file__).resolve().parent.parent / "configs" / "speedrun"
 STATE_FILE = "speedrun_state.json"
 STAGES = ("tokenizer", "pretrain", "midtrain", "sft", "rl", "eval", "report")
 MODEL_DIRS = {"pretrain": "base", "midtrain": "mid", "sft": "sft", "rl": "rl"}
-SECTIONS = ("tokenizer", "model", "pretrain", "midtrain", "sft", "rl", "eval")
-
-
-# ------------------------------------------------------------------ presets
-def list_speedrun_presets() -> list[str]:
-    """Names of the built-in speedrun presets."""
-    return sorted(p.stem for p in SPEEDRUN_DIR.glob("*.yaml"))
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def load_speedrun_config(preset: str = "cpu", overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """A speedrun preset (name or YAML file) with ``section.key=value`` overrides, checked.
-
-    Raises:
-        FoundryError: unknown preset, section or key; bad value.
-    """
-    path = Path(preset)
-    if not path.suffix and not path.exists():
-        path = SPEEDRUN_DIR / f"{preset}.yaml"
-        if not path.is_file():
-            raise FoundryError(f"unknown speedrun preset '{preset}' (built-in: {', '.join(list_speedrun_presets())})")
-    elif not path.is_file():
-        raise FoundryError(f"speedrun config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise FoundryError(f"speedrun config is not valid YAML: {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise FoundryError(f"speedrun config must be a mapping of sections: {path}")
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        parts = key.strip().replace("-", "_").split(".")
-        if not sep or len(parts) < 2 or parts[0] not in SECTIONS:
-            raise FoundryError(f"override '{item}' must look like SECTION.key=value with SECTION one of {', '.join(SECTIONS)} "
-                               "(e.g. pretrain.time_budget=60 or midtrain.train.max_steps=200)")
-        node = raw
-        for p in parts[:-1]:
-            if not isinstance(node.setdefault(p, {}), dict):
-                raise FoundryError(f"override '{item}': {p} is not a section")
-            node = node[p]
-        node[parts[-1]] = _parse_value(value.strip())
-    check_speedrun_config(raw)
-    return raw
-
-
-@dataclass
-class _Parsed:
-    model: Any
-    pretrain: Any
-    midtrain: Any
-    sft: Any
-    rl: Any
-
-
-def check_speedrun_config(raw: dict[str, Any]) -> _Parsed:
-    """Validate every section (raises FoundryError naming the first bad key) and return them parsed."""
-    from ..config import configs_from_dict
-    from ..training.rl import rl_config_from_dict
-    from ..training.stages import stage_config_from_dict
-
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise FoundryError(f"unknown speedrun section(s): {', '.join(unknown)} (sections: {', '.join(SECTIONS)})")
-    tok = raw.get("tokenizer") or {}
-    bad = sorted(set(tok) - {"kind", "vocab_size", "chat_examples"})
-    if bad:
-        raise FoundryError(f"unknown key(s) in tokenizer: {', '.join(bad)} (known: kind, vocab_size, chat_examples)")
-    if tok.get("kind", "byte") not in ("byte", "bpe"):
-        raise FoundryError("tokenizer.kind must be byte or bpe (chat needs the reserved chat tokens)")
-    ev = raw.get("eval") or {}
-    bad = sorted(set(ev) - {"tasks", "examples", "max_tokens", "batch_size", "no_tool_tasks", "samples", "lang"})
-    if bad:
-        raise FoundryError(f"unknown key(s) in eval: {', '.join(bad)}")
-    model_cfg, pre_cfg = configs_from_dict({"model": raw.get("model") or {}, "train": raw.get("pretrain") or {}})
-    return _Parsed(model=model_cfg.validate(), pretrain=pre_cfg.validate(),
-                   midtrain=stage_config_from_dict("midtrain", raw.get("midtrain")),
-                   sft=stage_config_from_dict("sft", raw.get("sft")),
-                   rl=rl_config_from_dict(raw.get("rl")))
 
 
 # ------------------------------------------------------------------ environment
@@ -197,7 +110,7 @@ class Speedrun:
             self.state = read_json(state_path, "speedrun state")
             if self.state.get("config") != self.config or self.state.get("data") != self.data_inputs:
                 raise FoundryError(f"{self.out} holds a speedrun with other settings; re-run it with the same preset, "
-                                   "overrides and --data, or choose another --out")
+                                   "overrides and --text, or choose another --out")
         else:
             if self.out.exists() and any(self.out.iterdir()):
                 raise FoundryError(f"{self.out} exists and is not a speedrun folder; choose another --out")
@@ -289,12 +202,7 @@ class Speedrun:
         return run_rl(self.path("sft"), folder, self.parsed.rl, resume=resume, quiet=True, on_step=lambda s, p: progress(p))
 
     def eval_settings(self) -> dict[str, Any]:
-        ev = self.config.get("eval") or {}
-        return {"tasks": list(ev.get("tasks", ["arithmetic", "count_letters", "spelling", "identity", "facts"])),
-                "no_tool_tasks": list(ev.get("no_tool_tasks", ["arithmetic", "count_letters"])),
-                "examples": int(ev.get("examples", 100)), "max_tokens": int(ev.get("max_tokens", 64)),
-                "batch_size": int(ev.get("batch_size", 50)), "lang": ev.get("lang", "mixed"),
-                "samples": int(ev.get("samples", 2))}
+        return dataclasses.asdict(self.parsed.eval)
 
     def stage_eval(self, progress: Callable[[float], None]) -> dict:
         ev = self.eval_settings()
@@ -388,7 +296,7 @@ class Speedrun:
 
 
 def _short(summary: dict, limit: int = 8) -> str:
-    items = [f"{k} {v}" for k, v in summary.items() if not isinstance(v, (dict, list))][:limit]
+    items = [f"{k} {rounded(v)}" for k, v in summary.items() if not isinstance(v, (dict, list))][:limit]
     return ", ".join(items)
 
 

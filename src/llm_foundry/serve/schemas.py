@@ -12,7 +12,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from ..inference.sampling import check_sampling
+from ..config.sampling import check_sampling
 from ..utils.errors import FoundryError
 
 # A client asking for many samples at once multiplies the work of one slot; keep it bounded.
@@ -53,7 +53,7 @@ class _Sampling(BaseModel):
                      check_fields=False)
     @classmethod
     def _sampling(cls, v, info: ValidationInfo):
-        # The bounds of every entry point, from the one check (inference/sampling.py).
+        # The bounds of every entry point, from the one check (config/sampling.py).
         name = "max_new_tokens" if info.field_name.startswith("max_") else info.field_name
         try:
             check_sampling(**{name: v}, names={name: info.field_name})

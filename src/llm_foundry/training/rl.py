@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..config import TrainConfig, coerce_fields
+from ..config.stages import RLConfig, rl_config_from_dict  # noqa: F401  (their home is config/)
 from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
-from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from ..models.model_dir import load_model_dir
@@ -47,103 +45,6 @@ from ..utils.signals import StopRequest
 from .trainer import Trainer, TrainingInterrupted
 
 RL_CONFIG_FILE, RL_EVAL_FILE = "rl_config.json", "rl_eval.json"
-
-
-@dataclass
-class RLConfig:
-    """Settings of the RL stage.
-
-    Attributes:
-        tasks: the built-in tasks to train on (their checkers give the reward).
-        steps: optimizer steps.
-        prompts_per_step: prompts per step.
-        group_size: completions sampled per prompt (the group of GRPO).
-        max_tokens: longest completion.
-        temperature: sampling temperature of the completions.
-        top_k: sample among the k likeliest tokens (None = all).
-        lr: AdamW learning rate (peak; warmup then linear decay, as nanochat does).
-        warmup_steps: linear warmup of the rate.
-        weight_decay: AdamW weight decay.
-        grad_clip: clip the global grad norm (0 = off).
-        std_normalize: divide advantages by the group's std (GRPO); nanochat only centres them.
-        kl_coef: weight of the KL penalty to the starting model (0 = off, no reference kept).
-        examples: training prompts per task in the pool.
-        split: where the training prompts come from: ``stretch`` (the default: the SFT
-            templates with longer numbers and words, which a fine-tuned model gets right only
-            some of the time, so groups disagree and RL has something to learn) or ``train``
-            (the SFT distribution itself, often solved already: every advantage is zero).
-        eval_examples: held-out prompts per task for the reward before and after.
-        eval_samples: completions per held-out prompt.
-        lang: ``en``, ``zh`` or ``mixed``.
-        seed: seeds the prompt draws and the sampling.
-        device: auto, cpu, cuda, mps.
-        precision: auto, bf16 or fp32.
-        checkpoint_interval: steps between checkpoints (0 = only at the end).
-    """
-
-    tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
-    steps: int = 40
-    prompts_per_step: int = 4
-    group_size: int = 8
-    max_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int | None = None
-    lr: float = 3e-5
-    warmup_steps: int = 2
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    std_normalize: bool = False
-    kl_coef: float = 0.0
-    examples: int = 2000
-    split: str = "stretch"
-    eval_examples: int = 64
-    eval_samples: int = 4
-    lang: str = "mixed"
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
-    checkpoint_interval: int = 10
-
-    def validate(self) -> "RLConfig":
-        from ..data.synthetic import TASKS
-
-        if isinstance(self.tasks, str):
-            self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
-        bad = [t for t in self.tasks if t not in TASKS]
-        if not self.tasks or bad:
-            raise FoundryError(f"rl tasks must be built-in tasks ({', '.join(TASKS)}), got {', '.join(bad) or 'none'}")
-        for name in ("steps", "prompts_per_step", "group_size", "max_tokens", "examples", "eval_samples"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise FoundryError(f"rl.{name} must be a positive integer")
-        if self.split not in ("train", "stretch"):
-            raise FoundryError(f"rl.split must be train or stretch, got '{self.split}'")
-        if self.group_size < 2:
-            raise FoundryError("rl.group_size must be at least 2 (advantages compare the samples of a group)")
-        if self.eval_examples < 0 or self.checkpoint_interval < 0 or self.warmup_steps < 0:
-            raise FoundryError("rl.eval_examples, rl.warmup_steps and rl.checkpoint_interval must be >= 0")
-        if self.temperature <= 0 or self.lr <= 0 or self.kl_coef < 0:
-            raise FoundryError("rl.temperature and rl.lr must be positive, rl.kl_coef >= 0")
-        return self
-
-    def train_config(self) -> TrainConfig:
-        """The TrainConfig the Trainer machinery sees (AdamW, linear decay to 0)."""
-        return TrainConfig(seed=self.seed, device=self.device, precision=self.precision, max_steps=self.steps,
-                           lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip, schedule="wsd",
-                           decay_fraction=1.0, min_lr_ratio=0.0, warmup_steps=self.warmup_steps,
-                           checkpoint_interval=self.checkpoint_interval, eval_interval=0, batch_size=1).validate()
-
-
-def rl_config_from_dict(raw: Mapping[str, Any] | None) -> RLConfig:
-    """An :class:`RLConfig` from plain data (a speedrun preset's ``rl:`` section)."""
-    raw = dict(raw or {})
-    known = {f.name for f in dataclasses.fields(RLConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise FoundryError(f"unknown key(s) in the rl settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    try:
-        return RLConfig(**coerce_fields(RLConfig, "rl", raw)).validate()
-    except TypeError as e:
-        raise FoundryError(f"bad rl settings: {e}") from None
 
 
 def completion_text(tokenizer, tokens: list[int]) -> str:

@@ -18,98 +18,21 @@ batch ``k`` depends on ``(seed, k)`` alone.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from .. import __version__
-from ..config import TrainConfig, coerce_fields, configs_from_dict
+from ..config.stages import DEFAULT_LOSS_ON, DEFAULT_MIXTURES, STAGES, StageConfig, stage_config_from_dict  # noqa: F401  (their home is config/)
 from ..tokenizers import load_tokenizer
 from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
-from ..data.chat_batches import ChatMixture, parse_mixture
+from ..data.chat_batches import ChatMixture
 from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config
 from .trainer import Trainer
 
 STAGE_CONFIG_FILE = "stage_config.json"
-STAGES = ("midtrain", "sft")
-
-# Per-stage defaults of the data side; the optimisation side is a TrainConfig.
-DEFAULT_MIXTURES = {
-    "midtrain": {"arithmetic": 4.0, "count_letters": 3.0, "spelling": 2.0, "identity": 0.5, "facts": 1.0, "text": 1.0},
-    "sft": {"arithmetic": 3.0, "count_letters": 3.0, "spelling": 1.0, "identity": 0.5, "facts": 1.0},
-}
-DEFAULT_LOSS_ON = {"midtrain": "all", "sft": "assistant"}  # nanochat's choices; the presets set their own
-
-
-@dataclass
-class StageConfig:
-    """What a mid-training or SFT stage trains on, and how.
-
-    Attributes:
-        stage: ``midtrain`` or ``sft``.
-        mixture: source -> weight (built-in task, ``text``, or a ``.jsonl`` file).
-        loss_on: ``all`` tokens or only the ``assistant``'s (masked loss).
-        examples_per_task: pool size of each synthetic task.
-        lang: ``en``, ``zh`` or ``mixed`` for the synthetic tasks.
-        text_data: a prepared data folder for the ``text`` source.
-        text_len: tokens per pretraining-text window.
-        val_examples: held-out examples per task for the validation loss.
-        train: optimisation settings (``seq_len`` None = the model's context).
-    """
-
-    stage: str = "sft"
-    mixture: dict[str, float] = field(default_factory=dict)
-    loss_on: str = ""
-    examples_per_task: int = 4000
-    lang: str = "mixed"
-    text_data: str | None = None
-    text_len: int = 128
-    val_examples: int = 200
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def validate(self) -> "StageConfig":
-        if self.stage not in STAGES:
-            raise FoundryError(f"stage must be one of {', '.join(STAGES)}, not '{self.stage}'")
-        self.mixture = parse_mixture(self.mixture or DEFAULT_MIXTURES[self.stage])
-        self.loss_on = self.loss_on or DEFAULT_LOSS_ON[self.stage]
-        for name in ("examples_per_task", "val_examples", "text_len"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise FoundryError(f"{self.stage}.{name} must be an integer, got {getattr(self, name)!r}")
-        if self.loss_on not in ("all", "assistant"):
-            raise FoundryError(f"{self.stage}.loss_on must be all or assistant, not {self.loss_on!r}")
-        if self.lang not in ("mixed", "en", "zh"):
-            raise FoundryError(f"{self.stage}.lang must be mixed, en or zh, not {self.lang!r}")
-        if self.examples_per_task < 1 or self.val_examples < 0 or self.text_len < 8:
-            raise FoundryError("examples_per_task must be >= 1, val_examples >= 0 and text_len >= 8")
-        self.train = dataclasses.replace(self.train).validate()
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def stage_config_from_dict(stage: str, raw: Mapping[str, Any] | None) -> StageConfig:
-    """A :class:`StageConfig` from plain data (a speedrun preset's section, or a saved stage config).
-
-    The ``train:`` sub-mapping holds TrainConfig fields; everything else is a StageConfig field.
-
-    Raises:
-        FoundryError: unknown keys or bad values.
-    """
-    raw = dict(raw or {})
-    _, train = configs_from_dict({"train": raw.pop("train", None) or {}})
-    known = {f.name for f in dataclasses.fields(StageConfig)} - {"train", "stage"}
-    unknown = sorted(set(raw) - known - {"stage"})
-    if unknown:
-        raise FoundryError(f"unknown key(s) in the {stage} settings: {', '.join(unknown)} (known: {', '.join(sorted(known))}, train)")
-    raw.pop("stage", None)
-    return StageConfig(stage=stage, train=train, **coerce_fields(StageConfig, stage, raw)).validate()
-
-
 class StageTrainer(Trainer):
     """Train a model folder on a conversation mixture into a new model folder.
 

@@ -19,3 +19,17 @@ def progress_bar(enabled: bool = True, *extra_columns):
     progress = Progress(*columns, console=console, disable=not (enabled and sys.stderr.isatty()), transient=False)
     with progress:
         yield progress
+
+
+def rounded(value):
+    """A figure as people read it: ``0.9602`` for a loss, ``12345.7`` for tokens/s; other values as they are.
+
+    Nested dicts and lists are rounded throughout (a summary line printed as JSON).
+    """
+    if isinstance(value, float):
+        return round(value, 4) if abs(value) < 100 else round(value, 1)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
