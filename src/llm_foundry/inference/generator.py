@@ -20,7 +20,7 @@ from ..tokenizers import Tokenizer
 from ..tokenizers.special import BOS, PAD, UNK
 from ..utils.device import autocast_context, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
-from .compiled_step import CompiledStep
+from ..kernels import CompiledStep
 from .sampling import sample_next
 
 
