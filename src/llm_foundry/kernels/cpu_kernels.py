@@ -120,7 +120,7 @@ def available() -> bool:
 
 # A constant to torch.compile, so tracing never reaches the build: what
 # `torch.compiler.assume_constant_result` sets, without importing the compiler at start-up
-# (two seconds on a slow CPU, for commands that never compile). A test checks it matches.
+# (seconds on a slow CPU, for commands that never compile). A test checks it matches.
 available._dynamo_marked_constant = True
 
 
