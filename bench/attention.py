@@ -1,7 +1,7 @@
 """Causal attention forward + backward for bf16 training on a CPU: ours vs PyTorch's flash kernel.
 
 Same inputs, same run: PyTorch's ``scaled_dot_product_attention`` (flash forward and
-backward) against ``llm_foundry.models.cpu_attention`` (our AMX kernel where the CPU has
+backward) against ``llm_foundry.kernels.cpu_attention`` (our AMX kernel where the CPU has
 AMX, else the same flash forward and our chunked, compiled backward), at the ``tinygpt``
 training shape by default. Also checks that the gradients agree. Prints one JSON object;
 medians of ``--reps`` runs.
@@ -31,8 +31,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args()
 
-    from llm_foundry.models import cpu_kernels
-    from llm_foundry.models.cpu_attention import causal_attention, reference_attention
+    from llm_foundry.kernels import cpu_kernels
+    from llm_foundry.kernels.cpu_attention import causal_attention, reference_attention
     from llm_foundry.utils.device import keep_freed_memory
 
     keep_freed_memory()

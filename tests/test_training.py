@@ -151,7 +151,7 @@ def _twin_models_with_optimizers():
 def test_native_optimizer_step_is_pytorchs_clip_adamw_and_ema(monkeypatch):
     """optimizer_step's one-pass native step = clip_grad_norm_ + AdamW.step + EMA.update,
     in the parameters, the EMA and the optimizer state (so checkpoints are unchanged)."""
-    from llm_foundry.models import cpu_kernels
+    from llm_foundry.kernels import cpu_kernels
     from llm_foundry.training import optim
 
     if not cpu_kernels.available():

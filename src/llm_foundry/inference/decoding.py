@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels import CompiledStep
 from ..models import MiniLLM
 from ..utils.device import resolve_dtype
-from .compiled_step import CompiledStep
 
 
 @dataclass
@@ -39,7 +39,7 @@ class DecodeModels:
 def decode_models(model: MiniLLM, precision: str = "auto", batch_size: int = 1, compile: bool = False) -> DecodeModels:
     """Choose how to decode with ``model`` on its device (the model itself is left untouched).
 
-    On a CPU (measured on a 2-core Sapphire Rapids, ``small`` preset, ``bench/decode.py``):
+    On a CPU (the measurements behind each choice are in docs/*/performance.md, from ``bench/decode.py``):
 
     * the prompt is a large matrix product: bf16 weights (no autocast, whose per-call
       weight casts cost more than they save) run it fastest;
@@ -56,10 +56,9 @@ def decode_models(model: MiniLLM, precision: str = "auto", batch_size: int = 1, 
     ``compile=True`` compiles the prefill model with ``torch.compile`` and, on a CPU,
     makes the step one compiled graph per token (:class:`CompiledStep`; it reads bf16
     weights itself, at any batch size where bf16 is fast, at batch 1–2 elsewhere with
-    ``precision="auto"``: 2.4x the tokens/s of fp32 weights on an AVX2 CPU). The first prompt then
-    waits for the compiler (about 20 s on 2 cores, and again when the batch size first
-    changes); after that prompts run about 1.5x and tokens about 2x faster: worth it
-    for a long generation or a chat session, not for one short ``foundry generate``.
+    ``precision="auto"``). The first prompt then waits for the compiler (and again when the
+    batch size first changes); after that prompts and tokens run faster: worth it for a long
+    generation or a chat session, not for one short ``foundry generate``.
     """
     device = next(model.parameters()).device
     amp = resolve_dtype(precision, device, model.cfg.dim)
@@ -71,8 +70,7 @@ def decode_models(model: MiniLLM, precision: str = "auto", batch_size: int = 1, 
         if compile and precision == "auto" and batch_size <= 2:
             # No fast bf16 products here (or a model too narrow for bf16 training), but the
             # compiled step's multiply-and-sum reads bf16 weights with plain vector code: half
-            # the bytes of fp32 for the same fp32 sums. AVX2 EPYC, `small`: 151 -> 367 tokens/s;
-            # Sapphire Rapids, `tiny` (fp32 by width): 2.24k -> 3.2k tokens/s.
+            # the bytes of fp32 for the same fp32 sums.
             # The prompt stays fp32 (bf16 products are emulated, ~100x slower); one fp32 cache.
             bf16_weights = copy.deepcopy(model).to(torch.bfloat16).fuse_projections().eval()
             models = DecodeModels(fp32, bf16_weights, None, torch.float32)

@@ -2,6 +2,11 @@
 
 Conventions: activations are ``(batch, time, dim)``; inside attention heads are
 ``(batch, heads, time, head_dim)``, the layout ``scaled_dot_product_attention`` wants.
+
+This is the reference model (``tutorials/train.py`` is the same on one page). Where a
+faster implementation exists, it calls the fast-path façade ``kernels`` instead of the
+PyTorch expression, at points marked ``# fast path``; each such call computes what the
+comment beside it says (``FOUNDRY_NO_CPU_KERNELS=1`` runs exactly that expression).
 """
 
 from __future__ import annotations
@@ -10,9 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import kernels
 from ..config import ModelConfig
-from .activations import swiglu
-from .cpu_attention import causal_attention, use_fast_backward, use_native_prefill
 from .kv_cache import KVCache
 
 
@@ -41,42 +45,17 @@ def rope_tables(head_dim: int, max_len: int, theta: float = 10000.0) -> tuple[to
     return angles.cos(), angles.sin()
 
 
+@kernels.rope  # fast path: its gradient is the inverse rotation (the same loop as this one)
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (``..., time, head_dim``) by position.
 
     We rotate the first half of each head against the second half ("rotate half"),
     the same convention as Hugging Face Llama, so exported weights need no permutation.
     """
-    if x.requires_grad and torch.is_grad_enabled():
-        return _Rotation.apply(x, cos, sin)
-    return _rotate_half(x, cos, sin)
-
-
-def _rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
-class _Rotation(torch.autograd.Function):
-    """The rotation with its gradient written as the inverse rotation (angle -θ).
-
-    Autograd's own gradient of the slices and the concatenation pads each half with zeros
-    and adds them, which Inductor compiles on a CPU into masked loads with per-element index
-    arithmetic: twice the time of the forward. The inverse rotation is the same clean loop
-    as the forward (a ``tinygpt`` step ~3 ms faster, about 2.5%).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(cos, sin)
-        return _rotate_half(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        cos, sin = ctx.saved_tensors
-        return _rotate_half(grad, cos, -sin), None, None
 
 
 class Attention(nn.Module):
@@ -110,16 +89,10 @@ class Attention(nn.Module):
         """Attention output for every position of ``x``, or with ``last_only`` for the last one
         (whose query sees every key); keys and values of all positions are cached either way."""
         b, t, _ = x.shape
-        if self.wqkv is not None:  # inference copy: one product instead of three
+        if self.wqkv is not None:  # an inference copy: one product instead of three
             q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
-        elif self.training and torch.is_autocast_enabled(x.device.type):
-            # Mixed-precision training: one product (and one weight cast) instead of three,
-            # 2-5% off a bf16 CPU step; autograd hands each matrix its own gradient. In fp32
-            # the concatenation costs more than it saves (a dim-128 step 2-8% slower).
-            w = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
-            q, k, v = F.linear(x, w).split(self.qkv_sizes, dim=-1)
-        else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        else:  # fast path: = self.wq(x), self.wk(x), self.wv(x)
+            q, k, v = kernels.linears(x, self.wq, self.wk, self.wv)
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -127,38 +100,28 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if cache is None and t > 1 and not last_only and use_fast_backward(q, k, self.training, self.dropout):
-            y = causal_attention(q, k, v)  # same math as below; our AMX kernel (or faster backward) for bf16 on CPUs
-            return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
         start = 0
         if cache is not None:
             start = cache.pos
             k, v = cache.update(self.layer_idx, k, v)
             # A cache may be kept in fp32 for a bf16 prefill followed by fp32 decoding.
             k, v = k.to(q.dtype), v.to(q.dtype)
+        mask, causal = None, False
         if last_only:
             # The last position sees every key: one query row, no mask.
             q, t = q[:, :, -1:], 1
-            mask, causal = None, False
         elif start == 0:
-            if use_native_prefill(q, k):  # a prompt's attention in our AMX kernel
-                y = causal_attention(q, k, v)
-                return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
             # Plain causal attention over the new tokens only (for one token the same as no mask;
             # a constant, not `t > 1`, keeps a compiled graph whole when t is symbolic).
-            mask, causal = None, True
-        elif t == 1:
-            # One new token may look at everything cached: no mask at all.
-            mask, causal = None, False
-        else:
+            causal = True
+        elif t > 1:
             # t new tokens after `start` cached ones: token i sees keys 0..start+i.
+            # (One new token may look at everything cached: no mask at all.)
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
+        # fast path: = F.scaled_dot_product_attention with these arguments
+        y = kernels.attention(q, k, v, attn_mask=mask, is_causal=causal,
+                              dropout_p=self.dropout if self.training else 0.0,
+                              enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -181,13 +144,10 @@ class SwiGLU(nn.Module):
         del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.w13 is not None:
+        if self.w13 is not None:  # an inference copy: one product for gate and up
             gate, up = self.w13(x).chunk(2, dim=-1)
             return self.w2(F.silu(gate) * up)
-        if self.training and torch.is_autocast_enabled(x.device.type):  # one product for gate and up, as in Attention
-            # swiglu() runs our native kernel on bf16 CPU tensors (3x Inductor's fused loop).
-            return self.w2(swiglu(F.linear(x, torch.cat((self.w1.weight, self.w3.weight)))))
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(kernels.swiglu(x, self.w1, self.w3))  # fast path: = F.silu(self.w1(x)) * self.w3(x)
 
 
 class Block(nn.Module):

@@ -41,7 +41,7 @@ class KVCache:
     def allocate(self, dtype: torch.dtype) -> None:
         """Create the buffers (done by the first write unless called before).
 
-        They are uninitialised (zeroing costs about a millisecond, a tenth of a prompt's
+        They are uninitialised (zeroing them costs a noticeable share of a prompt's
         prefill): whoever reads past ``pos`` must mask what it reads.
         """
         self.dtype = self.dtype or dtype

@@ -14,11 +14,10 @@ import math
 import torch
 import torch.nn as nn
 
+from .. import kernels
 from ..config import ModelConfig
 from ..utils.errors import FoundryError
 from .components import Block, RMSNorm, rope_tables
-from .embedding import embedding
-from .losses import cross_entropy
 from .kv_cache import KVCache
 
 
@@ -71,7 +70,7 @@ class MiniLLM(nn.Module):
         if start + t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
-        x = embedding(self.tok_embeddings.weight, idx)
+        x = kernels.embedding(self.tok_embeddings, idx)  # fast path: = self.tok_embeddings(idx)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             # The last block's keys and values are needed for every position (the cache), its
@@ -82,8 +81,9 @@ class MiniLLM(nn.Module):
         x = self.norm(x)
         logits = self.output(x)
         loss = None
-        if targets is not None:
-            loss = cross_entropy(logits, targets)
+        if targets is not None:  # in fp32 even under bf16 autocast: log-softmax needs the precision
+            # fast path: = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
+            loss = kernels.cross_entropy(logits, targets)
         return logits, loss
 
     def fuse_projections(self) -> "MiniLLM":

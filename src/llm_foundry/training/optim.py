@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..config import TrainConfig
-from ..models import cpu_kernels
+from ..kernels import cpu_kernels
 from .ema import EMA
 
 

@@ -53,9 +53,8 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
-# Below this width the casts autocast adds cost more than AMX saves on small matrices
-# (measured on a 2-core Sapphire Rapids: dim 128 trains 1.1x faster in fp32, dim 256
-# 1.55x faster in bf16).
+# Below this width the casts autocast adds cost more than bf16 products save on small
+# matrices (the measurement is in docs/*/performance.md).
 CPU_BF16_MIN_DIM = 256
 
 
@@ -94,9 +93,9 @@ def keep_freed_memory() -> bool:
     A training step allocates and frees the same multi-megabyte activations every
     step. By default glibc serves blocks above a (dynamic) threshold with ``mmap`` and
     unmaps them on free, so every step pays thousands of page faults and the kernel
-    zeroes the pages again (about 12k faults per ``tinygpt`` step). Raising the mmap
-    threshold to its maximum (32 MiB) and the trim threshold keeps them in the heap:
-    about 5% faster steps on a 2-core CPU. No-op where the C library is not glibc.
+    zeroes the pages again. Raising the mmap threshold to its maximum (32 MiB) and the
+    trim threshold keeps them in the heap (docs/*/performance.md has the figures).
+    No-op where the C library is not glibc.
     """
     import ctypes
     import ctypes.util

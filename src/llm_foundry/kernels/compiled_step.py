@@ -15,8 +15,11 @@ its fp32 one although it reads half the bytes. This step answers both:
   cache in its own dtype (bf16 after a bf16 prefill).
 
 It computes what ``MiniLLM.forward`` computes for one new token with a cache (a test
-holds the two together). Measured with ``bench/decode.py`` (``small`` preset, 2-core
-Sapphire Rapids): batch-1 decoding 331 -> 767 tokens/s.
+holds the two together), about twice as fast at batch 1 (``bench/decode.py``; figures in
+``docs/*/performance.md``). It reads the model duck-typed (this package sits below
+``models/``), so the few lines of the model's math it needs (RMSNorm with fp32 weights, the
+rotation) are written out here. With the fast paths switched off (``FOUNDRY_NO_CPU_KERNELS=1``)
+it runs the model's own forward instead.
 """
 
 from __future__ import annotations
@@ -27,33 +30,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import KVCache, MiniLLM
-from ..models.components import RMSNorm, apply_rope
+from . import switch
 
 
 class CompiledStep(nn.Module):
     """Call like a MiniLLM with one new token per row: ``logits, _ = step(idx, cache=cache)``.
 
     Args:
-        model: an inference copy with fused projections (``MiniLLM.fuse_projections``),
+        model: a ``MiniLLM`` inference copy with fused projections (``fuse_projections``),
             in the dtype its weights should be read in.
     """
 
-    def __init__(self, model: MiniLLM):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model.eval()
         self._graph = torch.compile(self._step, fullgraph=True)
         self.uncompiled = False  # set when compiling failed and the step runs eagerly
 
-    def forward(self, idx: torch.Tensor, targets=None, cache: KVCache | None = None,
+    def forward(self, idx: torch.Tensor, targets=None, cache=None,
                 last_only: bool = True) -> tuple[torch.Tensor, None]:
-        """Logits ``(batch, 1, vocab)`` for one new token per row; advances ``cache``.
+        """Logits ``(batch, 1, vocab)`` for one new token per row; advances ``cache`` (a ``KVCache``).
 
         ``targets`` and ``last_only`` are there for MiniLLM's call signature (with one new
         token, its logits are the last position's).
         """
         if cache is None or idx.shape[1] != 1 or targets is not None:
             raise ValueError("CompiledStep decodes one token per row into a KV cache")
+        if not switch.ENABLED:  # the fast paths are off: the model's own forward
+            return self.model(idx, cache=cache, last_only=True)
         if cache.pos >= cache.max_len:
             raise ValueError(f"KV cache full: {cache.pos + 1} tokens > capacity {cache.max_len}")
         if cache.k is None:
@@ -79,8 +83,16 @@ class CompiledStep(nn.Module):
         return F.linear(x.to(w.dtype), w).float()
 
     @staticmethod
-    def _norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+    def _norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """The model's RMSNorm ``norm``, with its weight in fp32."""
         return F.rms_norm(x, (x.shape[-1],), norm.weight.float(), norm.eps)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The model's rotation (``models.apply_rope``): each head's first half against its second."""
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
     def _step(self, idx: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor], vs: list[torch.Tensor]) -> torch.Tensor:
         m, b = self.model, idx.shape[0]
@@ -96,7 +108,7 @@ class CompiledStep(nn.Module):
             v = v.view(b, a.n_kv_heads, 1, a.head_dim)
             if a.q_norm is not None:
                 q, k = self._norm(q, a.q_norm), self._norm(k, a.k_norm)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             k_cache.index_copy_(2, pos, k.to(k_cache.dtype))
             v_cache.index_copy_(2, pos, v.to(v_cache.dtype))
             # Grouped heads: the queries sharing a key/value head attend together.

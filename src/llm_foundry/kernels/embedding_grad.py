@@ -2,12 +2,12 @@
 
 The gradient of an embedding lookup adds each position's gradient row into the row of
 its token. Inductor (torch 2.13) compiles that on a CPU into one vectorised *atomic* add
-per element, since two positions may share a token: at the ``tinygpt`` shape (4,096
-positions x 256) that loop alone took ~3.5 ms of a ~125 ms step, where PyTorch's eager
-``index_add_`` does the same sum in ~0.2 ms. Inside a compiled graph the lookup's
-backward is therefore an operator the compiler does not open, running ``index_add_`` (the
-forward stays ``F.embedding``, fused with what follows); everywhere else (eager training,
-inference, GPUs, whose atomics are fast) the lookup is plain ``F.embedding``.
+per element, since two positions may share a token: many times slower than PyTorch's
+eager ``index_add_``, which does the same sum (figures in ``docs/*/performance.md``).
+Inside a compiled graph the lookup's backward is therefore an operator the compiler does
+not open, running ``index_add_`` (the forward stays ``F.embedding``, fused with what
+follows). The façade (``kernels.embedding``) takes it only there; everywhere else (eager
+training, inference, GPUs, whose atomics are fast) the lookup is plain ``F.embedding``.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ class _Embedding(torch.autograd.Function):
         return _embedding_backward(grad.contiguous(), ids, ctx.num_rows), None
 
 
-def embedding(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Rows of ``weight`` for the token ``ids`` (``F.embedding``), with the fast gradient above
-    when a CPU training step is being compiled."""
-    if (torch.compiler.is_compiling() and weight.device.type == "cpu" and weight.requires_grad
-            and torch.is_grad_enabled()):
-        return _Embedding.apply(weight, ids)
-    return F.embedding(ids, weight)
+def lookup(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of ``weight`` for the token ``ids`` (``F.embedding``), with the gradient above."""
+    return _Embedding.apply(weight, ids)

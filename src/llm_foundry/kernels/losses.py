@@ -4,18 +4,17 @@
 ``(tokens, vocab)`` logits, a full fp32 log-softmax, a full fp32 gradient and a cast of
 that gradient back to bf16: four passes over tens of megabytes that fall out of cache
 between them. For a character model with a few thousand characters (the online REPL,
-Chinese text) that is ~15% of a training step on a 2-core CPU. The path below works on
-blocks of rows that stay in cache: per block it converts to fp32, takes the
-log-sum-exp, and in the backward writes ``softmax - onehot`` straight into a bf16
-gradient. Same math, fp32 accumulation, about 2x faster (``bench/`` numbers in
-``docs/*/performance.md``). Where the native kernels build (``cpu_kernels``), one C++
-pass over the logits each way does the same again, about 2x faster still.
+Chinese text) that is a noticeable share of a training step on a small CPU. The path
+below works on blocks of rows that stay in cache: per block it converts to fp32, takes
+the log-sum-exp, and in the backward writes ``softmax - onehot`` straight into a bf16
+gradient. Same math, fp32 accumulation, fewer passes. Where the native kernels build
+(``cpu_kernels``), one C++ pass over the logits each way does the same with fewer passes
+still (figures in ``docs/*/performance.md``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import cpu_kernels
 
@@ -23,17 +22,10 @@ IGNORE_INDEX = -100
 ROWS_PER_BLOCK = 128  # 128 rows x 4k vocab x 4 bytes = 2 MiB: one core's L2
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` (``..., vocab``) against ``targets`` (``...``).
-
-    Positions whose target is ``-100`` are not counted (NaN if none is left, as
-    ``F.cross_entropy``). Computed in fp32 whatever the logits' dtype.
-    """
-    flat, tgt = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
-    if (logits.dtype in (torch.bfloat16, torch.float16) and logits.device.type == "cpu" and logits.requires_grad
-            and not torch.compiler.is_compiling()):
-        return _BlockedCrossEntropy.apply(flat, tgt)
-    return F.cross_entropy(flat.float(), tgt, ignore_index=IGNORE_INDEX)
+def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of bf16 or fp16 CPU ``logits`` (``rows, vocab``) against ``targets``
+    (``rows``), ``-100`` not counted: ``F.cross_entropy(logits.float(), targets)`` in fewer passes."""
+    return _BlockedCrossEntropy.apply(logits, targets)
 
 
 class _BlockedCrossEntropy(torch.autograd.Function):

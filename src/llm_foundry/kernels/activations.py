@@ -5,8 +5,8 @@ tensor. Under ``torch.compile`` Inductor fuses the activation into one loop, but
 evaluates the sigmoid with a full-precision exp and a true division (twice in the
 backward), which makes it the most expensive elementwise pass of a small model's step on
 a CPU. Where the native kernels build (``cpu_kernels``), one C++ pass each way with a fast
-exp does the same at bf16 precision, about 3x faster; it is registered as a PyTorch
-operator so a compiled block stays one graph.
+exp does the same at bf16 precision, several times faster (``docs/*/performance.md``); it
+is registered as a PyTorch operator so a compiled block stays one graph.
 """
 
 from __future__ import annotations

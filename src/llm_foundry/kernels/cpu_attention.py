@@ -1,15 +1,14 @@
 """Causal attention for bf16 training on CPUs: our AMX kernel, or a faster backward.
 
 Where the CPU has AMX (and a C++ compiler is present), forward and backward both run in
-our own kernel, ``cpu_kernels.cpp``: about 6x faster than PyTorch's flash kernels at
-the ``tinygpt`` shape (``bench/attention.py``). Elsewhere, PyTorch's flash forward with
-the backward below.
+our own kernel, ``cpu_kernels.cpp``, several times faster than PyTorch's flash kernels at
+the shapes small models train with (``bench/attention.py``; figures in
+``docs/*/performance.md``). Elsewhere, PyTorch's flash forward with the backward below.
 
-On a CPU the flash-attention *backward* kernel is the slowest op of a small bf16
-model's training step (about 26 ms per layer at batch 16, 8 heads of 32, ctx 256:
-seven times its forward). Its job is simple though: with the softmax statistics
-(``lse``) the forward already returns, the backward is four small matrix products
-and two elementwise passes over the (time × time) scores:
+On a CPU the flash-attention *backward* kernel is the slowest op of a small bf16 model's
+training step, several times its forward. Its job is simple though: with the softmax
+statistics (``lse``) the forward already returns, the backward is four small matrix
+products and two elementwise passes over the (time × time) scores:
 
     P  = exp(Q Kᵀ·s − lse)            (causal entries only)
     dV = Pᵀ dO                        dP = dO Vᵀ
@@ -17,10 +16,11 @@ and two elementwise passes over the (time × time) scores:
 
 We run it a few sequences at a time, so the scores of one chunk stay in the core's
 cache, and let ``torch.compile`` fuse the elementwise passes into single loops. The
-matrix products are bf16 with fp32 accumulation, like the kernel it replaces.
-Measured on a 2-core Sapphire Rapids: about 2× faster than the stock backward
-(``bench/attention.py``). Where the compiler is unavailable (no C++ toolchain),
-the same math runs eagerly, which is as fast as the stock kernel.
+matrix products are bf16 with fp32 accumulation, like the kernel it replaces. Where the
+compiler is unavailable (no C++ toolchain), the same math runs eagerly, about as fast as
+the stock kernel.
+
+Which calls come here is decided by the façade (``kernels.attention``).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from . import cpu_kernels
 
-# Sequences per backward chunk: fp32 scores of about 8 MB per chunk were fastest (4 sequences of
-# 8 heads × 256²); smaller chunks pay per-call overhead, larger ones fall out of cache.
+# Sequences per backward chunk, by the size of their fp32 scores: smaller chunks pay per-call
+# overhead, larger ones fall out of cache (bench/attention.py found this size fastest).
 _SCORES_BYTES_PER_CHUNK = 8 * 1024 * 1024
 _compiled = None  # the compiled chunk kernel, built on first use; False if compiling failed
 
@@ -137,21 +137,6 @@ def _amx_grads(ctx, grad_out, _grad_lse):
 
 
 _amx_forward.register_autograd(_amx_grads, setup_context=_amx_setup_context)
-
-
-def use_fast_backward(q: torch.Tensor, k: torch.Tensor, training: bool, dropout: float) -> bool:
-    """True where :func:`causal_attention` applies: bf16 training on a CPU, no dropout, no GQA."""
-    return (training and dropout == 0.0 and q.device.type == "cpu" and q.dtype == torch.bfloat16
-            and k.dtype == torch.bfloat16 and q.shape[1] == k.shape[1] and q.requires_grad
-            and k.shape[-2] == q.shape[-2])
-
-
-def use_native_prefill(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True where a prompt's causal attention (no cache before it) takes the AMX kernel: bf16
-    on a CPU with the native kernels, no GQA, no gradient. About 120 µs against PyTorch's
-    flash kernel's 200 for 6 heads x 256 positions x 64."""
-    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16 and not q.requires_grad
-            and q.shape[1] == k.shape[1] and k.shape[-2] == q.shape[-2] and q.shape[-2] > 1 and cpu_kernels.available())
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ PyTorch uses libgomp (the Linux builds do).
 
 :func:`available` is False, with :func:`unavailable_reason` saying why, on machines
 without AMX (or AVX512-BF16), without a compiler, or with ``FOUNDRY_NO_CPU_KERNELS=1``;
-callers then use PyTorch's kernels.
+callers then use PyTorch's kernels. Only this package calls them (see its façade, ``__init__``),
+and the optimizer's one-pass step (``training/optim.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from . import switch
 
 _SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 _FLAGS = ["-O2", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
@@ -80,7 +83,7 @@ def _load() -> ctypes.CDLL | None:
     if _library is not None or _reason is not None:
         return _library
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if os.environ.get("FOUNDRY_NO_CPU_KERNELS"):
+    if not switch.ENABLED:
         _reason = "disabled by FOUNDRY_NO_CPU_KERNELS"
     elif not _cpu_supports_amx():
         _reason = "this CPU has no AMX-BF16"
@@ -117,7 +120,7 @@ def available() -> bool:
 
 # A constant to torch.compile, so tracing never reaches the build: what
 # `torch.compiler.assume_constant_result` sets, without importing the compiler at start-up
-# (two seconds on a slow CPU, for commands that never compile). A test checks it matches.
+# (seconds on a slow CPU, for commands that never compile). A test checks it matches.
 available._dynamo_marked_constant = True
 
 
