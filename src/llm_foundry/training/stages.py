@@ -31,7 +31,7 @@ from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from ..data.chat_batches import ChatMixture, parse_mixture
-from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config
+from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config, recover_checkpoint_dir
 from .trainer import Trainer
 
 STAGE_CONFIG_FILE = "stage_config.json"
@@ -197,6 +197,8 @@ def stage_source(init_from: Path, out: Path, resume: bool):
         FoundryError: nothing to resume, a run already in ``out``, or ``out`` is ``init_from``.
     """
     state_path = out / STATE_FILE
+    if out.is_dir():
+        recover_checkpoint_dir(out)  # a kill mid-save left the old or the new checkpoint: take it
     if resume and not state_path.is_file():
         raise FoundryError(f"nothing to resume in {out} (no {STATE_FILE})")
     if not resume and state_path.exists():
