@@ -94,8 +94,15 @@ def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, 
 
 
 def recover_checkpoint_dir(path: str | Path) -> None:
-    """Finish a checkpoint swap of the run folder ``path`` that a kill interrupted (idempotent)."""
-    recover_folder(Path(path) / CHECKPOINT_DIR)
+    """Finish a checkpoint save of the run folder ``path`` that a kill interrupted (idempotent):
+    the swap of ``checkpoint/``, and the links of a first save."""
+    path = Path(path)
+    recover_folder(path / CHECKPOINT_DIR)
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).exists() and not (path / name).is_symlink()]
+    if missing:
+        _link_checkpoint(path, only=missing)
+    for name in CHECKPOINT_FILES:
+        (path / f".{name}.link").unlink(missing_ok=True)
 
 
 def _adopt_plain_files(path: Path) -> None:
@@ -123,11 +130,12 @@ def _adopt_plain_files(path: Path) -> None:
     _link_checkpoint(path)
 
 
-def _link_checkpoint(path: Path) -> None:
-    """Make each top-level checkpoint name a link into ``checkpoint/`` (each link replaced atomically)."""
+def _link_checkpoint(path: Path, only: list[str] | None = None) -> None:
+    """Make each top-level checkpoint name (or those in ``only``) a link into ``checkpoint/``
+    (each link replaced atomically)."""
     import os
 
-    for name in CHECKPOINT_FILES:
+    for name in only or CHECKPOINT_FILES:
         link, target = path / name, f"{CHECKPOINT_DIR}/{name}"
         if not (path / CHECKPOINT_DIR / name).is_file():
             continue
