@@ -31,11 +31,12 @@ from ..models import MiniLLM
 from ..models.model_dir import STATE_FILE, load_model_config, load_model_dir
 from ..training.optim import build_optimizers
 from ..training.schedule import lr_factor
+from ..training.loop import run_loop
 from ..training.state import TrainingState, load_state
 from ..training.step import StepParts, train_step
 from ..utils.signals import StopRequest
 from ..utils.device import resolve_device, resolve_dtype
-from ..utils.errors import FoundryError
+from ..utils.errors import FoundryError, TrainingInterrupted
 from ..utils.io import atomic_write_json, read_json
 from .corpus import fingerprint, find_text_files, load_corpus, make_split, read_split
 from .state import StatePaths, load_settings, model_shape_changes, recover_model_dir, save_settings, write_model_dir
@@ -129,9 +130,9 @@ def run_steps(model: MiniLLM, optimizers: list[torch.optim.Optimizer], batch_fn:
     parts = StepParts(model, optimizers, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip)
     model.train()
     step = start
-    while step < stop_at:
-        if stop is not None and stop.requested:
-            break
+
+    def one_step() -> None:
+        nonlocal step
         x, y = batch_fn(step)
         factor = lr_factor(step, step / max(total, 1), cfg.schedule, warmup, cfg.min_lr_ratio, cfg.decay_fraction)
         loss = train_step(parts, factor, 1, lambda _micro: model(x, y)[1])
@@ -140,6 +141,14 @@ def run_steps(model: MiniLLM, optimizers: list[torch.optim.Optimizer], batch_fn:
         if on_step is not None:
             on_step(step, float(loss), optimizers[0].param_groups[0]["lr"])
         step += 1
+
+    # The callers save at their own boundaries (epochs, candidates), so a stop saves nothing here.
+    try:
+        run_loop(label="train", max_steps=stop_at, step=lambda: step, train_step=one_step,
+                 progress=lambda: step / max(total, 1), save=lambda: None, quiet=True, stop=stop)
+    except TrainingInterrupted:
+        if stop is None:  # the caller holds no stop request: Ctrl-C is what it was before
+            raise KeyboardInterrupt from None
     return step
 
 

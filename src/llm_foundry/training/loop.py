@@ -48,7 +48,7 @@ def run_loop(*, label: str, max_steps: int, step: Callable[[], int], train_step:
              checkpoint_interval: int = 0, out_of_time: Callable[[], bool] | None = None,
              after_step: Callable[[int, LoopView], None] | None = None,
              on_step: Callable[[int, float], None] | None = None,
-             after_loop: Callable[[LoopView], None] | None = None) -> None:
+             after_loop: Callable[[LoopView], None] | None = None, stop: StopRequest | None = None) -> None:
     """Call ``train_step`` until ``step()`` reaches ``max_steps`` (or ``out_of_time()``).
 
     Args:
@@ -61,13 +61,18 @@ def run_loop(*, label: str, max_steps: int, step: Callable[[], int], train_step:
         after_step: the trainer's logging and evaluation after each step.
         on_step: ``(step, progress)`` after each step, for callers outside the trainer.
         after_loop: the trainer's last words (e.g. a final evaluation), with the bar still up.
+        stop: a :class:`StopRequest` the caller already holds (one that spans several loops);
+            None: the loop turns Ctrl-C/SIGTERM into one of its own.
 
     Raises:
         TrainingInterrupted: Ctrl-C/SIGTERM was pressed; the checkpoint is saved.
     """
+    import contextlib
+
     from rich.progress import TextColumn
 
-    with StopRequest(quiet) as stop, progress_bar(not quiet, TextColumn("{task.fields[status]}")) as bar:
+    requests = contextlib.nullcontext(stop) if stop is not None else StopRequest(quiet)
+    with requests as stop, progress_bar(not quiet, TextColumn("{task.fields[status]}")) as bar:
         view = LoopView(bar, bar.add_task(label, total=1000, status=""), label)
         view.show(step(), progress())
         while step() < max_steps:

@@ -42,6 +42,9 @@ class StepParts:
     amp_dtype: torch.dtype | None = None
     grad_clip: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.device = next(self.model.parameters()).device  # autocast's device, looked up once
+
     @classmethod
     def build(cls, model: nn.Module, cfg: TrainConfig, amp_dtype: torch.dtype | None) -> "StepParts":
         """Fresh optimizers, EMA (``cfg.ema_decay`` > 0) and scaler (fp16 only) for ``model``."""
@@ -64,11 +67,10 @@ def train_step(parts: StepParts, lr_factor: float, micro_batches: int,
         the sum of the micro-batch losses, detached (a tensor: reading it is the caller's sync).
     """
     set_lr(parts.optimizers, lr_factor)
-    device = next(parts.model.parameters()).device
     scaler = parts.scaler if parts.scaler is not None and parts.scaler.is_enabled() else None
     total = None
     for i in range(micro_batches):
-        with autocast_context(device, parts.amp_dtype):
+        with autocast_context(parts.device, parts.amp_dtype):
             loss = loss_of(i)
         scaled = loss / micro_batches if micro_batches > 1 else loss
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
