@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..config import TrainConfig, coerce_fields
-from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
+from ..utils.device import autocast_context
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
@@ -45,7 +45,7 @@ from .schedule import lr_factor
 from .stages import stage_source
 from .state import resume_checkpoint, save_checkpoint
 from .step import StepParts, train_step
-from .trainer import METRICS_FILE
+from .trainer import METRICS_FILE, run_device
 
 RL_CONFIG_FILE, RL_EVAL_FILE = "rl_config.json", "rl_eval.json"
 
@@ -213,10 +213,7 @@ class RLTrainer:
         self.data_dir = None
         self.model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
         self.cfg = cfg.train_config()
-        self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # as Trainer.__init__ does
-        self.amp_dtype = resolve_dtype(cfg.precision, self.device, self.model_cfg.dim)
+        self.device, self.amp_dtype = run_device(cfg.device, cfg.precision, self.model_cfg.dim)
 
     def _build(self) -> None:
         torch.manual_seed(self.cfg.seed)

@@ -26,13 +26,12 @@ from typing import Any, Callable, Mapping
 from .. import __version__
 from ..config import TrainConfig, coerce_fields, configs_from_dict
 from ..tokenizers import load_tokenizer
-from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from ..data.chat_batches import ChatMixture, parse_mixture
-from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config, recover_checkpoint_dir
-from .trainer import Trainer
+from ..models.model_dir import TOKENIZER_FILE, load_model_config
+from .trainer import Trainer, check_run_folder
 
 STAGE_CONFIG_FILE = "stage_config.json"
 STAGES = ("midtrain", "sft")
@@ -132,15 +131,8 @@ class StageTrainer(Trainer):
         self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
         self.init_from = Path(init_from)
         self.data_dir = Path(cfg.text_data) if cfg.text_data else None
-        self.model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
-        self.cfg = cfg.train
-        self.seq_len = self.cfg.seq_len or self.model_cfg.max_seq_len
-        if self.seq_len > self.model_cfg.max_seq_len:
-            raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({self.model_cfg.max_seq_len})")
-        self.device = resolve_device(self.cfg.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # as Trainer.__init__, which this class skips
-        self.amp_dtype = resolve_dtype(self.cfg.precision, self.device, self.model_cfg.dim)
+        model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
+        self._configure(model_cfg, cfg.train)
 
     def _write_run_config(self) -> None:
         atomic_write_json(self.out / STAGE_CONFIG_FILE, {
@@ -196,13 +188,7 @@ def stage_source(init_from: Path, out: Path, resume: bool):
     Raises:
         FoundryError: nothing to resume, a run already in ``out``, or ``out`` is ``init_from``.
     """
-    state_path = out / STATE_FILE
-    if out.is_dir():
-        recover_checkpoint_dir(out)  # a kill mid-save left the old or the new checkpoint: take it
-    if resume and not state_path.is_file():
-        raise FoundryError(f"nothing to resume in {out} (no {STATE_FILE})")
-    if not resume and state_path.exists():
-        raise FoundryError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    check_run_folder(out, resume)
     if out.resolve() == init_from.resolve():
         raise FoundryError("--out must differ from the input model folder (each stage writes its own)")
     source = out if resume else init_from

@@ -44,6 +44,29 @@ def same_tokenizer(a: Path, b: Path) -> bool:
         return False
 
 
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Check that ``out`` holds a run to resume (``resume``) or none to overwrite, after finishing
+    a checkpoint save a kill interrupted (the old or the new checkpoint is taken).
+
+    Raises:
+        FoundryError: nothing to resume, or a run already there.
+    """
+    if out.is_dir():
+        recover_checkpoint_dir(out)
+    if resume and not (out / STATE_FILE).is_file():
+        raise FoundryError(f"nothing to resume in {out} (no {STATE_FILE})")
+    if not resume and (out / STATE_FILE).exists():
+        raise FoundryError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+
+def run_device(device: str, precision: str, dim: int) -> tuple[torch.device, torch.dtype | None]:
+    """The device and autocast dtype of a training run."""
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
+    return dev, resolve_dtype(precision, dev, dim)
+
+
 class Trainer:
     """Train a MiniLLM on a prepared data folder into a run folder.
 
@@ -74,14 +97,8 @@ class Trainer:
             raise FoundryError("--resume and --init-from exclude each other")
         self.dataset = TokenDataset(data_dir)
         self.tokenizer = self.dataset.tokenizer
-        state_path = self.out / STATE_FILE
-        if self.out.is_dir():
-            recover_checkpoint_dir(self.out)  # a kill mid-save left the old or the new checkpoint: take it
+        check_run_folder(self.out, resume)
         source = self.out if resume else self.init_from
-        if resume and not state_path.is_file():
-            raise FoundryError(f"nothing to resume in {self.out} (no {STATE_FILE})")
-        if not resume and state_path.exists():
-            raise FoundryError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
         if source is not None:
             model_cfg = load_model_config(source)
             if not same_tokenizer(source / TOKENIZER_FILE, self.data_dir / TOKENIZER_FILE):
@@ -91,14 +108,15 @@ class Trainer:
             raise FoundryError("a model config is needed unless resuming or starting from --init-from")
         else:
             model_cfg = dataclasses.replace(model_cfg, vocab_size=self.tokenizer.vocab_size)
+        self._configure(model_cfg, train_cfg)
+
+    def _configure(self, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+        """The model shape, settings, sequence length, device and precision of the run."""
         self.model_cfg, self.cfg = model_cfg.validate(), dataclasses.replace(train_cfg).validate()
         self.seq_len = train_cfg.seq_len or model_cfg.max_seq_len
         if self.seq_len > model_cfg.max_seq_len:
             raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
-        self.device = resolve_device(train_cfg.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        self.amp_dtype = resolve_dtype(train_cfg.precision, self.device, self.model_cfg.dim)
+        self.device, self.amp_dtype = run_device(train_cfg.device, train_cfg.precision, self.model_cfg.dim)
 
     # ------------------------------------------------------------------ state
     def _build(self) -> None:
