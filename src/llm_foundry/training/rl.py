@@ -226,7 +226,8 @@ class RLTrainer:
         self.metrics = MetricsLog(self.out / METRICS_FILE)
         if self.resume:
             state = resume_checkpoint(self.out, self.parts, bundle.step, peak_lrs(self.optimizers, self.cfg))
-            self.step, self.tokens_seen, self.train_time = state.step, state.extra["tokens_seen"], state.extra["train_time"]
+            self.step = state.step
+            self.tokens_seen, self.train_time = state.extra.get("tokens_seen", 0), state.extra.get("train_time", 0.0)
             self.metrics.trim(self.step)
         self.forward = self.model
 

@@ -126,7 +126,8 @@ class StageTrainer(Trainer):
 
     def __init__(self, init_from: str | Path, out_dir: str | Path, cfg: StageConfig, resume: bool = False,
                  quiet: bool = False, on_step: Callable[[int, float], None] | None = None):
-        # Trainer.__init__ is skipped on purpose: it reads a token data folder, a stage reads conversations.
+        # Trainer.__init__ reads a token data folder, a stage reads conversations: only the setup
+        # they share (`_configure`, `check_run_folder` in stage_source) is reused.
         self.stage_cfg = cfg.validate()
         self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
         self.init_from = Path(init_from)

@@ -1,9 +1,11 @@
-"""The training loop, kept readable: one step is sample -> forward -> backward -> step.
+"""Pretraining on a prepared data folder: the batches and logs around the shared core.
 
-Everything a resumed run needs is in ``training_state.pt``: optimizer moments, the
-EMA, RNG state and the step counter (the data loader is a pure function of the
-step, see ``data/loader.py``). So an interrupted run continued with ``--resume``
-produces the same losses as one that never stopped.
+The step is ``step.py``'s (sample -> forward -> backward -> optimizer step), the loop
+``loop.py``'s and the checkpoint ``state.py``'s: everything a resumed run needs is in
+``training_state.pt`` (optimizer moments, the EMA, RNG state, the step counter; the data
+loader is a pure function of the step, see ``data/loader.py``), saved as one unit with
+the weights. So an interrupted run continued with ``--resume`` produces the same losses
+as one that never stopped.
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ class Trainer:
     def _load_state(self, weights_step: int) -> None:
         state = resume_checkpoint(self.out, self.parts, weights_step, peak_lrs(self.optimizers, self.cfg))
         self.step = state.step
-        self.tokens_seen, self.train_time = state.extra["tokens_seen"], state.extra["train_time"]
-        self.best_val = state.extra["best_val"]
+        self.tokens_seen, self.train_time = state.extra.get("tokens_seen", 0), state.extra.get("train_time", 0.0)
+        self.best_val = state.extra.get("best_val", math.inf)
         self.metrics.trim(self.step)
 
     def save_checkpoint(self) -> None:
