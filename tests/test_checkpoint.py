@@ -13,7 +13,7 @@ from helpers import run_cli
 @pytest.fixture
 def model_copy(trained_run, tmp_path):
     dst = tmp_path / "m"
-    shutil.copytree(trained_run, dst)
+    shutil.copytree(trained_run, dst, symlinks=True)  # the run folder's layout as it is (links into checkpoint/)
     return dst
 
 
@@ -58,10 +58,10 @@ def test_damaged_model_folder_is_a_clear_error(model_copy, damage, message):
 def test_corrupt_training_state_refuses_resume_and_keeps_files(model_copy, shakespeare_data):
     state = model_copy / "training_state.pt"
     state.write_bytes(state.read_bytes()[:500])
-    before = {p.name: p.read_bytes() for p in model_copy.iterdir()}
+    before = {p: p.read_bytes() for p in model_copy.rglob("*") if p.is_file()}
     proc = run_cli("train", "--data", shakespeare_data, "--out", model_copy, "--resume", "--quiet")
     assert proc.returncode == 1 and "training state is corrupt" in proc.stderr and "Traceback" not in proc.stderr
-    assert {p.name: p.read_bytes() for p in model_copy.iterdir()} == before
+    assert {p: p.read_bytes() for p in model_copy.rglob("*") if p.is_file()} == before
 
 
 def test_weights_and_state_from_different_steps_are_detected(model_copy, shakespeare_data):

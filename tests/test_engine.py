@@ -119,12 +119,13 @@ def test_tool_output_is_forced_with_mask_zero(engine):
 
 
 def test_terminators_and_text_mode():
-    # One terminator set: a chat reply ends where the server's does; plain text only at EOS.
-    from llm_foundry.tokenizers.special import BOS, CHAT_TERMINATORS, EOS, token_ids
+    # One terminator set each: a chat reply ends where the server's does; plain text at the end of
+    # its document (BOS, which would start the next one, is never sampled in text mode).
+    from llm_foundry.tokenizers.special import BOS, CHAT_TERMINATORS, TEXT_TERMINATORS, token_ids
 
     model = tiny_model(max_seq_len=32)
     chat, text = Engine(model, TOK, precision="fp32"), Engine(model, TOK, precision="fp32", mode="text")
-    assert chat.terminators == token_ids(TOK, CHAT_TERMINATORS) and text.terminators == {TOK.token_id(EOS)}
+    assert chat.terminators == token_ids(TOK, CHAT_TERMINATORS) and text.terminators == token_ids(TOK, TEXT_TERMINATORS)
     assert TOK.token_id(BOS) in text.suppress and TOK.token_id(BOS) not in chat.suppress
     # Text mode goes past the context (the newest half is prefilled again), with or without the cache.
     p = TOK.encode("abc")

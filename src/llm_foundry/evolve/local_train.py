@@ -7,8 +7,10 @@ on the fixed validation split and one entry goes to ``training_log.json``; every
 ``--save-every`` epochs a checkpoint is written, the best epoch goes to ``best/``, and
 ``checkpoints/last/`` (with the optimizer) lets an interrupted run continue.
 
-The step function :func:`run_steps` is shared with the evolution engine and the
-benchmark, so every arm trains with exactly the same code.
+The step loop :func:`run_steps` is shared with the evolution engine and the
+benchmark, so every arm trains with exactly the same code; its step is the one every
+trainer uses (``training/step.py``), and ``checkpoints/last/`` holds the shared
+training state (``training/state.py``).
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from ..config.evolve import TrainOptions  # noqa: F401  (its home is config/)
 from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import mean_loss
 from ..models import MiniLLM
-from ..models.model_dir import load_model_config, load_model_dir, save_model_dir
-from ..training.optim import build_optimizers, optimizer_step, set_lr
+from ..models.model_dir import STATE_FILE, load_model_config, load_model_dir
+from ..training.optim import build_optimizers
 from ..training.schedule import lr_factor
+from ..training.loop import run_loop
+from ..training.state import TrainingState, load_state
+from ..training.step import StepParts, train_step
 from ..utils.signals import StopRequest
-from ..utils.device import autocast_context, resolve_device, resolve_dtype
-from ..utils.errors import FoundryError
-from ..utils.io import atomic_torch_save, atomic_write_json, read_json
+from ..utils.device import resolve_device, resolve_dtype
+from ..utils.errors import FoundryError, TrainingInterrupted
+from ..utils.io import atomic_write_json, read_json
 from .corpus import fingerprint, find_text_files, load_corpus, make_split, read_split
 from .state import StatePaths, load_settings, model_shape_changes, recover_model_dir, save_settings, write_model_dir
 
@@ -122,24 +127,29 @@ def run_steps(model: MiniLLM, optimizers: list[torch.optim.Optimizer], batch_fn:
     Returns:
         the index of the next step (``stop_at`` unless stopped early).
     """
-    device = next(model.parameters()).device
     warmup = min(cfg.warmup_steps, max(1, total // 5))
+    parts = StepParts(model, optimizers, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip)
     model.train()
     step = start
-    while step < stop_at:
-        if stop is not None and stop.requested:
-            break
-        set_lr(optimizers, lr_factor(step, step / max(total, 1), cfg.schedule, warmup, cfg.min_lr_ratio, cfg.decay_fraction))
+
+    def one_step() -> None:
+        nonlocal step
         x, y = batch_fn(step)
-        with autocast_context(device, amp_dtype):
-            _, loss = model(x, y)
-        loss.backward()
-        optimizer_step(model, optimizers, cfg.grad_clip)
+        factor = lr_factor(step, step / max(total, 1), cfg.schedule, warmup, cfg.min_lr_ratio, cfg.decay_fraction)
+        loss = train_step(parts, factor, 1, lambda _micro: model(x, y)[1])
         if compute is not None:
             compute.train_tokens += x.numel()
         if on_step is not None:
-            on_step(step, float(loss.detach()), optimizers[0].param_groups[0]["lr"])
+            on_step(step, float(loss), optimizers[0].param_groups[0]["lr"])
         step += 1
+
+    # The callers save at their own boundaries (epochs, candidates), so a stop saves nothing here.
+    try:
+        run_loop(label="train", max_steps=stop_at, step=lambda: step, train_step=one_step,
+                 progress=lambda: step / max(total, 1), save=lambda: None, quiet=True, stop=stop)
+    except TrainingInterrupted:
+        if stop is None:  # the caller holds no stop request: Ctrl-C is what it was before
+            raise KeyboardInterrupt from None
     return step
 
 
@@ -207,9 +217,18 @@ def train(state_dir: str | Path, opts: TrainOptions, say: Callable[[str], None] 
 
     # Resume an unfinished run, else start a new one from the champion (or from scratch).
     run = read_json(paths.train_run, "train run") if paths.train_run.is_file() else None
-    resuming = bool(run and not run.get("finished") and (paths.last / "training_state.pt").is_file())
     recover_model_dir(paths.champion)
     recover_model_dir(paths.last)
+    resuming = bool(run and not run.get("finished") and (paths.last / STATE_FILE).is_file())
+    state = None
+    if resuming:
+        state = load_state(paths.last / STATE_FILE, rt.device)
+        # The run record saved with the checkpoint is the one that matches it (train_run.json is
+        # written after it, so a kill in between leaves train_run.json one epoch behind).
+        run = {**run, **state.extra.get("run", {})}
+        if state.step != run["step"]:
+            raise FoundryError(f"{paths.last} does not match {paths.train_run} (interrupted while saving?); "
+                               f"delete {paths.train_run} to start the run anew")
     if resuming:
         if run["epochs"] != opts.epochs or run["steps_per_epoch"] != spe:
             say(f"continuing the unfinished run of {run['epochs']} epochs x {run['steps_per_epoch']} steps "
@@ -232,12 +251,7 @@ def train(state_dir: str | Path, opts: TrainOptions, say: Callable[[str], None] 
                "data_seed": seed + len({e.get("run_id") for e in _read_log(paths.training_log)})}
     optimizers = build_optimizers(model, cfg)
     if resuming:
-        state = torch.load(paths.last / "training_state.pt", map_location=rt.device, weights_only=True)
-        if state.get("step") != run["step"]:
-            raise FoundryError(f"{paths.last} does not match {paths.train_run} (interrupted while saving?); "
-                               f"delete {paths.train_run} to start the run anew")
-        for opt, sd in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
+        state.restore(model, optimizers)
         say(f"resuming training at epoch {run['epoch_done'] + 1}/{epochs}")
     total = epochs * spe
     train_loader = WindowLoader(rt.dataset, "train", cfg.batch_size, seq_len, run.get("data_seed", seed), rt.device)
@@ -283,13 +297,12 @@ def train(state_dir: str | Path, opts: TrainOptions, say: Callable[[str], None] 
                 write_model_dir(paths.best, model, tokenizer, step)
             if epoch % opts.save_every == 0 or epoch == epochs:
                 write_model_dir(paths.checkpoints / f"epoch_{epoch:03d}", model, tokenizer, step)
-            # Optimizer first, then the weights and the run record that point at it.
-            atomic_torch_save(paths.last / "training_state.pt",
-                              {"step": step, "optimizers": [o.state_dict() for o in optimizers]})
-            save_model_dir(paths.last, model, tokenizer, step)
+            # The resume point as one unit (weights, optimizer, run record), then the logs that follow it.
+            run.update(epoch_done=epoch, step=step, best_val=best_val)
+            last = TrainingState.capture(step, model, optimizers, extra={"run": dict(run)})
+            write_model_dir(paths.last, model, tokenizer, step, state_bytes=last.to_bytes())
             log.append(entry)
             atomic_write_json(paths.training_log, log)
-            run.update(epoch_done=epoch, step=step, best_val=best_val)
             atomic_write_json(paths.train_run, run)
     # The champion is the best epoch of this run (lowest validation loss).
     best = load_model_dir(paths.best, rt.device)

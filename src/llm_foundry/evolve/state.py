@@ -14,15 +14,13 @@
       knowledge/             self-generated text that passed the filters (self_generated.jsonl)
 
 A model folder is replaced by writing the new one beside it and swapping folders
-with ``os.replace``; a folder is never rewritten in place, so a reader (or a kill)
-sees the old model or the new one, never a mix.
+(``utils.io.replace_folder``); a folder is never rewritten in place, so a reader (or a
+kill) sees the old model or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -30,9 +28,10 @@ import torch
 from ..config import ModelConfig, TrainConfig, config_to_dict, configs_from_dict
 from ..models import MiniLLM
 from ..tokenizers import Tokenizer
-from ..models.model_dir import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, save_model_dir
+from ..models.model_dir import CONFIG_FILE, STATE_FILE, TOKENIZER_FILE, WEIGHTS_FILE, save_model_dir
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_json, read_json
+from ..utils.io import atomic_write_json, read_json, recover_folder, replace_folder
+from ..utils.signals import deferred_signals
 
 DEFAULT_STATE_DIR = "h2q_state"
 MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE)
@@ -74,42 +73,26 @@ def is_complete_model_dir(path: Path) -> bool:
     return path.is_dir() and all((path / f).is_file() for f in MODEL_FILES)
 
 
-def _aside(path: Path, tag: str) -> Path:
-    return path.with_name(f".{path.name}.{tag}")
-
-
 def write_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int = 0,
-                    weights: dict[str, torch.Tensor] | None = None) -> None:
-    """Replace the model folder ``path`` as a whole: write ``.NAME.new``, then swap folders.
+                    weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None) -> None:
+    """Replace the model folder ``path`` as a whole (``utils.io.replace_folder``).
 
-    POSIX cannot rename a folder over a non-empty one, so the old folder is first
-    renamed aside (``.NAME.old``), the new one renamed into place, and the old one
-    deleted; :func:`recover_model_dir` completes or undoes a swap a kill interrupted.
+    Args:
+        state_bytes: a serialised training state (``training.state``) to keep beside the weights.
     """
-    path = Path(path)
-    new, old = _aside(path, "new"), _aside(path, "old")
-    recover_model_dir(path)
-    shutil.rmtree(new, ignore_errors=True)
-    save_model_dir(new, model, tokenizer, step, weights=weights)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(new, path)
-    shutil.rmtree(old, ignore_errors=True)
+    def fill(folder: Path) -> None:
+        save_model_dir(folder, model, tokenizer, step, weights=weights)
+        if state_bytes is not None:
+            (folder / STATE_FILE).write_bytes(state_bytes)
+
+    with deferred_signals():
+        replace_folder(path, fill)
 
 
 def recover_model_dir(path: str | Path) -> None:
     """Finish or roll back a folder swap that was interrupted (idempotent)."""
-    path = Path(path)
-    new, old = _aside(path, "new"), _aside(path, "old")
-    if not path.exists():
-        if is_complete_model_dir(new):
-            os.replace(new, path)
-        elif old.exists():
-            os.replace(old, path)
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        if new.exists() and not is_complete_model_dir(new):
-            shutil.rmtree(new, ignore_errors=True)
+    # Older versions wrote .NAME.new in place, so a .NAME.new is only taken when complete.
+    recover_folder(path, is_complete_model_dir)
 
 
 def save_settings(paths: StatePaths, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: str, seed: int) -> None:

@@ -8,6 +8,16 @@
 Each file is written atomically. Loading checks everything before a model is
 returned, so a truncated, foreign or mismatched file is a one-line error and never
 a half-loaded model.
+
+A training run rewrites its folder many times, so there the four files are one
+unit (:func:`save_checkpoint_dir`): they live in ``checkpoint/``, which is replaced as
+a whole (``utils.io.replace_folder``), and the names at the top are links into it:
+
+    RUN/config.json -> checkpoint/config.json   (and the other three)
+    RUN/checkpoint/   config.json, model.safetensors, tokenizer.json, training_state.pt
+
+A kill at any instant leaves the old checkpoint or the new one, never weights of one
+step beside the training state of another; readers see a plain model folder.
 """
 
 from __future__ import annotations
@@ -22,10 +32,12 @@ from ..config import ModelConfig
 from .minillm import MiniLLM
 from ..tokenizers import Tokenizer, load_tokenizer
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, read_json, recover_folder, replace_folder
 
 ARCHITECTURE = "MiniLLM"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE = "config.json", "model.safetensors", "tokenizer.json", "training_state.pt"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE)
 
 
 @dataclass
@@ -55,6 +67,84 @@ def save_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer | None
                                             **dataclasses.asdict(model.cfg)})
     if tokenizer is not None:
         tokenizer.save(path / TOKENIZER_FILE)
+
+
+def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
+                        weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None) -> None:
+    """Write a run folder's checkpoint (the model folder files and ``training_state.pt``) as one unit.
+
+    Args:
+        path: the run folder.
+        weights: as in :func:`save_model_dir`.
+        state_bytes: the serialised training state (``training.state``), or None for none.
+    """
+    from ..utils.signals import deferred_signals
+
+    path = Path(path)
+
+    def fill(folder: Path) -> None:
+        save_model_dir(folder, model, tokenizer, step, weights=weights)
+        if state_bytes is not None:
+            (folder / STATE_FILE).write_bytes(state_bytes)  # replace_folder fsyncs it
+
+    with deferred_signals():  # a second Ctrl-C waits for the swap (it could not tear it, but the links)
+        _adopt_plain_files(path)
+        replace_folder(path / CHECKPOINT_DIR, fill)
+        _link_checkpoint(path)
+
+
+def recover_checkpoint_dir(path: str | Path) -> None:
+    """Finish a checkpoint save of the run folder ``path`` that a kill interrupted (idempotent):
+    the swap of ``checkpoint/``, and the links of a first save."""
+    path = Path(path)
+    recover_folder(path / CHECKPOINT_DIR)
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).exists() and not (path / name).is_symlink()]
+    if missing:
+        _link_checkpoint(path, only=missing)
+    for name in CHECKPOINT_FILES:
+        (path / f".{name}.link").unlink(missing_ok=True)
+
+
+def _adopt_plain_files(path: Path) -> None:
+    """Move a run folder of plain files (written before checkpoints were units) to the linked layout.
+
+    The plain files are first hard-linked into a ``checkpoint/`` of their own, then each is
+    replaced by a link to its copy: the content under every name is the same all along,
+    so a kill during this step changes nothing a reader sees.
+    """
+    plain = [name for name in CHECKPOINT_FILES if (path / name).is_file() and not (path / name).is_symlink()]
+    if not plain:
+        return
+
+    def fill(folder: Path) -> None:
+        import os
+        import shutil
+
+        for name in plain:
+            try:
+                os.link(path / name, folder / name)
+            except OSError:  # a file system without hard links
+                shutil.copy2(path / name, folder / name)
+
+    replace_folder(path / CHECKPOINT_DIR, fill)
+    _link_checkpoint(path)
+
+
+def _link_checkpoint(path: Path, only: list[str] | None = None) -> None:
+    """Make each top-level checkpoint name (or those in ``only``) a link into ``checkpoint/``
+    (each link replaced atomically)."""
+    import os
+
+    for name in only or CHECKPOINT_FILES:
+        link, target = path / name, f"{CHECKPOINT_DIR}/{name}"
+        if not (path / CHECKPOINT_DIR / name).is_file():
+            continue
+        if link.is_symlink() and os.readlink(link) == target:
+            continue
+        tmp = path / f".{name}.link"
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
 
 
 def load_model_config(path: str | Path) -> ModelConfig:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -130,8 +129,10 @@ class Speedrun:
 
     def _fresh_or_resume(self, folder: Path) -> bool:
         """Whether ``folder`` holds a checkpoint to resume; clears a stage that never saved one."""
-        from ..models.model_dir import STATE_FILE as TRAIN_STATE
+        from ..models.model_dir import STATE_FILE as TRAIN_STATE, recover_checkpoint_dir
 
+        if folder.is_dir():
+            recover_checkpoint_dir(folder)  # a kill mid-save: take the old or the new checkpoint
         if (folder / TRAIN_STATE).is_file():
             return True
         if folder.exists():
@@ -170,11 +171,7 @@ class Speedrun:
         folder = self.path("pretrain")
         resume = self._fresh_or_resume(folder)
         trainer = Trainer(self.parsed.model, self.parsed.pretrain, self.out / "data", folder, resume=resume, quiet=True)
-        stop = _poll(lambda: progress(trainer._progress() if hasattr(trainer, "step") else 0.0))
-        try:
-            return trainer.run()
-        finally:
-            stop()
+        return trainer.run(on_step=lambda step, p: progress(p))
 
     def _chat_stage(self, stage: str, prev: str, progress: Callable[[float], None]) -> dict:
         import dataclasses
@@ -298,26 +295,6 @@ class Speedrun:
 def _short(summary: dict, limit: int = 8) -> str:
     items = [f"{k} {rounded(v)}" for k, v in summary.items() if not isinstance(v, (dict, list))][:limit]
     return ", ".join(items)
-
-
-def _poll(fn: Callable[[], None], every: float = 0.5) -> Callable[[], None]:
-    """Call ``fn`` every ``every`` seconds in a daemon thread; returns the stop function.
-
-    Used for the pretraining stage, whose Trainer has no step callback: the overall bar
-    reads its progress from outside.
-    """
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every):
-            try:
-                fn()
-            except Exception:
-                pass  # a progress read racing the trainer's own update is not worth a crash
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    return stop.set
 
 
 def run_speedrun(out: str | Path, preset: str = "cpu", overrides: Iterable[str] = (),

@@ -1,4 +1,5 @@
-"""Training: optimizers, schedules, EMA, checkpoints and the Trainer loop (loaded on first use)."""
+"""Training: one step (step.py), one loop (loop.py), one training state (state.py), and the
+trainers built on them: pretraining (trainer.py), mid-training/SFT (stages.py), RL (rl.py)."""
 
 from ..utils.errors import TrainingInterrupted
 from ..utils.lazy import lazy_exports

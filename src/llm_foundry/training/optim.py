@@ -197,3 +197,9 @@ def replace_parameter(optimizers: list[torch.optim.Optimizer], old: torch.Tensor
                     grown[key] = value
                 opt.state[new] = grown
     return found
+
+
+def peak_lrs(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig) -> list[float]:
+    """Each optimizer's peak lr under ``cfg`` (Muon's ``muon_lr``, AdamW's ``lr``): a resumed
+    run follows the config it is resumed with, not the saved one."""
+    return [cfg.muon_lr if isinstance(opt, torch.optim.Muon) else cfg.lr for opt in optimizers]

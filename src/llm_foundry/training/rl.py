@@ -14,8 +14,8 @@ One step:
 5. policy-gradient loss ``-mean(advantage * log p(token))`` over the sampled tokens,
    plus, optionally, ``kl_coef`` times a KL estimate to the frozen starting model.
 
-The loop reuses the :class:`~llm_foundry.training.trainer.Trainer`'s state handling
-(optimizer, checkpoint, exact resume, Ctrl-C). Before the first step and after the
+The step, loop, checkpoint and exact resume are the shared ones (``training/step.py``,
+``loop.py``, ``state.py``); only the rollouts, the loss and the logs are RL's own. Before the first step and after the
 last, the mean reward on held-out prompts is measured with the same sampling
 settings, so the report can show what RL changed.
 """
@@ -33,16 +33,18 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..config.stages import RLConfig, rl_config_from_dict  # noqa: F401  (their home is config/)
-from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
+from ..utils.device import autocast_context
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from ..models.model_dir import load_model_dir
 from ..tokenizers.special import ASSISTANT_END, PAD
-from .optim import optimizer_step, set_lr
+from .loop import MetricsLog, run_loop
+from .optim import peak_lrs
 from .schedule import lr_factor
 from .stages import stage_source
-from ..utils.signals import StopRequest
-from .trainer import Trainer, TrainingInterrupted
+from .state import resume_checkpoint, save_checkpoint
+from .step import StepParts, train_step
+from .trainer import METRICS_FILE, run_device
 
 RL_CONFIG_FILE, RL_EVAL_FILE = "rl_config.json", "rl_eval.json"
 
@@ -88,8 +90,13 @@ def sampled_reward(engine, examples: list, *, samples: int, max_tokens: int, tem
             "greedy_accuracy": float(np.mean(greedy_scores)) if greedy_scores else 0.0, "prompts": len(examples)}
 
 
-class RLTrainer(Trainer):
+class RLTrainer:
     """GRPO on a chat model folder into a new model folder.
+
+    Built from the shared pieces: :class:`~llm_foundry.training.step.StepParts` and
+    :func:`~llm_foundry.training.step.train_step` for the update, the checkpoint and
+    exact resume of :mod:`~llm_foundry.training.state`, and
+    :func:`~llm_foundry.training.loop.run_loop`; it supplies the rollouts, the loss and the logs.
 
     Args:
         init_from: the SFT model folder.
@@ -108,10 +115,28 @@ class RLTrainer(Trainer):
         self.data_dir = None
         self.model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
         self.cfg = cfg.train_config()
-        self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # as Trainer.__init__ does
-        self.amp_dtype = resolve_dtype(cfg.precision, self.device, self.model_cfg.dim)
+        self.device, self.amp_dtype = run_device(cfg.device, cfg.precision, self.model_cfg.dim)
+
+    def _build(self) -> None:
+        torch.manual_seed(self.cfg.seed)
+        bundle = load_model_dir(self.out if self.resume else self.init_from, self.device, with_tokenizer=False)
+        self.model = bundle.model
+        self.model.train()
+        self.parts = StepParts.build(self.model, self.cfg, self.amp_dtype)
+        self.optimizers = self.parts.optimizers
+        self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
+        self.metrics = MetricsLog(self.out / METRICS_FILE)
+        if self.resume:
+            state = resume_checkpoint(self.out, self.parts, bundle.step, peak_lrs(self.optimizers, self.cfg))
+            self.step = state.step
+            self.tokens_seen, self.train_time = state.extra.get("tokens_seen", 0), state.extra.get("train_time", 0.0)
+            self.metrics.trim(self.step)
+        self.forward = self.model
+
+    def save_checkpoint(self) -> None:
+        """Write the RL folder's checkpoint as one unit (see :func:`~llm_foundry.training.state.save_checkpoint`)."""
+        save_checkpoint(self.out, self.parts, self.tokenizer, self.step,
+                        {"tokens_seen": self.tokens_seen, "train_time": self.train_time})
 
     def _write_run_config(self) -> None:
         atomic_write_json(self.out / RL_CONFIG_FILE, {**dataclasses.asdict(self.rl), "init_from": str(self.init_from.resolve()),
@@ -243,44 +268,36 @@ class RLTrainer(Trainer):
             console.print(f"[bold]rl[/] from {self.init_from}: tasks {', '.join(rl.tasks)}, {rl.prompts_per_step} prompts x "
                           f"{rl.group_size} samples per step, from step {self.step}"
                           + (f"; held-out reward before {before['mean_reward']:.3f}" if before else ""))
-        from rich.progress import TextColumn
+        def one_step() -> None:
+            t0 = time.perf_counter()
+            rows, rewards = self._rollout(self.step)
+            t_gen = time.perf_counter() - t0
+            got: dict[str, float] = {"loss": 0.0, "kl": 0.0}
 
-        from ..utils.progress import progress_bar
+            def loss_of(_micro: int) -> torch.Tensor:
+                loss, got["kl"] = self._loss(rows)
+                return loss
 
-        with StopRequest(self.quiet) as stop, progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
-            task = bar.add_task("rl", total=rl.steps, status="")
-            bar.update(task, completed=self.step)
-            while self.step < rl.steps:
-                if stop.requested:
-                    self.save_checkpoint()
-                    raise TrainingInterrupted(self.step)
-                t0 = time.perf_counter()
-                set_lr(self.optimizers, lr_factor(self.step, self.step / rl.steps, "wsd", rl.warmup_steps, 0.0, 1.0))
-                rows, rewards = self._rollout(self.step)
-                t_gen = time.perf_counter() - t0
-                out = self._loss(rows)
-                loss_v, kl = 0.0, 0.0
-                if out is not None:
-                    loss, kl = out
-                    loss.backward()
-                    optimizer_step(self.model, self.optimizers, rl.grad_clip)
-                    loss_v = float(loss.detach())
-                else:
-                    for opt in self.optimizers:
-                        opt.zero_grad(set_to_none=True)
-                self.step += 1
-                self.tokens_seen += sum(len(r[0]) for r in rows)
-                self.train_time += time.perf_counter() - t0
-                mean_r = float(np.mean(rewards))
-                self._log({"step": self.step, "reward": round(mean_r, 4), "loss": round(loss_v, 5), "kl": round(kl, 5),
-                           "lr": self.optimizers[0].param_groups[0]["lr"], "gen_time": round(t_gen, 2),
-                           "time": round(self.train_time, 2)})
-                bar.update(task, completed=self.step, description=f"rl step {self.step}",
-                           status=f"reward {mean_r:.3f} | loss {loss_v:+.4f}")
-                if self.on_step is not None:
-                    self.on_step(self.step, self.step / rl.steps)
-                if rl.checkpoint_interval and self.step % rl.checkpoint_interval == 0 and self.step < rl.steps:
-                    self.save_checkpoint()
+            if any(a != 0.0 and any(m) for _, m, a in rows):
+                factor = lr_factor(self.step, self.step / rl.steps, "wsd", rl.warmup_steps, 0.0, 1.0)
+                got["loss"] = float(train_step(self.parts, factor, 1, loss_of))
+            # else every group was all-right or all-wrong: nothing to learn from this step
+            self.step += 1
+            self.tokens_seen += sum(len(r[0]) for r in rows)
+            self.train_time += time.perf_counter() - t0
+            got.update(reward=float(np.mean(rewards)), gen_time=t_gen)
+            last.update(got)
+
+        def after_step(step: int, view) -> None:
+            self.metrics.append({"step": step, "reward": round(last["reward"], 4), "loss": round(last["loss"], 5),
+                                 "kl": round(last["kl"], 5), "lr": self.optimizers[0].param_groups[0]["lr"],
+                                 "gen_time": round(last["gen_time"], 2), "time": round(self.train_time, 2)})
+            view.show(step, step / rl.steps, f"reward {last['reward']:.3f} | loss {last['loss']:+.4f}")
+
+        last: dict[str, float] = {}
+        run_loop(label="rl", max_steps=rl.steps, step=lambda: self.step, train_step=one_step,
+                 progress=lambda: self.step / rl.steps, save=self.save_checkpoint, quiet=self.quiet,
+                 checkpoint_interval=rl.checkpoint_interval, after_step=after_step, on_step=self.on_step)
         self.save_checkpoint()
         if "after" not in evals or evals.get("after_step") != self.step:
             evals["after"], evals["after_step"] = self.measure(), self.step

@@ -24,13 +24,12 @@ from typing import Callable
 from .. import __version__
 from ..config.stages import DEFAULT_LOSS_ON, DEFAULT_MIXTURES, STAGES, StageConfig, stage_config_from_dict  # noqa: F401  (their home is config/)
 from ..tokenizers import load_tokenizer
-from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
 from ..data.chat_batches import ChatMixture
-from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config
-from .trainer import Trainer
+from ..models.model_dir import TOKENIZER_FILE, load_model_config
+from .trainer import Trainer, check_run_folder
 
 STAGE_CONFIG_FILE = "stage_config.json"
 class StageTrainer(Trainer):
@@ -50,20 +49,14 @@ class StageTrainer(Trainer):
 
     def __init__(self, init_from: str | Path, out_dir: str | Path, cfg: StageConfig, resume: bool = False,
                  quiet: bool = False, on_step: Callable[[int, float], None] | None = None):
-        # Trainer.__init__ is skipped on purpose: it reads a token data folder, a stage reads conversations.
+        # Trainer.__init__ reads a token data folder, a stage reads conversations: only the setup
+        # they share (`_configure`, `check_run_folder` in stage_source) is reused.
         self.stage_cfg = cfg.validate()
         self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
         self.init_from = Path(init_from)
         self.data_dir = Path(cfg.text_data) if cfg.text_data else None
-        self.model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
-        self.cfg = cfg.train
-        self.seq_len = self.cfg.seq_len or self.model_cfg.max_seq_len
-        if self.seq_len > self.model_cfg.max_seq_len:
-            raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({self.model_cfg.max_seq_len})")
-        self.device = resolve_device(self.cfg.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # as Trainer.__init__, which this class skips
-        self.amp_dtype = resolve_dtype(self.cfg.precision, self.device, self.model_cfg.dim)
+        model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
+        self._configure(model_cfg, cfg.train)
 
     def _write_run_config(self) -> None:
         atomic_write_json(self.out / STAGE_CONFIG_FILE, {
@@ -119,11 +112,7 @@ def stage_source(init_from: Path, out: Path, resume: bool):
     Raises:
         FoundryError: nothing to resume, a run already in ``out``, or ``out`` is ``init_from``.
     """
-    state_path = out / STATE_FILE
-    if resume and not state_path.is_file():
-        raise FoundryError(f"nothing to resume in {out} (no {STATE_FILE})")
-    if not resume and state_path.exists():
-        raise FoundryError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    check_run_folder(out, resume)
     if out.resolve() == init_from.resolve():
         raise FoundryError("--out must differ from the input model folder (each stage writes its own)")
     source = out if resume else init_from

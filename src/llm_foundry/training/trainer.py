@@ -1,9 +1,11 @@
-"""The training loop, kept readable: one step is sample -> forward -> backward -> step.
+"""Pretraining on a prepared data folder: the batches and logs around the shared core.
 
-Everything a resumed run needs is in ``training_state.pt``: optimizer moments, the
-EMA, RNG state and the step counter (the data loader is a pure function of the
-step, see ``data/loader.py``). So an interrupted run continued with ``--resume``
-produces the same losses as one that never stopped.
+The step is ``step.py``'s (sample -> forward -> backward -> optimizer step), the loop
+``loop.py``'s and the checkpoint ``state.py``'s: everything a resumed run needs is in
+``training_state.pt`` (optimizer moments, the EMA, RNG state, the step counter; the data
+loader is a pure function of the step, see ``data/loader.py``), saved as one unit with
+the weights. So an interrupted run continued with ``--resume`` produces the same losses
+as one that never stopped.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from ..config import ModelConfig, TrainConfig, config_to_dict
 from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import loss_metrics, mean_loss
 from ..models import MiniLLM
-from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
-from ..utils.errors import FoundryError, TrainingInterrupted
-from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
+from ..utils.errors import FoundryError, TrainingInterrupted  # noqa: F401 (re-exported)
+from ..utils.io import atomic_write_json
 from ..utils.progress import console
-from ..utils.signals import StopRequest
-from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, save_model_dir
-from .ema import EMA
-from .optim import build_optimizers, optimizer_step, set_lr
+from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, recover_checkpoint_dir
+from .loop import MetricsLog, run_loop
+from .optim import peak_lrs
 from .schedule import lr_factor
+from .state import resume_checkpoint, save_checkpoint
+from .step import StepParts, train_step
 
 RUN_CONFIG_FILE, METRICS_FILE = "run_config.json", "metrics.jsonl"
 
@@ -41,6 +44,29 @@ def same_tokenizer(a: Path, b: Path) -> bool:
         return json.loads(a.read_text(encoding="utf-8")) == json.loads(b.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Check that ``out`` holds a run to resume (``resume``) or none to overwrite, after finishing
+    a checkpoint save a kill interrupted (the old or the new checkpoint is taken).
+
+    Raises:
+        FoundryError: nothing to resume, or a run already there.
+    """
+    if out.is_dir():
+        recover_checkpoint_dir(out)
+    if resume and not (out / STATE_FILE).is_file():
+        raise FoundryError(f"nothing to resume in {out} (no {STATE_FILE})")
+    if not resume and (out / STATE_FILE).exists():
+        raise FoundryError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+
+def run_device(device: str, precision: str, dim: int) -> tuple[torch.device, torch.dtype | None]:
+    """The device and autocast dtype of a training run."""
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
+    return dev, resolve_dtype(precision, dev, dim)
 
 
 class Trainer:
@@ -73,12 +99,8 @@ class Trainer:
             raise FoundryError("--resume and --init-from exclude each other")
         self.dataset = TokenDataset(data_dir)
         self.tokenizer = self.dataset.tokenizer
-        state_path = self.out / STATE_FILE
+        check_run_folder(self.out, resume)
         source = self.out if resume else self.init_from
-        if resume and not state_path.is_file():
-            raise FoundryError(f"nothing to resume in {self.out} (no {STATE_FILE})")
-        if not resume and state_path.exists():
-            raise FoundryError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
         if source is not None:
             model_cfg = load_model_config(source)
             if not same_tokenizer(source / TOKENIZER_FILE, self.data_dir / TOKENIZER_FILE):
@@ -88,14 +110,15 @@ class Trainer:
             raise FoundryError("a model config is needed unless resuming or starting from --init-from")
         else:
             model_cfg = dataclasses.replace(model_cfg, vocab_size=self.tokenizer.vocab_size)
+        self._configure(model_cfg, train_cfg)
+
+    def _configure(self, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+        """The model shape, settings, sequence length, device and precision of the run."""
         self.model_cfg, self.cfg = model_cfg.validate(), dataclasses.replace(train_cfg).validate()
         self.seq_len = train_cfg.seq_len or model_cfg.max_seq_len
         if self.seq_len > model_cfg.max_seq_len:
             raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
-        self.device = resolve_device(train_cfg.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        self.amp_dtype = resolve_dtype(train_cfg.precision, self.device, self.model_cfg.dim)
+        self.device, self.amp_dtype = run_device(train_cfg.device, train_cfg.precision, self.model_cfg.dim)
 
     # ------------------------------------------------------------------ state
     def _build(self) -> None:
@@ -107,63 +130,26 @@ class Trainer:
         else:
             self.model = MiniLLM(self.model_cfg).to(self.device)
         self.model.train()
-        self.optimizers = build_optimizers(self.model, cfg)
-        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a no-op.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.parts = StepParts.build(self.model, cfg, self.amp_dtype)
+        self.optimizers, self.ema, self.scaler = self.parts.optimizers, self.parts.ema, self.parts.scaler
         self.step, self.tokens_seen, self.train_time, self.best_val = 0, 0, 0.0, math.inf
+        self.metrics = MetricsLog(self.out / METRICS_FILE)
         if self.resume:
             self._load_state(bundle.step)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
 
     def _load_state(self, weights_step: int) -> None:
-        try:
-            state = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise FoundryError(f"training state is corrupt: {self.out / STATE_FILE} ({str(e).splitlines()[0][:100]})") from None
-        if state.get("step") != weights_step:
-            raise FoundryError(f"{self.out} holds weights of step {weights_step} but training state of step "
-                               f"{state.get('step')} (interrupted while saving?)")
-        if len(state["optimizers"]) != len(self.optimizers):
-            raise FoundryError("saved optimizer state does not match train.optimizer; resume with the same optimizer")
-        if state.get("raw_weights") is not None:
-            # With EMA on, model.safetensors holds the EMA weights; training continues from the raw ones.
-            self.model.load_state_dict(state["raw_weights"])
-        for opt, sd in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
-            for g in opt.param_groups:  # base_lr follows the (possibly overridden) config
-                g["base_lr"] = self.cfg.muon_lr if isinstance(opt, torch.optim.Muon) else self.cfg.lr
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.train_time, self.best_val = state["train_time"], state["best_val"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        self._trim_metrics(self.step)
+        state = resume_checkpoint(self.out, self.parts, weights_step, peak_lrs(self.optimizers, self.cfg))
+        self.step = state.step
+        self.tokens_seen, self.train_time = state.extra.get("tokens_seen", 0), state.extra.get("train_time", 0.0)
+        self.best_val = state.extra.get("best_val", math.inf)
+        self.metrics.trim(self.step)
 
     def save_checkpoint(self) -> None:
-        """Write the run folder: training state first, then weights (which carry the step)."""
-        raw = self.model.state_dict()
-        state = {
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "train_time": self.train_time,
-            "best_val": self.best_val,
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
-            "ema": self.ema.state_dict() if self.ema else None,
-            "scaler": self.scaler.state_dict(),
-            "raw_weights": raw if self.ema else None,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }
-        atomic_torch_save(self.out / STATE_FILE, state)
-        weights = None
-        if self.ema is not None:
-            weights = {k: self.ema.shadow[k] if k in self.ema.shadow else v for k, v in raw.items()}
-        save_model_dir(self.out, self.model, self.tokenizer, self.step, weights=weights)
+        """Write the run folder's checkpoint (weights, tokenizer, config, training state) as one unit."""
+        save_checkpoint(self.out, self.parts, self.tokenizer, self.step,
+                        {"tokens_seen": self.tokens_seen, "train_time": self.train_time, "best_val": self.best_val})
+        self._window_start = time.perf_counter()  # saving is not training throughput
 
     def _write_run_config(self) -> None:
         atomic_write_json(self.out / RUN_CONFIG_FILE, {
@@ -176,22 +162,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- metrics
     def _log(self, record: dict) -> None:
-        with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _trim_metrics(self, step: int) -> None:
-        # Lines logged after the checkpoint we resume from would otherwise repeat.
-        path = self.out / METRICS_FILE
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a kill
-        atomic_write_text(path, "".join(line + "\n" for line in keep))
+        self.metrics.append(record)
 
     def evaluate(self) -> dict[str, float] | None:
         """Validation metrics of the weights that will be saved (EMA if enabled)."""
@@ -220,35 +191,25 @@ class Trainer:
         sync. Shared by every loop built on this class (pretraining, mid-training, SFT).
         """
         cfg = self.cfg
-        set_lr(self.optimizers, lr_factor(self.step, self._progress(), cfg.schedule, cfg.warmup_steps,
-                                          cfg.min_lr_ratio, cfg.decay_fraction))
         trained = torch.zeros((), dtype=torch.long, device=self.device)
-        for micro in range(cfg.grad_accum):
-            x, y = batch(self.step * cfg.grad_accum + micro)
-            with autocast_context(self.device, self.amp_dtype):
-                _, loss = self.forward(x, y)
-            self.scaler.scale(loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
+        first = self.step * cfg.grad_accum
+
+        def loss_of(micro: int) -> torch.Tensor:
+            nonlocal trained
+            x, y = batch(first + micro)
             trained += (y != -100).sum()
-        if not self.scaler.is_enabled():  # bf16 or fp32: no loss scaling
-            optimizer_step(self.model, self.optimizers, cfg.grad_clip, self.ema)
-        else:
-            if cfg.grad_clip > 0:
-                for opt in self.optimizers:
-                    self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
-            for opt in self.optimizers:
-                self.scaler.step(opt)
-            self.scaler.update()
-            for opt in self.optimizers:
-                opt.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update(self.model)
+            return self.forward(x, y)[1]
+
+        factor = lr_factor(self.step, self._progress(), cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_fraction)
+        loss_sum += train_step(self.parts, factor, cfg.grad_accum, loss_of)
         self.step += 1
         return trained
 
-    def run(self) -> dict:
+    def run(self, on_step: Callable[[int, float], None] | None = None) -> dict:
         """Train until ``max_steps`` or the time budget; returns a summary dict.
+
+        Args:
+            on_step: called with ``(step, progress in [0, 1])`` after every optimizer step.
 
         Raises:
             TrainingInterrupted: after Ctrl-C/SIGTERM, with the checkpoint saved.
@@ -266,7 +227,7 @@ class Trainer:
             console.print(f"[bold]training[/] {self.model.num_parameters() / 1e6:.2f}M parameters on {self.device}"
                           f" ({'bf16 autocast' if self.amp_dtype == torch.bfloat16 else 'fp32' if self.amp_dtype is None else 'fp16'}),"
                           f" batch {cfg.batch_size}x{self.seq_len}x{cfg.grad_accum}, {cfg.optimizer}, from step {self.step}")
-        last_val = self._train_loop(train.batch, "train")
+        last_val = self._train_loop(train.batch, "train", on_step)
         self.save_checkpoint()
         summary = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": round(self.train_time, 2),
                    "tok_per_s": round(self.tokens_seen / max(self.train_time, 1e-9), 1),
@@ -279,63 +240,57 @@ class Trainer:
                     on_step: Callable[[int, float], None] | None = None) -> dict[str, float] | None:
         """Step until ``max_steps`` or the time budget, with progress, logs, evals and checkpoints.
 
-        Shared by pretraining and the chat stages: ``batch(i)`` gives micro-batch ``i``;
-        ``on_step(step, progress)`` is called after every optimizer step. Saves and raises
-        :class:`TrainingInterrupted` on Ctrl-C/SIGTERM. Returns the last validation metrics.
+        Shared by pretraining and the chat stages: ``batch(i)`` gives micro-batch ``i``; the
+        loop itself is :func:`~llm_foundry.training.loop.run_loop`. Returns the last validation metrics.
         """
-        from rich.progress import TextColumn
-
-        from ..utils.progress import progress_bar
-
         cfg = self.cfg
         tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum
-        last_val = None
-        loss_sum, loss_count, trained = torch.zeros((), device=self.device), 0, 0
-        window_start, window_tokens = time.perf_counter(), 0
-        with StopRequest(self.quiet) as stop, progress_bar(not self.quiet, TextColumn("{task.fields[status]}")) as bar:
-            task = bar.add_task(label, total=1000, status="")
-            first_step_here = True
-            while self.step < cfg.max_steps:
-                if stop.requested:
-                    self.save_checkpoint()
-                    raise TrainingInterrupted(self.step)
-                if cfg.time_budget and self.train_time >= cfg.time_budget:
-                    break
-                t_step = time.perf_counter()
-                trained += self.train_step(batch, loss_sum)
-                loss_count += cfg.grad_accum
-                self.tokens_seen += tokens_per_step
-                if cfg.compile and first_step_here:
-                    # This step waited for the compiler: start-up, not training time (the
-                    # time budget and tokens/s count from here; the step's update still counts).
-                    first_step_here = False
-                    window_start = time.perf_counter()
-                else:
-                    window_tokens += tokens_per_step
-                    self.train_time += time.perf_counter() - t_step
-                if on_step is not None:
-                    on_step(self.step, self._progress())
-                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    train_loss = float(loss_sum) / max(loss_count, 1)
-                    tok_s = window_tokens / max(now - window_start, 1e-9)
-                    self._log({"step": self.step, "loss": round(train_loss, 5),
-                               "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
-                               "trained_tokens": int(trained), "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)})
-                    bar.update(task, completed=int(1000 * self._progress()), description=f"{label} step {self.step}",
-                               status=f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
-                    loss_sum.zero_()
-                    loss_count, trained, window_start, window_tokens = 0, 0, now, 0
-                if cfg.eval_interval and self.step % cfg.eval_interval == 0:
-                    last_val = self._eval_and_log(bar)
-                    window_start = time.perf_counter()  # eval time is not training throughput
-                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
-                    self.save_checkpoint()
-                    window_start = time.perf_counter()
-            if last_val is None or cfg.eval_interval == 0 or self.step % cfg.eval_interval:
-                last_val = self._eval_and_log(bar)
-            bar.update(task, completed=1000)
-        return last_val
+        loss_sum = torch.zeros((), device=self.device)
+        # What the log lines report since the last one; the step's own timing is below.
+        window = {"losses": 0, "trained": 0, "tokens": 0, "last_val": None, "first": True}
+        self._window_start = time.perf_counter()
+
+        def one_step() -> None:
+            t_step = time.perf_counter()
+            window["trained"] += self.train_step(batch, loss_sum)
+            window["losses"] += cfg.grad_accum
+            self.tokens_seen += tokens_per_step
+            if cfg.compile and window["first"]:
+                # This step waited for the compiler: start-up, not training time (the
+                # time budget and tokens/s count from here; the step's update still counts).
+                self._window_start = time.perf_counter()
+            else:
+                window["tokens"] += tokens_per_step
+                self.train_time += time.perf_counter() - t_step
+            window["first"] = False
+
+        def after_step(step: int, view) -> None:
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                now = time.perf_counter()
+                train_loss = float(loss_sum) / max(window["losses"], 1)
+                tok_s = window["tokens"] / max(now - self._window_start, 1e-9)
+                self._log({"step": step, "loss": round(train_loss, 5),
+                           "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
+                           "trained_tokens": int(window["trained"]), "tok_per_s": round(tok_s, 1),
+                           "time": round(self.train_time, 2)})
+                view.show(step, self._progress(), f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
+                loss_sum.zero_()
+                window.update(losses=0, trained=0, tokens=0)
+                self._window_start = now
+            if cfg.eval_interval and step % cfg.eval_interval == 0:
+                window["last_val"] = self._eval_and_log(view)
+                self._window_start = time.perf_counter()  # eval time is not training throughput
+
+        def after_loop(view) -> None:
+            if window["last_val"] is None or cfg.eval_interval == 0 or self.step % cfg.eval_interval:
+                window["last_val"] = self._eval_and_log(view)
+
+        run_loop(label=label, max_steps=cfg.max_steps, step=lambda: self.step, train_step=one_step,
+                 progress=self._progress, save=self.save_checkpoint, quiet=self.quiet,
+                 checkpoint_interval=cfg.checkpoint_interval,
+                 out_of_time=(lambda: self.train_time >= cfg.time_budget) if cfg.time_budget else None,
+                 after_step=after_step, on_step=on_step, after_loop=after_loop)
+        return window["last_val"]
 
     def _progress(self) -> float:
         p = self.step / self.cfg.max_steps
@@ -343,14 +298,14 @@ class Trainer:
             p = max(p, self.train_time / self.cfg.time_budget)
         return min(p, 1.0)
 
-    def _eval_and_log(self, bar) -> dict[str, float] | None:
+    def _eval_and_log(self, view) -> dict[str, float] | None:
         metrics = self.evaluate()
         if metrics is None:
             return None
         self.best_val = min(self.best_val, metrics["loss"])
         self._log({"step": self.step, **{f"val_{k}": round(v, 5) for k, v in metrics.items()}})
         if not self.quiet:
-            bar.console.print(f"step {self.step:>6} | {self._describe_val(metrics)} | {self.train_time:.0f}s")
+            view.print(f"step {self.step:>6} | {self._describe_val(metrics)} | {self.train_time:.0f}s")
         return metrics
 
     def _describe_val(self, metrics: dict[str, float]) -> str:

@@ -1,7 +1,8 @@
-"""Atomic writes: every file of state is written to a temp file, fsynced, then renamed.
+"""Atomic writes: every file of state is written to a temp file, fsynced, then renamed;
+a folder of files is replaced as one unit by :func:`replace_folder`.
 
-A reader therefore sees either the old file or the new one, never half of one,
-even if the process is killed mid-write.
+A reader therefore sees either the old file (folder) or the new one, never half of
+one, even if the process is killed mid-write.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import FoundryError
 
@@ -109,3 +111,123 @@ def read_log_records(path: str | os.PathLike) -> list[dict]:
         if isinstance(record, dict):
             out.append(record)
     return out
+
+
+# ----------------------------------------------------------------------------- folder swaps
+# A folder of several files (a model folder, a checkpoint) is replaced as one unit:
+#
+#   1. ``fill`` writes the new folder as ``.NAME.tmp`` beside the target;
+#   2. its files and the folder itself are fsynced, then it is renamed ``.NAME.new``
+#      (so a ``.NAME.new`` is always complete, a ``.NAME.tmp`` never is);
+#   3. ``.NAME.new`` and ``NAME`` are exchanged in one atomic step (Linux
+#      ``renameat2(RENAME_EXCHANGE)``), or, where that is missing, ``NAME`` is renamed
+#      ``.NAME.old`` and ``.NAME.new`` renamed ``NAME``;
+#   4. what is left beside the target (the old folder) is deleted.
+#
+# A kill at any instant leaves ``NAME`` old or new and whole, or (only between the two
+# renames of the fallback) no ``NAME`` but a complete ``.NAME.new``; :func:`recover_folder`
+# finishes that swap and removes the leftovers.
+
+
+def _aside(target: Path, tag: str) -> Path:
+    return target.with_name(f".{target.name}.{tag}")
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under ``folder`` and every folder in it, so a later rename publishes
+    data that is on disk."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+_renameat2 = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes
+        import sys
+
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                fn = libc.renameat2
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                _renameat2 = fn
+            except (OSError, AttributeError):
+                pass
+    if not _renameat2:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Replace the folder ``target`` as a whole by what ``fill(folder)`` writes into a new folder.
+
+    Readers (and a kill at any instant) see the old folder or the new one, never a mix;
+    run :func:`recover_folder` on start-up to finish a swap a kill interrupted.
+
+    Args:
+        target: the folder to replace (need not exist yet).
+        fill: writes the new folder's contents into the (existing, empty) folder it is given.
+
+    Returns:
+        ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(target)
+    tmp, new, old = _aside(target, "tmp"), _aside(target, "new"), _aside(target, "old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    fill(tmp)
+    fsync_tree(tmp)
+    os.replace(tmp, new)  # from here on the new folder is complete
+    _fsync_dir(target.parent)
+    if not target.exists():
+        os.replace(new, target)
+    elif _exchange(new, target):
+        shutil.rmtree(new)  # the old folder, now under the new one's name
+    else:
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old)
+    _fsync_dir(target.parent)
+    return target
+
+
+def recover_folder(target: str | os.PathLike, is_complete: Callable[[Path], bool] | None = None) -> Path | None:
+    """Finish or roll back a :func:`replace_folder` that a kill interrupted, and tidy up (idempotent).
+
+    Args:
+        target: the folder.
+        is_complete: a stricter test of a ``.NAME.new`` left by older versions, which wrote it
+            in place (this version only names a complete folder so).
+
+    Returns:
+        ``target`` if it now exists, else None.
+    """
+    target = Path(target)
+    tmp, new, old = _aside(target, "tmp"), _aside(target, "new"), _aside(target, "old")
+    if not target.exists():
+        if new.is_dir() and (is_complete is None or is_complete(new)):
+            os.replace(new, target)
+        elif old.is_dir():
+            os.replace(old, target)
+    if target.exists():
+        # Whatever is beside a present target is a half-written, an uncommitted or an old folder.
+        for leftover in (tmp, new, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target if target.exists() else None
