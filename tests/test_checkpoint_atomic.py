@@ -20,7 +20,7 @@ import torch
 
 from llm_foundry import Trainer
 from llm_foundry.config import load_config
-from llm_foundry.models import MiniLLM, load_model_dir
+from llm_foundry.models import MiniLLM, load_model_dir, save_model_dir
 from llm_foundry.models.model_dir import STATE_FILE, recover_checkpoint_dir
 from llm_foundry.training.state import FORMAT, load_state
 from llm_foundry.utils.errors import FoundryError
@@ -206,6 +206,11 @@ def test_replace_folder_recovers_each_interrupted_stage(tmp_path, monkeypatch, e
 
     if not exchange:  # the portable path, as on a system without renameat2
         monkeypatch.setattr(io, "_renameat2", False)
+    else:
+        (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+        if not io._exchange(tmp_path / "a", tmp_path / "b"):
+            pytest.skip("this system has no renameat2(RENAME_EXCHANGE)")
+        (tmp_path / "a").rmdir(), (tmp_path / "b").rmdir()
 
     def content(text):
         return lambda folder: (folder / "f.txt").write_text(text)
@@ -232,3 +237,39 @@ def test_run_folder_is_a_model_folder_of_links(trained_run):
         assert (trained_run / name).is_symlink() and os.readlink(trained_run / name) == f"checkpoint/{name}"
     assert load_model_dir(trained_run).step == load_state(trained_run / STATE_FILE).step
     assert dataclasses.is_dataclass(load_model_dir(trained_run).model.cfg)
+
+
+def test_a_reader_finishes_an_interrupted_save(trained_run, tmp_path):
+    """Killed between the portable swap's two renames: `foundry generate RUN` reads the new checkpoint."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, symlinks=True)
+    step = load_model_dir(run).step
+    shutil.copytree(run / "checkpoint", run / ".checkpoint.new")
+    os.replace(run / "checkpoint", run / ".checkpoint.old")
+    assert not (run / "config.json").exists()  # the links lead nowhere until the save is finished
+    assert load_model_dir(run).step == step
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".checkpoint")) == []
+
+
+def test_a_model_is_not_saved_over_a_run_folder(trained_run):
+    bundle = load_model_dir(trained_run)
+    with pytest.raises(FoundryError, match="is a training run folder"):
+        save_model_dir(trained_run, bundle.model, bundle.tokenizer, step=bundle.step)
+
+
+def test_without_symbolic_links_the_names_are_refreshed_after_each_save(trained_run, shakespeare_data, tmp_path,
+                                                                        monkeypatch):
+    """Where links cannot be made (Windows without the right to), the names at the top are hard links
+    or copies that every save refreshes, and the run still resumes."""
+    def no_symlinks(*args, **kwargs):
+        raise OSError("symbolic links are not allowed here")
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)  # links followed: plain files, as a copy on such a system
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    more = TINY_MODEL + ["max_steps=70", "batch_size=16", "eval_interval=0", "warmup_steps=10", "checkpoint_interval=5"]
+    _, train_cfg = load_config("tiny", more)
+    assert Trainer(None, train_cfg, shakespeare_data, run, resume=True, quiet=True).run()["step"] == 70
+    for name in ("config.json", "model.safetensors", "tokenizer.json", STATE_FILE):
+        assert not (run / name).is_symlink() and (run / name).read_bytes() == (run / "checkpoint" / name).read_bytes()
+    assert load_model_dir(run).step == load_state(run / STATE_FILE).step == 70

@@ -155,3 +155,4 @@ def test_figures_for_people_are_rounded():
 
     assert rounded({"val_loss": 0.960224962234497, "tok_per_s": 12345.678, "step": 5, "tasks": [0.12345678]}) == \
         {"val_loss": 0.9602, "tok_per_s": 12345.7, "step": 5, "tasks": [0.1235]}
+    assert rounded({"lr": 3e-5, "kl": -0.000123456}) == {"lr": 3e-5, "kl": -0.0001235}  # small figures keep their digits

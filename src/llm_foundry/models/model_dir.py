@@ -17,7 +17,10 @@ a whole (``utils.io.replace_folder``), and the names at the top are links into i
     RUN/checkpoint/   config.json, model.safetensors, tokenizer.json, training_state.pt
 
 A kill at any instant leaves the old checkpoint or the new one, never weights of one
-step beside the training state of another; readers see a plain model folder.
+step beside the training state of another; readers see a plain model folder. Where links
+cannot be made (Windows without the right to make them), the names at the top are hard
+links or copies, refreshed after every swap: ``checkpoint/`` stays the source of truth,
+and every reader finishes an interrupted save before it reads (:func:`recover_checkpoint_dir`).
 """
 
 from __future__ import annotations
@@ -51,12 +54,19 @@ class ModelBundle:
 
 def save_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer | None = None, step: int = 0,
                    weights: dict[str, torch.Tensor] | None = None) -> None:
-    """Write config, weights (``weights`` overrides the model's own, e.g. EMA) and tokenizer."""
+    """Write config, weights (``weights`` overrides the model's own, e.g. EMA) and tokenizer.
+
+    Raises:
+        FoundryError: ``path`` is a training run folder (its checkpoint is written by
+            :func:`save_checkpoint_dir` only, as one unit).
+    """
     from safetensors.torch import save
 
     from .. import __version__
 
     path = Path(path)
+    if (path / CHECKPOINT_DIR).is_dir():
+        raise FoundryError(f"{path} is a training run folder; save the model to another folder")
     path.mkdir(parents=True, exist_ok=True)
     state = weights if weights is not None else model.state_dict()
     if model.cfg.tie_embeddings:
@@ -95,8 +105,11 @@ def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, 
 
 def recover_checkpoint_dir(path: str | Path) -> None:
     """Finish a checkpoint save of the run folder ``path`` that a kill interrupted (idempotent):
-    the swap of ``checkpoint/``, and the links of a first save."""
+    the swap of ``checkpoint/``, and the links of a first save. Cheap when there is nothing to do."""
     path = Path(path)
+    if not (path / CHECKPOINT_DIR).exists() and not any(
+            (path / f".{CHECKPOINT_DIR}.{tag}").exists() for tag in ("new", "old")):
+        return  # a plain model folder, or a run folder of plain files written before checkpoints were units
     recover_folder(path / CHECKPOINT_DIR)
     missing = [name for name in CHECKPOINT_FILES if not (path / name).exists() and not (path / name).is_symlink()]
     if missing:
@@ -131,27 +144,36 @@ def _adopt_plain_files(path: Path) -> None:
 
 
 def _link_checkpoint(path: Path, only: list[str] | None = None) -> None:
-    """Make each top-level checkpoint name (or those in ``only``) a link into ``checkpoint/``
-    (each link replaced atomically)."""
+    """Make each top-level checkpoint name (or those in ``only``) show the file in ``checkpoint/``
+    (each name replaced atomically): a relative symbolic link, else a hard link, else a copy."""
     import os
+    import shutil
 
     for name in only or CHECKPOINT_FILES:
-        link, target = path / name, f"{CHECKPOINT_DIR}/{name}"
-        if not (path / CHECKPOINT_DIR / name).is_file():
+        link, target = path / name, path / CHECKPOINT_DIR / name
+        if not target.is_file():
             continue
-        if link.is_symlink() and os.readlink(link) == target:
-            continue
+        relative = f"{CHECKPOINT_DIR}/{name}"
+        if link.is_symlink() and os.readlink(link) == relative:
+            continue  # a link follows every swap by itself
         tmp = path / f".{name}.link"
         tmp.unlink(missing_ok=True)
-        os.symlink(target, tmp)
+        try:
+            os.symlink(relative, tmp)
+        except (OSError, NotImplementedError):  # e.g. Windows without the right to make links
+            try:
+                os.link(target, tmp)
+            except OSError:
+                shutil.copy2(target, tmp)
         os.replace(tmp, link)
 
 
 def load_model_config(path: str | Path) -> ModelConfig:
-    """Read and validate ``config.json`` of a model folder."""
+    """Read and validate ``config.json`` of a model folder (finishing a run folder's interrupted save first)."""
     path = Path(path)
     if not path.is_dir():
         raise FoundryError(f"model folder not found: {path}")
+    _finish_interrupted_save(path)
     data = read_json(path / CONFIG_FILE, "model config")
     if not isinstance(data, dict) or data.get("architecture") != ARCHITECTURE:
         found = data.get("architecture") or data.get("architectures") if isinstance(data, dict) else None
@@ -165,6 +187,18 @@ def load_model_config(path: str | Path) -> ModelConfig:
         return ModelConfig(**values).validate()
     except TypeError as e:
         raise FoundryError(f"{path / CONFIG_FILE} is malformed: {e}") from None
+
+
+def _finish_interrupted_save(path: Path) -> None:
+    """A run folder whose swap of ``checkpoint/`` a kill interrupted reads as its old or new checkpoint,
+    not as links to nothing (a missing name is left missing: that is damage to report, not a save to finish)."""
+    if not any((path / f".{CHECKPOINT_DIR}.{tag}").exists() for tag in ("new", "old")):
+        return
+    try:
+        recover_checkpoint_dir(path)
+    except OSError as e:
+        raise FoundryError(f"{path} holds an interrupted checkpoint save that cannot be finished here "
+                           f"({e.strerror}); resume the training command with --resume") from None
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -314,5 +314,5 @@ def format_results(state: dict) -> str:
     for stage in STAGES:
         s = state["stages"].get(stage)
         if s:
-            lines.append(f"{stage:<9} {s.get('seconds', 0):>7.1f}s  {json.dumps(s.get('summary', {}), ensure_ascii=False)}")
+            lines.append(f"{stage:<9} {s.get('seconds', 0):>7.1f}s  {json.dumps(rounded(s.get('summary', {})), ensure_ascii=False)}")
     return "\n".join(lines)

@@ -162,6 +162,7 @@ def resume_checkpoint(out: str | Path, parts, weights_step: int, base_lrs: list[
     state = load_state(Path(out) / STATE_FILE, device)
     if state.step != weights_step:
         raise FoundryError(f"{out} holds weights of step {weights_step} but training state of step "
-                           f"{state.step} (interrupted while saving?)")
+                           f"{state.step}: they come from different saves (a save an older version could not finish, "
+                           f"or a file replaced by hand)")
     state.restore(parts.model, parts.optimizers, parts.ema, parts.scaler, base_lrs, python_rng)
     return state

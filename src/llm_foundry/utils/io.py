@@ -25,7 +25,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes owner-only files; give the usual permissions (0666 less the umask).
-        os.fchmod(fd, 0o666 & ~_umask())
+        if hasattr(os, "fchmod"):  # (not on Windows before Python 3.13)
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -138,7 +139,8 @@ def fsync_tree(folder: str | os.PathLike) -> None:
     data that is on disk."""
     for root, _dirs, files in os.walk(folder):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            # Windows flushes only through a handle that may write.
+            fd = os.open(os.path.join(root, name), os.O_RDWR if os.name == "nt" else os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:

@@ -22,12 +22,13 @@ def progress_bar(enabled: bool = True, *extra_columns):
 
 
 def rounded(value):
-    """A figure as people read it: ``0.9602`` for a loss, ``12345.7`` for tokens/s; other values as they are.
+    """A figure as people read it: ``0.9602`` for a loss, ``3e-05`` for a learning rate, ``12345.7`` for
+    tokens/s (four significant digits below 100, one decimal above); other values as they are.
 
     Nested dicts and lists are rounded throughout (a summary line printed as JSON).
     """
     if isinstance(value, float):
-        return round(value, 4) if abs(value) < 100 else round(value, 1)
+        return float(f"{value:.4g}") if abs(value) < 100 else round(value, 1)
     if isinstance(value, dict):
         return {k: rounded(v) for k, v in value.items()}
     if isinstance(value, list):
