@@ -176,6 +176,7 @@ def test_sft_cli_resumes_and_refuses_bad_input(base_model, tmp_path, capsys):
     one_line_error(run_main(capsys, "sft", base_model / "base", "--out", tmp_path / "x", "--mix", "arithmetic=oops"), "arithmetic")
     one_line_error(run_main(capsys, "sft", base_model / "base", "--out", tmp_path / "x", "nosuchkey=1"), "nosuchkey")
     one_line_error(run_main(capsys, "midtrain", tmp_path / "nosuch", "--out", tmp_path / "y"), "not found")
+    one_line_error(run_main(capsys, "sft", base_model / "base", "--out", base_model / "base"), "--out must differ")
     one_line_error(run_main(capsys, "midtrain", base_model / "base", "--out", tmp_path / "z", "--mix", "text=1"), "--data")
 
 

@@ -112,7 +112,7 @@ def stage_settings(args: argparse.Namespace) -> dict:
 
 def run_chat_stage(args: argparse.Namespace) -> int:
     from ..data.chat_batches import TEXT_SOURCE, parse_mixture
-    from ..training.stages import StageTrainer, stage_config_from_dict
+    from ..training.stages import stage_config_from_dict, stage_trainer
 
     raw = stage_settings(args)
     if isinstance(raw.get("mixture"), str):
@@ -122,7 +122,7 @@ def run_chat_stage(args: argparse.Namespace) -> int:
         # The preset's mixture mentions plain text, but there is none here: train on the chat part alone.
         raw["mixture"] = {k: v for k, v in raw["mixture"].items() if k != TEXT_SOURCE}
     cfg = stage_config_from_dict(args.stage, raw)
-    trainer = StageTrainer(args.model, args.out, cfg, resume=args.resume, quiet=args.quiet)
+    trainer = stage_trainer(args.model, args.out, cfg, resume=args.resume, quiet=args.quiet)
     if dropped and not args.quiet:
         console.print("note: no --data given, so the mixture's 'text' source is left out")
     summary = trainer.run()

@@ -1,11 +1,17 @@
-"""Pretraining on a prepared data folder: the batches and logs around the shared core.
+"""One trainer for every run that learns from batches: pretraining and the chat stages.
+
+A :class:`Trainer` trains a model on a :class:`BatchSource`: pretraining on a prepared
+token data folder (:class:`TokenFolderSource`), mid-training and SFT on a conversation
+mixture (``stages.py``'s ``ChatSource``). The source supplies what differs (the
+tokenizer, batch ``i``, the validation batches, the run-config record, the log lines);
+everything else is the same code.
 
 The step is ``step.py``'s (sample -> forward -> backward -> optimizer step), the loop
 ``loop.py``'s and the checkpoint ``state.py``'s: everything a resumed run needs is in
-``training_state.pt`` (optimizer moments, the EMA, RNG state, the step counter; the data
-loader is a pure function of the step, see ``data/loader.py``), saved as one unit with
-the weights. So an interrupted run continued with ``--resume`` produces the same losses
-as one that never stopped.
+``training_state.pt`` (optimizer moments, the EMA, RNG state, the step counter; every
+source's batches are a pure function of the step, see ``data/loader.py``), saved as one
+unit with the weights. So an interrupted run continued with ``--resume`` produces the
+same losses as one that never stopped.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
-from typing import Callable
+from typing import Callable, Protocol
 from pathlib import Path
 
 import torch
@@ -24,6 +31,7 @@ from ..config import ModelConfig, TrainConfig, config_to_dict
 from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import loss_metrics, mean_loss
 from ..models import MiniLLM
+from ..tokenizers import Tokenizer
 from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError, TrainingInterrupted  # noqa: F401 (re-exported)
 from ..utils.io import atomic_write_json
@@ -36,6 +44,7 @@ from .state import resume_checkpoint, save_checkpoint
 from .step import StepParts, train_step
 
 RUN_CONFIG_FILE, METRICS_FILE = "run_config.json", "metrics.jsonl"
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def same_tokenizer(a: Path, b: Path) -> bool:
@@ -69,18 +78,121 @@ def run_device(device: str, precision: str, dim: int) -> tuple[torch.device, tor
     return dev, resolve_dtype(precision, dev, dim)
 
 
+class BatchSource(Protocol):
+    """What a :class:`Trainer` trains on: batches, and how the run is described.
+
+    Attributes:
+        label: the run's name in the progress bar (``train``, ``midtrain``, ``sft``).
+        val_batches: the fixed validation batches (empty: no validation); set by ``open``.
+    """
+
+    label: str
+    val_batches: list[Batch]
+
+    def tokenizer_for(self, model_dir: Path | None, resume: bool) -> Tokenizer:
+        """The run's tokenizer, given the model folder the run starts from: the run's own
+        folder (``resume``), the one it fine-tunes, or None for a new model.
+
+        Raises:
+            FoundryError: this data cannot train that model (another tokenizer).
+        """
+
+    def open(self, tokenizer: Tokenizer, seq_len: int, cfg: TrainConfig, device: torch.device) -> None:
+        """Get the training and validation batches ready (before the run folder is touched)."""
+
+    def batch(self, index: int) -> Batch:
+        """Micro-batch ``index`` as ``(x, y)`` on the run's device: a pure function of ``index``."""
+
+    def val_metrics(self, loss: float) -> dict[str, float]:
+        """The validation metrics of a mean validation ``loss`` (at least ``loss``)."""
+
+    def describe_val(self, metrics: dict[str, float]) -> str:
+        """The validation log line's text."""
+
+    def run_config(self, run: "Trainer") -> tuple[str, dict]:
+        """The run-config file's name in the run folder and the record written to it."""
+
+    def headline(self, run: "Trainer") -> str:
+        """The line printed when the run starts."""
+
+    def summary(self, run: "Trainer", last_val: dict[str, float] | None) -> dict:
+        """What ``Trainer.run`` returns."""
+
+
+class TokenFolderSource:
+    """Pretraining's :class:`BatchSource`: random windows of a prepared token data folder
+    (``foundry prepare``).
+
+    Args:
+        data_dir: the data folder; validation uses its ``val`` split when it has one.
+    """
+
+    label = "train"
+
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir)
+        self.dataset = TokenDataset(data_dir)
+        self.val_batches: list[Batch] = []
+
+    def tokenizer_for(self, model_dir: Path | None, resume: bool) -> Tokenizer:
+        if model_dir is not None and not same_tokenizer(model_dir / TOKENIZER_FILE, self.data_dir / TOKENIZER_FILE):
+            hint = "" if resume else f"; prepare the data with --tokenizer-from {model_dir}"
+            raise FoundryError(f"the data folder's tokenizer differs from the model's: {self.data_dir} vs {model_dir}{hint}")
+        return self.dataset.tokenizer
+
+    def open(self, tokenizer: Tokenizer, seq_len: int, cfg: TrainConfig, device: torch.device) -> None:
+        self.train = WindowLoader(self.dataset, "train", cfg.batch_size, seq_len, cfg.seed, device)
+        if self.dataset.has_split("val"):
+            val = WindowLoader(self.dataset, "val", cfg.batch_size, seq_len, cfg.seed, device)
+            self.val_batches = val.fixed_batches(cfg.eval_batches)
+
+    def batch(self, index: int) -> Batch:
+        return self.train.batch(index)
+
+    def val_metrics(self, loss: float) -> dict[str, float]:
+        return loss_metrics(loss, self.dataset.bytes_per_token("val"))
+
+    def describe_val(self, metrics: dict[str, float]) -> str:
+        return (f"val loss {metrics['loss']:.4f} | ppl {metrics['perplexity']:.2f}"
+                f" | {metrics['bits_per_byte']:.3f} bits/byte")
+
+    def run_config(self, run: "Trainer") -> tuple[str, dict]:
+        return RUN_CONFIG_FILE, {
+            **config_to_dict(run.model_cfg, run.cfg),
+            "data": str(self.data_dir.resolve()),
+            "init_from": str(run.init_from.resolve()) if run.init_from else None,
+            "tokenizer": run.tokenizer.kind,
+            "llm_foundry_version": __version__,
+        }
+
+    def headline(self, run: "Trainer") -> str:
+        cfg, amp = run.cfg, run.amp_dtype
+        return (f"[bold]training[/] {run.model.num_parameters() / 1e6:.2f}M parameters on {run.device}"
+                f" ({'bf16 autocast' if amp == torch.bfloat16 else 'fp32' if amp is None else 'fp16'}),"
+                f" batch {cfg.batch_size}x{run.seq_len}x{cfg.grad_accum}, {cfg.optimizer}, from step {run.step}")
+
+    def summary(self, run: "Trainer", last_val: dict[str, float] | None) -> dict:
+        summary = {"step": run.step, "tokens_seen": run.tokens_seen, "train_time": round(run.train_time, 2),
+                   "tok_per_s": round(run.tokens_seen / max(run.train_time, 1e-9), 1),
+                   "parameters": run.model.num_parameters()}
+        if last_val:
+            summary.update({f"val_{k}": v for k, v in last_val.items()})
+        return summary
+
+
 class Trainer:
-    """Train a MiniLLM on a prepared data folder into a run folder.
+    """Train a MiniLLM on a batch source into a run folder.
 
     The run folder is itself a model folder (config.json, model.safetensors,
-    tokenizer.json) holding the latest checkpoint, plus ``training_state.pt``,
-    ``run_config.json`` and ``metrics.jsonl``.
+    tokenizer.json) holding the latest checkpoint, plus ``training_state.pt``, the
+    source's run-config record (``run_config.json`` for pretraining) and ``metrics.jsonl``.
 
     Args:
         model_cfg: model shape (``vocab_size`` is taken from the data's tokenizer);
             may be None with ``resume`` or ``init_from``, whose checkpoint fixes the shape.
         train_cfg: optimisation settings.
-        data_dir: a folder made by ``foundry prepare``.
+        data_dir: a folder made by ``foundry prepare``, or any :class:`BatchSource`
+            (the chat stages pass a conversation mixture, see ``stages.py``).
         out_dir: the run folder.
         resume: continue the run saved in ``out_dir``.
         init_from: start a new run from this model folder's weights (fine-tuning); its
@@ -89,36 +201,30 @@ class Trainer:
         quiet: no progress bar or log lines (library use, tests).
     """
 
-    def __init__(self, model_cfg: ModelConfig | None, train_cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path,
-                 resume: bool = False, init_from: str | Path | None = None, quiet: bool = False):
+    def __init__(self, model_cfg: ModelConfig | None, train_cfg: TrainConfig, data_dir: str | Path | BatchSource,
+                 out_dir: str | Path, resume: bool = False, init_from: str | Path | None = None, quiet: bool = False):
         self.out = Path(out_dir)
-        self.data_dir = Path(data_dir)
         self.resume, self.quiet = resume, quiet
         self.init_from = Path(init_from) if init_from else None
         if resume and self.init_from:
             raise FoundryError("--resume and --init-from exclude each other")
-        self.dataset = TokenDataset(data_dir)
-        self.tokenizer = self.dataset.tokenizer
+        self.source = TokenFolderSource(data_dir) if isinstance(data_dir, (str, os.PathLike)) else data_dir
         check_run_folder(self.out, resume)
-        source = self.out if resume else self.init_from
-        if source is not None:
-            model_cfg = load_model_config(source)
-            if not same_tokenizer(source / TOKENIZER_FILE, self.data_dir / TOKENIZER_FILE):
-                hint = "" if resume else f"; prepare the data with --tokenizer-from {source}"
-                raise FoundryError(f"the data folder's tokenizer differs from the model's: {self.data_dir} vs {source}{hint}")
+        # The model folder the run starts from fixes the shape; a new model takes the data's vocabulary.
+        origin = self.out if resume else self.init_from
+        if origin is not None:
+            model_cfg = load_model_config(origin)
         elif model_cfg is None:
             raise FoundryError("a model config is needed unless resuming or starting from --init-from")
-        else:
+        self.tokenizer = self.source.tokenizer_for(origin, resume)
+        if origin is None:
             model_cfg = dataclasses.replace(model_cfg, vocab_size=self.tokenizer.vocab_size)
-        self._configure(model_cfg, train_cfg)
-
-    def _configure(self, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-        """The model shape, settings, sequence length, device and precision of the run."""
         self.model_cfg, self.cfg = model_cfg.validate(), dataclasses.replace(train_cfg).validate()
         self.seq_len = train_cfg.seq_len or model_cfg.max_seq_len
         if self.seq_len > model_cfg.max_seq_len:
             raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
         self.device, self.amp_dtype = run_device(train_cfg.device, train_cfg.precision, self.model_cfg.dim)
+        self.val_batches: list[Batch] = []
 
     # ------------------------------------------------------------------ state
     def _build(self) -> None:
@@ -152,13 +258,8 @@ class Trainer:
         self._window_start = time.perf_counter()  # saving is not training throughput
 
     def _write_run_config(self) -> None:
-        atomic_write_json(self.out / RUN_CONFIG_FILE, {
-            **config_to_dict(self.model_cfg, self.cfg),
-            "data": str(self.data_dir.resolve()),
-            "init_from": str(self.init_from.resolve()) if self.init_from else None,
-            "tokenizer": self.tokenizer.kind,
-            "llm_foundry_version": __version__,
-        })
+        name, record = self.source.run_config(self)
+        atomic_write_json(self.out / name, record)
 
     # ---------------------------------------------------------------- metrics
     def _log(self, record: dict) -> None:
@@ -168,7 +269,7 @@ class Trainer:
         """Validation metrics of the weights that will be saved (EMA if enabled)."""
         if not self.val_batches:
             return None
-        return loss_metrics(self._val_loss(), self.dataset.bytes_per_token("val"))
+        return self.source.val_metrics(self._val_loss())
 
     def _val_loss(self) -> float:
         """Mean loss over ``val_batches`` of the weights that will be saved (EMA if enabled)."""
@@ -183,12 +284,12 @@ class Trainer:
                 self.model.load_state_dict(raw)
 
     # ------------------------------------------------------------------- loop
-    def train_step(self, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], loss_sum: torch.Tensor) -> torch.Tensor:
+    def train_step(self, batch: Callable[[int], Batch], loss_sum: torch.Tensor) -> torch.Tensor:
         """One optimizer step: ``grad_accum`` micro-batches ``batch(i)`` at the schedule's lr.
 
         Adds each micro-batch's loss to ``loss_sum`` and returns the number of target
         tokens trained (labels other than -100) as a tensor: neither forces a device
-        sync. Shared by every loop built on this class (pretraining, mid-training, SFT).
+        sync.
         """
         cfg = self.cfg
         trained = torch.zeros((), dtype=torch.long, device=self.device)
@@ -206,7 +307,7 @@ class Trainer:
         return trained
 
     def run(self, on_step: Callable[[int, float], None] | None = None) -> dict:
-        """Train until ``max_steps`` or the time budget; returns a summary dict.
+        """Train until ``max_steps`` or the time budget; returns the source's summary dict.
 
         Args:
             on_step: called with ``(step, progress in [0, 1])`` after every optimizer step.
@@ -214,36 +315,24 @@ class Trainer:
         Raises:
             TrainingInterrupted: after Ctrl-C/SIGTERM, with the checkpoint saved.
         """
+        self.source.open(self.tokenizer, self.seq_len, self.cfg, self.device)
+        self.val_batches = self.source.val_batches
         self.out.mkdir(parents=True, exist_ok=True)
         self._build()
         self._write_run_config()
-        cfg = self.cfg
-        train = WindowLoader(self.dataset, "train", cfg.batch_size, self.seq_len, cfg.seed, self.device)
-        self.val_batches = []
-        if self.dataset.has_split("val"):
-            val = WindowLoader(self.dataset, "val", cfg.batch_size, self.seq_len, cfg.seed, self.device)
-            self.val_batches = val.fixed_batches(cfg.eval_batches)
         if not self.quiet:
-            console.print(f"[bold]training[/] {self.model.num_parameters() / 1e6:.2f}M parameters on {self.device}"
-                          f" ({'bf16 autocast' if self.amp_dtype == torch.bfloat16 else 'fp32' if self.amp_dtype is None else 'fp16'}),"
-                          f" batch {cfg.batch_size}x{self.seq_len}x{cfg.grad_accum}, {cfg.optimizer}, from step {self.step}")
-        last_val = self._train_loop(train.batch, "train", on_step)
+            console.print(self.source.headline(self))
+        last_val = self._train_loop(on_step)
         self.save_checkpoint()
-        summary = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": round(self.train_time, 2),
-                   "tok_per_s": round(self.tokens_seen / max(self.train_time, 1e-9), 1),
-                   "parameters": self.model.num_parameters()}
-        if last_val:
-            summary.update({f"val_{k}": v for k, v in last_val.items()})
-        return summary
+        return self.source.summary(self, last_val)
 
-    def _train_loop(self, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], label: str,
-                    on_step: Callable[[int, float], None] | None = None) -> dict[str, float] | None:
-        """Step until ``max_steps`` or the time budget, with progress, logs, evals and checkpoints.
+    def _train_loop(self, on_step: Callable[[int, float], None] | None = None) -> dict[str, float] | None:
+        """Step through the source's batches until ``max_steps`` or the time budget, with progress,
+        logs, evals and checkpoints.
 
-        Shared by pretraining and the chat stages: ``batch(i)`` gives micro-batch ``i``; the
-        loop itself is :func:`~llm_foundry.training.loop.run_loop`. Returns the last validation metrics.
+        The loop itself is :func:`~llm_foundry.training.loop.run_loop`. Returns the last validation metrics.
         """
-        cfg = self.cfg
+        cfg, batch = self.cfg, self.source.batch
         tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum
         loss_sum = torch.zeros((), device=self.device)
         # What the log lines report since the last one; the step's own timing is below.
@@ -285,7 +374,7 @@ class Trainer:
             if window["last_val"] is None or cfg.eval_interval == 0 or self.step % cfg.eval_interval:
                 window["last_val"] = self._eval_and_log(view)
 
-        run_loop(label=label, max_steps=cfg.max_steps, step=lambda: self.step, train_step=one_step,
+        run_loop(label=self.source.label, max_steps=cfg.max_steps, step=lambda: self.step, train_step=one_step,
                  progress=self._progress, save=self.save_checkpoint, quiet=self.quiet,
                  checkpoint_interval=cfg.checkpoint_interval,
                  out_of_time=(lambda: self.train_time >= cfg.time_budget) if cfg.time_budget else None,
@@ -305,9 +394,5 @@ class Trainer:
         self.best_val = min(self.best_val, metrics["loss"])
         self._log({"step": self.step, **{f"val_{k}": round(v, 5) for k, v in metrics.items()}})
         if not self.quiet:
-            view.print(f"step {self.step:>6} | {self._describe_val(metrics)} | {self.train_time:.0f}s")
+            view.print(f"step {self.step:>6} | {self.source.describe_val(metrics)} | {self.train_time:.0f}s")
         return metrics
-
-    def _describe_val(self, metrics: dict[str, float]) -> str:
-        return (f"val loss {metrics['loss']:.4f} | ppl {metrics['perplexity']:.2f}"
-                f" | {metrics['bits_per_byte']:.3f} bits/byte")
