@@ -8,6 +8,7 @@ torn-record recovery, EMA loaded after the checkpoint, atomic saves, the schedul
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -355,22 +356,90 @@ def test_save_is_atomic_across_a_crash(tmp_path):
         step2 = learner.step
     finally:
         learner.close()
-    # A save killed while writing model.new: the last whole save is used, the debris removed.
-    (state / "model.new").mkdir()
-    (state / "model.new" / "config.json").write_text("{trunc")
+    # A save killed while writing its new folder: the last whole save is used, the debris removed.
+    for debris in (".model.tmp", "model.new"):  # this version's, and the one of the saves before it
+        (state / debris).mkdir()
+        (state / debris / "config.json").write_text("{trunc")
     learner = small_learner(state)
     try:
-        assert learner.step == 2 and not (state / "model.new").exists()
+        assert learner.step == 2 and not (state / "model.new").exists() and not (state / ".model.tmp").exists()
         learner.learn("second", steps=2)
         learner.save()
+        assert sorted(p.name for p in state.iterdir() if "model" in p.name) == ["model"]
     finally:
         learner.close()
-    # Killed between the two renames: model.old and a whole model.new, no model.
-    os.replace(state / "model", state / "model.new")
-    shutil.copytree(state / "model.new", state / "model.old")
+    # Killed between the two renames of a swap: a whole new folder and the old one, no model.
+    for new, old in ((".model.new", ".model.old"), ("model.new", "model.old")):
+        os.replace(state / "model", state / new)
+        shutil.copytree(state / new, state / old)
+        learner = small_learner(state)
+        try:
+            assert learner.step == step2 and (state / "model").is_dir()
+            assert sorted(p.name for p in state.iterdir() if "model" in p.name) == ["model"]
+        finally:
+            learner.close()
+
+
+def test_state_folder_of_the_previous_layout_opens(tmp_path):
+    """A state folder saved before the learner used the shared training state and folder swap
+    (``training_state.pt`` of its own layout, counters in ``online.json``; a kill between the
+    two renames of its save left ``model.new`` and ``model.old``) loads exactly."""
+    from safetensors.torch import load_file
+
+    from llm_foundry.models.model_dir import save_model_dir
+
+    state = tmp_path / "s"
+    learner = small_learner(state, steps=3)
+    try:
+        for line in ("the cat sat", "on the mat ω"):
+            learner.learn(line)
+        ema, model, rng = learner.ema, learner.model, learner.rng
+        folder = state / "model.new"  # what the previous save wrote, key by key
+        folder.mkdir()
+        torch.save({"step": learner.step, "optimizers": [opt.state_dict() for opt in learner.optimizers],
+                    "ema": ema.state_dict(), "raw_weights": model.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "python": list(rng.getstate()[1]),
+                            "python_version": rng.getstate()[0]}}, folder / "training_state.pt")
+        save_model_dir(folder, model, learner.tokenizer, learner.step,
+                       weights={k: ema.shadow.get(k, v) for k, v in model.state_dict().items()})
+        (folder / "online.json").write_text(json.dumps({
+            "format": "llm_foundry.online", "version": 1, "step": learner.step,
+            "train": dataclasses.asdict(learner.train_cfg), "settings": dataclasses.asdict(learner.settings),
+            "records_seen": 2, "store_id": learner.store.id, "losses": list(learner.losses), "saved_at": 0.0}))
+        shutil.copytree(folder, state / "model.old")  # the save before (here: the same)
+        expected = {"step": learner.step, "raw": {k: v.clone() for k, v in model.state_dict().items()},
+                    "shadow": {k: v.clone() for k, v in ema.shadow.items()}, "python": rng.getstate(),
+                    "torch": torch.get_rng_state(),
+                    "moments": learner.optimizers[0].state[model.tok_embeddings.weight]["exp_avg"].clone(),
+                    "losses": list(learner.losses)}
+        learner.add("stored after that save: ψ")
+    finally:
+        learner.store.close()
+        learner._lock.release()  # killed: no save of this version
     learner = small_learner(state)
     try:
-        assert learner.step == step2 and (state / "model").is_dir() and not (state / "model.old").exists()
+        assert sorted(p.name for p in state.iterdir() if "model" in p.name) == ["model"]
+        assert learner.step == expected["step"] == 6 and learner.settings.steps == 3
+        assert learner.records_seen == 3 and "ψ" in learner.tokenizer.stoi  # counters from online.json, then caught up
+        assert list(learner.losses) == pytest.approx(expected["losses"])
+        for k, v in expected["raw"].items():
+            assert torch.equal(learner.model.state_dict()[k][:len(v)], v), k
+        for k, v in expected["shadow"].items():
+            assert torch.equal(learner.ema.shadow[k][:len(v)], v), k
+        assert torch.equal(learner.optimizers[0].state[learner.model.tok_embeddings.weight]["exp_avg"][
+            :len(expected["moments"])], expected["moments"])
+        assert learner.rng.getstate() == expected["python"] and torch.equal(torch.get_rng_state(), expected["torch"])
+        learner.learn("and on", steps=2)
+        learner.save()  # the new layout from here on
+    finally:
+        learner.close()
+    saved = torch.load(state / "model" / "training_state.pt", weights_only=True)
+    assert saved["format"] == 2 and saved["extra"]["records_seen"] == 4
+    assert "records_seen" not in json.loads((state / "model" / "online.json").read_text(encoding="utf-8"))
+    assert load_file(state / "model" / "model.safetensors")  # a normal model folder
+    learner = small_learner(state)
+    try:
+        assert learner.step == 8 and learner.records_seen == 4
     finally:
         learner.close()
 

@@ -43,13 +43,15 @@ from ..models import MiniLLM
 from ..tokenizers import CharTokenizer
 from ..tokenizers.special import PAD, UNK
 from ..training.ema import EMA
-from ..training.optim import build_optimizers, optimizer_step, replace_parameter, set_lr
+from ..training.optim import build_optimizers, replace_parameter
 from ..training.schedule import lr_factor
-from ..utils.device import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
+from ..training.state import TrainingState
+from ..training.step import StepParts, loss_scaler, train_step
+from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from .replay import ReplayStore
 from .state import (MODEL_DIR, StateLock, check_save_target, disk_bytes, erase, read_save, read_saved_configs,
-                    recover_model_dir, restore_rng, write_save)
+                    recover_model_dir, recover_save, write_save)
 from .textfiles import check_text_file, iter_text_lines
 
 SEPARATOR = "\n"  # joins stored inputs into training windows; never part of an input
@@ -160,6 +162,10 @@ class OnlineLearner:
 
     def _after_model_change(self) -> None:
         self.amp_dtype = resolve_dtype(self.precision, self.device, self.model.cfg.dim)
+        # What a step changes (the same objects as self.model/optimizers/ema; vocabulary growth
+        # keeps them), for the shared step function.
+        self.parts = StepParts(self.model, self.optimizers, self.ema, loss_scaler(self.device, self.amp_dtype),
+                               self.amp_dtype, self.train_cfg.grad_clip)
         self.seq_len = min(self.train_cfg.seq_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
         self.sep_id = self.tokenizer.stoi[SEPARATOR]
         self.pad_id = self.tokenizer.token_id(PAD)
@@ -319,39 +325,42 @@ class OnlineLearner:
         """Warmup, then constant: the schedule of a run that never ends."""
         return lr_factor(self.step if step is None else step, 0.0, "constant", self.train_cfg.warmup_steps, 1.0)
 
-    def _loss_and_grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast_context(self.device, self.amp_dtype):
-            _, loss = self.model(x, y)
-        loss.backward()
-        return loss
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on ``(x, y)`` through the shared step; returns the loss (detached)."""
+        factor = self.lr_factor()
+        try:
+            return train_step(self.parts, factor, 1, lambda _micro: self.model(x, y)[1])
+        except Exception as e:
+            # A compiled block fails at its first call where there is no working compiler.
+            if not self.compiled:
+                raise
+            self._uncompile_blocks(e)
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            return train_step(self.parts, factor, 1, lambda _micro: self.model(x, y)[1])
 
     def pulse(self, steps: int) -> PulseResult:
-        """Train ``steps`` steps on replayed windows; stops early if ``stop_requested``."""
+        """Train ``steps`` steps on replayed windows; stops early if ``stop_requested``.
+
+        Not ``training.loop.run_loop``: a pulse has no progress bar, no checkpoints and no
+        signal handling of its own (the REPL turns signals into ``stop_requested`` and saves
+        after the pulse returns), and it tries ``steps`` batches, skipping any without a
+        target, where the loop steps until a step count is reached.
+        """
         t0 = time.perf_counter()
         if len(self.store) == 0 or steps <= 0:
             return PulseResult(0, None, 0.0)
-        cfg = self.train_cfg
         self.model.train()
         total, done = 0.0, 0
         for _ in range(steps):
             if self.stop_requested:
                 break
-            set_lr(self.optimizers, self.lr_factor())
             x, y = self.batch()
             if not (y != -100).any():
                 continue
-            try:
-                loss = self._loss_and_grads(x, y)
-            except Exception as e:
-                if not self.compiled:
-                    raise
-                self._uncompile_blocks(e)
-                for opt in self.optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss = self._loss_and_grads(x, y)
-            optimizer_step(self.model, self.optimizers, cfg.grad_clip, self.ema)
+            loss = self._train_step(x, y)
             self.step += 1
-            value = float(loss.detach())
+            value = float(loss)
             self.losses.append(value)
             total += value
             done += 1
@@ -417,17 +426,21 @@ class OnlineLearner:
         target = self.state / MODEL_DIR if path is None else Path(path)
         check_save_target(target, snapshot=path is not None)
         self.store.sync()  # the save counts records_seen: they are on disk first
-        return write_save(target, self.model, self.tokenizer, self.step, self.optimizers, self.ema, self.rng, {
+        state = TrainingState.capture(self.step, self.model, self.optimizers, self.ema, self.parts.scaler,
+                                      {"records_seen": self.records_seen, "store_id": self.store.id}, self.rng)
+        return write_save(target, self.model, self.tokenizer, state, self.ema, {
             "train": dataclasses.asdict(self.train_cfg), "settings": dataclasses.asdict(self.settings),
-            "records_seen": self.records_seen, "store_id": self.store.id,
             "losses": [round(v, 5) for v in self.losses], "saved_at": time.time(),
         })
 
     def load(self, path: str | os.PathLike | None = None, keep_settings: bool = False) -> None:
         """Load a save (default: the state folder's); on any error nothing changes."""
-        src = recover_model_dir(self.state) if path is None else Path(path)
-        if src is None:
-            raise FoundryError(f"nothing saved yet in {self.state}")
+        if path is None:
+            src = recover_model_dir(self.state)
+            if src is None:
+                raise FoundryError(f"nothing saved yet in {self.state}")
+        else:
+            src = recover_save(Path(path)) or Path(path)  # read_save names what is missing
         saved = read_save(src, self.device, self.train_cfg, SEPARATOR)
         meta = saved.meta
         settings = self.settings if keep_settings else OnlineSettings.from_dict(meta.get("settings", {}))
@@ -437,10 +450,12 @@ class OnlineLearner:
         self.step = saved.step
         self.losses = deque((float(v) for v in meta.get("losses", [])), maxlen=200)
         self.last_pulse = None
-        same_store = meta.get("store_id") == self.store.id
-        self.records_seen = min(int(meta.get("records_seen", 0)), len(self.store)) if same_store else 0
-        restore_rng(saved.rng, self.rng)
+        same_store = saved.counter("store_id") == self.store.id
+        self.records_seen = min(int(saved.counter("records_seen", 0)), len(self.store)) if same_store else 0
+        saved.state.restore_rng(self.rng)
         self._after_model_change()
+        if saved.state.scaler and self.parts.scaler.is_enabled():
+            self.parts.scaler.load_state_dict(saved.state.scaler)
         self.catch_up()
 
     def reset(self) -> None:

@@ -6,23 +6,23 @@ Layout (one learner per folder)::
       replay/            the durable replay store (see replay.py): every input, forever
       model/             the last save, a normal model folder -- `foundry generate STATE/model` works:
         config.json, model.safetensors (the EMA weights), tokenizer.json (the grown char vocabulary),
-        training_state.pt  raw weights, optimizer moments, EMA shadow, RNG, step
-        online.json        schedule position, train config, sampling settings, recent losses,
-                           how many stored records the model has seen; written last
+        training_state.pt  the training state every trainer writes (``training.state``): step,
+                           raw weights, optimizer moments, EMA shadow, RNG, and in its ``extra``
+                           how many stored records the model has seen (and of which store)
+        online.json        train config, sampling settings, recent losses
       history            the REPL's line history
       lock               held while a learner has the folder open (holds its pid)
 
-A save writes ``model.new/`` completely, then :func:`swap_in` puts it in place with two
-renames; a kill at any moment leaves either the old or the new folder whole, and
-:func:`recover_model_dir` finds it. This module knows files, not training: the learner
-hands it tensors and settings and gets them back (:func:`write_save`, :func:`read_save`).
+A save replaces ``model/`` as one unit, as every checkpoint does (``utils.io.replace_folder``):
+a kill at any moment leaves the old or the new save whole, and :func:`recover_model_dir`
+finishes the swap on the next open (also one that the saves before it left). This module
+knows files, not training: the learner hands it a captured training state and settings
+and gets them back (:func:`write_save`, :func:`read_save`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +35,19 @@ from ..models import MiniLLM
 from ..models.model_dir import STATE_FILE, load_model_config, load_model_dir, save_model_dir
 from ..tokenizers import CharTokenizer
 from ..training.ema import EMA
-from ..training.optim import build_optimizers
+from ..training.optim import build_optimizers, peak_lrs
+from ..training.state import TrainingState, load_state
 from ..utils.errors import FoundryError
-from ..utils.io import _fsync_dir, atomic_torch_save, atomic_write_json, read_json
+from ..utils.io import atomic_write_json, read_json, recover_folder, replace_folder
 
 ONLINE_FILE = "online.json"
+ONLINE_VERSION = 2  # 1: the learner's counters were in online.json, not in the training state's extra
 LOCK_FILE = "lock"
 MODEL_DIR = "model"
-# The save and the leftovers a crash mid-save can leave beside it (see swap_in).
-MODEL_DIRS = (MODEL_DIR, MODEL_DIR + ".new", MODEL_DIR + ".old")
+# The save and the leftovers a kill mid-save can leave beside it: replace_folder's, and
+# (non-hidden) those of the saves before it.
+MODEL_DIRS = (MODEL_DIR, *(f".{MODEL_DIR}.{tag}" for tag in ("tmp", "new", "old")),
+              *(f"{MODEL_DIR}.{tag}" for tag in ("new", "old")))
 
 
 # -------------------------------------------------------------------- the lock
@@ -190,41 +194,26 @@ def _pid_alive(pid: int) -> bool:
 
 
 # ------------------------------------------------------------- save / recovery
-def swap_in(new: Path, target: Path) -> None:
-    """Put the complete folder ``new`` in place of ``target``: the one step a crash cannot tear.
-
-    ``target`` -> ``target.old``, ``new`` -> ``target``, drop ``target.old``. At every
-    instant either ``target`` is whole, or (between the renames) ``target.old`` and a
-    whole ``new`` are; :func:`recover_model_dir` picks the right one on the next open.
-    """
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    _fsync_dir(target.parent)
-    if old.exists():
-        shutil.rmtree(old)
+def recover_save(target: Path) -> Path | None:
+    """Finish or roll back a save of ``target`` that a kill interrupted; the save if whole, else None."""
+    # A .NAME.new of the saves before replace_folder may be half-written: online.json came last.
+    recover_folder(target, lambda folder: (folder / ONLINE_FILE).is_file())
+    return target if (target / ONLINE_FILE).is_file() else None
 
 
 def recover_model_dir(state: Path) -> Path | None:
-    """The state's complete save after a possible crash mid-save, tidying leftovers.
+    """The state folder's last save, after finishing a save a kill interrupted.
 
-    A save writes ``model.new`` (``online.json`` last), renames ``model`` to ``model.old``,
-    then ``model.new`` to ``model``. So: ``model`` present = it is whole; otherwise a
-    whole ``model.new`` (one with ``online.json``) is newer than ``model.old``.
+    Saves before ``utils.io.replace_folder`` wrote ``model.new`` in place (``online.json``
+    last), then renamed ``model`` to ``model.old`` and ``model.new`` to ``model``: leftovers
+    of theirs are handed to ``recover_folder`` under its own names (``.model.new``, ...).
     """
-    cur, new, old = (state / name for name in MODEL_DIRS)
-    if not cur.is_dir():
-        if new.is_dir() and (new / ONLINE_FILE).is_file():
-            os.replace(new, cur)
-        elif old.is_dir():
-            os.replace(old, cur)
-    for leftover in (new, old):
-        if leftover.exists() and cur.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-    return cur if (cur / ONLINE_FILE).is_file() else None
+    target = state / MODEL_DIR
+    for tag in ("new", "old"):
+        legacy, hidden = state / f"{MODEL_DIR}.{tag}", state / f".{MODEL_DIR}.{tag}"
+        if legacy.is_dir() and not hidden.exists():
+            os.replace(legacy, hidden)
+    return recover_save(target)
 
 
 def check_save_target(target: Path, snapshot: bool) -> None:
@@ -235,47 +224,46 @@ def check_save_target(target: Path, snapshot: bool) -> None:
         raise FoundryError(f"cannot save to {target}: it is a folder holding something else")
 
 
-def write_save(target: Path, model: MiniLLM, tokenizer: CharTokenizer, step: int,
-               optimizers: list[torch.optim.Optimizer], ema: EMA | None, rng: random.Random,
+def write_save(target: Path, model: MiniLLM, tokenizer: CharTokenizer, state: TrainingState, ema: EMA | None,
                online: dict) -> Path:
-    """Write a whole save to ``target.new``, then swap it in (see :func:`swap_in`).
+    """Write a whole save and swap it in place of ``target`` as one unit (``utils.io.replace_folder``).
 
-    ``model.safetensors`` holds the EMA weights (what generation uses); the raw weights
-    go to ``training_state.pt`` with the optimizers, EMA shadow and RNG. ``online`` (the
-    learner's schedule position, settings, ...) becomes ``online.json``, written last:
-    a folder with it is complete.
+    ``model.safetensors`` holds the EMA weights (what generation uses); the training state
+    (``training.state``: raw weights, optimizers, EMA shadow, RNG, the learner's counters in
+    ``extra``) goes to ``training_state.pt``; ``online`` (settings, recent losses, ...) to
+    ``online.json``.
     """
-    tmp = target.with_name(target.name + ".new")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    raw = model.state_dict()
-    state = {
-        "step": step,
-        "optimizers": [opt.state_dict() for opt in optimizers],
-        "ema": ema.state_dict() if ema is not None else None,
-        "raw_weights": raw if ema is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "python": list(rng.getstate()[1]),
-                "python_version": rng.getstate()[0]},
-    }
-    atomic_torch_save(tmp / STATE_FILE, state)
-    weights = {k: ema.shadow.get(k, v) for k, v in raw.items()} if ema is not None else None
-    save_model_dir(tmp, model, tokenizer, step, weights=weights)
-    atomic_write_json(tmp / ONLINE_FILE, {"format": "llm_foundry.online", "version": 1, "step": step, **online})
-    swap_in(tmp, target)
-    return target
+    weights = {k: ema.shadow.get(k, v) for k, v in state.raw_weights.items()} if ema is not None else None
+    state_bytes = state.to_bytes()
+
+    def fill(folder: Path) -> None:
+        save_model_dir(folder, model, tokenizer, state.step, weights=weights)
+        (folder / STATE_FILE).write_bytes(state_bytes)  # replace_folder fsyncs the folder's files
+        atomic_write_json(folder / ONLINE_FILE, {"format": "llm_foundry.online", "version": ONLINE_VERSION,
+                                                 "step": state.step, **online})
+
+    return replace_folder(target, fill)
 
 
 @dataclass
 class Save:
-    """A save read back, checked whole, nothing of the learner changed yet."""
+    """A save read back, checked whole, nothing of the learner changed yet (not even the RNG:
+    ``state.restore_rng`` once the learner has switched over)."""
 
     model: MiniLLM
     tokenizer: CharTokenizer
     optimizers: list[torch.optim.Optimizer]
     ema: EMA | None
-    step: int
     meta: dict  # online.json
-    rng: dict  # {"torch": ByteTensor, "python": [...], "python_version": 3}, or {}
+    state: TrainingState
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    def counter(self, key: str, default=None):
+        """One of the learner's counters: the state's ``extra``; saves before it kept them in ``online.json``."""
+        return self.state.extra.get(key, self.meta.get(key, default))
 
 
 def read_saved_configs(model_dir: Path) -> tuple[ModelConfig, TrainConfig, dict]:
@@ -299,39 +287,21 @@ def read_save(src: Path, device: torch.device, train_cfg: TrainConfig, separator
     bundle = load_model_dir(src, device)
     if not isinstance(bundle.tokenizer, CharTokenizer) or separator not in bundle.tokenizer.stoi:
         raise FoundryError(f"{src} does not hold an online learner's character vocabulary")
-    try:
-        state = torch.load(src / STATE_FILE, map_location=device, weights_only=True)
-    except Exception as e:
-        raise FoundryError(f"training state is corrupt: {src / STATE_FILE} ({str(e).splitlines()[0][:100]})") from None
-    if state.get("step") != bundle.step or meta.get("step") != bundle.step:
+    state = load_state(src / STATE_FILE, device)  # this layout or the learner's unversioned one before it
+    if state.step != bundle.step or meta.get("step") != bundle.step:
         raise FoundryError(f"{src} holds parts of different saves (weights of step {bundle.step}, "
-                           f"training state of step {state.get('step')})")
+                           f"training state of step {state.step})")
     model = bundle.model
-    if state.get("raw_weights") is not None:
-        model.load_state_dict(state["raw_weights"])
-    model.train()
     optimizers = build_optimizers(model, train_cfg)
-    if len(state["optimizers"]) != len(optimizers):
-        raise FoundryError(f"{src} was trained with another optimizer; keep train.optimizer as it was")
-    for opt, sd in zip(optimizers, state["optimizers"]):
-        opt.load_state_dict(sd)
-        for g in opt.param_groups:  # base_lr follows the current config
-            g["base_lr"] = train_cfg.muon_lr if isinstance(opt, torch.optim.Muon) else train_cfg.lr
+    state.restore(model, optimizers, base_lrs=peak_lrs(optimizers, train_cfg), rng=False)
+    model.train()
     ema = None
     if train_cfg.ema_decay > 0:
         ema = EMA(model, train_cfg.ema_decay)  # from the loaded raw weights ...
-        if state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])  # ... then the saved average
+        if state.ema is not None:
+            ema.load_state_dict(state.ema)  # ... then the saved average
             ema.decay = train_cfg.ema_decay
-    return Save(model, bundle.tokenizer, optimizers, ema, bundle.step, meta, state.get("rng") or {})
-
-
-def restore_rng(saved: dict, rng: random.Random) -> None:
-    """Put back the torch and Python random states a save recorded (see :func:`write_save`)."""
-    if "torch" in saved:
-        torch.set_rng_state(saved["torch"].cpu())
-    if "python" in saved:
-        rng.setstate((saved.get("python_version", 3), tuple(int(v) for v in saved["python"]), None))
+    return Save(model, bundle.tokenizer, optimizers, ema, meta, state)
 
 
 def erase(state: Path) -> None:

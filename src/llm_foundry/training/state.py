@@ -71,11 +71,13 @@ class TrainingState:
 
     def restore(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], ema=None,
                 scaler: torch.amp.GradScaler | None = None, base_lrs: list[float] | None = None,
-                python_rng=None) -> None:
+                python_rng=None, rng: bool = True) -> None:
         """Load this state into the pieces: raw weights, optimizers, EMA, scaler and RNG.
 
         Args:
             base_lrs: each optimizer's peak lr from the current config (it may differ from the saved run's).
+            rng: False leaves the random states for a later :meth:`restore_rng` (a caller that
+                checks more before it switches over).
 
         Raises:
             FoundryError: the optimizers do not match the saved ones.
@@ -93,6 +95,11 @@ class TrainingState:
             ema.load_state_dict(self.ema)
         if scaler is not None and self.scaler:
             scaler.load_state_dict(self.scaler)
+        if rng:
+            self.restore_rng(python_rng)
+
+    def restore_rng(self, python_rng=None) -> None:
+        """Put back the saved random states: torch's, CUDA's and (given) ``python_rng``'s."""
         if self.rng.get("torch") is not None:
             torch.set_rng_state(self.rng["torch"].cpu())
         if torch.cuda.is_available() and self.rng.get("cuda") is not None:

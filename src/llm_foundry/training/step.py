@@ -48,11 +48,14 @@ class StepParts:
     @classmethod
     def build(cls, model: nn.Module, cfg: TrainConfig, amp_dtype: torch.dtype | None) -> "StepParts":
         """Fresh optimizers, EMA (``cfg.ema_decay`` > 0) and scaler (fp16 only) for ``model``."""
-        device = next(model.parameters()).device
-        # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler stays off.
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        scaler = loss_scaler(next(model.parameters()).device, amp_dtype)
         return cls(model, build_optimizers(model, cfg), EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
                    scaler, amp_dtype, cfg.grad_clip)
+
+
+def loss_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The step's loss scaler: fp16 gradients underflow without one; for bf16/fp32 it stays off."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
 def train_step(parts: StepParts, lr_factor: float, micro_batches: int,
