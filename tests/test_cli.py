@@ -248,3 +248,101 @@ def test_config_show_and_copy(tmp_path, capsys):
     assert parse("speedrun", "--preset", run_yaml).preset == str(run_yaml)
     one_line_error(run_main(capsys, "config", "show", "nosuch"), "unknown preset 'nosuch'", "tinygpt", "cpu")
     one_line_error(run_main(capsys, "config", "show", "tiny", "lrr=1"), "did you mean 'lr'")
+
+
+# Every command that runs a model, with the arguments it needs to parse.
+MODEL_COMMANDS = {"generate": ["m"], "chat": ["m"], "eval-chat": ["m"], "eval": ["m", "--text", "f"], "serve": ["m"],
+                  "online": [], "evolve": [], "train": ["--data", "d", "--out", "r"], "midtrain": ["m", "--out", "o"],
+                  "sft": ["m", "--out", "o"], "rl": ["m", "--out", "o"], "speedrun": [], "demo": []}
+
+
+def test_every_command_that_runs_a_model_takes_device_precision_and_seed():
+    from llm_foundry.cli.main import build_parser
+
+    subs = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    for name, argv in MODEL_COMMANDS.items():
+        text = subs[name].format_help()
+        assert all(flag in text for flag in ("--device", "--precision", "--seed N")), name
+        helps = {a.option_strings[0]: a.help for a in subs[name]._actions if a.option_strings}
+        assert helps["--device"].startswith("auto, cpu, cuda, cuda:N or mps (default: "), name  # one wording
+        assert helps["--precision"].startswith("auto (bf16 where the hardware is fast at it), bf16, fp16 or fp32"), name
+        args = parse(name, *argv, "--device", "cpu", "--precision", "fp32", "--seed", "5")
+        assert (args.device, args.precision, args.seed) == ("cpu", "fp32", 5), name
+
+
+def test_eval_accepts_a_seed_and_stays_deterministic(tmp_path, capsys):
+    from llm_foundry.config import ModelConfig
+    from llm_foundry.models import MiniLLM
+    from llm_foundry.models.model_dir import save_model_dir
+    from llm_foundry.tokenizers import build_tokenizer
+
+    tok = build_tokenizer("byte")
+    save_model_dir(tmp_path / "m", MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2,
+                                                       max_seq_len=32)), tok)
+    (tmp_path / "t.txt").write_text("the same text, scored the same way\n" * 4, encoding="utf-8")
+    runs = [run_main(capsys, "eval", tmp_path / "m", "--text", tmp_path / "t.txt", "--device", "cpu", "--json", *seed)
+            for seed in ([], ["--seed", "1"], ["--seed", "2"])]
+    assert all(r.returncode == 0 for r in runs) and len({r.stdout for r in runs}) == 1
+    one_line_error(run_main(capsys, "eval", tmp_path / "m", "--text", tmp_path / "t.txt", "--seed", "-1"), "--seed")
+
+
+def test_serve_seed_is_the_default_of_requests_without_one(tmp_path):
+    import httpx
+
+    from llm_foundry.config import ModelConfig
+    from llm_foundry.inference.engine import Engine
+    from llm_foundry.models import MiniLLM
+    from llm_foundry.models.model_dir import save_model_dir
+    from llm_foundry.serve import ServerThread, create_app
+    from llm_foundry.tokenizers import build_tokenizer
+
+    assert parse("serve", "m", "--seed", "7").seed == 7 and parse("serve", "m").seed is None
+    tok = build_tokenizer("byte")
+    save_model_dir(tmp_path / "m", MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2,
+                                                       max_seq_len=64)), tok)
+    engine = Engine.from_pretrained(tmp_path / "m", device="cpu", precision="fp32")
+    with ServerThread(create_app(engine, "m", default_seed=7)) as server:
+        def complete(**seed) -> str:
+            body = {"model": "m", "prompt": "hi", "temperature": 1.5, "max_tokens": 16, **seed}
+            r = httpx.post(server.url + "/v1/completions", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        first = complete()
+        assert complete() == first == complete(seed=7)  # no seed: the server's, so the reply repeats
+        assert complete(seed=8) != first  # a request's own seed is kept
+
+
+def test_evolve_settings_as_key_value(capsys, tmp_path):
+    from llm_foundry.cli.evolve import evolve_train_options
+    from llm_foundry.config.evolve import EvolveOptions, TrainOptions, evolve_options
+
+    assert evolve_train_options(parse("evolve")) == TrainOptions()  # the defaults live in the dataclass
+    opts = evolve_train_options(parse("evolve", "epochs=3", "seed=7", "device=cpu", "lr=1e-3", "model.dim=64",
+                                      "steps_per_epoch=5", "--save-every", "2", "save_every=4"))
+    assert (opts.epochs, opts.seed, opts.device, opts.steps_per_epoch) == (3, 7, "cpu", 5)
+    assert opts.save_every == 2  # a flag given wins over the same key=value, as in every command
+    assert opts.overrides == ["lr=1e-3", "model.dim=64"]  # a new state's model/train config
+    args = parse("evolve", "--mode", "evolve", "cycles=5", "self_tokens=128", "early_reject=false", "--population", "2")
+    got = evolve_options(args.overrides, {"population": args.population})
+    assert got == EvolveOptions(cycles=5, self_tokens=128, early_reject=False, population=2)
+    state = tmp_path / "state"
+    for argv, fragments in ((["epoch=3"], ["unknown config key 'epoch'", "did you mean 'epochs'"]),
+                            (["--mode", "evolve", "cycle=3"], ["did you mean 'cycles'"]),
+                            (["--mode", "evolve", "epochs=3"], ["'epochs' applies to --mode train only"]),
+                            (["cycles=3"], ["'cycles' applies to --mode evolve only"]),
+                            (["--mode", "evolve", "cycles=x"], ["cycles expects int"]),
+                            (["--mode", "stats", "cycles=3"], ["--mode train and --mode evolve"])):
+        one_line_error(run_main(capsys, "evolve", "--state", state, *argv), *fragments)
+    assert not state.exists()  # rejected before anything was written
+
+
+def test_evolve_key_value_options_reach_the_training(capsys, tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("a small corpus for a short run.\n" * 200, encoding="utf-8")
+    state = tmp_path / "state"
+    proc = run_main(capsys, "evolve", "--state", state, "--text", tmp_path / "corpus", *TINY_MODEL, "epochs=1",
+                    "steps_per_epoch=2", "log_every=1", "device=cpu", "quiet=true", "eval_batches=2")
+    assert proc.returncode == 0, proc.stderr
+    log = json.loads((state / "training_log.json").read_text(encoding="utf-8"))
+    assert [e["epoch"] for e in log] == [1] and "trained 1 epoch(s)" in proc.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_MODEL, one_line_error, run_cli, shared_file
 
+from llm_foundry.cli.evolve import evolve_train_options
 from llm_foundry.cli.main import build_parser
 from llm_foundry.config import load_config
 
@@ -91,7 +92,8 @@ def test_source_flags_and_kebab_aliases():
     c = parser.parse_args(["evolve", "--mode", "evolve", "--cycles", "3"])
     assert c.cycles == 3 and c.state == "h2q_state"
     d = parser.parse_args(["evolve"])
-    assert d.mode == "train" and d.data_dir == "data/training_data" and d.epochs == 10 and d.tokenizer == "byte"
+    opts = evolve_train_options(d)  # a flag left out is None; its default lives in TrainOptions
+    assert d.mode == "train" and opts.data_dir == "data/training_data" and opts.epochs == 10 and opts.tokenizer == "byte"
 
 
 def test_train_writes_log_checkpoints_best_and_champion(trained, corpus):

@@ -21,6 +21,11 @@ def add_compile_option(p: argparse.ArgumentParser) -> None:
                         "then decodes about 2x faster on a CPU")
 
 
+def add_no_tools_option(p: argparse.ArgumentParser) -> None:
+    """``--no-tools`` for the commands that run the chat engine (chat, eval-chat, serve)."""
+    p.add_argument("--no-tools", action="store_true", help="do not run the calculator on the model's python blocks")
+
+
 def add_alias(p: argparse.ArgumentParser, action: argparse.Action, *flags: str) -> None:
     """Old spellings of ``action``'s option: parsed as that option (``required`` included), not shown in ``--help``."""
     for flag in flags:
@@ -39,20 +44,19 @@ def add_text_option(p: argparse.ArgumentParser, help: str, **kwargs) -> None:
     add_alias(p, p.add_argument("--text", metavar="PATH", help=help, **kwargs), "--data")
 
 
-def add_run_options(p: argparse.ArgumentParser, from_config: bool = False, seed_help: str | None = None) -> None:
-    """``--device``, ``--precision``, ``--seed`` for a command that runs a model.
+def add_run_options(p: argparse.ArgumentParser, *, seed_help: str, from_config: bool = False) -> None:
+    """``--device``, ``--precision``, ``--seed`` for a command that runs a model (every such command calls this).
 
     Args:
+        seed_help: what ``--seed`` seeds in this command.
         from_config: the command's config holds these fields: the flags default to None
             ("as the preset says") and the command maps them onto the config.
-        seed_help: what ``--seed`` seeds (None: no ``--seed`` here, the command defines its own).
     """
     note = " (default: the preset's)" if from_config else " (default: auto)"
     p.add_argument("--device", default=None if from_config else "auto", help="auto, cpu, cuda, cuda:N or mps" + note)
     p.add_argument("--precision", default=None if from_config else "auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto (bf16 where the hardware is fast at it), bf16, fp16 or fp32" + note)
-    if seed_help:
-        p.add_argument("--seed", type=int, metavar="N", help=seed_help)
+    p.add_argument("--seed", type=int, metavar="N", help=seed_help)
 
 
 def run_option_overrides(args: argparse.Namespace, prefixes: Iterable[str]) -> list[str]:

@@ -6,16 +6,14 @@ import argparse
 import json
 import sys
 
-from . import add_alias, add_compile_option
+from . import add_alias, add_compile_option, add_no_tools_option, add_run_options
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("model", metavar="MODEL", help="a model folder (a run folder works)")
-    p.add_argument("--no-tools", action="store_true", help="do not evaluate python blocks with the calculator")
-    add_alias(p, p.add_argument("--max-new-tokens", dest="max_tokens", type=int, metavar="N",
-                                help="reply length limit in tokens"), "--max-tokens")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: auto")
+    add_no_tools_option(p)
+    add_alias(p, p.add_argument("--max-new-tokens", dest="max_tokens", type=int, default=max_tokens, metavar="N",
+                                help=f"most new tokens per reply (default: {max_tokens})"), "--max-tokens")
     add_compile_option(p)
 
 
@@ -24,39 +22,38 @@ def add_parser(sub) -> None:
                        description="Multi-turn chat with streaming replies and visible tool calls. Commands: "
                                    "/clear (forget the conversation), /temp=T (set the temperature), /quit. "
                                    "When stdin is not a terminal, each input line is one user message.")
-    _common(p)
+    _common(p, max_tokens=256)
     p.add_argument("--temperature", type=float, default=0.6, metavar="T", help="0 = greedy, at most 2 (default: 0.6)")
     p.add_argument("--top-k", type=int, default=50, metavar="K", help="sample among the K most likely tokens (default: 50)")
     p.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set with probability >= P")
     p.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
     p.add_argument("--prompt", metavar="TEXT", help="send this one message, print the reply and exit")
-    p.add_argument("--seed", type=int, help="seed for reproducible replies")
-    p.set_defaults(func=run_chat, max_tokens_default=256)
+    add_run_options(p, seed_help="seed for reproducible replies")
+    p.set_defaults(func=run_chat)
 
     e = sub.add_parser("eval-chat", help="evaluate a chat model on tasks",
                        description="Per-task accuracy and the aggregate (mean) on built-in tasks "
                                    "(arithmetic, spelling, count_letters, identity, facts; held-out split) "
                                    "or task files (GSM8K/MMLU/ARC/chat .jsonl, MMLU .csv).")
-    _common(e)
+    _common(e, max_tokens=128)
     e.add_argument("--task", action="append", metavar="NAME|FILE",
                    help="a built-in task or a task file (repeatable; default: every built-in task)")
     e.add_argument("-n", "--num", type=int, metavar="N", help="questions per task (built-in default: 100; files: all)")
     e.add_argument("--split", default="heldout", choices=["heldout", "train"], help="built-in tasks' split (default: heldout)")
     e.add_argument("--lang", default="mixed", choices=["mixed", "en", "zh"], help="built-in tasks' language (default: mixed)")
-    e.add_argument("--seed", type=int, default=1234, help="seed of the built-in questions (default: 1234)")
+    add_run_options(e, seed_help="seed of the built-in questions and of sampling at --temperature > 0 (default: 1234)")
+    e.set_defaults(seed=1234)
     e.add_argument("--identity", metavar="NAME", help="the name the identity task expects (default: llm-foundry mini model)")
-    e.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default: 0)")
+    e.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy, at most 2 (default: 0)")
     e.add_argument("--batch-size", type=int, default=32, metavar="B", help="prompts decoded together (default: 32)")
     e.add_argument("--samples", type=int, default=0, metavar="K", help="also print K example replies per task")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.set_defaults(func=run_eval_chat, max_tokens_default=128)
+    e.set_defaults(func=run_eval_chat)
 
 
 def _check(args) -> None:
     from ..config.sampling import check_sampling
 
-    if args.max_tokens is None:
-        args.max_tokens = args.max_tokens_default
     check_sampling(temperature=args.temperature, top_k=getattr(args, "top_k", None), top_p=getattr(args, "top_p", None),
                    max_new_tokens=args.max_tokens, seed=args.seed, as_flags=True)
 

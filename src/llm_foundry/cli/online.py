@@ -6,7 +6,7 @@ import argparse
 
 from ..config.online import OnlineConfig, split_settings
 from ..utils.paths import default_state_dir
-from . import add_run_options
+from . import add_preset_option, add_run_options
 
 
 def add_parser(sub) -> None:
@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--state", default=str(default_state_dir()), metavar="DIR",
                    help="state folder (default: $XDG_DATA_HOME/llm-foundry/online, "
                         "i.e. ~/.local/share/llm-foundry/online)")
-    p.add_argument("--preset", default="tinygpt", metavar="PRESET|FILE.yaml",
-                   help="model for a new state (default: tinygpt: d256, 8 heads, 4 layers, ctx 256)")
+    add_preset_option(p, "tinygpt", dest="preset",
+                      help="model for a new state (default: tinygpt: d256, 8 heads, 4 layers, ctx 256)")
     p.add_argument("--steps", type=int, metavar="N", help="training steps per typed line (default: 20; saved)")
     p.add_argument("--file-steps", type=float, metavar="X",
                    help="steps per line for /load_txt and /train (default: as --steps; 0.25 = one step every 4 "

@@ -16,10 +16,10 @@ def add_parser(sub) -> None:
                    help="char: one id per character (grows); byte: UTF-8 bytes; bpe: trained byte-level BPE (default: char)")
     p.add_argument("--tokenizer-from", metavar="MODEL",
                    help="reuse the tokenizer of this model or data folder (for fine-tuning with --init-from)")
-    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--vocab-size", type=int, default=4096, metavar="N", help="BPE vocabulary size (default: 4096)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
                    help="share held out for validation; by document, or the tail of a single file (default: 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the document split (default: 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the document split (default: 0)")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="the data folder to write")
     p.set_defaults(func=run)
 

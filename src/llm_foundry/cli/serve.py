@@ -7,7 +7,7 @@ import ipaddress
 import os
 import sys
 
-from . import add_compile_option, add_run_options
+from . import add_compile_option, add_no_tools_option, add_run_options
 
 
 def add_parser(sub) -> None:
@@ -24,9 +24,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="requests that may wait for a slot; one more gets HTTP 429 (default: 64)")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients use (default: the folder's name)")
-    add_run_options(p)
+    add_run_options(p, seed_help="sampling seed of the requests that give none; a request's own seed is kept "
+                                 "(default: none)")
     add_compile_option(p)
-    p.add_argument("--no-tools", action="store_true", help="do not run the calculator for the model's python blocks")
+    add_no_tools_option(p)
     p.set_defaults(func=run)
 
 
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from ..config.sampling import check_sampling
     from ..inference.engine import Engine
     from ..serve import bind_socket, create_app, make_server
     from ..tokenizers.special import ASSISTANT_START
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise FoundryError("--max-concurrency must be >= 1 and --max-queue >= 0")
     if not 0 <= args.port <= 65535:
         raise FoundryError("--port must be in 0..65535")
+    check_sampling(seed=args.seed, as_flags=True)
     api_key = args.api_key or os.environ.get("FOUNDRY_API_KEY") or None
     name = args.model_name or Path(args.model).resolve().name
     if not Path(args.model).is_dir():
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if engine.tokenizer.token_id(ASSISTANT_START) is None:
         raise FoundryError(f"{args.model}: its tokenizer has no chat tokens; serving needs a byte or bpe tokenizer")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    app = create_app(engine, name, api_key=api_key, max_concurrency=args.max_concurrency, max_queue=args.max_queue)
+    app = create_app(engine, name, api_key=api_key, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+                     default_seed=args.seed)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving '{name}' on http://{host}:{port}  (chat page: /   API: /v1   "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import add_run_options, add_text_option, check_tasks, run_option_overrides
+from . import add_preset_option, add_run_options, add_text_option, check_tasks, run_option_overrides
 
 # Where --device/--precision/--seed land in a speedrun preset: every stage that runs a model.
 RUN_OPTION_PATHS = ("pretrain.", "midtrain.train.", "sft.train.", "rl.")
@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
                        epilog="Overrides: key=value by path, e.g. pretrain.time_budget=60 midtrain.train.lr=1e-3 "
                               "rl.steps=10 (or a bare key only one section has, e.g. dim=128). "
                               f"Presets: {', '.join(list_speedrun_presets())}; `foundry config show cpu` prints one.")
-    p.add_argument("--preset", default="cpu", metavar="NAME|FILE.yaml",
-                   help="speedrun preset: cpu (<= 30 min on 2 cores), demo (<= 10 min), or a YAML file (default: cpu)")
+    add_preset_option(p, "cpu", dest="preset",
+                      help="speedrun preset: cpu (<= 30 min on 2 cores), demo (<= 10 min), or a YAML file (default: cpu)")
     p.add_argument("--out", default=None, metavar="RUN", help="the run folder (default: runs/speedrun-PRESET)")
     add_text_option(p, "your own text files or folders instead of the built-in corpus", nargs="+")
     add_run_options(p, from_config=True, seed_help="seed of every training stage (pretrain.seed, midtrain.train.seed, ...)")

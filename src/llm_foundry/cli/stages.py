@@ -10,7 +10,7 @@ from ..config.loader import override_dict
 from ..config.stages import RLConfig, StageConfig
 from ..utils.errors import FoundryError
 from ..utils.progress import console
-from . import add_run_options, check_tasks, run_option_overrides, summary_line
+from . import add_preset_option, add_run_options, check_tasks, run_option_overrides, summary_line
 
 STAGE_HELP = {
     "midtrain": ("teach a pretrained model the chat layout and tool calls (task mixture)",
@@ -29,14 +29,13 @@ def add_parser(sub) -> None:
                                   "training (lr=3e-4, train.batch_size=8). Re-run with --resume after an interruption.")
         p.add_argument("model", metavar="MODEL", help="the model folder to start from (the previous stage)")
         p.add_argument("--out", required=True, metavar="OUT", help="the new model folder to write")
-        p.add_argument("--preset", default="cpu", metavar="NAME|FILE.yaml",
-                       help="speedrun preset whose section gives the defaults (default: cpu)")
+        add_preset_option(p, "cpu", "speedrun preset whose section gives the defaults (default: cpu)", dest="preset")
         p.add_argument("--mix", metavar="SOURCE=W,...",
                        help="task mixture, e.g. arithmetic=4,count_letters=3,text=1,chats.jsonl=2 "
                             "(built-in tasks, 'text' for --data, or .jsonl conversation files)")
-        p.add_argument("--data", metavar="DATA_DIR", help="a prepared data folder (foundry prepare) for the mixture's 'text' source")
+        p.add_argument("--data", metavar="DATA_DIR", help="a prepared data folder (made by `foundry prepare`) for the mixture's 'text' source")
         p.add_argument("--loss-on", choices=["all", "assistant"], help="train every token or only the assistant's")
-        p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps")
+        p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (overrides the preset)")
         p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
         add_run_options(p, from_config=True, seed_help="seed of the batches and the init of new rows (train.seed)")
         p.add_argument("--resume", action="store_true", help="continue the stage saved in OUT")
@@ -51,11 +50,11 @@ def add_parser(sub) -> None:
                        epilog="Overrides: key=value of the rl settings, e.g. temperature=0.8 max_tokens=64 lr=1e-5.")
     p.add_argument("model", metavar="MODEL", help="the chat model folder to start from (usually the SFT model)")
     p.add_argument("--out", required=True, metavar="OUT", help="the new model folder to write")
-    p.add_argument("--preset", default="cpu", metavar="NAME|FILE.yaml", help="speedrun preset whose rl section gives the defaults")
+    add_preset_option(p, "cpu", "speedrun preset whose rl section gives the defaults (default: cpu)", dest="preset")
     p.add_argument("--tasks", metavar="TASK,...", help="built-in tasks to train on (default from the preset: arithmetic)")
     p.add_argument("--split", choices=("stretch", "train"),
                    help="training prompts: stretch (default: longer numbers and words than SFT saw) or train (SFT's own)")
-    p.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer steps (overrides the preset)")
     p.add_argument("--group-size", type=int, metavar="G", help="completions sampled per prompt")
     p.add_argument("--prompts-per-step", type=int, metavar="P", help="prompts per step")
     p.add_argument("--kl-coef", type=float, metavar="X", help="weight of the KL penalty to the starting model (0 = off)")

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                        epilog="Overrides: key=value, e.g. model.dim=128 train.lr=3e-4 (or just dim=128 lr=3e-4). "
                               f"Presets: {', '.join(list_presets())}.")
     add_preset_option(p, "tiny", "a preset name or a YAML file (default: tiny; `foundry config show NAME` prints one)")
-    p.add_argument("--data", required=True, metavar="DATA_DIR", help="a folder made by `foundry prepare`")
+    p.add_argument("--data", required=True, metavar="DATA_DIR", help="a prepared data folder (made by `foundry prepare`)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop after this much training time; the schedule is fitted to it")

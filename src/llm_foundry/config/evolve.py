@@ -1,12 +1,18 @@
 """Settings of ``foundry evolve``: local training (:class:`TrainOptions`) and evolution (:class:`EvolveOptions`).
 
-Built from the command line's flags with the shared loader (``config/loader.py``), so a
-bad value is the same one-line error as in any other config.
+Built with the shared loader (``config/loader.py``) from ``key=value`` overrides and the
+command line's flags (``foundry evolve --mode evolve cycles=5 self_tokens=128``), so a bad
+key or value is the same one-line error as in any other config.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from ..utils.errors import FoundryError
+from .loader import fill, parse_override, resolve_key
+from .schema import ModelConfig, TrainConfig
 
 
 @dataclass
@@ -82,3 +88,76 @@ class EvolveOptions:
     device: str = "auto"
     precision: str = "auto"
     quiet: bool = False
+
+
+@dataclass
+class EvolveTrainConfig(TrainOptions):
+    """Everything ``foundry evolve --mode train`` takes as ``key=value``.
+
+    The options themselves are bare keys (``epochs=3``, ``seed=7``: the shallowest field
+    wins, so ``seed`` is the option, ``train.seed`` the preset's); the ``model`` and
+    ``train`` sections are a new state's config (``model.dim=128``, ``lr=3e-4``).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _given(flags: Mapping[str, Any]) -> dict[str, Any]:
+    # A flag left out is None, so the key=value (or the dataclass default) below it stands.
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def train_options(overrides: Iterable[str], flags: Mapping[str, Any]) -> TrainOptions:
+    """The options of ``--mode train``: defaults, then ``key=value`` overrides, then the flags given.
+
+    Args:
+        overrides: ``key=value`` items of :class:`EvolveTrainConfig`; the model/train ones
+            become ``TrainOptions.overrides`` (a new state's config), the rest set options.
+        flags: option values from the command line's flags (None = not given); as in every
+            command, a flag wins over a ``key=value`` of the same field.
+
+    Raises:
+        FoundryError: an unknown key (with a hint) or a bad value.
+    """
+    opts, config_overrides = TrainOptions(), []
+    for item in overrides:
+        path, value = _parse(EvolveTrainConfig, item, other=(EvolveOptions, "evolve"))
+        if len(path) > 1:
+            config_overrides.append(item)
+        elif path[0] in ("config", "overrides"):  # the preset and this list are the command's, not settings
+            hint = " (the preset is --preset NAME)" if path[0] == "config" else ""
+            raise FoundryError(f"unknown config key '{path[0]}'{hint}")
+        else:
+            setattr(opts, path[0], value)
+    fill(opts, _given(flags))
+    opts.overrides = config_overrides
+    return opts
+
+
+def evolve_options(overrides: Iterable[str], flags: Mapping[str, Any]) -> EvolveOptions:
+    """The options of ``--mode evolve``: defaults, then ``key=value`` overrides, then the flags given (None = not).
+
+    Raises:
+        FoundryError: an unknown key (with a hint) or a bad value.
+    """
+    opts = EvolveOptions()
+    for item in overrides:
+        path, value = _parse(EvolveOptions, item, other=(EvolveTrainConfig, "train"))
+        setattr(opts, path[0], value)
+    return fill(opts, _given(flags))
+
+
+def _parse(root: type, item: str, other: tuple[type, str]) -> tuple[tuple[str, ...], Any]:
+    """``parse_override`` in ``root``; a key only the other mode has says which mode it belongs to."""
+    key = item.partition("=")[0]
+    if "=" in item:
+        try:
+            resolve_key(root, key)
+        except FoundryError as e:
+            try:
+                resolve_key(other[0], key)
+            except FoundryError:
+                raise e from None  # unknown in both: the loader's own error, with its hint
+            raise FoundryError(f"'{key.strip()}' applies to --mode {other[1]} only") from None
+    return parse_override(root, item)

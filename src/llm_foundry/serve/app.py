@@ -158,7 +158,7 @@ def event_stream(jobs: list[Job], stream: builders.ChatStream | builders.Complet
 
 # ---------------------------------------------------------------------------- the app
 def create_app(engine, model_name: str, *, api_key: str | None = None, max_concurrency: int = 8,
-               max_queue: int = 64):
+               max_queue: int = 64, default_seed: int | None = None):
     """Build the ASGI app (FastAPI inside the auth/logging middleware) around a loaded engine.
 
     Args:
@@ -168,6 +168,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         max_concurrency: requests decoded at the same time; more wait in a queue.
         max_queue: requests allowed to wait; one more is answered 429.
+        default_seed: the sampling seed of a request that gives none (None: such replies are not repeatable).
     """
     tokenizer = engine.tokenizer
     context = engine.model.cfg.max_seq_len
@@ -192,7 +193,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
         # One queue for the whole request; prompt k's samples are choices k*n .. k*n+n-1.
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        jobs = [Job(**builders.job_options(req, p, stop_ids, context), loop=loop, queue=queue, offset=k * req.n)
+        jobs = [Job(**builders.job_options(req, p, stop_ids, context, default_seed), loop=loop, queue=queue, offset=k * req.n)
                 for k, p in enumerate(prompts)]
         submit(state["scheduler"], jobs)
         return jobs

@@ -77,7 +77,8 @@ def completion_prompts(tokenizer, prompt: str | list[str] | list[int] | list[lis
     return encoded
 
 
-def job_options(req, prompt_ids: list[int], stop_ids: list[int], context: int) -> dict[str, Any]:
+def job_options(req, prompt_ids: list[int], stop_ids: list[int], context: int,
+                default_seed: int | None = None) -> dict[str, Any]:
     """The :class:`~.scheduler.Job` fields a request sets for one prompt (all but its channel back).
 
     Args:
@@ -85,6 +86,7 @@ def job_options(req, prompt_ids: list[int], stop_ids: list[int], context: int) -
         prompt_ids: the prompt's tokens.
         stop_ids: the tokens that end a sample (:data:`CHAT_TERMINATORS` or :data:`TEXT_TERMINATORS`, as ids).
         context: the model's context length.
+        default_seed: the seed of a request that gives none (``foundry serve --seed``).
 
     Raises:
         ApiError: 400 ``context_length_exceeded`` when the prompt leaves no room for a reply.
@@ -97,7 +99,7 @@ def job_options(req, prompt_ids: list[int], stop_ids: list[int], context: int) -
     room = context - len(prompt_ids)
     return dict(prompt_ids=prompt_ids, n=req.n, max_tokens=min(req.token_limit() or room, room),
                 temperature=req.temperature, top_p=req.top_p if req.top_p < 1 else None, top_k=req.top_k,
-                stop=req.stop_list(), seed=req.seed, stop_ids=stop_ids)
+                stop=req.stop_list(), seed=default_seed if req.seed is None else req.seed, stop_ids=stop_ids)
 
 
 # ---------------------------------------------------------------------------- small bodies and errors
