@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from llm_foundry import Generator
-from llm_foundry.inference import check_sampling, sample_next
+from llm_foundry.inference import sample_next
+from llm_foundry.config.sampling import check_sampling
 from llm_foundry.config.sampling import GREEDY_TEMPERATURE, MAX_SEED
 from llm_foundry.utils.errors import FoundryError
 

@@ -99,7 +99,7 @@ def test_speedrun_errors_are_one_line(tmp_path, capsys):
 
 
 def test_presets_load():
-    from llm_foundry.pipelines.speedrun import check_speedrun_config, list_speedrun_presets, load_speedrun_config
+    from llm_foundry.config.speedrun import check_speedrun_config, list_speedrun_presets, load_speedrun_config
 
     assert {"cpu", "demo"} <= set(list_speedrun_presets())
     for name in list_speedrun_presets():

@@ -15,8 +15,9 @@ from helpers import TINY_MODEL, one_line_error, run_cli
 
 from llm_foundry.data.chat import render_conversation, write_conversations
 from llm_foundry.tokenizers import ByteTokenizer
-from llm_foundry.data.chat_batches import ChatMixture, parse_mixture
-from llm_foundry.training.trainer import TrainingInterrupted
+from llm_foundry.data.chat_batches import ChatMixture
+from llm_foundry.config.stages import parse_mixture
+from llm_foundry.utils.errors import TrainingInterrupted
 from llm_foundry.utils.errors import FoundryError
 
 CTX = 192  # a chat example is 40-180 bytes
@@ -39,7 +40,7 @@ def base_model(tmp_path_factory) -> Path:
 
 
 def _stage_cfg(stage: str, steps: int, **kw):
-    from llm_foundry.training.stages import stage_config_from_dict
+    from llm_foundry.config.stages import stage_config_from_dict
 
     raw = {"mixture": {"arithmetic": 2, "count_letters": 1}, "examples_per_task": 40, "val_examples": 8,
            "train": {"max_steps": steps, "batch_size": 2, "warmup_steps": 1, "eval_interval": 0, "eval_batches": 2,
@@ -181,7 +182,8 @@ def test_sft_cli_resumes_and_refuses_bad_input(base_model, tmp_path, capsys):
 
 
 def test_rl_logs_reward_and_resumes_exactly(base_model, tmp_path, capsys):
-    from llm_foundry.training.rl import rl_config_from_dict, run_rl
+    from llm_foundry.training.rl import run_rl
+    from llm_foundry.config.stages import rl_config_from_dict
 
     cfg = rl_config_from_dict({"tasks": ["arithmetic"], "steps": 4, "prompts_per_step": 2, "group_size": 3,
                                "max_tokens": 12, "examples": 20, "eval_examples": 3, "eval_samples": 2,

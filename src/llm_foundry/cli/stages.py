@@ -110,8 +110,9 @@ def stage_settings(args: argparse.Namespace) -> dict:
 
 
 def run_chat_stage(args: argparse.Namespace) -> int:
-    from ..data.chat_batches import TEXT_SOURCE, parse_mixture
-    from ..training.stages import stage_config_from_dict, stage_trainer
+    from ..config.stages import parse_mixture, stage_config_from_dict
+    from ..data.chat_batches import TEXT_SOURCE
+    from ..training.stages import stage_trainer
 
     raw = stage_settings(args)
     if isinstance(raw.get("mixture"), str):
@@ -130,7 +131,8 @@ def run_chat_stage(args: argparse.Namespace) -> int:
 
 
 def run_rl_stage(args: argparse.Namespace) -> int:
-    from ..training.rl import RL_CONFIG_FILE, rl_config_from_dict, run_rl
+    from ..config.stages import rl_config_from_dict
+    from ..training.rl import RL_CONFIG_FILE, run_rl
 
     if args.resume:
         known = {f.name for f in dataclasses.fields(RLConfig)}

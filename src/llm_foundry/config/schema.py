@@ -162,4 +162,3 @@ class TrainConfig:
         _check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
         _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         return self
-from .loader import field_types  # noqa: E402,F401  (its old home; the loader owns it now)

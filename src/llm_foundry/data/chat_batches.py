@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..config.stages import parse_mixture  # noqa: F401  (its home is config/; importable here as before)
+from ..config.stages import parse_mixture
 from ..tokenizers import Tokenizer
 from ..tokenizers.special import PAD
 from ..utils.errors import FoundryError

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config.evolve import EvolveOptions  # noqa: F401  (its home is config/)
+from ..config.evolve import EvolveOptions
 from ..models.model_dir import load_model_dir
 from ..training.optim import build_optimizers
 from ..utils.signals import StopRequest

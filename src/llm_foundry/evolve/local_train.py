@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from ..config import TrainConfig, apply_overrides, load_config, override_sections
-from ..config.evolve import TrainOptions  # noqa: F401  (its home is config/)
+from ..config.evolve import TrainOptions
 from ..data import TokenDataset, WindowLoader
 from ..eval.metrics import mean_loss
 from ..models import MiniLLM

@@ -1,6 +1,7 @@
 """Text generation: the Engine (the one token loop), the Generator over it, sampling, the text stream."""
 
-from .sampling import MAX_TEMPERATURE, check_sampling, sample_next
+from ..config.sampling import MAX_TEMPERATURE, check_sampling
+from .sampling import sample_next
 from .decoding import DecodeModels, decode_models
 from .text_stream import ReplyDecoder, TextStream
 from .engine import Engine

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config.sampling import GREEDY_TEMPERATURE, MAX_SEED, MAX_TEMPERATURE, check_sampling  # noqa: F401
+from ..config.sampling import GREEDY_TEMPERATURE
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

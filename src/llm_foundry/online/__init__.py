@@ -6,8 +6,9 @@ durable, append-only inputs), text-file checks (textfiles.py) and the REPL behin
 ``foundry online`` (repl.py).
 """
 
+from ..config.online import OnlineSettings
 from ..utils.paths import default_state_dir
-from .learner import OnlineLearner, OnlineSettings, PulseResult
+from .learner import OnlineLearner, PulseResult
 from .replay import ReplayStore
 
 __all__ = ["ReplayStore", "OnlineLearner", "OnlineSettings", "PulseResult", "default_state_dir"]

@@ -36,8 +36,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from ..config import ModelConfig, TrainConfig, apply_overrides, load_config
-from ..config.online import OnlineSettings  # noqa: F401  (its home is config/)
-from ..config.presets import configs_from_dict
+from ..config.online import OnlineSettings
 from ..inference import Generator
 from ..models import MiniLLM
 from ..tokenizers import CharTokenizer

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import __version__
-from ..config.speedrun import (SECTIONS, SPEEDRUN_DIR, SpeedrunConfig, check_speedrun_config,  # noqa: F401
-                               list_speedrun_presets, load_speedrun_config)  # (their home is config/)
+from ..config.speedrun import check_speedrun_config, load_speedrun_config
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console, rounded

@@ -2,6 +2,6 @@
 
 from .app import create_app
 from .server import ServerThread, bind_socket, make_server
-from .scheduler import ReplyDecoder, Scheduler
+from .scheduler import Scheduler
 
-__all__ = ["create_app", "make_server", "bind_socket", "ServerThread", "Scheduler", "ReplyDecoder"]
+__all__ = ["create_app", "make_server", "bind_socket", "ServerThread", "Scheduler"]

@@ -16,7 +16,7 @@ import secrets
 import uuid
 from typing import Any, Callable
 
-from ..tokenizers.special import BOS, CHAT_TERMINATORS, TEXT_TERMINATORS
+from ..tokenizers.special import BOS
 from ..utils.errors import FoundryError
 from .schemas import TOOL_NAME, ApiError, to_chat_messages
 

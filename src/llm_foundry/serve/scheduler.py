@@ -29,7 +29,7 @@ log = logging.getLogger("llm_foundry.serve")
 
 # Each sample's tokens become events (text, tool calls, tool results) through the one reply
 # decoder of the inference package; it also ends a sample at a terminator or a stop string.
-__all__ = ["Job", "Scheduler", "ReplyDecoder"]
+__all__ = ["Job", "Scheduler"]
 
 
 @dataclass

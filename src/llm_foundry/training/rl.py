@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..config.stages import RLConfig, rl_config_from_dict  # noqa: F401  (their home is config/)
+from ..config.stages import RLConfig
 from ..utils.device import autocast_context
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console

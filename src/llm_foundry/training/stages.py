@@ -25,7 +25,7 @@ import torch
 
 from .. import __version__
 from ..config import TrainConfig
-from ..config.stages import DEFAULT_LOSS_ON, DEFAULT_MIXTURES, STAGES, StageConfig, stage_config_from_dict  # noqa: F401  (their home is config/)
+from ..config.stages import StageConfig
 from ..tokenizers import Tokenizer, load_tokenizer
 from ..utils.errors import FoundryError
 from ..utils.io import read_json

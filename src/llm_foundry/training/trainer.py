@@ -33,7 +33,7 @@ from ..eval.metrics import loss_metrics, mean_loss
 from ..models import MiniLLM
 from ..tokenizers import Tokenizer
 from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
-from ..utils.errors import FoundryError, TrainingInterrupted  # noqa: F401 (re-exported)
+from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json
 from ..utils.progress import console
 from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, recover_checkpoint_dir
