@@ -40,13 +40,14 @@ def main() -> None:
 
     from llm_foundry.data.chat import chat_token_ids
     from llm_foundry.inference.engine import Engine
+    from llm_foundry.tokenizers.special import CHAT_TERMINATORS, token_ids
 
     model, tok = random_byte_model(args.preset)
     # frozen=True: the inference copies `foundry chat`, eval-chat and the server decode with.
     engine = Engine(model, tok, precision=args.precision, frozen=True)
     # A random model ends a turn now and then; suppress the enders so lengths are exact.
     sp = chat_token_ids(tok)
-    engine.suppress += [sp["assistant_end"], sp["bos"], tok.token_id("<|eos|>")]
+    engine.suppress += sorted(token_ids(tok, CHAT_TERMINATORS))
     rng = random.Random(0)
 
     def make_prompt(n: int) -> list[int]:

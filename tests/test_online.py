@@ -638,6 +638,23 @@ class Proc:
                     pass
 
 
+def wait_for_training(pid: int, cpu_seconds: float = 0.5, timeout: float = 120) -> None:
+    """Wait until process ``pid`` has spent ``cpu_seconds`` more CPU time: a pulse is under way
+    (the REPL waiting for input spends none). Polls /proc; where it is missing, returns at once."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        return
+
+    def cpu() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    start, deadline = cpu(), time.monotonic() + timeout
+    while cpu() - start < cpu_seconds:
+        assert time.monotonic() < deadline, "the pulse never started"
+        time.sleep(0.05)
+
+
 def wait_for_records(state: Path, n: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while (state / "replay" / INDEX_FILE).stat().st_size < n * OFFSET.size:
@@ -659,7 +676,7 @@ def test_acceptance_survive_kill_9_during_a_pulse(tmp_path):
     proc.expect("100000 steps")
     proc.send("第三行 gamma ω")  # a pulse of 100,000 steps: certainly still running when killed
     wait_for_records(state, 3)
-    time.sleep(0.5)
+    wait_for_training(proc.p.pid)
     proc.p.kill()  # SIGKILL
     assert proc.finish() == -signal.SIGKILL
     learner = small_learner(state)
@@ -695,7 +712,7 @@ def test_signals_save_the_state(tmp_path, sig):
         proc.expect("100000 steps")
         proc.send("during a long pulse")
         wait_for_records(state, 2)
-        time.sleep(0.5)
+        wait_for_training(proc.p.pid)
     proc.p.send_signal(sig)
     proc.expect("saved")
     assert proc.finish() == 128 + sig

@@ -100,12 +100,11 @@ def test_stream_stop_regenerate_and_persist(browser, chatty_server):
     expect(page.locator("#send")).to_be_visible()
     expect(page.locator(".msg.assistant .note")).to_have_text("(stopped)")
     stopped = assistant_text(page)
-    time.sleep(0.5)
-    assert assistant_text(page) == stopped  # nothing arrives after stop
-    deadline = time.monotonic() + 60  # and the server freed the slot of the closed stream
+    deadline = time.monotonic() + 60  # the server frees the slot of the closed stream
     while httpx.get(chatty_server.url + "/health", timeout=300).json()["active"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert httpx.get(chatty_server.url + "/health", timeout=300).json()["active"] == 0
+    assert assistant_text(page) == stopped  # and nothing arrived after stop, though the server went on a while
 
     set_max_tokens(page, 40)
     page.click("#regenerate")

@@ -17,8 +17,8 @@ from typing import Iterable
 def add_compile_option(p: argparse.ArgumentParser) -> None:
     """``--compile`` for the commands that decode (generate, chat, eval-chat, serve)."""
     p.add_argument("--compile", action="store_true",
-                   help="compile the decoding models: waits ~20 s (again when the batch size first changes), "
-                        "then decodes about 2x faster on a CPU")
+                   help="compile the decoding models: waits for the compiler at first (again when the batch "
+                        "size first changes), then decodes faster on a CPU")
 
 
 def add_no_tools_option(p: argparse.ArgumentParser) -> None:

@@ -193,7 +193,8 @@ class RLConfig:
             raise FoundryError("rl.group_size must be at least 2 (advantages compare the samples of a group)")
         if self.eval_examples < 0 or self.checkpoint_interval < 0 or self.warmup_steps < 0:
             raise FoundryError("rl.eval_examples, rl.warmup_steps and rl.checkpoint_interval must be >= 0")
-        check_sampling(temperature=self.temperature, names={"temperature": "rl.temperature"})
+        check_sampling(temperature=self.temperature, top_k=self.top_k, max_new_tokens=self.max_tokens,
+                       names={"temperature": "rl.temperature", "top_k": "rl.top_k", "max_new_tokens": "rl.max_tokens"})
         if self.temperature < GREEDY_TEMPERATURE:  # a group of greedy samples is one sample: no advantage
             raise FoundryError("rl.temperature must be > 0 (RL compares sampled completions)")
         if self.lr <= 0 or self.kl_coef < 0:

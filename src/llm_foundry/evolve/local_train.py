@@ -34,7 +34,7 @@ from ..training.optim import build_optimizers
 from ..training.schedule import lr_factor
 from ..training.loop import run_loop
 from ..training.state import TrainingState, load_state
-from ..training.step import StepParts, train_step
+from ..training.step import StepParts, loss_scaler, train_step
 from ..utils.signals import StopRequest
 from ..utils.device import resolve_device, resolve_dtype
 from ..utils.errors import FoundryError, TrainingInterrupted
@@ -128,7 +128,8 @@ def run_steps(model: MiniLLM, optimizers: list[torch.optim.Optimizer], batch_fn:
         the index of the next step (``stop_at`` unless stopped early).
     """
     warmup = min(cfg.warmup_steps, max(1, total // 5))
-    parts = StepParts(model, optimizers, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip)
+    parts = StepParts(model, optimizers, scaler=loss_scaler(next(model.parameters()).device, amp_dtype),
+                      amp_dtype=amp_dtype, grad_clip=cfg.grad_clip)
     model.train()
     step = start
 

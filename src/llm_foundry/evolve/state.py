@@ -28,10 +28,9 @@ import torch
 from ..config import ModelConfig, TrainConfig, config_to_dict, configs_from_dict
 from ..models import MiniLLM
 from ..tokenizers import Tokenizer
-from ..models.model_dir import CONFIG_FILE, STATE_FILE, TOKENIZER_FILE, WEIGHTS_FILE, save_model_dir
+from ..models.model_dir import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_model_folder
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_json, read_json, recover_folder, replace_folder
-from ..utils.signals import deferred_signals
+from ..utils.io import atomic_write_json, read_json, recover_folder
 
 DEFAULT_STATE_DIR = "h2q_state"
 MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE)
@@ -75,18 +74,12 @@ def is_complete_model_dir(path: Path) -> bool:
 
 def write_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int = 0,
                     weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None) -> None:
-    """Replace the model folder ``path`` as a whole (``utils.io.replace_folder``).
+    """Replace the model folder ``path`` as a whole (:func:`~llm_foundry.models.model_dir.write_model_folder`).
 
     Args:
         state_bytes: a serialised training state (``training.state``) to keep beside the weights.
     """
-    def fill(folder: Path) -> None:
-        save_model_dir(folder, model, tokenizer, step, weights=weights)
-        if state_bytes is not None:
-            (folder / STATE_FILE).write_bytes(state_bytes)
-
-    with deferred_signals():
-        replace_folder(path, fill)
+    write_model_folder(path, model, tokenizer, step, weights, state_bytes)
 
 
 def recover_model_dir(path: str | Path) -> None:

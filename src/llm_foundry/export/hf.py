@@ -29,7 +29,7 @@ import torch
 
 from ..config import ModelConfig
 from ..tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
-from ..tokenizers.special import BOS, EOS, PAD, UNK
+from ..tokenizers.special import BOS, EOS, NEVER_SAMPLED, PAD, UNK, token_ids
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_bytes, atomic_write_json
 
@@ -160,9 +160,10 @@ def hf_config(cfg: ModelConfig, tok: Tokenizer) -> dict:
 
 
 def generation_config(tok: Tokenizer) -> dict:
-    """Defaults for ``model.generate``: our special ids, and never emitting pad/unk/bos (as our Generator)."""
+    """Defaults for ``model.generate``: our special ids, and never emitting what our text-mode Engine never
+    samples (``NEVER_SAMPLED`` and BOS)."""
     ids = _special_ids(tok)
-    suppress = [i for i in (ids["pad"], ids["unk"], ids["bos"]) if i is not None]
+    suppress = sorted(token_ids(tok, (*NEVER_SAMPLED, BOS)))
     gen = {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}
     if suppress:
         gen["suppress_tokens"] = suppress

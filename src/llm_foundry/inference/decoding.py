@@ -71,7 +71,7 @@ def decode_models(model: MiniLLM, precision: str = "auto", batch_size: int = 1, 
             # No fast bf16 products here (or a model too narrow for bf16 training), but the
             # compiled step's multiply-and-sum reads bf16 weights with plain vector code: half
             # the bytes of fp32 for the same fp32 sums.
-            # The prompt stays fp32 (bf16 products are emulated, ~100x slower); one fp32 cache.
+            # The prompt stays fp32 (bf16 products are emulated there, far slower); one fp32 cache.
             bf16_weights = copy.deepcopy(model).to(torch.bfloat16).fuse_projections().eval()
             models = DecodeModels(fp32, bf16_weights, None, torch.float32)
     else:

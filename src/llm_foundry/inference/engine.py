@@ -91,8 +91,8 @@ class Engine:
             engine then always reads the live weights, under autocast.
         compile: with ``frozen``, decode with compiled prefill and step models
             (``decode_models(..., compile=True)``): the first reply waits for the compiler
-            (and once more when the batch size first changes), later ones decode about
-            twice as fast on a CPU.
+            (and once more when the batch size first changes), later ones decode faster
+            on a CPU (docs/*/performance.md).
         mode: ``"chat"`` (replies end at the chat terminators and at the end of the context)
             or ``"text"`` (plain text, as :class:`Generator`: see the module docstring).
     """

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 from ..models import MiniLLM
 from ..tokenizers import Tokenizer
-from ..tokenizers.special import BOS, UNK
+from ..tokenizers.special import UNK, document_start
 from ..utils.device import resolve_device
 from ..utils.errors import FoundryError
 from .engine import Engine
@@ -32,7 +32,7 @@ class Generator:
         tokenizer: its tokenizer.
         precision: ``auto`` (bf16 where fast), ``bf16`` or ``fp32``.
         compile: decode with compiled models (see :func:`decode_models`): the first
-            call waits for the compiler, later tokens come about twice as fast on a CPU.
+            call waits for the compiler, later tokens come faster on a CPU.
     """
 
     def __init__(self, model: MiniLLM, tokenizer: Tokenizer, precision: str = "auto", compile: bool = False):
@@ -58,9 +58,7 @@ class Generator:
             n = ids.count(unk)
             print(f"warning: {n} prompt character(s) unknown to the tokenizer were replaced by {UNK}", file=sys.stderr)
         if not ids:
-            # Start a document: BOS where the tokenizer has one, else a line break.
-            bos = self.tokenizer.token_id(BOS)
-            ids = [bos] if bos is not None else self.tokenizer.encode("\n")
+            ids = document_start(self.tokenizer)
             if not ids or ids == [unk]:
                 raise FoundryError("the prompt is empty and this tokenizer has no BOS or line break; give a prompt")
         return ids

@@ -15,7 +15,7 @@ its fp32 one although it reads half the bytes. This step answers both:
   cache in its own dtype (bf16 after a bf16 prefill).
 
 It computes what ``MiniLLM.forward`` computes for one new token with a cache (a test
-holds the two together), about twice as fast at batch 1 (``bench/decode.py``; figures in
+holds the two together), faster at batch 1 (``bench/decode.py``; figures in
 ``docs/*/performance.md``). It reads the model duck-typed (this package sits below
 ``models/``), so the few lines of the model's math it needs (RMSNorm with fp32 weights, the
 rotation) are written out here. With the fast paths switched off (``FOUNDRY_NO_CPU_KERNELS=1``)

@@ -79,6 +79,30 @@ def save_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer | None
         tokenizer.save(path / TOKENIZER_FILE)
 
 
+def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
+                       weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None,
+                       extra_files: dict[str, bytes] | None = None) -> Path:
+    """Replace the model folder ``path`` as a whole (``utils.io.replace_folder``), Ctrl-C held back
+    meanwhile: the model folder files, and optionally ``training_state.pt`` and other files.
+
+    Args:
+        weights: as in :func:`save_model_dir`.
+        state_bytes: the serialised training state (``training.state``), or None for none.
+        extra_files: more files of the unit, name -> content (e.g. the online learner's ``online.json``).
+    """
+    from ..utils.signals import deferred_signals
+
+    def fill(folder: Path) -> None:
+        save_model_dir(folder, model, tokenizer, step, weights=weights)
+        if state_bytes is not None:
+            (folder / STATE_FILE).write_bytes(state_bytes)  # replace_folder fsyncs the folder's files
+        for name, data in (extra_files or {}).items():
+            (folder / name).write_bytes(data)
+
+    with deferred_signals():
+        return replace_folder(path, fill)
+
+
 def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
                         weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None) -> None:
     """Write a run folder's checkpoint (the model folder files and ``training_state.pt``) as one unit.
@@ -91,15 +115,9 @@ def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, 
     from ..utils.signals import deferred_signals
 
     path = Path(path)
-
-    def fill(folder: Path) -> None:
-        save_model_dir(folder, model, tokenizer, step, weights=weights)
-        if state_bytes is not None:
-            (folder / STATE_FILE).write_bytes(state_bytes)  # replace_folder fsyncs it
-
-    with deferred_signals():  # a second Ctrl-C waits for the swap (it could not tear it, but the links)
+    with deferred_signals():  # a second Ctrl-C waits for the swap and the links
         _adopt_plain_files(path)
-        replace_folder(path / CHECKPOINT_DIR, fill)
+        write_model_folder(path / CHECKPOINT_DIR, model, tokenizer, step, weights, state_bytes)
         _link_checkpoint(path)
 
 

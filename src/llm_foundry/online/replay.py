@@ -30,7 +30,7 @@ write) is cut off. Earlier records are never touched: nothing rewrites them.
 Durability policy (``fsync``). ``append(text, durable=True)`` writes and fsyncs
 before it returns: the REPL does that for every typed line *before* it trains on
 it, so a line whose prompt has come back survives ``kill -9`` and power loss. An
-fsync costs about a millisecond, far below typing speed. Bulk loads
+fsync costs far less than the time between typed lines. Bulk loads
 (``/load_txt``) append with ``durable=False`` -- the bytes reach the operating
 system at once (so they survive the process being killed) -- and group the
 fsyncs: ``maybe_sync`` syncs once a second or every ``sync_every`` records, and

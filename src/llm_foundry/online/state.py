@@ -22,6 +22,7 @@ and gets them back (:func:`write_save`, :func:`read_save`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -32,13 +33,13 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from ..config.presets import configs_from_dict
 from ..models import MiniLLM
-from ..models.model_dir import STATE_FILE, load_model_config, load_model_dir, save_model_dir
+from ..models.model_dir import STATE_FILE, load_model_config, load_model_dir, write_model_folder
 from ..tokenizers import CharTokenizer
 from ..training.ema import EMA
 from ..training.optim import build_optimizers, peak_lrs
 from ..training.state import TrainingState, load_state
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_json, read_json, recover_folder, replace_folder
+from ..utils.io import read_json, recover_folder
 
 ONLINE_FILE = "online.json"
 ONLINE_VERSION = 2  # 1: the learner's counters were in online.json, not in the training state's extra
@@ -234,15 +235,9 @@ def write_save(target: Path, model: MiniLLM, tokenizer: CharTokenizer, state: Tr
     ``online.json``.
     """
     weights = {k: ema.shadow.get(k, v) for k, v in state.raw_weights.items()} if ema is not None else None
-    state_bytes = state.to_bytes()
-
-    def fill(folder: Path) -> None:
-        save_model_dir(folder, model, tokenizer, state.step, weights=weights)
-        (folder / STATE_FILE).write_bytes(state_bytes)  # replace_folder fsyncs the folder's files
-        atomic_write_json(folder / ONLINE_FILE, {"format": "llm_foundry.online", "version": ONLINE_VERSION,
-                                                 "step": state.step, **online})
-
-    return replace_folder(target, fill)
+    meta = {"format": "llm_foundry.online", "version": ONLINE_VERSION, "step": state.step, **online}
+    return write_model_folder(target, model, tokenizer, state.step, weights, state.to_bytes(),
+                              {ONLINE_FILE: (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode("utf-8")})
 
 
 @dataclass

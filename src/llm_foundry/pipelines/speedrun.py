@@ -85,6 +85,15 @@ def evaluate_model(model_dir: str | Path, tasks: Iterable[str], examples: int, *
 
 
 # ------------------------------------------------------------------ the run
+def _same_settings(saved: Any, parsed) -> bool:
+    """Whether a run folder's saved settings resolve to ``parsed`` (compared resolved, not as written:
+    an older version kept an override like ``lr=1e-3`` as the text YAML read, this one as a number)."""
+    try:
+        return check_speedrun_config(saved).to_dict() == parsed.to_dict()
+    except (FoundryError, TypeError, AttributeError):
+        return False
+
+
 class Speedrun:
     """One speedrun in a run folder.
 
@@ -106,7 +115,7 @@ class Speedrun:
         state_path = self.out / STATE_FILE
         if state_path.is_file():
             self.state = read_json(state_path, "speedrun state")
-            if self.state.get("config") != self.config or self.state.get("data") != self.data_inputs:
+            if not _same_settings(self.state.get("config"), self.parsed) or self.state.get("data") != self.data_inputs:
                 raise FoundryError(f"{self.out} holds a speedrun with other settings; re-run it with the same preset, "
                                    "overrides and --text, or choose another --out")
         else:

@@ -28,7 +28,6 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..tokenizers.special import CHAT_TERMINATORS, TEXT_TERMINATORS, token_ids
 from . import builders
 from .scheduler import Job, Scheduler
 from .schemas import ApiError, ChatCompletionRequest, CompletionRequest, parse_body
@@ -173,8 +172,6 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     tokenizer = engine.tokenizer
     context = engine.model.cfg.max_seq_len
     created = int(time.time())
-    chat_stop_ids = sorted(token_ids(tokenizer, CHAT_TERMINATORS))
-    text_stop_ids = sorted(token_ids(tokenizer, TEXT_TERMINATORS))
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -189,11 +186,11 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     app = FastAPI(title="llm-foundry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.model_name = model_name
 
-    def new_jobs(req, prompts: list[list[int]], stop_ids: list[int]) -> list[Job]:
+    def new_jobs(req, prompts: list[list[int]]) -> list[Job]:
         # One queue for the whole request; prompt k's samples are choices k*n .. k*n+n-1.
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        jobs = [Job(**builders.job_options(req, p, stop_ids, context, default_seed), loop=loop, queue=queue, offset=k * req.n)
+        jobs = [Job(**builders.job_options(req, p, [], context, default_seed), loop=loop, queue=queue, offset=k * req.n)
                 for k, p in enumerate(prompts)]
         submit(state["scheduler"], jobs)
         return jobs
@@ -233,7 +230,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     async def chat_completions(request: Request):
         req: ChatCompletionRequest = parse_body(await request.body(), ChatCompletionRequest)
         builders.check_model(req.model, model_name)
-        jobs = new_jobs(req, [builders.chat_prompt(tokenizer, req.messages)], chat_stop_ids)
+        jobs = new_jobs(req, [builders.chat_prompt(tokenizer, req.messages)])
         rid, now, started = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
         if req.stream:
             stream = builders.ChatStream(rid, now, model_name, req.n, req.include_usage())
@@ -247,7 +244,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
         req: CompletionRequest = parse_body(await request.body(), CompletionRequest)
         builders.check_model(req.model, model_name)
         prompts = builders.completion_prompts(tokenizer, req.prompt)
-        jobs = new_jobs(req, prompts, text_stop_ids)
+        jobs = new_jobs(req, prompts)
         rid, now, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
         echo = [tokenizer.decode(p) for p in prompts] if req.echo else None
         if req.stream:

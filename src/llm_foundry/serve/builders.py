@@ -16,7 +16,7 @@ import secrets
 import uuid
 from typing import Any, Callable
 
-from ..tokenizers.special import BOS
+from ..tokenizers.special import document_start
 from ..utils.errors import FoundryError
 from .schemas import TOOL_NAME, ApiError, to_chat_messages
 
@@ -70,10 +70,7 @@ def completion_prompts(tokenizer, prompt: str | list[str] | list[int] | list[lis
             if any(not 0 <= t < tokenizer.vocab_size for t in p):
                 raise ApiError(400, f"prompt token ids must be in [0, {tokenizer.vocab_size})", param="prompt")
             ids = list(p)
-        if not ids:
-            bos = tokenizer.token_id(BOS)
-            ids = [bos] if bos is not None else tokenizer.encode("\n")
-        encoded.append(ids)
+        encoded.append(ids or document_start(tokenizer))
     return encoded
 
 
@@ -84,7 +81,7 @@ def job_options(req, prompt_ids: list[int], stop_ids: list[int], context: int,
     Args:
         req: a validated :class:`~.schemas.ChatCompletionRequest` or :class:`~.schemas.CompletionRequest`.
         prompt_ids: the prompt's tokens.
-        stop_ids: the tokens that end a sample (:data:`CHAT_TERMINATORS` or :data:`TEXT_TERMINATORS`, as ids).
+        stop_ids: tokens that end a sample besides the engine's terminator set (``CHAT_TERMINATORS``).
         context: the model's context length.
         default_seed: the seed of a request that gives none (``foundry serve --seed``).
 

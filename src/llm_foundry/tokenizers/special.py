@@ -32,8 +32,9 @@ DEFAULT_SPECIAL_TOKENS = [PAD, BOS, EOS, *CHAT_SPECIAL_TOKENS]
 # not part of the reply.
 CHAT_TERMINATORS = (ASSISTANT_END, BOS, EOS, USER_START)
 
-# Plain text (``foundry generate``, ``/v1/completions``) ends at the end of its document, or where
-# a new one would begin (where BOS is not masked out of sampling).
+# Plain text (``foundry generate``, an Engine in text mode) ends at the end of its document, or
+# where a new one would begin (where BOS is not masked out of sampling). The server's chat engine
+# ends ``/v1/completions`` at the chat terminators too: its model writes chat turns.
 TEXT_TERMINATORS = (EOS, BOS)
 
 # Never sampled: they decode to nothing useful. Plain text also never samples BOS (a
@@ -44,3 +45,10 @@ NEVER_SAMPLED = (PAD, UNK)
 def token_ids(tokenizer, names) -> set[int]:
     """The ids of those of ``names`` that ``tokenizer`` has (a char tokenizer lacks most)."""
     return {i for name in names if (i := tokenizer.token_id(name)) is not None}
+
+
+def document_start(tokenizer) -> list[int]:
+    """What an empty prompt becomes, so the model has a position to continue from: BOS where the
+    tokenizer has one, else a line break (empty if the tokenizer has neither)."""
+    bos = tokenizer.token_id(BOS)
+    return [bos] if bos is not None else tokenizer.encode("\n")

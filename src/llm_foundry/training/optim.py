@@ -57,20 +57,31 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
 
 
 def optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], grad_clip: float,
-                   ema: EMA | None = None) -> None:
+                   ema: EMA | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
     """Clip the gradients' global norm to ``grad_clip`` (0: no clipping), step ``optimizers``,
     clear the gradients and update ``ema``.
 
-    Where every parameter is an fp32 CPU tensor stepped by AdamW and the native kernels
-    build, the clipping, AdamW and the EMA run as one pass over memory (``cpu_kernels``)
-    with the optimizers' own state, so checkpoints are unchanged; elsewhere PyTorch's
+    With an enabled fp16 ``scaler`` the gradients are unscaled before clipping, and a step
+    whose gradients overflowed is skipped (``GradScaler.step``). Otherwise, where every
+    parameter is an fp32 CPU tensor stepped by AdamW and the native kernels build, the
+    clipping, AdamW and the EMA run as one pass over memory (``cpu_kernels``) with the
+    optimizers' own state, so checkpoints are unchanged; elsewhere PyTorch's
     ``clip_grad_norm_``, ``step`` and :meth:`EMA.update` do the same in four passes.
     """
-    if not _native_adamw_step(model, optimizers, grad_clip, ema):
+    scaling = scaler is not None and scaler.is_enabled()
+    if scaling or not _native_adamw_step(model, optimizers, grad_clip, ema):
         if grad_clip > 0:
+            if scaling:
+                for opt in optimizers:
+                    scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
         for opt in optimizers:
-            opt.step()
+            if scaling:
+                scaler.step(opt)  # skipped when the gradients overflowed
+            else:
+                opt.step()
+        if scaling:
+            scaler.update()
         if ema is not None:
             ema.update(model)
     for opt in optimizers:
@@ -82,7 +93,7 @@ def _plain_fp32_cpu(t: torch.Tensor) -> bool:
 
 
 # Per model: the ids of the parameters its optimizers held when last checked, and the name of
-# each (for the EMA). Walking the module tree each step cost a quarter of a millisecond.
+# each (for the EMA): walking the module tree every step costs more than the lookup.
 _names_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], dict[int, str]]]" = (
     weakref.WeakKeyDictionary())
 

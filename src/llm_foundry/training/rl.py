@@ -90,6 +90,12 @@ def sampled_reward(engine, examples: list, *, samples: int, max_tokens: int, tem
             "greedy_accuracy": float(np.mean(greedy_scores)) if greedy_scores else 0.0, "prompts": len(examples)}
 
 
+def learnable(rows: list[tuple[list[int], list[int], float]]) -> list[tuple[list[int], list[int], float]]:
+    """The rollout rows a step learns from: a nonzero advantage (a group that was all right or all
+    wrong teaches nothing) and at least one completion token."""
+    return [r for r in rows if r[2] != 0.0 and any(r[1])]
+
+
 class RLTrainer:
     """GRPO on a chat model folder into a new model folder.
 
@@ -112,7 +118,6 @@ class RLTrainer:
         self.rl = cfg.validate()
         self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
         self.init_from = Path(init_from)
-        self.data_dir = None
         self.model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
         self.cfg = cfg.train_config()
         self.device, self.amp_dtype = run_device(cfg.device, cfg.precision, self.model_cfg.dim)
@@ -213,10 +218,9 @@ class RLTrainer:
         self.model.train()
         return rows, rewards
 
-    def _loss(self, rows: list[tuple[list[int], list[int], float]]) -> tuple[torch.Tensor, float] | None:
-        rows = [r for r in rows if r[2] != 0.0 and any(r[1])]
-        if not rows:
-            return None  # every group all-right or all-wrong: nothing to learn from this step
+    def _loss(self, rows: list[tuple[list[int], list[int], float]]) -> tuple[torch.Tensor, float]:
+        """The policy-gradient loss (and the KL to the reference) of ``rows``, the learnable rows
+        (:func:`learnable`: a nonzero advantage and at least one completion token)."""
         t = min(max(len(ids) for ids, _, _ in rows), self.model_cfg.max_seq_len + 1)
         pad = self.tokenizer.token_id(PAD) or 0
         ids = torch.full((len(rows), t), pad, dtype=torch.long)
@@ -274,11 +278,13 @@ class RLTrainer:
             t_gen = time.perf_counter() - t0
             got: dict[str, float] = {"loss": 0.0, "kl": 0.0}
 
+            learn = learnable(rows)
+
             def loss_of(_micro: int) -> torch.Tensor:
-                loss, got["kl"] = self._loss(rows)
+                loss, got["kl"] = self._loss(learn)
                 return loss
 
-            if any(a != 0.0 and any(m) for _, m, a in rows):
+            if learn:
                 factor = lr_factor(self.step, self.step / rl.steps, "wsd", rl.warmup_steps, 0.0, 1.0)
                 got["loss"] = float(train_step(self.parts, factor, 1, loss_of))
             # else every group was all-right or all-wrong: nothing to learn from this step

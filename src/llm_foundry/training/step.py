@@ -1,7 +1,7 @@
 """One optimizer step, the same for every trainer.
 
     set the lr -> for each micro-batch: loss (autocast) -> backward (scaled for fp16)
-               -> clip + optimizer step + EMA (``optim.optimizer_step``, or the GradScaler's path)
+               -> clip + optimizer step + EMA (``optim.optimizer_step``, which also owns fp16's GradScaler path)
 
 The caller supplies the micro-batch losses: pretraining and SFT a forward pass on
 batch ``i``, RL its policy-gradient loss. Nothing here reads a value back from the
@@ -10,7 +10,7 @@ device, so a step queues its work without waiting for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -42,8 +42,10 @@ class StepParts:
     amp_dtype: torch.dtype | None = None
     grad_clip: float = 0.0
 
+    device: torch.device = field(init=False)  # autocast's device, looked up once
+
     def __post_init__(self) -> None:
-        self.device = next(self.model.parameters()).device  # autocast's device, looked up once
+        self.device = next(self.model.parameters()).device
 
     @classmethod
     def build(cls, model: nn.Module, cfg: TrainConfig, amp_dtype: torch.dtype | None) -> "StepParts":
@@ -78,18 +80,5 @@ def train_step(parts: StepParts, lr_factor: float, micro_batches: int,
         scaled = loss / micro_batches if micro_batches > 1 else loss
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         total = loss.detach() if total is None else total + loss.detach()
-    if scaler is None:  # bf16 or fp32: no loss scaling
-        optimizer_step(parts.model, parts.optimizers, parts.grad_clip, parts.ema)
-    else:
-        if parts.grad_clip > 0:
-            for opt in parts.optimizers:
-                scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip, foreach=True)
-        for opt in parts.optimizers:
-            scaler.step(opt)
-        scaler.update()
-        for opt in parts.optimizers:
-            opt.zero_grad(set_to_none=True)
-        if parts.ema is not None:
-            parts.ema.update(parts.model)
+    optimizer_step(parts.model, parts.optimizers, parts.grad_clip, parts.ema, scaler)
     return total
