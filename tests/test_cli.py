@@ -8,7 +8,7 @@ import pytest
 
 import llm_foundry
 
-from helpers import TINY_MODEL, one_line_error, run_cli, shared_file
+from helpers import TINY_MODEL, chinese_text, english_text, one_line_error, run_cli
 from llm_foundry.cli.main import COMMANDS
 
 
@@ -37,7 +37,8 @@ def test_help_and_the_package_start_without_pytorch():
 
 
 def test_prepare_train_generate_eval(tmp_path):
-    text = shared_file("zh/tang300.txt")
+    text = tmp_path / "zh.txt"
+    text.write_text(chinese_text(30_000), encoding="utf-8")
     data, run = tmp_path / "data", tmp_path / "run"
     proc = run_cli("prepare", text, "--tokenizer", "byte", "--val-fraction", "0.1", "--out", data)
     assert proc.returncode == 0, proc.stderr
@@ -90,7 +91,9 @@ def test_checkpoint_from_another_architecture(tmp_path, trained_run):
     cfg = json.loads((other / "config.json").read_text())
     cfg["n_layers"] = 3
     (other / "config.json").write_text(json.dumps(cfg))
-    one_line_error(run_cli("eval", other, "--data", shared_file("en/tinyshakespeare.txt")), "do not match")
+    text = tmp_path / "en.txt"
+    text.write_text(english_text(10_000), encoding="utf-8")
+    one_line_error(run_cli("eval", other, "--data", text), "do not match")
 
 
 def test_generate_with_unseen_characters_warns_and_works(trained_run):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_MODEL, one_line_error, run_cli, shared_file
+from helpers import TINY_MODEL, chinese_text, one_line_error, run_cli
 
 from llm_foundry.cli.main import build_parser
 from llm_foundry.config import load_config
@@ -54,7 +54,7 @@ def folder_bytes(path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")
-    text = shared_file("zh/chinese.txt").read_text(encoding="utf-8")
+    text = chinese_text(70_000)
     (folder / "nested").mkdir()
     (folder / "a.txt").write_text(text[:40_000], encoding="utf-8")
     (folder / "nested" / "b.txt").write_text(text[40_000:70_000], encoding="utf-8")
