@@ -36,6 +36,7 @@ def test_help_and_the_package_start_without_pytorch():
         llm_foundry.Nothing
 
 
+@pytest.mark.slow
 def test_prepare_train_generate_eval(tmp_path):
     text = tmp_path / "zh.txt"
     text.write_text(chinese_text(30_000), encoding="utf-8")
@@ -102,6 +103,7 @@ def test_generate_with_unseen_characters_warns_and_works(trained_run):
     assert "unknown to the tokenizer" in proc.stderr and "<|unk|>" in proc.stderr
 
 
+@pytest.mark.slow
 def test_compiled_generation_gives_the_same_greedy_text(trained_run):
     args = ("generate", trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--temperature", "0", "--precision", "fp32")
     plain, compiled = run_cli(*args), run_cli(*args, "--compile")
@@ -114,6 +116,7 @@ def test_generate_bad_options(trained_run):
     one_line_error(run_cli("generate", trained_run / "nope", "--prompt", "A"), "model folder not found")
 
 
+@pytest.mark.slow
 def test_overrides_anywhere_and_init_from_guards(tmp_path, shakespeare_data, trained_run):
     # key=value between options works like at the end.
     proc = run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", *TINY_MODEL, "max_steps=2",

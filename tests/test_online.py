@@ -467,12 +467,14 @@ def taught_state(tmp_path_factory):
     return state, out
 
 
+@pytest.mark.slow
 def test_acceptance_teach(taught_state):
     _, out = taught_state
     assert out.count("learned · 20 steps") == 5, out
     assert gen_line(out, "我的名字叫").startswith("我的名字叫小明"), out
 
 
+@pytest.mark.slow
 def test_acceptance_remember(taught_state, tmp_path):
     state, _ = taught_state
     lines = chinese_lines(2539)  # as many lines as tang300.txt, the file of issue 4
@@ -544,6 +546,7 @@ def wait_for_records(state: Path, n: int, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_acceptance_survive_kill_9_during_a_pulse(tmp_path):
     state = tmp_path / "s"
     proc = Proc(state, "--steps", "3")
@@ -583,6 +586,7 @@ def test_acceptance_survive_kill_9_during_a_pulse(tmp_path):
         learner.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_save_the_state(tmp_path, sig):
     state = tmp_path / "s"
@@ -639,6 +643,7 @@ class Tmux:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux); "
                     "the real-terminal test drives `foundry online` through it")
+@pytest.mark.slow
 def test_acceptance_real_terminal_through_tmux(tmp_path):
     state = tmp_path / "s"
     poem = tmp_path / "poem.txt"

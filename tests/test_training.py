@@ -35,6 +35,7 @@ def train_cmd(data, out, extra):
     ["model.dropout=0.1", "train.ema_decay=0.9"],  # RNG state and EMA must be restored
     ["optimizer=muon", "schedule=wsd"],            # Muon momentum and the wsd schedule too
 ])
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(shakespeare_data, tmp_path, extra):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     done = subprocess.run(train_cmd(shakespeare_data, ref, extra), capture_output=True, text=True, timeout=300)
