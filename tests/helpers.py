@@ -27,8 +27,8 @@ def shared_file(rel: str) -> Path:
 # English: Python's own reference documentation, which every Python carries (the speedrun's
 # built-in corpus). Chinese: a seeded generator, below.
 
-def english_text(n_chars: int = 200_000) -> str:
-    """The first ``n_chars`` characters of Python's reference documentation (``builtin_corpus``)."""
+def english_text(n_chars: int | None = None) -> str:
+    """Python's reference documentation (``builtin_corpus``, ~460 KB), or its first ``n_chars`` characters."""
     from llm_foundry.data import builtin_corpus
 
     return "\n\n".join(d.text for d in builtin_corpus())[:n_chars]
