@@ -35,9 +35,11 @@ def english_text(n_chars: int | None = None) -> str:
 
 
 # Sentences from a small grammar (who, when, where, how, does what) give a model patterns to
-# learn; verse lines of five or seven characters, drawn with Zipf-like frequencies from a few
-# thousand CJK characters, give the vocabulary of a real Chinese text (tang300.txt has ~2,600).
-_WHO = "我 你 他 她 我们 他们 老师 学生 小明 小红 妈妈 爸爸 朋友 医生 农民 孩子们 同学 邻居".split()
+# learn; verse lines of five or seven characters give the vocabulary of a real Chinese text
+# (tang300.txt has ~2,600 distinct characters). The verse is built from a lexicon of one- and
+# two-character words with Zipf frequencies, as real text is, so it is learnable, not noise.
+# No 小明: test_online teaches "我的名字叫小明。" and checks that unrelated text leaves it alone.
+_WHO = "我 你 他 她 我们 他们 老师 学生 小王 小李 妈妈 爸爸 朋友 医生 农民 孩子们 同学 邻居".split()
 _WHEN = "今天 明天 昨天 早上 晚上 每天 周末 春天 秋天 下午 有时候 去年".split()
 _WHERE = "在学校 在家里 在公园 在图书馆 在山上 在河边 在城里 在村子里 在花园里 在车站".split()
 _HOW = "很高兴地 慢慢地 认真地 一起 安静地 常常 又".split()
@@ -53,25 +55,32 @@ def _sentence(rng: random.Random) -> str:
     return "".join(words) + rng.choice(_DOES) + rng.choice("。。。！？")
 
 
+def _verse_half(rng: random.Random, lexicon: list[str], weights: list[float], k: int) -> str:
+    text = ""
+    while len(text) < k:
+        text += rng.choices(lexicon, weights)[0]
+    return text[:k]
+
+
 def chinese_lines(n: int, seed: int = 0) -> list[str]:
     """``n`` lines of generated Chinese, deterministic for a ``seed``: grammar sentences and verse lines."""
     rng = random.Random(seed)
-    pool = [chr(c) for c in rng.sample(range(0x4E00, 0x9FA6), 3500)]
-    weights = [1 / (rank + 30) for rank in range(len(pool))]
+    chars = [chr(c) for c in rng.sample(range(0x4E00, 0x9FA6), 3000)]
+    lexicon = chars[:1000] + ["".join(rng.choices(chars, k=2)) for _ in range(3000)]
+    weights = [1 / (rank + 1) for rank in range(len(lexicon))]  # Zipf: a few words are everywhere
     lines = []
     for _ in range(n):
         if rng.random() < 0.4:
             lines.append(_sentence(rng))
         else:
             k = rng.choice((5, 7))
-            a, b = ("".join(rng.choices(pool, weights, k=k)) for _ in range(2))
-            lines.append(f"{a}，{b}。")
+            lines.append(f"{_verse_half(rng, lexicon, weights, k)}，{_verse_half(rng, lexicon, weights, k)}。")
     return lines
 
 
 def chinese_text(n_chars: int, seed: int = 0) -> str:
-    """At least ``n_chars`` characters of :func:`chinese_lines`, one per line, cut to ``n_chars``."""
-    lines = chinese_lines(n_chars // 8 + 1, seed)  # a line is 8 characters or more
+    """``n_chars`` characters of :func:`chinese_lines`, one line after another."""
+    lines = chinese_lines(n_chars // 4 + 1, seed)  # the shortest line, 我看书。, has 4 characters
     return "\n".join(lines)[:n_chars]
 
 
