@@ -1,16 +1,38 @@
-# The README's two set-up commands: `make demo` (the main job) and `make test`.
-# Both install what they need first; torch is pinned to the local CPU build.
-PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
+# The README's set-up commands. Each installs what it needs, then runs.
+#
+# Everything goes into a virtual environment: the active one when there is one
+# ($VIRTUAL_ENV), otherwise a project .venv made here on first use. Debian's and
+# Ubuntu's system Python refuse `pip install` outside one (PEP 668).
+PYTHON3 ?= python3
+VENV ?= $(or $(VIRTUAL_ENV),.venv)
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip
+TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install demo test
+.PHONY: demo test test-fast torch
 
-install:
-	$(PIP) install -qq torch==2.13.0
-	$(PIP) install -qq -e ".[test,hf]"
-
-demo: install
+# the main job: the whole chat pipeline on built-in data (only the package's own dependencies)
+demo: torch
+	$(PIP) install -qq -e .
 	$(PYTHON) -m llm_foundry speedrun --preset demo
 
-test: install
+# the layer contract (pyproject.toml [tool.importlinter]), then the whole test suite
+test: torch
+	$(PIP) install -qq -e ".[test,hf]"
+	$(VENV)/bin/lint-imports
 	$(PYTHON) -m pytest -q
+
+# the same without the long end-to-end runs (tests marked `slow`): a few minutes
+test-fast: torch
+	$(PIP) install -qq -e ".[test,hf]"
+	$(VENV)/bin/lint-imports
+	$(PYTHON) -m pytest -q -m "not slow"
+
+$(PYTHON):
+	$(PYTHON3) -m venv $(VENV)
+
+# A torch that imports (a CUDA or ROCm build the user installed) is kept; only when there is
+# none is the CPU build installed, since a bare `pip install torch` pulls the multi-gigabyte
+# CUDA build. pyproject.toml's floor still upgrades one that is too old.
+torch: $(PYTHON)
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -qq $(TORCH_CPU)

@@ -8,7 +8,7 @@ import pytest
 
 import llm_foundry
 
-from helpers import TINY_MODEL, one_line_error, run_cli, shared_file
+from helpers import TINY_MODEL, chinese_text, english_text, one_line_error, run_cli
 from llm_foundry.cli.main import COMMANDS
 
 
@@ -36,8 +36,10 @@ def test_help_and_the_package_start_without_pytorch():
         llm_foundry.Nothing
 
 
+@pytest.mark.slow
 def test_prepare_train_generate_eval(tmp_path):
-    text = shared_file("zh/tang300.txt")
+    text = tmp_path / "zh.txt"
+    text.write_text(chinese_text(30_000), encoding="utf-8")
     data, run = tmp_path / "data", tmp_path / "run"
     proc = run_cli("prepare", text, "--tokenizer", "byte", "--val-fraction", "0.1", "--out", data)
     assert proc.returncode == 0, proc.stderr
@@ -90,7 +92,9 @@ def test_checkpoint_from_another_architecture(tmp_path, trained_run):
     cfg = json.loads((other / "config.json").read_text())
     cfg["n_layers"] = 3
     (other / "config.json").write_text(json.dumps(cfg))
-    one_line_error(run_cli("eval", other, "--text", shared_file("en/tinyshakespeare.txt")), "do not match")
+    text = tmp_path / "en.txt"
+    text.write_text(english_text(10_000), encoding="utf-8")
+    one_line_error(run_cli("eval", other, "--text", text), "do not match")
 
 
 def test_generate_with_unseen_characters_warns_and_works(trained_run):
@@ -99,6 +103,7 @@ def test_generate_with_unseen_characters_warns_and_works(trained_run):
     assert "unknown to the tokenizer" in proc.stderr and "<|unk|>" in proc.stderr
 
 
+@pytest.mark.slow
 def test_compiled_generation_gives_the_same_greedy_text(trained_run):
     args = ("generate", trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--temperature", "0", "--precision", "fp32")
     plain, compiled = run_cli(*args), run_cli(*args, "--compile")
@@ -111,6 +116,7 @@ def test_generate_bad_options(trained_run):
     one_line_error(run_cli("generate", trained_run / "nope", "--prompt", "A"), "model folder not found")
 
 
+@pytest.mark.slow
 def test_overrides_anywhere_and_init_from_guards(tmp_path, shakespeare_data, trained_run):
     # key=value between options works like at the end.
     proc = run_cli("train", "--data", shakespeare_data, "--out", tmp_path / "r", *TINY_MODEL, "max_steps=2",

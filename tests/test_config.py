@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from llm_foundry.config import ModelConfig, TrainConfig, list_presets, load_config
@@ -64,9 +66,34 @@ def test_unknown_preset_and_yaml_file(tmp_path):
         load_config(str(f))
 
 
-def test_defaults_validate():
-    assert ModelConfig().validate().hidden_dim % 32 == 0
-    TrainConfig().validate()
+def test_defaults_and_presets_are_valid_and_bad_values_are_refused():
+    import torch
+
+    from llm_foundry import MiniLLM
+
+    # The defaults and every built-in preset pass their own checks as they stand...
+    for model_cfg, train_cfg in [(ModelConfig(), TrainConfig()), *(load_config(name) for name in list_presets())]:
+        assert model_cfg.validate() is model_cfg and train_cfg.validate() is train_cfg
+        assert model_cfg.hidden_dim % model_cfg.multiple_of == 0
+    # ... `ModelConfig()` is a working model, as its docstring promises ...
+    logits, _ = MiniLLM(ModelConfig()).eval()(torch.zeros(1, 8, dtype=torch.long))
+    assert logits.shape == (1, 8, ModelConfig().vocab_size)
+    # ... and a value that would fail later (a crash, a silent no-op) is refused now, in one line naming it.
+    for cfg, message in [
+        (ModelConfig(n_layers=0), "model.n_layers must be a positive integer"),
+        (ModelConfig(n_heads=8, n_kv_heads=3), "must be a multiple of n_kv_heads"),
+        (ModelConfig(dropout=1.0), "model.dropout"),
+        (TrainConfig(batch_size=0), "train.batch_size must be a positive integer"),
+        (TrainConfig(warmup_steps=-1), "train.warmup_steps"),
+        (TrainConfig(time_budget=0), "train.time_budget"),
+        (TrainConfig(schedule="linear"), "train.schedule"),
+        (TrainConfig(precision="fp8"), "train.precision"),
+        (TrainConfig(beta2=1.0), "train.beta2"),
+        (TrainConfig(min_lr_ratio=2.0), "train.min_lr_ratio"),
+    ]:
+        with pytest.raises(FoundryError, match=re.escape(message)) as info:
+            cfg.validate()
+        assert str(info.value).startswith("invalid config:") and "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------ one dialect for every part

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_MODEL, one_line_error, run_cli, shared_file
+from helpers import TINY_MODEL, chinese_text, one_line_error, run_cli
 
 from llm_foundry.cli.evolve import evolve_train_options
 from llm_foundry.cli.main import build_parser
@@ -55,7 +55,7 @@ def folder_bytes(path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")
-    text = shared_file("zh/chinese.txt").read_text(encoding="utf-8")
+    text = chinese_text(70_000)
     (folder / "nested").mkdir()
     (folder / "a.txt").write_text(text[:40_000], encoding="utf-8")
     (folder / "nested" / "b.txt").write_text(text[40_000:70_000], encoding="utf-8")
@@ -166,6 +166,7 @@ def test_errors_are_one_line(tmp_path, cli):
         one_line_error(cli(*args, "--state", tmp_path / "none"), fragment)
 
 
+@pytest.mark.slow
 def test_rejected_cycle_leaves_champion_byte_identical(trained, tmp_path, cli):
     state = copy_state(trained, tmp_path)
     before = folder_bytes(state / "champion")
@@ -182,6 +183,7 @@ def test_rejected_cycle_leaves_champion_byte_identical(trained, tmp_path, cli):
     assert not (state / "cycle_state.json").exists() and not (state / "cycle").exists()
 
 
+@pytest.mark.slow
 def test_accepted_cycle_lowers_heldout_loss(trained, tmp_path, cli):
     from llm_foundry.evolve.local_train import Runtime
     from llm_foundry.evolve.state import StatePaths
@@ -214,6 +216,7 @@ def test_accepted_cycle_lowers_heldout_loss(trained, tmp_path, cli):
     assert stats["average_improvement"] == pytest.approx(sum(acc) / len(acc), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupted_evolution_resumes_in_its_cycle_and_stats_add_up(trained, tmp_path, cli):
     state = copy_state(trained, tmp_path)
     assert cli("--mode", "evolve", "--state", state, "--cycles", "1", *FAST_EVOLVE).returncode == 0
@@ -259,6 +262,7 @@ def wait_for_json(path: Path, ready, proc, failure: str, timeout: float = 300) -
     pytest.fail(failure)
 
 
+@pytest.mark.slow
 def test_interrupted_training_continues_at_the_next_epoch(trained, corpus, tmp_path, cli):
     state = copy_state(trained, tmp_path)
     args = ["--mode", "train", "--state", str(state), "--data_dir", str(corpus), "--epochs", "3",
@@ -280,6 +284,7 @@ def test_interrupted_training_continues_at_the_next_epoch(trained, corpus, tmp_p
     assert [e["step"] for e in log if e["run_id"] == run_id] == [60, 120, 180]
 
 
+@pytest.mark.slow
 def test_stats_table_and_plot(trained, tmp_path, cli):
     state = copy_state(trained, tmp_path)
     assert cli("--mode", "evolve", "--state", state, "--cycles", "1", *FAST_EVOLVE).returncode == 0
@@ -302,6 +307,7 @@ def test_stats_table_and_plot(trained, tmp_path, cli):
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_demo_and_interactive(trained, cli):
     proc = cli("--mode", "demo", "--state", trained, "--max-tokens", "8")
     assert proc.returncode == 0, proc.stderr

@@ -65,6 +65,7 @@ def test_example_is_documented_and_runnable(name):
     assert f"{name}.py" in readme
 
 
+@pytest.mark.slow
 def test_01_basic_training(tmp_path):
     out = tmp_path / "ex01"
     proc = run_example("01_basic_training", out)
@@ -92,6 +93,7 @@ def test_01_basic_training(tmp_path):
     assert proc.returncode != 0 and (foreign / "keep.txt").read_text(encoding="utf-8") == "precious"
 
 
+@pytest.mark.slow
 def test_02_custom_data(tmp_path):
     out = tmp_path / "ex02"
     proc = run_example("02_custom_data", out)
@@ -114,6 +116,7 @@ def test_02_custom_data(tmp_path):
     assert len(samples) == 2 and json.loads(samples[1]).startswith("今天")
 
 
+@pytest.mark.slow
 def test_03_generation_sampling(tmp_path):
     out = tmp_path / "ex03"
     proc = run_example("03_generation_sampling", out)
@@ -142,6 +145,7 @@ def test_03_generation_sampling(tmp_path):
     assert not (tmp_path / "unused").exists()
 
 
+@pytest.mark.slow
 def test_04_fine_tuning(tmp_path):
     out = tmp_path / "ex04"
     proc = run_example("04_fine_tuning", out)
@@ -161,6 +165,7 @@ def test_04_fine_tuning(tmp_path):
     assert json.loads((out / "scratch" / "run_config.json").read_text(encoding="utf-8")).get("init_from") is None
 
 
+@pytest.mark.slow
 def test_05_tokenizers(tmp_path):
     out = tmp_path / "ex05"
     proc = run_example("05_tokenizers", out)
@@ -189,6 +194,7 @@ def test_05_tokenizers(tmp_path):
     assert load_tokenizer(out / "char_tokenizer.json").kind == "char"
 
 
+@pytest.mark.slow
 def test_tiny_mode_by_environment_variable(tmp_path):
     proc = run_example("05_tokenizers", tmp_path / "ex05env", tiny_env=True)
     assert proc.stdout.startswith("mode: tiny") and "bpe: vocab 512," in proc.stdout

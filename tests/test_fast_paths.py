@@ -250,6 +250,7 @@ def test_bf16_prefill_with_fp32_steps_decodes_like_the_model(batch, monkeypatch)
     assert len(calls) == (model.cfg.n_layers if cpu_kernels.available() else 0)
 
 
+@pytest.mark.slow  # torch.compile: Inductor builds C++ for each shape
 @pytest.mark.parametrize("precision,batch,kw", [("bf16", 1, {"n_kv_heads": 2, "qk_norm": True}), ("bf16", 3, {}),
                                                 ("fp32", 1, {"n_kv_heads": 2, "qk_norm": True}), ("auto", 1, {})])
 def test_compiled_decoding_matches_the_model(precision, batch, kw):
@@ -280,6 +281,7 @@ def test_compiled_decoding_matches_the_model(precision, batch, kw):
         assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
 
 
+@pytest.mark.slow  # torch.compile: Inductor builds C++ for each shape
 def test_compiled_decoding_serves_every_batch_size():
     # Chat batches shrink as rows finish: more batch sizes than torch's recompile limit (8).
     model = _model()
@@ -427,6 +429,7 @@ def test_rotation_gradient_is_the_inverse_rotation():
     torch.testing.assert_close(apply_rope(x, cos, sin), plain, atol=0, rtol=0)
 
 
+@pytest.mark.slow  # torch.compile: Inductor builds C++ for each shape
 @pytest.mark.parametrize("tie", [True, False])
 def test_compiled_training_gradients_match_eager(tie):
     # Under torch.compile the embedding's gradient is an index_add_ operator (kernels/embedding_grad.py)

@@ -259,6 +259,7 @@ def test_malformed_requests(client, server):
 
 
 # ---------------------------------------------------------------------------- concurrency
+@pytest.mark.slow
 def test_overload_queue_disconnect_and_fairness(chatty_dir):
     """One slot and one queue place: the third request is refused; a departed client frees its slot;
     a short request admitted next to a long one finishes first (nobody starves)."""
@@ -339,6 +340,7 @@ def _start_cli(model_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
+@pytest.mark.slow
 def test_cli_serves_and_shuts_down_gracefully(chatty_dir):
     """SIGTERM while a reply streams: the reply still completes, then the server exits 0."""
     proc, url = _start_cli(chatty_dir, "--model-name", "slow")

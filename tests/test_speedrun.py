@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import one_line_error, run_cli
 
 
@@ -32,6 +33,7 @@ TINY_RUN = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.max_se
             "rl.eval_examples=2", "rl.eval_samples=2", "eval.examples=4", "eval.max_tokens=24"]
 
 
+@pytest.mark.slow
 def test_speedrun_runs_every_stage_then_skips_them(tmp_path, capsys):
     out = tmp_path / "run"
     args = [*TINY_RUN, "sft.train.compile=true"]  # one stage takes the compiled path
@@ -61,6 +63,7 @@ def test_speedrun_runs_every_stage_then_skips_them(tmp_path, capsys):
     assert run_main(capsys, "report", out).returncode == 0 and (out / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     # midtrain long enough to be caught in the middle; it checkpoints every 5 steps

@@ -35,6 +35,7 @@ def train_cmd(data, out, extra):
     ["model.dropout=0.1", "train.ema_decay=0.9"],  # RNG state and EMA must be restored
     ["optimizer=muon", "schedule=wsd"],            # Muon momentum and the wsd schedule too
 ])
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(shakespeare_data, tmp_path, extra):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     done = subprocess.run(train_cmd(shakespeare_data, ref, extra), capture_output=True, text=True, timeout=300)
@@ -68,13 +69,20 @@ def test_time_budget_stops_and_schedule_follows_time(shakespeare_data, tmp_path)
     model_cfg, train_cfg = load_config("tiny", TINY_MODEL + ["max_steps=1000000", "time_budget=3", "batch_size=8",
                                                              "eval_interval=0", "checkpoint_interval=0",
                                                              "log_interval=1", "warmup_steps=1"])
-    t0 = time.time()
     summary = Trainer(model_cfg, train_cfg, shakespeare_data, tmp_path / "run", quiet=True).run()
-    assert time.time() - t0 < 60
-    assert 3 <= summary["train_time"] < 10 and summary["step"] >= 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if "lr" in r][-1]
-    assert last["lr"] < 0.3 * train_cfg.lr  # the cosine decayed as time ran out
+    steps = [r for r in records if "lr" in r]  # one record per step (log_interval=1)
+    # The budget, not max_steps, ended the run: at the first step that reached it (training time,
+    # as the trainer counts it; no wall-clock window, so a busy machine only means fewer steps).
+    assert 2 <= summary["step"] == steps[-1]["step"] < train_cfg.max_steps
+    assert all(r["time"] <= 3 for r in steps[:-1]) and steps[-1]["time"] >= 3 and summary["train_time"] >= 3
+    # The cosine follows the share of the budget used: each step's lr is the schedule at the time
+    # the step began (the previous record's; times are rounded to 0.01 s): it reaches the floor as time runs out.
+    for prev, cur in zip(steps, steps[1:]):
+        factor = lr_factor(prev["step"], prev["time"] / 3, train_cfg.schedule, train_cfg.warmup_steps,
+                           train_cfg.min_lr_ratio)
+        assert cur["lr"] == pytest.approx(factor * train_cfg.lr, abs=0.01 * train_cfg.lr)
+    assert [r["lr"] for r in steps[1:]] == sorted((r["lr"] for r in steps[1:]), reverse=True)
 
 
 def test_training_lowers_val_loss_and_writes_model_dir(trained_run):

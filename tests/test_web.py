@@ -23,7 +23,8 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 # generous waits: the machine running the tests may be busy with other work
 sync_api.expect.set_options(timeout=60_000)
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")
+pytestmark = [pytest.mark.slow,  # a real browser against a real server
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")]
 
 
 @pytest.fixture(scope="module")
