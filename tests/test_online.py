@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, chinese_lines
+from helpers import ROOT, SHARED_DATA, chinese_lines
 from llm_foundry import CharTokenizer, Generator, MiniLLM, ModelConfig
 from llm_foundry.config import TrainConfig
 from llm_foundry.online import OnlineLearner, ReplayStore
@@ -579,29 +579,38 @@ def test_acceptance_teach(taught_state):
 
 @pytest.mark.slow
 def test_acceptance_remember(taught_state, tmp_path):
+    """Issue 4's acceptance: the taught line survives a whole file of poems. With ``../shared`` it is
+    tang300.txt and the bound is the issue's (within 2x the loss before); without it, generated verse
+    of as many lines, which is harder than real poems, and the bound is that the line stays known by
+    heart (every character > 99% likely)."""
     state, _ = taught_state
-    lines = chinese_lines(2539)  # as many lines as tang300.txt, the file of issue 4
-    poems = tmp_path / "poems.txt"
-    poems.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tang = SHARED_DATA / "zh" / "tang300.txt"
+    if tang.is_file():
+        poems = tang
+        lines = [line for line in tang.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        lines = chinese_lines(2539)  # as many lines as tang300.txt
+        poems = tmp_path / "poems.txt"
+        poems.write_text("\n".join(lines) + "\n", encoding="utf-8")
     learner = OnlineLearner.open(state, device="cpu")
     before = learner.text_loss(TAUGHT)
     learner.close()
-    # 0.3 steps per line (760 steps over the file's 2,539 lines) keeps this test near a minute;
+    # 0.3 steps per line (760 steps over 2,539 lines) keeps this test near a minute;
     # every line is stored and replayed all the same.
     out = run_repl(OnlineLearner.open(state, device="cpu"), "/temp=0", f"/load_txt {poems}", "/gen 我的名字叫", "/quit",
                    file_steps=0.3)
-    assert "learned 2539 lines of poems.txt" in out, out
+    assert f"learned {len(lines)} lines of {poems.name}" in out, out
     assert gen_line(out, "我的名字叫").startswith("我的名字叫小明"), out
     learner = OnlineLearner.open(state, device="cpu")
     try:
         after = learner.text_loss(TAUGHT)
         print(f"taught line loss: before the file {before:.5f}, after {after:.5f} (x{after / before:.2f}); "
               f"whole line incl. its first character after: {learner.text_loss(TAUGHT, given=0):.4f}")
-        # Still known by heart: every character of the taught line stays > 99% likely (loss < 0.01 nats).
-        # Measured 0.0007 before the file; after it 0.003 on this generated text (x4.5: its random verse
-        # is harder than real poems) and 0.0003 after tang300.txt, which the old bound, 2x before, was set on.
-        assert after < 0.01, (before, after)
-        assert len(learner.store) == 5 + 2539 and learner.store.typed_count == 5
+        if poems == tang:
+            assert after <= 2 * before, (before, after)
+        else:
+            assert after < 0.01, (before, after)
+        assert len(learner.store) == 5 + len(lines) and learner.store.typed_count == 5
         assert learner.tokenizer.vocab_size > len(set("".join(lines)))  # every character of the file
     finally:
         learner.close()
