@@ -65,7 +65,13 @@ def test_corrupt_training_state_refuses_resume_and_keeps_files(model_copy, shake
 
 
 def test_weights_and_state_from_different_steps_are_detected(model_copy, shakespeare_data):
+    # Weights of another step beside the training state (as a version that saved file by file could
+    # leave after a kill, or a weights file copied in by hand): resuming refuses, naming both steps.
     bundle = load_model_dir(model_copy)
-    save_model_dir(model_copy, bundle.model, bundle.tokenizer, step=bundle.step + 5)  # as if killed between writes
+    other = model_copy.parent / "other"
+    save_model_dir(other, bundle.model, bundle.tokenizer, step=bundle.step + 5)
+    (model_copy / "model.safetensors").unlink()
+    shutil.copy(other / "model.safetensors", model_copy / "model.safetensors")
     proc = run_cli("train", "--data", shakespeare_data, "--out", model_copy, "--resume", "--quiet")
-    assert proc.returncode == 1 and "interrupted while saving" in proc.stderr
+    assert proc.returncode == 1 and "come from different saves" in proc.stderr
+    assert f"step {bundle.step + 5}" in proc.stderr and f"step {bundle.step}" in proc.stderr
