@@ -105,9 +105,9 @@ def test_refuses_to_overwrite_a_run(shakespeare_data, trained_run):
     assert (trained_run / "model.safetensors").read_bytes() == before
 
 
-def test_grad_accumulation_matches_big_batch(shakespeare_data, tmp_path):
-    # Two micro-batches of 4 give the same update as... their own 8 windows in one batch
-    # only if the loader draws the same windows; instead check the loss scale is unchanged.
+def test_grad_accumulation_counts_every_micro_batch_and_logs_the_mean_loss(shakespeare_data, tmp_path):
+    # (That the update equals one batch of all the micro-batches is tested on the step itself:
+    # test_checkpoint_atomic.py::test_two_micro_batches_equal_one_batch_of_both.)
     model_cfg, train_cfg = load_config("tiny", TINY_MODEL + ["max_steps=3", "batch_size=4", "grad_accum=3",
                                                              "eval_interval=0", "log_interval=1"])
     summary = Trainer(model_cfg, train_cfg, shakespeare_data, tmp_path / "ga", quiet=True).run()
