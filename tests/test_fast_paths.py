@@ -296,7 +296,9 @@ def test_compiled_decoding_serves_every_batch_size():
     assert not models.step.uncompiled  # compiled all along, not fallen back to eager
 
 
-def test_compiled_step_without_a_compiler_runs_the_same_math_eagerly(capsys):
+def _step_after_prompt(graph):
+    """A CompiledStep over a fused copy of a small model whose compiled graph is ``graph``, run for
+    one token after an 8-token prompt; returns its logits, the model's own, the step and the cache."""
     import copy
 
     from llm_foundry.kernels import CompiledStep
@@ -304,40 +306,31 @@ def test_compiled_step_without_a_compiler_runs_the_same_math_eagerly(capsys):
     model = _model()
     fused = copy.deepcopy(model).fuse_projections()
     step = CompiledStep(fused)
-
-    def broken(*args):
-        raise RuntimeError("no C++ compiler")
-
-    step._graph = broken
+    step._graph = graph
     x = torch.randint(0, 97, (1, 9))
     with torch.no_grad():
         cache = fused.new_cache(1)
         fused(x[:, :8], cache=cache)
         got, _ = step(x[:, 8:], cache=cache)
-        torch.testing.assert_close(got, model(x)[0][:, 8:], atol=1e-4, rtol=1e-4)
+        return got, model(x)[0][:, 8:], step, cache
+
+
+def test_compiled_step_without_a_compiler_runs_the_same_math_eagerly(capsys):
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    got, want, step, _ = _step_after_prompt(broken)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert step.uncompiled and "decoding uncompiled (RuntimeError: no C++ compiler)" in capsys.readouterr().err
 
 
 def test_compiled_step_with_the_fast_paths_off_runs_the_models_forward(monkeypatch):
-    import copy
-
-    from llm_foundry.kernels import CompiledStep
-
-    model = _model()
-    fused = copy.deepcopy(model).fuse_projections()
-    step = CompiledStep(fused)
-
     def compiled(*args):
         raise AssertionError("the compiled graph ran with the fast paths off")
 
-    step._graph = compiled
     monkeypatch.setattr(switch, "ENABLED", False)
-    x = torch.randint(0, 97, (1, 9))
-    with torch.no_grad():
-        cache = fused.new_cache(1)
-        fused(x[:, :8], cache=cache)
-        got, _ = step(x[:, 8:], cache=cache)
-        torch.testing.assert_close(got, model(x)[0][:, 8:], atol=1e-5, rtol=1e-5)
+    got, want, _, cache = _step_after_prompt(compiled)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert cache.pos == 9
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from ..utils.errors import FoundryError
 from .loader import parse_override
 from .sampling import check_sampling
-from .schema import ModelConfig, TrainConfig
+from .schema import ModelConfig, TrainConfig, require
 
 
 @dataclass
@@ -42,15 +41,12 @@ class OnlineSettings:
     typed_ratio: float = 0.5
 
     def validate(self) -> "OnlineSettings":
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise FoundryError(msg)
-        check(isinstance(self.steps, int) and 1 <= self.steps <= 100_000, "steps must be an integer from 1 to 100000")
-        check(self.file_steps is None or 0 < self.file_steps <= 100_000, "file steps must be in (0, 100000]")
+        require(isinstance(self.steps, int) and 1 <= self.steps <= 100_000, "steps must be an integer from 1 to 100000")
+        require(self.file_steps is None or 0 < self.file_steps <= 100_000, "file steps must be in (0, 100000]")
         check_sampling(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
-        check(0 <= self.recent_ratio <= 1, "recent_ratio must be in [0, 1]")
-        check(isinstance(self.recent_records, int) and self.recent_records >= 1, "recent_records must be >= 1")
-        check(0 <= self.typed_ratio <= 1, "typed_ratio must be in [0, 1]")
+        require(0 <= self.recent_ratio <= 1, "recent_ratio must be in [0, 1]")
+        require(isinstance(self.recent_records, int) and self.recent_records >= 1, "recent_records must be >= 1")
+        require(0 <= self.typed_ratio <= 1, "typed_ratio must be in [0, 1]")
         return self
 
     @property

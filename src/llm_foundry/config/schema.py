@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ..utils.errors import FoundryError
 
 
-def _check(cond: bool, msg: str) -> None:
+def require(cond: bool, msg: str) -> None:
+    """Raise the one-line ``invalid config: MSG`` error of every settings dataclass unless ``cond``."""
     if not cond:
         raise FoundryError(f"invalid config: {msg}")
 
@@ -71,14 +72,14 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "multiple_of"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"model.{name} must be a positive integer")
-        _check(self.dim % self.n_heads == 0, f"model.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        _check(self.head_dim % 2 == 0, f"head size dim/n_heads ({self.head_dim}) must be even for RoPE")
-        _check(self.kv_heads > 0 and self.n_heads % self.kv_heads == 0,
+            require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"model.{name} must be a positive integer")
+        require(self.dim % self.n_heads == 0, f"model.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        require(self.head_dim % 2 == 0, f"head size dim/n_heads ({self.head_dim}) must be even for RoPE")
+        require(self.kv_heads > 0 and self.n_heads % self.kv_heads == 0,
                f"model.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
-        _check(self.ffn_hidden_dim is None or self.ffn_hidden_dim > 0, "model.ffn_hidden_dim must be positive")
-        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
-        _check(self.norm_eps > 0 and self.rope_theta > 0 and self.init_std > 0,
+        require(self.ffn_hidden_dim is None or self.ffn_hidden_dim > 0, "model.ffn_hidden_dim must be positive")
+        require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        require(self.norm_eps > 0 and self.rope_theta > 0 and self.init_std > 0,
                "model.norm_eps, rope_theta and init_std must be positive")
         return self
 
@@ -146,19 +147,19 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         for name in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"train.{name} must be a positive integer")
+            require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"train.{name} must be a positive integer")
         for name in ("warmup_steps", "eval_interval", "checkpoint_interval"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"train.{name} must be a non-negative integer")
-        _check(self.seq_len is None or self.seq_len > 0, "train.seq_len must be positive")
-        _check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
-        _check(self.optimizer in ("adamw", "muon"), f"train.optimizer must be adamw or muon, not '{self.optimizer}'")
-        _check(self.schedule in ("cosine", "wsd", "constant"), f"train.schedule must be cosine, wsd or constant, not '{self.schedule}'")
-        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), f"train.precision must be auto, bf16, fp16 or fp32, not '{self.precision}'")
-        _check(self.lr > 0 and self.muon_lr > 0, "train.lr and train.muon_lr must be positive")
-        _check(self.weight_decay >= 0 and self.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0")
-        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
-        _check(self.eps > 0, "train.eps must be positive")
-        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
-        _check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
-        _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
+            require(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"train.{name} must be a non-negative integer")
+        require(self.seq_len is None or self.seq_len > 0, "train.seq_len must be positive")
+        require(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
+        require(self.optimizer in ("adamw", "muon"), f"train.optimizer must be adamw or muon, not '{self.optimizer}'")
+        require(self.schedule in ("cosine", "wsd", "constant"), f"train.schedule must be cosine, wsd or constant, not '{self.schedule}'")
+        require(self.precision in ("auto", "bf16", "fp16", "fp32"), f"train.precision must be auto, bf16, fp16 or fp32, not '{self.precision}'")
+        require(self.lr > 0 and self.muon_lr > 0, "train.lr and train.muon_lr must be positive")
+        require(self.weight_decay >= 0 and self.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+        require(self.eps > 0, "train.eps must be positive")
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
+        require(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
+        require(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         return self
