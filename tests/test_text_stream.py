@@ -112,3 +112,36 @@ def test_reply_decoder_stop_strings_length_and_padding():
     # The engine's padding (mask 0) after a sample ended also ends it.
     d = ReplyDecoder(TOK)
     assert d.feed(SP[PAD], 0) == [] and d.finish_reason == "stop"
+
+
+def test_stop_strings_are_matched_in_time_linear_in_their_length():
+    """A long stop string that the text keeps almost matching costs no rescan per token.
+
+    Checking each token against every beginning of each stop string costs time in proportion
+    to the stop string's length per token (16x longer stop strings, ~12x the time). CPU time
+    of the same text against 64- and 1024-character stop strings must grow far less.
+    """
+    import time
+
+    text_ids = TOK.encode("a" * 6000)
+
+    def cpu_seconds(n: int) -> float:
+        stream = TextStream(TOK, stop=["a" * (n - 1) + "b"])
+        t0 = time.process_time()
+        for i in text_ids:
+            stream.push(i)
+        assert stream.flush() and not stream.stopped
+        return time.process_time() - t0
+
+    cpu_seconds(64)  # warm-up
+    assert cpu_seconds(1024) < 4 * cpu_seconds(64) + 0.05
+
+
+def test_stop_matcher_finds_overlapping_and_repeated_beginnings():
+    from llm_foundry.inference.text_stream import StopMatcher
+
+    m = StopMatcher(["abab", "aab"])
+    assert m.feed("aba") == -1 and m.partial() == 3  # "aba" may still become "abab"
+    assert m.feed("b") == 1 and m.matched == "abab"
+    m = StopMatcher(["aab"])
+    assert m.feed("aaaa") == -1 and m.partial() == 2 and m.feed("ab") == 2

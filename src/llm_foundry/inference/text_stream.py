@@ -25,6 +25,57 @@ from ..tokenizers.special import (CHAT_TERMINATORS, OUTPUT_END, OUTPUT_START, PA
 Event = tuple[str, str]  # (kind, text): kind is "text", "tool_call" or "tool_result"
 
 
+class StopMatcher:
+    """Finds stop strings in text that arrives piece by piece, in time linear in the text.
+
+    One Knuth–Morris–Pratt automaton per stop string: its state is the length of the longest
+    beginning of the stop string that the text seen so far ends with. Each character moves
+    every automaton once (amortised O(1)), so neither a long text nor a long stop string is
+    ever scanned again — a rescan per token would be quadratic in the stop strings' length.
+    Hand-written because the standard library only searches whole strings.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = list(stops)
+        self.fail = [self._failure(s) for s in self.stops]
+        self.state = [0] * len(self.stops)
+        self.matched = ""  # the stop string that completed, once one has
+
+    @staticmethod
+    def _failure(s: str) -> list[int]:
+        """fail[i]: the longest proper border of s[:i+1] (the classic prefix function)."""
+        fail, k = [0] * len(s), 0
+        for i in range(1, len(s)):
+            while k and s[i] != s[k]:
+                k = fail[k - 1]
+            if s[i] == s[k]:
+                k += 1
+            fail[i] = k
+        return fail
+
+    def feed(self, text: str) -> int:
+        """Advance over ``text``; the index in it just past the first completed stop string, or -1.
+
+        After a match the automata are left where they are: the caller stops the stream.
+        """
+        for j, ch in enumerate(text):
+            for n, s in enumerate(self.stops):
+                k, fail = self.state[n], self.fail[n]
+                while k and s[k] != ch:
+                    k = fail[k - 1]
+                if s[k] == ch:
+                    k += 1
+                if k == len(s):
+                    self.matched = s
+                    return j + 1
+                self.state[n] = k
+        return -1
+
+    def partial(self) -> int:
+        """Characters at the end of the text that may still grow into a stop string."""
+        return max(self.state, default=0)
+
+
 class TextStream:
     """Decode token ids as they come; :meth:`push` returns the text now safe to show.
 
@@ -37,6 +88,7 @@ class TextStream:
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), skip_special: bool = True):
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
+        self.matcher = StopMatcher(self.stop)
         self.skip_special = skip_special
         self.ids: list[int] = []
         # ids[prefix:read] were decoded already: they are decoded again with the new ids as context
@@ -66,20 +118,19 @@ class TextStream:
             before = decode(self.ids[self.prefix:self.read], skip_special=self.skip_special)
             after = decode(self.ids[self.prefix:], skip_special=self.skip_special)
             if final or not after.endswith("\ufffd"):  # else: a character is still incomplete
-                self.held += after[len(before):]
+                new = after[len(before):]
+                end = self.matcher.feed(new)
+                if end >= 0:  # a stop string ends inside the new text: release up to its start
+                    buf = self.held + new[:end]
+                    out, self.stopped = buf[:len(buf) - len(self.matcher.matched)], True
+                    self.held, self.text = "", self.text + out
+                    return out
+                self.held += new
                 self.prefix, self.read = self.read, len(self.ids)
         buf = self.held
-        cut = min((i for s in self.stop if (i := buf.find(s)) >= 0), default=-1)
-        if cut >= 0:
-            out, self.stopped = buf[:cut], True
-        elif final:
-            out = buf
-        else:
-            # Hold the longest tail that is the beginning of a stop string. Text released before
-            # never ends in such a beginning, so a stop string can only start inside `buf`.
-            keep = max((k for s in self.stop for k in range(min(len(s) - 1, len(buf)), 0, -1)
-                        if buf.endswith(s[:k])), default=0)
-            out = buf[:len(buf) - keep]
+        # Text released before never ends in the beginning of a stop string, so one can only start
+        # inside `buf`; hold the tail that may still grow into one (all of it at the end of the stream).
+        out = buf if final else buf[:len(buf) - self.matcher.partial()]
         self.held = buf[len(out):]
         self.text += out
         return out
