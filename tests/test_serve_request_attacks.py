@@ -181,6 +181,9 @@ def test_booleans_are_not_numbers(server, http):
     api_error(r, 400, param="prompt", code="invalid_value")
     r = http.post(server.url + CHAT, json={"model": "m", "messages": HI, "n": True})
     api_error(r, 400, param="n", code="invalid_value")
+    for field in ("temperature", "max_tokens", "seed"):
+        r = http.post(server.url + CHAT, json={"model": "m", "messages": HI, field: True})
+        api_error(r, 400, param=field, code="invalid_value")
 
 
 def test_too_many_messages(server, http):

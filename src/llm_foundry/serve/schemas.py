@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..config.sampling import check_sampling
 from ..utils.errors import FoundryError
@@ -47,13 +47,22 @@ class _Sampling(BaseModel):
     model: str
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: StrictInt | None = None  # not in OpenAI's API; vLLM and llama.cpp accept it too
-    max_tokens: StrictInt | None = None
+    top_k: int | None = None  # not in OpenAI's API; vLLM and llama.cpp accept it too
+    max_tokens: int | None = None
     stop: str | list[str] | None = None
-    seed: StrictInt | None = None
-    n: StrictInt = Field(1, ge=1, le=MAX_N)
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+
+    @field_validator("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "seed", "n",
+                     check_fields=False, mode="before")
+    @classmethod
+    def _not_bool(cls, v, info: ValidationInfo):
+        # pydantic would take a JSON true for 1: a client that sends one made a mistake worth hearing about.
+        if isinstance(v, bool):
+            raise ValueError(f"{info.field_name} must be a number, not {json.dumps(v)}")
+        return v
 
     @field_validator("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "seed",
                      check_fields=False)
@@ -87,7 +96,7 @@ class _Sampling(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: StrictInt | None = None  # the newer name of max_tokens
+    max_completion_tokens: int | None = None  # the newer name of max_tokens
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -95,7 +104,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: StrictInt | None = 16  # OpenAI's default for /v1/completions
+    max_tokens: int | None = 16  # OpenAI's default for /v1/completions
     echo: bool = False
 
     @field_validator("prompt", mode="before")
@@ -159,12 +168,12 @@ def _lone_surrogate(data: Any) -> str | None:
         value, path = stack.pop()
         if isinstance(value, str):
             if not _encodable(value):
-                return path or None
+                return path
         elif isinstance(value, dict):
             for k, v in value.items():
-                where = f"{path}.{k}" if path else str(k)
-                if not _encodable(k):
+                if not _encodable(k):  # (named by its parent: the path itself must stay encodable)
                     return path or "body"
+                where = f"{path}.{k}" if path else k
                 stack.append((v, where))
         elif isinstance(value, list):
             stack.extend((v, f"{path}.{i}") for i, v in enumerate(value))
