@@ -112,9 +112,13 @@ def test_model_check_card_and_health():
     with raises_api_error(404, code="model_not_found", param="model"):
         builders.check_model("gpt-4o", "m")
     assert builders.model_card("m", 7, 128) == {"id": "m", "object": "model", "created": 7, "owned_by": "llm-foundry",
-                                                "context_length": 128}
-    assert builders.health("m", None) == {"status": "ok", "model": "m"}
-    assert builders.health("m", {"active": 1, "queued": 0})["active"] == 1
+                                                "context_length": 128, "chat": True}
+    assert builders.model_card("m", 7, 128, chat=False)["chat"] is False  # a base model: completions only
+    assert builders.health("m", None) == ({"status": "ok", "model": "m", "chat": True}, 200)
+    assert builders.health("m", {"active": 1, "queued": 0})[0]["active"] == 1
+    # a dead worker: not ok, and a status a supervisor acts on
+    body, status = builders.health("m", {"active": 0, "error": "the worker died"})
+    assert status == 503 and body["status"] == "error" and body["error"] == "the worker died"
 
 
 def test_api_key_check():
@@ -136,9 +140,10 @@ def test_error_bodies():
                               "param": None, "code": "not_found"}}
     assert builders.http_error_body("GET", "/v1/models", 405, "x")["error"]["code"] == "method_not_allowed"
     assert builders.http_error_body("GET", "/nothing", 404, "Not Found") == {"detail": "Not Found"}
-    err = builders.internal_error(ValueError("boom"))
-    assert err.status == 500 and err.body()["error"] == {"message": "internal error: ValueError: boom",
-                                                         "type": "server_error", "param": None, "code": None}
+    err = builders.internal_error("req-1")  # the exception itself goes to the log only
+    assert err.status == 500 and err.body()["error"] == {
+        "message": "internal server error (request req-1; the server log has the details)",
+        "type": "server_error", "param": None, "code": None}
 
 
 # ---------------------------------------------------------------------------- non-streamed replies
@@ -173,7 +178,9 @@ def test_a_failed_generation_is_a_500():
     got = builders.Collected()
     got.add(("event", 0, "text", "a"))
     with raises_api_error(500, type="server_error"):
-        got.add(("error", "RuntimeError: out of memory"))
+        got.add(("error", "generation failed (request r)"))
+    with raises_api_error(503, type="server_error", code="worker_failed"):  # the worker died while it waited
+        builders.Collected().add(("error", "the server cannot generate", 503))
 
 
 def test_text_completion_with_prompts_samples_and_echo():
@@ -239,8 +246,7 @@ def test_completion_stream_with_echo_usage_and_an_error():
     assert [(x["index"], x["text"]) for x in out[0]["choices"]] == [(0, "P"), (1, "Q")]
     assert [x["choices"][0]["text"] for x in out[1:3]] == ["a", "b"]
     assert out[3]["choices"][0]["finish_reason"] == "length"
-    assert out[4] == {"error": {"message": "generation failed: boom", "type": "server_error", "param": None,
-                                "code": None}}
+    assert out[4] == {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}}
     assert out[5]["choices"] == [] and out[5]["usage"]["completion_tokens"] == 1
     assert out[6] == "[DONE]"
     no_echo = run_stream(builders.CompletionStream("c", 7, "m", 1, include_usage=False), items[:3])

@@ -20,9 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every /v1 request (default: $FOUNDRY_API_KEY if set)")
     p.add_argument("--max-concurrency", type=int, default=8, metavar="N",
-                   help="requests decoded at the same time; more wait in a queue (default: 8)")
+                   help="sequences (prompts x n) decoded at the same time; more wait in a queue (default: 8)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
-                   help="requests that may wait for a slot; one more gets HTTP 429 (default: 64)")
+                   help="sequences that may wait for a slot; a request needing more room gets HTTP 429 (default: 64)")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients use (default: the folder's name)")
     add_run_options(p, seed_help="sampling seed of the requests that give none; a request's own seed is kept "
                                  "(default: none)")
@@ -38,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
     from ..config.sampling import check_sampling
     from ..inference.engine import Engine
     from ..serve import bind_socket, create_app, make_server
-    from ..tokenizers.special import ASSISTANT_START
     from ..utils.errors import FoundryError
 
     if args.max_concurrency < 1 or args.max_queue < 0:
@@ -54,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)
     engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools,
                                  compile=args.compile)
-    if engine.tokenizer.token_id(ASSISTANT_START) is None:
-        raise FoundryError(f"{args.model}: its tokenizer has no chat tokens; serving needs a byte or bpe tokenizer")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     app = create_app(engine, name, api_key=api_key, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
                      default_seed=args.seed)

@@ -1,7 +1,7 @@
 """The FastAPI app: OpenAI-compatible endpoints, health, and the web chat page.
 
     GET  /                      the chat page (static files shipped in the package)
-    GET  /health                liveness and load: {"status": "ok", "active": .., "queued": ..}
+    GET  /health                liveness and load: {"status": "ok", "active": .., "queued": ..}; 503 if the worker died
     GET  /v1/models             the one model this server holds
     POST /v1/chat/completions   chat, rendered with the chat template; streaming or not
     POST /v1/completions        raw text continuation (no template); streaming or not
@@ -76,17 +76,6 @@ class _AuthAndLog:
 
 
 # ---------------------------------------------------------------------------- a request's jobs, from the event loop
-def submit(scheduler: Scheduler, jobs: list[Job]) -> None:
-    """Submit all of a request's jobs or none: a refusal (429/503) cancels the ones already queued."""
-    for k, job in enumerate(jobs):
-        try:
-            scheduler.submit(job)
-        except ApiError:
-            for j in jobs[:k]:
-                j.cancel()
-            raise
-
-
 async def collect(request: Request, jobs: list[Job]) -> builders.Collected:
     """Wait for every job of a non-streamed request; cancel them if the client leaves."""
     got, queue, getter, checked = builders.Collected(), jobs[0].queue, None, time.monotonic()
@@ -165,12 +154,14 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
             thread from now on).
         model_name: the id clients pass as ``model`` and ``GET /v1/models`` lists.
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
-        max_concurrency: requests decoded at the same time; more wait in a queue.
-        max_queue: requests allowed to wait; one more is answered 429.
+        max_concurrency: sequences (a request's prompts x n) decoded at the same time; more wait in a queue.
+        max_queue: sequences allowed to wait; a request that needs more room is answered 429.
         default_seed: the sampling seed of a request that gives none (None: such replies are not repeatable).
     """
     tokenizer = engine.tokenizer
     context = engine.model.cfg.max_seq_len
+    chat = builders.has_chat(tokenizer)  # a base model (char tokenizer) serves /v1/completions only
+    token_chars = builders.max_token_chars(tokenizer)
     created = int(time.time())
     state: dict[str, Any] = {}
 
@@ -186,19 +177,32 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     app = FastAPI(title="llm-foundry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.model_name = model_name
 
-    def new_jobs(req, prompts: list[list[int]]) -> list[Job]:
+    def new_jobs(req, prompts: list[list[int]], rid: str) -> list[Job]:
         # One queue for the whole request; prompt k's samples are choices k*n .. k*n+n-1.
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        jobs = [Job(**builders.job_options(req, p, [], context, default_seed), loop=loop, queue=queue, offset=k * req.n)
-                for k, p in enumerate(prompts)]
-        submit(state["scheduler"], jobs)
+        jobs = [Job(**builders.job_options(req, p, [], context, default_seed), loop=loop, queue=queue,
+                    offset=k * req.n, rid=rid) for k, p in enumerate(prompts)]
+        state["scheduler"].submit(jobs)
         return jobs
+
+    # Parsing, converting, rendering and tokenizing cost CPU in proportion to the body: they run in a
+    # worker thread, so a big request never stalls the event loop (health, streams, other clients).
+    def prepare_chat(raw: bytes) -> tuple[ChatCompletionRequest, list[int]]:
+        req: ChatCompletionRequest = parse_body(raw, ChatCompletionRequest)
+        builders.check_model(req.model, model_name)
+        return req, builders.chat_prompt(tokenizer, req.messages, context, token_chars)
+
+    def prepare_completion(raw: bytes) -> tuple[CompletionRequest, list[list[int]], list[str] | None]:
+        req: CompletionRequest = parse_body(raw, CompletionRequest)
+        builders.check_model(req.model, model_name)
+        prompts = builders.completion_prompts(tokenizer, req.prompt, context, token_chars)
+        return req, prompts, [tokenizer.decode(p) for p in prompts] if req.echo else None
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -207,31 +211,34 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error")
-        err = builders.internal_error(exc)
+        # The details (exception text, paths) go to the log only; the client gets an id to quote.
+        rid = f"req-{uuid.uuid4().hex[:16]}"
+        log.error("unexpected error in request %s (%s %s)", rid, request.method, request.url.path,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        err = builders.internal_error(rid)
         return JSONResponse(err.body(), status_code=err.status)
 
     # ------------------------------------------------------------------ routes
     @app.get("/health")
     async def health():
         sched = state.get("scheduler")
-        return builders.health(model_name, sched.stats() if sched else None)
+        body, status = builders.health(model_name, sched.stats() if sched else None, chat)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [builders.model_card(model_name, created, context)]}
+        return {"object": "list", "data": [builders.model_card(model_name, created, context, chat)]}
 
     @app.get("/v1/models/{name:path}")
     async def get_model(name: str):
         builders.check_model(name, model_name)
-        return builders.model_card(model_name, created, context)
+        return builders.model_card(model_name, created, context, chat)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req: ChatCompletionRequest = parse_body(await request.body(), ChatCompletionRequest)
-        builders.check_model(req.model, model_name)
-        jobs = new_jobs(req, [builders.chat_prompt(tokenizer, req.messages)])
+        req, prompt = await asyncio.to_thread(prepare_chat, await request.body())
         rid, now, started = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
+        jobs = new_jobs(req, [prompt], rid)
         if req.stream:
             stream = builders.ChatStream(rid, now, model_name, req.n, req.include_usage())
             return event_stream(jobs, stream, "chat stream", started)
@@ -241,12 +248,9 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        req: CompletionRequest = parse_body(await request.body(), CompletionRequest)
-        builders.check_model(req.model, model_name)
-        prompts = builders.completion_prompts(tokenizer, req.prompt)
-        jobs = new_jobs(req, prompts)
+        req, prompts, echo = await asyncio.to_thread(prepare_completion, await request.body())
         rid, now, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
-        echo = [tokenizer.decode(p) for p in prompts] if req.echo else None
+        jobs = new_jobs(req, prompts, rid)
         if req.stream:
             stream = builders.CompletionStream(rid, now, model_name, req.n, req.include_usage(), echo)
             return event_stream(jobs, stream, "completion stream", started)

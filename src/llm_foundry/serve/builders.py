@@ -6,7 +6,7 @@ replies, streamed chunks and error bodies. The routes in :mod:`.app` only parse,
 
 Scheduler items, as the builders read them: ``("event", choice, kind, text)`` with kind
 ``text``, ``tool_call`` or ``tool_result``; ``("finish", choice, reason)``; ``("end", usage)``
-once per job; ``("error", message)``.
+once per job; ``("error", message[, status])`` (status 500 unless given).
 """
 
 from __future__ import annotations
@@ -34,40 +34,98 @@ def check_model(name: str, served: str) -> None:
                        param="model", code="model_not_found")
 
 
-def chat_prompt(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
+def has_chat(tokenizer) -> bool:
+    """Whether ``tokenizer`` has the chat tokens (a char tokenizer built from plain text has not)."""
+    from ..data.chat import chat_token_ids
+
+    try:
+        chat_token_ids(tokenizer)
+    except FoundryError:
+        return False
+    return True
+
+
+def max_token_chars(tokenizer) -> int:
+    """The most characters one token stands for: a text of ``c`` characters is at least ``c / this`` tokens.
+
+    Computed once per server (one decode per vocabulary entry), so an impossible prompt is refused
+    by its length alone, before the work of tokenizing it.
+    """
+    return max([1] + [len(tokenizer.decode([i], skip_special=False)) for i in range(tokenizer.vocab_size)])
+
+
+def check_length(chars: int, context: int, token_chars: int, param: str) -> None:
+    """Raise 400 ``context_length_exceeded`` for a text of ``chars`` characters that cannot fit in the context.
+
+    Args:
+        chars: the prompt's characters (all messages' text together).
+        context: the model's context length in tokens.
+        token_chars: :func:`max_token_chars` of the tokenizer.
+        param: the field to name (``messages`` or ``prompt``).
+    """
+    if chars > context * token_chars:
+        raise ApiError(400, f"this model's maximum context length is {context} tokens, but the {param} has "
+                       f"{chars} characters, more than that many tokens can hold; shorten it", param=param,
+                       code="context_length_exceeded")
+
+
+def chat_prompt(tokenizer, messages: list[dict[str, Any]], context: int | None = None,
+                token_chars: int = 1) -> list[int]:
     """OpenAI chat messages -> the prompt's token ids, rendered with the chat template.
 
+    Args:
+        tokenizer: the served model's tokenizer.
+        messages: the request's ``messages``.
+        context: the model's context length; with it, messages too long to fit are refused before rendering.
+        token_chars: :func:`max_token_chars` of the tokenizer.
+
     Raises:
-        ApiError: 400 when the messages break the chat rules.
+        ApiError: 400 when the model has no chat template, the messages break the chat rules, or they
+            cannot fit in the context.
     """
     from ..data.chat import render_prompt
 
+    if not has_chat(tokenizer):
+        raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages",
+                       code="chat_not_supported")
+    chat = to_chat_messages(messages)
+    if context is not None:
+        chars = sum(len(m["content"]) if isinstance(m["content"], str) else sum(len(p["text"]) for p in m["content"])
+                    for m in chat)
+        check_length(chars, context, token_chars, "messages")
     try:
-        return render_prompt(tokenizer, to_chat_messages(messages))
+        return render_prompt(tokenizer, chat)
     except FoundryError as e:
         raise ApiError(400, f"messages: {e}", param="messages") from None
 
 
-def completion_prompts(tokenizer, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+def completion_prompts(tokenizer, prompt: str | list[str] | list[int] | list[list[int]], context: int | None = None,
+                       token_chars: int = 1) -> list[list[int]]:
     """A completions ``prompt`` (text, texts, token ids or lists of them) -> one list of token ids per prompt.
 
     An empty prompt starts from BOS (or a newline, for a tokenizer without one), so the model has a position
-    to predict from.
+    to predict from. With ``context`` (and ``token_chars``, see :func:`chat_prompt`) a text too long to fit
+    is refused before it is tokenized.
 
     Raises:
-        ApiError: 400 for no prompt, more than :data:`MAX_PROMPTS`, or a token id outside the vocabulary.
+        ApiError: 400 for no prompt, more than :data:`MAX_PROMPTS`, a token id outside the vocabulary (or not
+            an integer), or a prompt that cannot fit in the context.
     """
     prompts: list = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else list(prompt)
     if not prompts:
         raise ApiError(400, "prompt must not be empty", param="prompt")
     if len(prompts) > MAX_PROMPTS:
         raise ApiError(400, f"at most {MAX_PROMPTS} prompts per request", param="prompt")
+    if context is not None:
+        for p in prompts:
+            check_length(len(p), context, token_chars if isinstance(p, str) else 1, "prompt")
     encoded = []
     for p in prompts:
         if isinstance(p, str):
             ids = tokenizer.encode(p)
         else:
-            if any(not 0 <= t < tokenizer.vocab_size for t in p):
+            # (bool is an int in Python, but a JSON true is no token id)
+            if any(isinstance(t, bool) or not 0 <= t < tokenizer.vocab_size for t in p):
                 raise ApiError(400, f"prompt token ids must be in [0, {tokenizer.vocab_size})", param="prompt")
             ids = list(p)
         encoded.append(ids or document_start(tokenizer))
@@ -100,17 +158,28 @@ def job_options(req, prompt_ids: list[int], stop_ids: list[int], context: int,
 
 
 # ---------------------------------------------------------------------------- small bodies and errors
-def model_card(name: str, created: int, context: int) -> dict[str, Any]:
+def model_card(name: str, created: int, context: int, chat: bool = True) -> dict[str, Any]:
     """The ``GET /v1/models`` entry of the served model.
 
-    ``context_length`` is an extension (vLLM calls it ``max_model_len``) so clients can size their prompts.
+    ``context_length`` is an extension (vLLM calls it ``max_model_len``) so clients can size their prompts;
+    ``chat`` (another) is false for a base model without a chat template, which serves ``/v1/completions`` only.
     """
-    return {"id": name, "object": "model", "created": created, "owned_by": "llm-foundry", "context_length": context}
+    return {"id": name, "object": "model", "created": created, "owned_by": "llm-foundry", "context_length": context,
+            "chat": chat}
 
 
-def health(name: str, stats: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``GET /health`` body: liveness plus the scheduler's load figures (none before it started)."""
-    return {"status": "ok", "model": name, **(stats or {})}
+def health(name: str, stats: dict[str, Any] | None, chat: bool = True) -> tuple[dict[str, Any], int]:
+    """The ``GET /health`` body and status: liveness plus the scheduler's load figures (none before it started).
+
+    Status 200 with ``"status": "ok"`` while the worker runs; 503 with ``"status": "error"`` (and the reason)
+    once it has died, so a load balancer or supervisor sees a server that can no longer answer.
+    """
+    stats = dict(stats or {})
+    error = stats.pop("error", None)
+    body = {"status": "error" if error else "ok", "model": name, "chat": chat, **stats}
+    if error:
+        body["error"] = error
+    return body, 503 if error else 200
 
 
 def api_key_error(method: str, path: str, authorization: str, api_key: str | None) -> ApiError | None:
@@ -135,14 +204,19 @@ def http_error_body(method: str, path: str, status: int, detail: str) -> dict[st
     return ApiError(status, f"{method} {path}: {detail}", code=code).body()
 
 
-def internal_error(exc: BaseException) -> ApiError:
-    """The 500 answered for an exception nothing else handled."""
-    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+def internal_error(request_id: str) -> ApiError:
+    """The 500 answered for an exception nothing else handled.
+
+    The exception's text stays in the server log under ``request_id`` (it may name paths or
+    internals); the client gets that id to quote, nothing else.
+    """
+    return ApiError(500, f"internal server error (request {request_id}; the server log has the details)",
+                    type="server_error")
 
 
-def generation_error(message: str) -> ApiError:
-    """The 500 for a request the engine failed on (the scheduler's ``error`` item)."""
-    return ApiError(500, f"generation failed: {message}", type="server_error")
+def generation_error(message: str, status: int = 500) -> ApiError:
+    """The error for a request the engine failed on (the scheduler's ``error`` item, already free of internals)."""
+    return ApiError(status, message, type="server_error", code="worker_failed" if status == 503 else None)
 
 
 # ---------------------------------------------------------------------------- non-streamed replies
@@ -211,7 +285,7 @@ class Collected:
             self.ends += 1
             add_usage(self.usage, item[1])
         else:
-            raise generation_error(item[1])
+            raise generation_error(*item[1:])
 
 
 def chat_completion(rid: str, created: int, model: str, n: int, got: Collected,
@@ -331,7 +405,7 @@ class _Stream:
         if item[0] == "end":
             return self._end(item[1])
         if item[0] == "error":
-            return [sse(generation_error(item[1]).body())]
+            return [sse(generation_error(*item[1:]).body())]
         return self._event(item)
 
     def _event(self, item: tuple) -> list[str]:

@@ -218,7 +218,9 @@
       model = body.data[0].id;
       els.modelName.textContent = model;
       document.title = model + " · llm-foundry";
-      setStatus("ready");
+      // A base model (no chat template) serves /v1/completions only: say so before anyone types.
+      if (body.data[0].chat === false) setStatus("this model has no chat template; use /v1/completions", true);
+      else setStatus("ready");
     } catch (e) {
       model = null;
       setStatus(e.message.includes("API key") ? "API key needed (see settings)" : "server: " + e.message, true);
