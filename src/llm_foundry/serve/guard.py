@@ -148,12 +148,8 @@ def preflight() -> Response:
 
 
 # ---------------------------------------------------------------------------- the middleware
-class _BodyError(Exception):
-    """Reading the body ended early: ``status`` 408/413 is answered, 499 (client gone) is only logged."""
-
-    def __init__(self, status: int, note: str):
-        super().__init__(note)
-        self.status, self.note = status, note
+class _ClientLeft(Exception):
+    """The client closed the connection before its body ended: nobody to answer, one log line."""
 
 
 class Guard:
@@ -188,13 +184,12 @@ class Guard:
             response = self.refusal(scope, headers, origin)
             if response is None:
                 try:
-                    receive = await self.read_body(scope, headers, receive)
-                except _BodyError as e:
-                    status[0], note = e.status, " " + e.note
-                    if e.status == 499:
-                        return
-                    response = self.error(too_large(self.policy) if e.status == 413 else
-                                          ApiError(408, e.note, code="request_timeout"), close=True)
+                    receive = await self.read_body(headers, receive)
+                except ApiError as err:  # 408 or 413: the rest of the body is never read, so the connection closes
+                    response = self.error(err, close=True)
+                except _ClientLeft as e:
+                    status[0], note = 499, f" {e}"
+                    return
             if response is not None:
                 return await response(scope, receive, send_logged)
             await self.app(scope, receive, send_logged)
@@ -231,12 +226,12 @@ class Guard:
         # With the body still unsent or unread the connection cannot carry another request: close it.
         return JSONResponse(err.body(), status_code=err.status, headers={"Connection": "close"} if close else None)
 
-    async def read_body(self, scope: dict, headers: dict[bytes, bytes], receive):
+    async def read_body(self, headers: dict[bytes, bytes], receive):
         """Read the whole body under the size cap and the deadline; a ``receive`` that hands it to the app.
 
         Raises:
-            _BodyError: 413 past the cap (chunked bodies are counted as they come), 408 past the
-                deadline, 499 when the client left before the end.
+            ApiError: 413 past the cap (chunked bodies are counted as they come), 408 past the deadline.
+            _ClientLeft: the client closed the connection before the end.
         """
         if _declared_length(headers) == 0:
             return receive
@@ -245,13 +240,14 @@ class Guard:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
             except asyncio.TimeoutError:
-                raise _BodyError(408, f"request body not received within {self.policy.body_timeout:g}s") from None
+                raise ApiError(408, f"request body not received within {self.policy.body_timeout:g}s",
+                               code="request_timeout") from None
             if message["type"] == "http.disconnect":
-                raise _BodyError(499, f"client left after {size} bytes of the body")
+                raise _ClientLeft(f"client left after {size} bytes of the body")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.policy.max_body_bytes:
-                raise _BodyError(413, f"body over {self.policy.max_body_bytes} bytes")
+                raise too_large(self.policy)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
