@@ -279,9 +279,13 @@ def test_every_page_file_has_the_csp(server, path):
 
 
 # ---------------------------------------------------------------------------- the log
-def request_lines(logs, rid: str) -> list[str]:
-    wait_until(lambda: any(rid in r.getMessage() for r in logs.records))
-    return [r.getMessage() for r in logs.records if rid in r.getMessage()]
+def request_lines(logs, marker: str) -> list[str]:
+    """The server's log lines that name ``marker`` (a request id or a unique path), once there is one."""
+    def lines():
+        return [r.getMessage() for r in logs.records if r.name == "llm_foundry.serve" and marker in r.getMessage()]
+
+    wait_until(lines)
+    return lines()
 
 
 def test_request_log_is_one_escaped_line_with_the_request_id(server, logs):
@@ -297,14 +301,14 @@ def test_request_log_is_one_escaped_line_with_the_request_id(server, logs):
 
 
 def test_x_forwarded_for_is_ignored_by_default(server, logs):
-    rid = httpx.get(server.url + "/health", headers={"X-Forwarded-For": "6.6.6.6"}).headers["x-request-id"]
-    (line,) = request_lines(logs, rid)
+    httpx.get(server.url + "/xff-default", headers={"X-Forwarded-For": "6.6.6.6"})
+    (line,) = request_lines(logs, "/xff-default")
     assert " 127.0.0.1 " in line and "6.6.6.6" not in line
 
 
 def test_x_forwarded_for_last_hop_is_the_client_behind_a_proxy(open_server, logs):
-    r = httpx.get(open_server.url + "/health", headers={"X-Forwarded-For": "6.6.6.6, 10.1.2.3"})
-    (line,) = request_lines(logs, r.headers["x-request-id"])
+    httpx.get(open_server.url + "/xff-proxy", headers={"X-Forwarded-For": "6.6.6.6, 10.1.2.3"})
+    (line,) = request_lines(logs, "/xff-proxy")
     assert " 10.1.2.3 " in line and "6.6.6.6" not in line
 
 
