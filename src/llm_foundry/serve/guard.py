@@ -30,7 +30,6 @@ from .schemas import ApiError
 
 log = logging.getLogger("llm_foundry.serve")
 
-LOOPBACK_NAMES = ("localhost",)
 LOG_PATH_CHARS = 200  # a path longer than this is cut in the log (the request still runs)
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -70,13 +69,13 @@ def host_name(host_header: str) -> str:
     host = host_header.strip().lower()
     if host.startswith("["):
         return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).rstrip(".")
 
 
 def is_loopback(name: str) -> bool:
     """Whether a host name or address means this machine only (``localhost``, 127.x.y.z, ``::1``)."""
     name = name.rstrip(".")
-    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
+    if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
