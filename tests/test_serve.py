@@ -234,7 +234,7 @@ def test_bad_or_missing_key(server):
 def test_malformed_requests(client, server):
     auth = {"Authorization": f"Bearer {KEY}"}
     r = httpx.post(server.url + "/v1/chat/completions", content=b'{"model": "tool-model", "messages": [',
-                   headers=auth, timeout=300)
+                   headers={**auth, "Content-Type": "application/json"}, timeout=300)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="tool-model", messages=[])

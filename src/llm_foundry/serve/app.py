@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import builders
+from .guard import Guard, HttpPolicy
 from .scheduler import Job, Scheduler
 from .schemas import ApiError, ChatCompletionRequest, CompletionRequest, parse_body
 
@@ -44,35 +45,13 @@ PAGE_HEADERS = {
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class _AuthAndLog:
-    """ASGI middleware: the ``/v1`` API key check and one log line per request.
+class PageFiles(StaticFiles):
+    """The page's files, each with the page's headers: the CSP must hold for /static/index.html too."""
 
-    Plain ASGI rather than ``@app.middleware`` so streamed responses and client
-    disconnects pass through untouched.
-    """
-
-    def __init__(self, app, api_key: str | None):
-        self.app, self.api_key = app, api_key
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.monotonic(), [0]
-
-        async def send_logged(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            if err := builders.api_key_error(scope["method"], scope["path"], auth, self.api_key):
-                return await JSONResponse(err.body(), status_code=err.status)(scope, receive, send_logged)
-            await self.app(scope, receive, send_logged)
-        finally:
-            client = scope.get("client") or ("-", 0)
-            log.info('%s "%s %s" %d %.3fs', client[0], scope["method"], scope["path"], status[0],
-                     time.monotonic() - start)
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(PAGE_HEADERS)
+        return response
 
 
 # ---------------------------------------------------------------------------- a request's jobs, from the event loop
@@ -146,8 +125,8 @@ def event_stream(jobs: list[Job], stream: builders.ChatStream | builders.Complet
 
 # ---------------------------------------------------------------------------- the app
 def create_app(engine, model_name: str, *, api_key: str | None = None, max_concurrency: int = 8,
-               max_queue: int = 64, default_seed: int | None = None):
-    """Build the ASGI app (FastAPI inside the auth/logging middleware) around a loaded engine.
+               max_queue: int = 64, default_seed: int | None = None, policy: HttpPolicy | None = None):
+    """Build the ASGI app (FastAPI inside the transport :class:`~.guard.Guard`) around a loaded engine.
 
     Args:
         engine: the :class:`~llm_foundry.inference.engine.Engine` that decodes (owned by one worker
@@ -157,6 +136,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
         max_concurrency: sequences (a request's prompts x n) decoded at the same time; more wait in a queue.
         max_queue: sequences allowed to wait; a request that needs more room is answered 429.
         default_seed: the sampling seed of a request that gives none (None: such replies are not repeatable).
+        policy: the transport limits (body size, deadlines, connections, hosts, origins); None: the defaults.
     """
     tokenizer = engine.tokenizer
     context = engine.model.cfg.max_seq_len
@@ -263,5 +243,5 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     async def index():
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return _AuthAndLog(app, api_key)  # type: ignore[return-value]
+    app.mount("/static", PageFiles(directory=STATIC), name="static")
+    return Guard(app, api_key, policy)  # type: ignore[return-value]

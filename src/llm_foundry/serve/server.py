@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import socket
 import time
 
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from ..utils.errors import FoundryError
+from .guard import HttpPolicy, over_capacity_app
+
+log = logging.getLogger("llm_foundry.serve")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -29,6 +37,8 @@ def make_server(app, sock: socket.socket, *, log_level: str = "info", graceful_t
 
     On Ctrl-C / SIGTERM uvicorn stops accepting connections, lets the responses in
     flight finish (up to ``graceful_timeout`` seconds), then the app stops its worker.
+    The connection limits come from the app's :class:`~.guard.HttpPolicy` (``app.policy``;
+    the defaults for an app without one).
     """
     import uvicorn
 
@@ -39,10 +49,64 @@ def make_server(app, sock: socket.socket, *, log_level: str = "info", graceful_t
             # (exit -15, or a KeyboardInterrupt); a server stopped on purpose exits normally instead.
             getattr(self, "_captured_signals", []).clear()
 
+    policy = getattr(app, "policy", None) or HttpPolicy()
+    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any local client as its address
+    # (the guard reads it only with --behind-proxy).
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=graceful_timeout,
-                            lifespan="on", log_config=None)
+                            lifespan="on", log_config=None, proxy_headers=False,
+                            http=functools.partial(GuardedH11Protocol, policy=policy))
     return Server(config)
 
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 connection with the two limits uvicorn lacks: a header deadline and a connection cap.
+
+    - A connection must deliver complete request headers within ``policy.header_timeout`` seconds of
+      opening (or of its first byte after a keep-alive pause); a silent or trickling client is closed
+      then. uvicorn's own keep-alive timer covers only the pause between requests.
+    - Past ``policy.max_connections`` open connections, a new one is answered 503 (OpenAI's shape) and
+      closed. uvicorn's ``limit_concurrency`` is not used: it counts the new connection itself and every
+      running task together, answers in plain text, and accepts one connection fewer than it says.
+    """
+
+    def __init__(self, *args, policy: HttpPolicy, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.policy, self.header_timer = policy, None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.policy.max_connections:
+            self.app = over_capacity_app(self.policy.max_connections)  # this connection's requests get the 503
+        self._watch_headers()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _watch_headers(self) -> None:
+        # IDLE on their side: a request's headers have not (all) arrived. The deadline is not moved by
+        # further bytes, so a client trickling one byte a second cannot keep the connection forever.
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(self.policy.header_timeout, self._headers_too_slow)
+        else:
+            self._stop_header_timer()
+
+    def _stop_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.info("%s closed: no complete request headers within %gs", (self.client or ("-",))[0],
+                     self.policy.header_timeout)
+            self.transport.close()
 
 class ServerThread:
     """Run the server in a background thread of this process (notebooks, tests, benchmarks).
