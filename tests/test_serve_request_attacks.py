@@ -228,7 +228,7 @@ def test_impossible_length_is_refused_before_tokenizing(server, http, monkeypatc
 
 # ---------------------------------------------------------------------------- CPU work stays off the event loop
 def test_tool_messages_convert_in_linear_time(monkeypatch):
-    """1,000 and 4,000 tool calls sent back with their tool messages: 4x the input, about 4x the work."""
+    """2,000 and 8,000 tool calls sent back with their tool messages: 4x the input, about 4x the work."""
     from llm_foundry.serve import schemas
 
     monkeypatch.setattr(schemas, "MAX_TOOL_CALLS", 10**6, raising=False)
@@ -239,14 +239,14 @@ def test_tool_messages_convert_in_linear_time(monkeypatch):
         messages = [*HI, {"role": "assistant", "content": "", "tool_calls": [call] * n},
                     *[{"role": "tool", "tool_call_id": "c", "content": "2"}] * n, *HI]
         best = float("inf")
-        for _ in range(3):  # the best of three: a busy machine only ever adds time
-            start = time.perf_counter()
+        for _ in range(5):  # CPU time, the best of five: other jobs on the machine only ever add to it
+            start = time.process_time()
             out = schemas.to_chat_messages(messages)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, time.process_time() - start)
         assert len(out[1]["content"]) == 2 * n  # every call with its result
         return best
 
-    small, big = cost(1000), cost(4000)
+    small, big = cost(2000), cost(8000)
     assert big / small < 6, f"4x the tool calls took {big / small:.1f}x as long (quadratic: ~16x)"
 
 

@@ -192,7 +192,8 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         # The details (exception text, paths) go to the log only; the client gets an id to quote.
-        rid = f"req-{uuid.uuid4().hex[:16]}"
+        # The guard's id when there is one, so this line and the request's own log line share it.
+        rid = getattr(request.state, "request_id", None) or f"req-{uuid.uuid4().hex[:16]}"
         log.error("unexpected error in request %s (%s %s)", rid, request.method, request.url.path,
                   exc_info=(type(exc), exc, exc.__traceback__))
         err = builders.internal_error(rid)
