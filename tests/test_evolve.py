@@ -351,32 +351,24 @@ def test_self_generated_text_filters():
 
 
 # ------------------------------------------------------------------ state safety (issue 21)
-LOCK_HOLDER = """
-import sys
-from pathlib import Path
-from llm_foundry.utils.lock import StateLock
-lock = StateLock(Path(sys.argv[1]), command="foundry evolve --mode train")
-print("held", flush=True)
-sys.stdin.read()
-"""
-
-
-def test_a_second_process_on_a_state_folder_is_refused_naming_the_holder(trained, tmp_path, cli):
+def test_a_second_process_on_a_state_folder_is_refused_naming_the_holder(trained, corpus, tmp_path, cli):
     state = copy_state(trained, tmp_path)
     champion = folder_bytes(state / "champion")
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(state)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    # The holder: a real `--mode train` with a long epoch, caught once it prints its epoch header.
+    holder = subprocess.Popen([sys.executable, "-m", "llm_foundry", "evolve", "--mode", "train", "--state", str(state),
+                               "--data-dir", str(corpus), "--epochs", "1", "--steps-per-epoch", "100000",
+                               "--log-every", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, env={**os.environ, **ENV})
     try:
-        assert holder.stdout.readline() == "held\n"
-        for mode in ("train", "evolve"):
-            proc = cli("--mode", mode, "--state", state, "--epochs", "1", "--steps-per-epoch", "2")
+        assert any(line.startswith("Epoch 1/1") for line in holder.stdout), "the holder never started its epoch"
+        for mode, extra in (("train", ["--epochs", "1", "--steps-per-epoch", "2"]), ("evolve", FAST_EVOLVE)):
+            proc = cli("--mode", mode, "--state", state, *extra)
             one_line_error(proc, f"{state} is in use by another `foundry evolve --mode train`", f"pid {holder.pid}")
         assert folder_bytes(state / "champion") == champion
     finally:
         holder.kill()  # no clean exit: the lock must not outlive its process
         holder.wait()
         holder.stdout.close()
-        holder.stdin.close()
     proc = cli("--mode", "train", "--state", state, "--epochs", "1", "--steps-per-epoch", "2")
     assert proc.returncode == 0, proc.stderr
 
