@@ -109,6 +109,8 @@ class MixBatches:
 class Evolution:
     """Runs evolution cycles on a state folder made by ``--mode train``.
 
+    Holds the state folder's lock from construction until :meth:`run` ends (or :meth:`close`).
+
     Args:
         state_dir: the state folder.
         opts: evolution options.
