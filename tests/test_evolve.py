@@ -348,3 +348,103 @@ def test_self_generated_text_filters():
     assert f.check("\ufffd" * 10 + novel, corpus, []) == "broken characters"
     assert repetition("abcabcabcabc") > 0.5 > repetition(novel)
     assert distinct_n(novel) > distinct_n("abababababab")
+
+
+# ------------------------------------------------------------------ state safety (issue 21)
+def test_a_second_process_on_a_state_folder_is_refused_naming_the_holder(trained, corpus, tmp_path, cli):
+    state = copy_state(trained, tmp_path)
+    champion = folder_bytes(state / "champion")
+    # The holder: a real `--mode train` with a long epoch, caught once it prints its epoch header.
+    holder = subprocess.Popen([sys.executable, "-m", "llm_foundry", "evolve", "--mode", "train", "--state", str(state),
+                               "--data-dir", str(corpus), "--epochs", "1", "--steps-per-epoch", "100000",
+                               "--log-every", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, env={**os.environ, **ENV})
+    try:
+        assert any(line.startswith("Epoch 1/1") for line in holder.stdout), "the holder never started its epoch"
+        for mode, extra in (("train", ["--epochs", "1", "--steps-per-epoch", "2"]), ("evolve", FAST_EVOLVE)):
+            proc = cli("--mode", mode, "--state", state, *extra)
+            one_line_error(proc, f"{state} is in use by another `foundry evolve --mode train`", f"pid {holder.pid}")
+        assert folder_bytes(state / "champion") == champion
+    finally:
+        holder.kill()  # no clean exit: the lock must not outlive its process
+        holder.wait()
+        holder.stdout.close()
+    proc = cli("--mode", "train", "--state", state, "--epochs", "1", "--steps-per-epoch", "2")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_record_appended_after_a_torn_one_is_read_back(tmp_path):
+    from llm_foundry.utils.io import append_records, read_log_records
+
+    log = tmp_path / "knowledge" / "self_generated.jsonl"
+    assert append_records(log, [{"text": "一"}, {"text": "二"}]) == 0
+    with open(log, "ab") as f:  # a kill in the middle of the next append
+        f.write('{"text": "三'.encode("utf-8")[:-1])
+    assert append_records(log, [{"text": "四"}]) > 0  # the torn record is reported, cut off
+    assert [r["text"] for r in read_log_records(log)] == ["一", "二", "四"]
+    with open(log, "ab") as f:  # a whole record whose line end was not written is kept
+        f.write(b'{"text": "five"}')
+    assert append_records(log, [{"text": "六"}]) == 0
+    assert [r["text"] for r in read_log_records(log)] == ["一", "二", "四", "five", "六"]
+    assert log.read_bytes().endswith(b"\n") and log.read_text(encoding="utf-8").count("\n") == 5
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_every_folder_rename_is_followed_by_an_fsync_of_its_folder(tmp_path, monkeypatch, exchange):
+    # Fault observation: record each rename, folder removal and fsync, in order.
+    from llm_foundry.utils import io
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name an fsynced descriptor")
+
+    events: list[tuple[str, str]] = []
+    real_replace, real_fsync, real_rmtree, real_exchange = os.replace, os.fsync, shutil.rmtree, io._exchange
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("rename", str(Path(dst).parent)))
+
+    def swap(a, b):
+        ok = exchange and real_exchange(a, b)
+        if ok:
+            events.append(("rename", str(Path(b).parent)))
+        return ok
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(io, "_exchange", swap)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: (events.append(("rmtree", "")), real_rmtree(*a, **k)))
+
+    def fill(text):
+        return lambda folder: (folder / "f.txt").write_text(text)
+
+    target = tmp_path / "champion"
+    io.replace_folder(target, fill("a"))  # a new folder
+    io.replace_folder(target, fill("b"))  # a swap
+    os.rename(target, tmp_path / ".champion.new")  # a kill between the fallback's two renames
+    io.recover_folder(target)
+    assert (target / "f.txt").read_text() == "b"
+    renames = [i for i, e in enumerate(events) if e[0] == "rename"]
+    assert len(renames) >= (5 if exchange else 6)
+    for i in renames:
+        assert events[i + 1:i + 2] == [("fsync", str(tmp_path.resolve()))], f"rename {i} not followed by a folder fsync: {events}"
+
+
+def test_train_mode_keeps_a_better_champion(trained, corpus, tmp_path, cli):
+    state = copy_state(trained, tmp_path)
+    champion = folder_bytes(state / "champion")
+    # A learning rate that wrecks the model: its best epoch is worse on the held-out split.
+    proc = cli("--mode", "train", "--state", state, "--data-dir", corpus, "--epochs", "1", "--steps-per-epoch", "4",
+               "lr=0.5", "warmup_steps=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "champion kept" in proc.stdout, proc.stdout
+    assert folder_bytes(state / "champion") == champion
+    run = json.loads((state / "train_run.json").read_text(encoding="utf-8"))
+    assert run["finished"] and run["champion"] == "kept"
+    proc = cli("--mode", "train", "--state", state, "--data-dir", corpus, "--epochs", "1", "--steps-per-epoch", "4",
+               "lr=0.5", "warmup_steps=1", "--quiet")
+    assert proc.returncode == 0 and "champion kept" in proc.stdout, proc.stdout + proc.stderr

@@ -112,7 +112,9 @@ def _train(args: argparse.Namespace) -> int:
     opts = evolve_train_options(args)
     summary = train(args.state, opts)
     if opts.quiet:
-        print(f"trained {summary['epochs']} epoch(s): best eval loss {summary['best_eval_loss']:.4f} -> {summary['champion']}")
+        verdict = (f"-> {summary['champion']}" if summary["champion_replaced"] else
+                   f"not lower than the champion's {summary['champion_val_loss']:.4f}; champion kept")
+        print(f"trained {summary['epochs']} epoch(s): best eval loss {summary['best_eval_loss']:.4f} {verdict}")
     return 0
 
 

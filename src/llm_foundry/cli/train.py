@@ -48,6 +48,10 @@ def resolve_configs(args: argparse.Namespace):
         # again; but the model shape is the checkpoint's and may not change.
         run_config = Path(args.out) / "run_config.json"
         if not run_config.is_file():
+            from ..training.trainer import nothing_saved_yet
+
+            if nothing_saved_yet(Path(args.out)):  # killed before it saved anything: the run starts over
+                return load_config(args.config, overrides)
             raise FoundryError(f"nothing to resume in {args.out} (no run_config.json)")
         saved = read_json(run_config, "run config")
         saved_model, saved_train = configs_from_dict(saved, strict=False)

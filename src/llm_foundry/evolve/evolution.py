@@ -24,8 +24,6 @@ evolution continues in the cycle it was in, with finished candidates kept.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import shutil
 import time
@@ -41,21 +39,14 @@ from ..models.model_dir import load_model_dir
 from ..training.optim import build_optimizers
 from ..utils.signals import StopRequest
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_json, read_json, read_log_records
+from ..utils.io import append_records, atomic_write_json, read_json, read_log_records
 from .corpus import read_split
 from .local_train import Compute, EvolveInterrupted, Runtime, run_steps
 from .mining import SelfGenFilter, distinct_n, generate_samples, mine_hard_windows, prompts_from, repetition
-from .state import StatePaths, load_settings, recover_model_dir, write_model_dir
+from .state import StatePaths, load_settings, lock_state, recover_model_dir, weights_digest, write_model_dir
 from .stats import load_stats, record_cycle, save_stats
 
 SELF_GEN_FILE = "self_generated.jsonl"
-
-
-def weights_digest(model_dir: Path) -> str:
-    """SHA-256 of a model folder's weights file (to know whether the champion changed)."""
-    from ..models.model_dir import WEIGHTS_FILE
-
-    return hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -118,6 +109,8 @@ class MixBatches:
 class Evolution:
     """Runs evolution cycles on a state folder made by ``--mode train``.
 
+    Holds the state folder's lock from construction until :meth:`run` ends (or :meth:`close`).
+
     Args:
         state_dir: the state folder.
         opts: evolution options.
@@ -132,6 +125,15 @@ class Evolution:
             raise FoundryError("--population and --cycle-steps must be >= 1")
         if not self.paths.has_split():
             raise FoundryError(f"no training data split in {self.paths.root}; run `foundry evolve --mode train` first")
+        # Held until run() ends (or close()): recovery and every write below are this process's alone.
+        self._lock = lock_state(self.paths, "evolve")
+        try:
+            self._open(opts)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, opts: EvolveOptions) -> None:
         self.paths.require_champion()
         self.model_cfg, self.train_cfg, self.settings = load_settings(self.paths)
         self.seed = int(self.settings["seed"])
@@ -144,6 +146,12 @@ class Evolution:
         self.budget_tokens = opts.cycle_steps * self.train_cfg.batch_size * self.seq_len
         self.score_prompts = prompts_from(self.train_tokens, self.tokenizer, opts.score_samples, 48, self.seed)
         self.corpus_text: str | None = None
+
+    def close(self) -> None:
+        """Let go of the state folder's lock (idempotent; run() does it when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------------ pieces
     def _champion(self):
@@ -177,10 +185,10 @@ class Evolution:
             else:
                 new.append(t.strip())
         if new:
-            self.paths.knowledge.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                for t in new:
-                    f.write(json.dumps({"cycle_seed": cycle_seed, "text": t}, ensure_ascii=False) + "\n")
+            torn = append_records(path, [{"cycle_seed": cycle_seed, "text": t} for t in new])
+            if torn:
+                self.say(f"  note: dropped a torn record ({torn} bytes) at the end of {path}: "
+                         "a run was killed while writing it")
         return {"generated": len(texts), "kept": len(new), "rejected": rejected}
 
     def _self_pool(self) -> np.ndarray | None:
@@ -219,6 +227,14 @@ class Evolution:
     # ------------------------------------------------------------------- cycle
     def run(self) -> dict:
         """Run the cycles asked for (or finish an interrupted run); returns the stats."""
+        if self._lock is None:
+            raise FoundryError("this Evolution is closed; make a new one")
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> dict:
         stats = load_stats(self.paths.stats)
         cs = read_json(self.paths.cycle_state, "cycle state") if self.paths.cycle_state.is_file() else None
         if cs is not None and any(h["cycle"] == cs["cycle"] for h in stats["history"]):

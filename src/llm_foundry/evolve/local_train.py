@@ -40,7 +40,8 @@ from ..utils.device import resolve_device, resolve_dtype
 from ..utils.errors import FoundryError, TrainingInterrupted
 from ..utils.io import atomic_write_json, read_json
 from .corpus import fingerprint, find_text_files, load_corpus, make_split, read_split
-from .state import StatePaths, load_settings, model_shape_changes, recover_model_dir, save_settings, write_model_dir
+from .state import (StatePaths, load_settings, lock_state, model_shape_changes, recover_model_dir, save_settings,
+                    weights_digest, write_model_dir)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -194,12 +195,17 @@ def _read_log(path: Path) -> list[dict]:
 
 
 def train(state_dir: str | Path, opts: TrainOptions, say: Callable[[str], None] = print) -> dict:
-    """Train the state's model for ``opts.epochs`` epochs; the best epoch becomes the champion.
+    """Train the state's model for ``opts.epochs`` epochs; the best epoch becomes the champion
+    if it is better on the held-out split than the champion there is (the gate of ``--mode evolve``).
 
-    Continues an interrupted run (same command) at the last finished epoch.
+    Continues an interrupted run (same command) at the last finished epoch. Holds the state
+    folder's lock while it runs.
 
     Returns:
-        a summary: epochs, steps, final/best losses, times.
+        a summary: epochs, steps, final/best losses, times, and whether the champion was replaced.
+
+    Raises:
+        FoundryError: bad options, or another process holds the state folder.
     """
     paths = StatePaths(state_dir)
     if opts.quiet:
@@ -208,6 +214,11 @@ def train(state_dir: str | Path, opts: TrainOptions, say: Callable[[str], None] 
         raise FoundryError("--epochs must be >= 1")
     if opts.save_every < 1:
         raise FoundryError("--save-every must be >= 1")
+    with lock_state(paths, "train"):
+        return _train(paths, opts, say)
+
+
+def _train(paths: StatePaths, opts: TrainOptions, say: Callable[[str], None]) -> dict:
     model_cfg, cfg, settings = prepare_state(paths, opts, say)
     seed = settings["seed"]
     seq_len = min(cfg.seq_len or model_cfg.max_seq_len, model_cfg.max_seq_len)
@@ -305,10 +316,8 @@ def train(state_dir: str | Path, opts: TrainOptions, say: Callable[[str], None] 
             log.append(entry)
             atomic_write_json(paths.training_log, log)
             atomic_write_json(paths.train_run, run)
-    # The champion is the best epoch of this run (lowest validation loss).
-    best = load_model_dir(paths.best, rt.device)
-    write_model_dir(paths.champion, best.model, tokenizer, best.step)
-    run["finished"] = True
+    replaced, champion_val = _gate(paths, rt, best_val)
+    run.update(finished=True, champion="replaced" if replaced else "kept", champion_val=champion_val)
     atomic_write_json(paths.train_run, run)
     final_eval = [e for e in log if e.get("run_id") == run["run_id"]][-1]["eval_loss"]
     say("\ntraining done")
@@ -316,6 +325,31 @@ def train(state_dir: str | Path, opts: TrainOptions, say: Callable[[str], None] 
     if not math.isnan(last_train_loss):
         say(f"final loss: {last_train_loss:.4f}")
     say(f"final perplexity: {math.exp(min(final_eval, 50)):.2f} (eval loss {final_eval:.4f})")
-    say(f"best eval loss: {best_val:.4f} -> champion {paths.champion}")
+    if replaced:
+        was = "" if champion_val is None else f" (it replaces a champion with held-out loss {champion_val:.4f})"
+        say(f"best eval loss: {best_val:.4f} -> champion {paths.champion}{was}")
+    else:
+        say(f"best eval loss: {best_val:.4f} is not lower than the champion's {champion_val:.4f}; "
+            f"champion kept (this run's best epoch is in {paths.best})")
     return {"epochs": epochs, "steps": epochs * spe, "final_eval_loss": final_eval, "best_eval_loss": best_val,
-            "total_time": round(run["total_time"], 2), "champion": str(paths.champion)}
+            "total_time": round(run["total_time"], 2), "champion": str(paths.champion),
+            "champion_replaced": replaced, "champion_val_loss": champion_val}
+
+
+def _gate(paths: StatePaths, rt: Runtime, best_val: float) -> tuple[bool, float | None]:
+    """Make the run's best epoch (``best/``) the champion only if its held-out loss ``best_val``
+    is lower than the champion's, scored now on the same fixed validation batches.
+
+    Returns:
+        ``(replaced, champion's held-out loss before, or None where there was none)``.
+    """
+    champion_val = None
+    if paths.has_champion():
+        if weights_digest(paths.champion) == weights_digest(paths.best):
+            return True, None  # a kill after the swap, before the run was marked finished: it is done
+        champion_val = rt.val_loss(load_model_dir(paths.champion, rt.device, with_tokenizer=False).model)
+        if not best_val < champion_val:
+            return False, champion_val
+    best = load_model_dir(paths.best, rt.device)
+    write_model_dir(paths.champion, best.model, best.tokenizer, best.step)
+    return True, champion_val

@@ -12,6 +12,8 @@
       cycle_state.json       the evolution cycle in progress (for resuming it)
       cycle/                 finished candidates of the cycle in progress
       knowledge/             self-generated text that passed the filters (self_generated.jsonl)
+      lock                   held by the `--mode train` or `--mode evolve` process that changes the
+                             folder (its pid and command): a second one stops with a one-line error
 
 A model folder is replaced by writing the new one beside it and swapping folders
 (``utils.io.replace_folder``); a folder is never rewritten in place, so a reader (or a
@@ -21,6 +23,7 @@ kill) sees the old model or the new one, never a mix.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import torch
@@ -31,6 +34,7 @@ from ..tokenizers import Tokenizer
 from ..models.model_dir import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_model_folder
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, read_json, recover_folder
+from ..utils.lock import StateLock
 
 DEFAULT_STATE_DIR = "h2q_state"
 MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE)
@@ -68,6 +72,17 @@ class StatePaths:
         return self.champion
 
 
+def lock_state(paths: StatePaths, mode: str) -> StateLock:
+    """Hold the state folder for this process: ``--mode train`` and ``--mode evolve`` change it,
+    and two of them at once would interleave their swaps and records.
+
+    Raises:
+        FoundryError: another process holds it (one line naming its command and pid).
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    return StateLock(paths.root, command=f"foundry evolve --mode {mode}")
+
+
 def is_complete_model_dir(path: Path) -> bool:
     return path.is_dir() and all((path / f).is_file() for f in MODEL_FILES)
 
@@ -80,6 +95,11 @@ def write_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step
         state_bytes: a serialised training state (``training.state``) to keep beside the weights.
     """
     write_model_folder(path, model, tokenizer, step, weights, state_bytes)
+
+
+def weights_digest(model_dir: Path) -> str:
+    """SHA-256 of a model folder's weights file (to know whether the champion changed)."""
+    return hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
 def recover_model_dir(path: str | Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_json, read_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
 
 
 def empty_stats() -> dict:
@@ -113,10 +113,11 @@ def plot_stats(stats: dict, path: str | Path) -> Path | None:
     ax.set_title("H2Q-Evo evolution")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    import io
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    path = Path(path)
+    atomic_write_bytes(path, png.getvalue())
     return path

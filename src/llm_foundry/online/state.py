@@ -40,158 +40,15 @@ from ..training.optim import build_optimizers, peak_lrs
 from ..training.state import TrainingState, load_state
 from ..utils.errors import FoundryError
 from ..utils.io import read_json, recover_folder
+from ..utils.lock import StateLock  # noqa: F401 (re-exported; the lock lives in utils/lock.py)
 
 ONLINE_FILE = "online.json"
 ONLINE_VERSION = 2  # 1: the learner's counters were in online.json, not in the training state's extra
-LOCK_FILE = "lock"
 MODEL_DIR = "model"
 # The save and the leftovers a kill mid-save can leave beside it: replace_folder's, and
 # (non-hidden) those of the saves before it.
 MODEL_DIRS = (MODEL_DIR, *(f".{MODEL_DIR}.{tag}" for tag in ("tmp", "new", "old")),
               *(f"{MODEL_DIR}.{tag}" for tag in ("new", "old")))
-
-
-# -------------------------------------------------------------------- the lock
-class StateLock:
-    """Keeps a second process out of a state folder until :meth:`release` (or exit).
-
-    The lock is the OS's where it has one, so it dies with its process: ``fcntl.flock``
-    (Linux, macOS), else ``msvcrt.locking`` (Windows). Elsewhere a lock file created
-    with ``O_EXCL`` holds the owner's pid; a lock left by a process that no longer runs
-    is taken over. (That fallback cannot tell a reused pid from its owner; the error
-    names the file to delete in that case.)
-
-    Args:
-        state: the state folder (it must exist).
-        kind: ``"fcntl"``, ``"msvcrt"`` or ``"pidfile"``; default the first available.
-
-    Raises:
-        FoundryError: another process holds the folder (one line).
-    """
-
-    def __init__(self, state: Path, kind: str | None = None):
-        self.path = Path(state) / LOCK_FILE
-        self.kind = kind or _lock_kind()
-        self._fd: int | None = None
-        acquire = {"fcntl": self._acquire_fcntl, "msvcrt": self._acquire_msvcrt, "pidfile": self._acquire_pidfile}
-        if self.kind not in acquire:
-            raise ValueError(f"unknown lock kind {self.kind!r}")
-        acquire[self.kind]()
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        """Let the next process in (the OS does this too when the process ends)."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        if self.kind == "pidfile":
-            os.close(fd)
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            return
-        if self.kind == "msvcrt":
-            import msvcrt
-
-            try:
-                os.lseek(fd, 0, os.SEEK_SET)
-                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-            except OSError:
-                pass  # closing the file unlocks it as well
-        os.close(fd)  # closing drops an flock
-
-    def _in_use(self) -> FoundryError:
-        pid = _read_pid(self.path)
-        owner = f" (pid {pid})" if pid is not None else ""
-        hint = f"; if it is not running, delete {self.path}" if self.kind == "pidfile" else ""
-        return FoundryError(f"{self.path.parent} is in use by another `foundry online`{owner}{hint}")
-
-    def _acquire_fcntl(self) -> None:
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise self._in_use() from None
-        self._fd = fd
-        _write_pid(fd)
-
-    def _acquire_msvcrt(self) -> None:
-        import msvcrt
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            # Windows locks are mandatory: nobody else can read a locked byte, so no pid is written.
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            os.close(fd)
-            raise self._in_use() from None
-        self._fd = fd
-
-    def _acquire_pidfile(self) -> None:
-        for _ in range(3):  # take over a stale lock, then try again
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                pid = _read_pid(self.path)
-                # No pid: a lock file of another kind left behind (or, for an instant, one
-                # being written: a race this fallback accepts).
-                if pid is not None and _pid_alive(pid):
-                    raise self._in_use() from None
-                try:
-                    os.unlink(self.path)  # its owner is gone
-                except FileNotFoundError:
-                    pass
-                continue
-            self._fd = fd
-            _write_pid(fd)
-            return
-        raise self._in_use()
-
-
-def _lock_kind() -> str:
-    try:
-        import fcntl  # noqa: F401
-        return "fcntl"
-    except ImportError:
-        pass
-    try:
-        import msvcrt  # noqa: F401
-        return "msvcrt"
-    except ImportError:
-        return "pidfile"
-
-
-def _write_pid(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, f"{os.getpid()}\n".encode())
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text(encoding="ascii").strip())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None  # no file, a locked one, or one being written: no pid to name
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":
-        return True  # os.kill would end the process there; Windows uses msvcrt anyway
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists, run by someone else
-    return True
 
 
 # ------------------------------------------------------------- save / recovery

@@ -70,6 +70,15 @@ def check_run_folder(out: Path, resume: bool) -> None:
         raise FoundryError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
 
 
+def nothing_saved_yet(out: Path) -> bool:
+    """Whether ``out`` is the folder of a run killed before its first checkpoint: it exists and,
+    once an interrupted save is finished, holds no checkpoint. ``--resume`` starts such a run over."""
+    if not out.is_dir():
+        return False
+    recover_checkpoint_dir(out)
+    return not (out / STATE_FILE).is_file()
+
+
 def run_device(device: str, precision: str, dim: int) -> tuple[torch.device, torch.dtype | None]:
     """The device and autocast dtype of a training run."""
     dev = resolve_device(device)
@@ -209,6 +218,13 @@ class Trainer:
         if resume and self.init_from:
             raise FoundryError("--resume and --init-from exclude each other")
         self.source = TokenFolderSource(data_dir) if isinstance(data_dir, (str, os.PathLike)) else data_dir
+        if resume and nothing_saved_yet(self.out):
+            # Killed before its first checkpoint: there is nothing to continue, so the run starts over,
+            # which ends where it would have ended (its metrics are logged again).
+            if not quiet:
+                console.print(f"note: nothing was saved in {self.out} yet; the run starts over from step 0")
+            (self.out / METRICS_FILE).unlink(missing_ok=True)
+            self.resume = resume = False
         check_run_folder(self.out, resume)
         # The model folder the run starts from fixes the shape; a new model takes the data's vocabulary.
         origin = self.out if resume else self.init_from

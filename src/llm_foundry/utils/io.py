@@ -114,6 +114,59 @@ def read_log_records(path: str | os.PathLike) -> list[dict]:
     return out
 
 
+def append_records(path: str | os.PathLike, records: list[dict]) -> int:
+    """Append ``records`` to a ``.jsonl`` log, one JSON object a line, and fsync them.
+
+    A process killed mid-append leaves a torn last line (no ``\\n``). Appending after it
+    would glue the next record onto it and lose both, so the torn tail is cut off first
+    (or, if it is a whole record that only lacks its ``\\n``, the ``\\n`` is added).
+
+    Returns:
+        how many bytes of a torn record were dropped (0 if none), for the caller to report.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with open(path, "a+b") as f:
+        dropped = _repair_tail(f)
+        f.seek(0, os.SEEK_END)
+        f.write(data)  # a buffered write retries short writes until all is written (or raises)
+        f.flush()
+        os.fsync(f.fileno())
+    return dropped
+
+
+def _repair_tail(f) -> int:
+    """Make the file ``f`` end at a line end; returns the bytes of a torn last line cut off."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0
+    # Find the start of the last line, reading back in blocks (a line is one record, so this is short).
+    start, block = size, 1 << 16
+    while start > 0:
+        begin = max(0, start - block)
+        f.seek(begin)
+        chunk = f.read(start - begin)
+        if start == size and chunk.endswith(b"\n"):
+            return 0  # ends at a line end: nothing torn
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            start = begin + cut + 1
+            break
+        start = begin
+    f.seek(start)
+    tail = f.read()
+    try:
+        whole = isinstance(json.loads(tail), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        whole = False
+    if whole:  # the record was written, only its line end was not
+        f.write(b"\n")
+        return 0
+    f.truncate(start)
+    return len(tail)
+
+
 # ----------------------------------------------------------------------------- folder swaps
 # A folder of several files (a model folder, a checkpoint) is replaced as one unit:
 #
@@ -132,6 +185,12 @@ def read_log_records(path: str | os.PathLike) -> list[dict]:
 
 def _aside(target: Path, tag: str) -> Path:
     return target.with_name(f".{target.name}.{tag}")
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """Rename, then fsync the folder it happened in, so the rename itself survives a power cut."""
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
 
 
 def fsync_tree(folder: str | os.PathLike) -> None:
@@ -194,17 +253,17 @@ def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None]) -> P
     tmp.mkdir()
     fill(tmp)
     fsync_tree(tmp)
-    os.replace(tmp, new)  # from here on the new folder is complete
-    _fsync_dir(target.parent)
+    _rename(tmp, new)  # from here on the new folder is complete
     if not target.exists():
-        os.replace(new, target)
+        _rename(new, target)
     elif _exchange(new, target):
+        _fsync_dir(target.parent)
         shutil.rmtree(new)  # the old folder, now under the new one's name
     else:
-        os.replace(target, old)
-        os.replace(new, target)
+        _rename(target, old)
+        _rename(new, target)
         shutil.rmtree(old)
-    _fsync_dir(target.parent)
+    _fsync_dir(target.parent)  # the old folder's removal
     return target
 
 
@@ -223,9 +282,9 @@ def recover_folder(target: str | os.PathLike, is_complete: Callable[[Path], bool
     tmp, new, old = _aside(target, "tmp"), _aside(target, "new"), _aside(target, "old")
     if not target.exists():
         if new.is_dir() and (is_complete is None or is_complete(new)):
-            os.replace(new, target)
+            _rename(new, target)
         elif old.is_dir():
-            os.replace(old, target)
+            _rename(old, target)
     if target.exists():
         # Whatever is beside a present target is a half-written, an uncommitted or an old folder.
         for leftover in (tmp, new, old):
