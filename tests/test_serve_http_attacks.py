@@ -160,6 +160,36 @@ def test_chunked_body_over_cap_is_refused_as_it_passes(server):
         assert read_response(sock)[0] == 200
 
 
+@pytest.mark.parametrize("framing", ["declared", "chunked"])
+def test_a_client_that_sends_its_whole_oversized_body_reads_the_413(server, framing):
+    """Most clients send the body right after the headers without waiting for an answer. The server
+    must not close over the bytes still arriving: the kernel would answer them with a reset, and a
+    client reading to the end of the connection gets "connection reset" instead of the 413."""
+    body = b"x" * (8 << 20)  # more than the socket buffers hold: sending outlasts the answer
+    if framing == "declared":
+        request = head("/v1/completions", Content_Length=str(len(body))) + body
+    else:
+        request = head("/v1/completions", Transfer_Encoding="chunked") + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    with connect(server) as sock:
+        sent = threading.Event()
+
+        def send_all():
+            try:
+                sock.sendall(request)
+            except OSError:
+                pass
+            sent.set()
+
+        threading.Thread(target=send_all, daemon=True).start()
+        data = b""  # read while the body is still going out, to the end: a reset fails the test
+        while chunk := sock.recv(65536):
+            data += chunk
+        assert sent.wait(PATIENCE)
+    top, body = data.split(b"\r\n\r\n", 1)
+    assert top.startswith(b"HTTP/1.1 413 ")
+    assert_error(httpx.Response(413, content=body), 413, "request_too_large")
+
+
 def test_stalled_body_gets_408_and_is_closed(server):
     with connect(server) as sock:
         sock.sendall(head("/v1/completions", Content_Length="100") + b'{"model":')

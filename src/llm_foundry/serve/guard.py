@@ -43,6 +43,8 @@ class HttpPolicy:
         body_timeout: seconds a client has to send a whole body once its headers arrived (then 408).
         header_timeout: seconds a connection has to send complete request headers (then it is closed).
         max_connections: open connections at most; the ones past it are answered 503 and closed.
+        linger_seconds: after refusing a body still arriving (413, 408), how long the connection keeps
+            reading and dropping it, so the client reads the answer instead of a connection reset.
         allowed_hosts: Host names accepted besides the loopback ones (``--allowed-host``).
         cors_origins: browser origins allowed to call the API from their pages (``--cors-origin``; ``*``: any).
         behind_proxy: trust ``X-Forwarded-For`` (its last hop is the client in the log).
@@ -52,6 +54,7 @@ class HttpPolicy:
     body_timeout: float = 30.0
     header_timeout: float = 10.0
     max_connections: int = 256
+    linger_seconds: float = 2.0
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     behind_proxy: bool = False

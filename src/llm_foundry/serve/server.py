@@ -14,6 +14,7 @@ from ..utils.errors import FoundryError
 from .guard import HttpPolicy, over_capacity_app
 
 log = logging.getLogger("llm_foundry.serve")
+LINGER_MAX_BYTES = 64 << 20  # what a gentle close reads and drops at most before it resets anyway
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -64,6 +65,11 @@ class GuardedH11Protocol(H11Protocol):
     - A connection must deliver complete request headers within ``policy.header_timeout`` seconds of
       opening (or of its first byte after a keep-alive pause); a silent or trickling client is closed
       then. uvicorn's own keep-alive timer covers only the pause between requests.
+    - A connection closed while the client is still sending its body (a refused 413 or 408) is
+      closed gently: the answer is sent, our side shut for writing, and what still arrives is read
+      and dropped for up to ``policy.linger_seconds`` (or ``LINGER_MAX_BYTES``). Closing at once
+      would make the kernel reset the connection over the unread bytes, and a reset throws away
+      the answer the client had not read yet: it would see "connection reset", not the 413.
     - Past ``policy.max_connections`` open connections, a new one is answered 503 (OpenAI's shape) and
       closed. uvicorn's ``limit_concurrency`` is not used: it counts the new connection itself and every
       running task together, answers in plain text, and accepts one connection fewer than it says.
@@ -72,20 +78,48 @@ class GuardedH11Protocol(H11Protocol):
     def __init__(self, *args, policy: HttpPolicy, **kwargs):
         super().__init__(*args, **kwargs)
         self.policy, self.header_timer = policy, None
+        self.lingering, self.dropped = None, 0
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # uvicorn closes the transport itself once a response says "Connection: close"; route that close
+        # through the gentle one (an instance attribute: the request cycle holds the same transport).
+        self._close_now = transport.close
+        transport.close = self._close_gently
         if len(self.connections) > self.policy.max_connections:
             self.app = over_capacity_app(self.policy.max_connections)  # this connection's requests get the 503
         self._watch_headers()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:  # the rest of a refused body: dropped unread
+            self.dropped += len(data)
+            if self.dropped > LINGER_MAX_BYTES:
+                self._close_now()
+            return
         super().data_received(data)
         self._watch_headers()
 
+    def eof_received(self):
+        if self.lingering is not None:  # the client finished sending: the gentle close is complete
+            self._close_now()
+            return None
+        return super().eof_received()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
+        if self.lingering is not None:
+            self.lingering.cancel()
         super().connection_lost(exc)
+
+    def _close_gently(self) -> None:
+        transport = self.transport
+        if self.conn.their_state is not h11.SEND_BODY or transport.is_closing() or not transport.can_write_eof():
+            self._close_now()
+            return
+        if self.lingering is None:
+            transport.write_eof()  # sends what is buffered (the answer) first, then shuts our side
+            transport.resume_reading()  # uvicorn may have paused it while the body was not being consumed
+            self.lingering = self.loop.call_later(self.policy.linger_seconds, self._close_now)
 
     def _watch_headers(self) -> None:
         # IDLE on their side: a request's headers have not (all) arrived. The deadline is not moved by
