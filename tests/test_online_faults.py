@@ -232,9 +232,14 @@ def test_vocabulary_stops_at_the_cap_and_later_characters_are_unk(tmp_path):
 
 
 def test_foundry_online_takes_max_vocab_and_refuses_a_bad_one(tmp_path):
-    proc = run_cli("online", "--state", tmp_path / "st", "--preset", "tiny", *SMALL, "max_vocab=3", timeout=120)
-    assert proc.returncode != 0 and proc.stderr.strip().startswith("error:") and "max_vocab" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    cmd = [sys.executable, "-m", "llm_foundry", "online", "--state", str(tmp_path / "st"), "--preset", "tiny", *SMALL]
+    proc = subprocess.run([*cmd, "max_vocab=16", "--steps", "1"], input="abcdefghijklmnopqrstu\n/quit\n",
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "vocabulary 16" in proc.stdout, proc.stdout + proc.stderr
+    bad = subprocess.run([*cmd, "max_vocab=3"], input="", capture_output=True, text=True, timeout=120, cwd=ROOT)
+    err = bad.stderr.strip()
+    assert bad.returncode != 0 and err.startswith("error:") and "\n" not in err, err
+    assert "max_vocab must be an integer from 16" in err, err
 
 
 def test_vocabulary_rows_double_as_the_vocabulary_grows(tmp_path):
