@@ -468,7 +468,7 @@ def repair_store(path: str | os.PathLike) -> dict:
     with ReplayStore(path, cache_bytes=0) as old:
         if not old.damaged:
             return {"kept": len(old), "dropped": 0, "typed": old.typed_count}
-        kinds = _typed_set(old)
+        kinds = {old.typed_record(j) for j in range(old.typed_count)}  # the typed records' numbers
         counts = {"kept": 0, "dropped": old.damaged, "typed": 0}
 
         def fill(folder: Path) -> None:
@@ -483,6 +483,3 @@ def repair_store(path: str | os.PathLike) -> dict:
         replace_folder(path, fill)
     return counts
 
-
-def _typed_set(store: ReplayStore) -> set[int]:
-    return {store.typed_record(j) for j in range(store.typed_count)}
