@@ -14,6 +14,7 @@ import io
 import os
 import random
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -209,6 +210,59 @@ def test_a_snapshot_leaves_unrelated_folders_beside_it_alone(tmp_path):
     assert not (tmp_path / "snap" / ".foundry-swap").exists()
 
 
+def _swap_killed_at(target: Path, call: int, exchange: bool) -> bool:
+    """Run a snapshot's folder swap in a forked child killed (SIGKILL) at its ``call``-th file-system
+    call; True if the swap finished first."""
+    from llm_foundry.utils import io as fio
+
+    pid = os.fork()
+    if pid == 0:  # the child: count the calls that change the folder tree, die at the chosen one
+        count = [0]
+
+        def counted(fn):
+            def wrapper(*args, **kwargs):
+                count[0] += 1
+                if count[0] == call:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return fn(*args, **kwargs)
+            return wrapper
+
+        for name in ("mkdir", "replace", "rename", "unlink", "rmdir", "fsync"):
+            setattr(os, name, counted(getattr(os, name)))
+        fio._renameat2 = counted(fio._renameat2) if fio._renameat2 and exchange else False  # else two renames
+        fio.replace_folder(target, lambda folder: (folder / "f.txt").write_text("new"), legacy=False)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_a_snapshot_swap_killed_at_any_call_leaves_one_whole_folder_and_nothing_else(tmp_path, exchange):
+    from llm_foundry.utils.io import recover_folder, replace_folder
+
+    mine = ["snap.new", ".snap.new", ".snap.old", ".snap.tmp"]
+    for call in range(1, 200):
+        root = tmp_path / str(call)
+        for name in mine:
+            (root / name).mkdir(parents=True)
+            (root / name / "mine.txt").write_text(name)
+        target = root / "snap"
+        replace_folder(target, lambda folder: (folder / "f.txt").write_text("old"), legacy=False)
+        finished = _swap_killed_at(target, call, exchange)
+        assert recover_folder(target, legacy=False) == target
+        assert (target / "f.txt").read_text() in ("old", "new")  # one whole save, old or new
+        assert sorted(p.name for p in root.iterdir()) == sorted([*mine, "snap"]), f"kill at call {call}"
+        assert sorted(p.name for p in target.iterdir()) == ["f.txt"]
+        for name in mine:
+            assert (root / name / "mine.txt").read_text() == name
+        if finished:  # every call of a whole swap has had its kill
+            assert (target / "f.txt").read_text() == "new"
+            break
+    else:
+        raise AssertionError("the swap never finished")
+
+
 # ------------------------------------------------------------------ vocabulary
 def test_vocabulary_stops_at_the_cap_and_later_characters_are_unk(tmp_path):
     learner = small_learner(tmp_path / "st", max_vocab=20)
@@ -244,7 +298,7 @@ def test_foundry_online_takes_max_vocab_and_refuses_a_bad_one(tmp_path):
 
 def test_vocabulary_rows_double_as_the_vocabulary_grows(tmp_path):
     learner = small_learner(tmp_path / "st")
-    rows, params = [learner.model.cfg.vocab_size], []
+    rows = [learner.model.cfg.vocab_size]
     try:
         for i in range(1500):
             learner.observe(chr(0x4E00 + i))  # one new character at a time: the worst case

@@ -181,14 +181,30 @@ def _exchange(a: Path, b: Path) -> bool:
     return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def _marked(target: Path, stage: str) -> list[Path]:
-    """This protocol's ``stage`` (tmp/new/old) folders beside ``target`` that carry our mark."""
-    prefix = f".{target.name}.foundry-{stage}-"
+def _swap_folders(target: Path, stage: str = "") -> list[Path]:
+    """The folders beside ``target`` named as this protocol's ``stage`` (tmp/new/old; "" = any)."""
+    prefix = f".{target.name}.foundry-{stage}"
     try:
-        names = [n for n in os.listdir(target.parent) if n.startswith(prefix)]
+        return sorted(target.parent / n for n in os.listdir(target.parent) if n.startswith(prefix))
     except FileNotFoundError:
         return []
-    return sorted(p for p in (target.parent / n for n in names) if (p / SWAP_MARK).is_file())
+
+
+def _marked(target: Path, stage: str) -> list[Path]:
+    """This protocol's ``stage`` folders beside ``target`` that carry our mark."""
+    return [p for p in _swap_folders(target, f"{stage}-") if (p / SWAP_MARK).is_file()]
+
+
+def _remove_swap_folder(folder: Path) -> None:
+    """Delete one of the swap's own folders, its mark last: a kill midway leaves it marked or empty."""
+    for child in folder.iterdir():
+        if child.name == SWAP_MARK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None], legacy: bool = True) -> Path:
@@ -216,7 +232,7 @@ def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None], lega
         fill(tmp)
         fsync_tree(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_swap_folder(tmp)
         raise
     os.replace(tmp, new)  # from here on the new folder is complete
     _fsync_dir(target.parent)
@@ -225,11 +241,11 @@ def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None], lega
     else:
         (target / SWAP_MARK).write_bytes(b"")  # the old folder, once aside, is ours to delete
         if _exchange(new, target):
-            shutil.rmtree(new)  # the old folder, now under the new one's name
+            _remove_swap_folder(new)  # the old folder, now under the new one's name
         else:
             os.replace(target, old)
             os.replace(new, target)
-            shutil.rmtree(old)
+            _remove_swap_folder(old)
     (target / SWAP_MARK).unlink(missing_ok=True)
     _fsync_dir(target.parent)
     return target
@@ -263,15 +279,24 @@ def recover_folder(target: str | os.PathLike, is_complete: Callable[[Path], bool
         elif fixed and fixed[2].is_dir():
             os.replace(fixed[2], target)
     leftovers = [*_marked(target, "tmp"), *_marked(target, "new"), *_marked(target, "old")]
+    for leftover in _swap_folders(target):
+        try:
+            os.rmdir(leftover)  # an empty one: killed before its mark was written, or after it was removed
+        except OSError:
+            pass
     if target.exists():
         # Whatever is beside a present target is a half-written, an uncommitted or an old folder.
-        for leftover in (*leftovers, *fixed):
+        for leftover in leftovers:
+            _remove_swap_folder(leftover)
+        for leftover in fixed:
             shutil.rmtree(leftover, ignore_errors=True)
         try:
             (target / SWAP_MARK).unlink(missing_ok=True)
         except OSError:
             pass  # a target that is not a folder: its owner reports that
     else:
-        for leftover in (*leftovers, *fixed[:1]):
+        for leftover in _marked(target, "tmp"):
+            _remove_swap_folder(leftover)
+        for leftover in fixed[:1]:
             shutil.rmtree(leftover, ignore_errors=True)
     return target if target.exists() else None
