@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
                     "on at once; /help lists the commands. The state folder keeps the model, optimizer, EMA, "
                     "vocabulary, settings and every input, and is saved on /save, /quit, end of input, "
                     "Ctrl-C and SIGTERM.",
-        epilog="Overrides: key=value for the online settings (e.g. steps=5 temperature=0.5 typed_ratio=0.3; saved), "
+        epilog="Overrides: key=value for the online settings (e.g. steps=5 temperature=0.5 typed_ratio=0.3 "
+               "max_vocab=4096; saved), "
                "a new state's model (e.g. model.dim=128) or the training (e.g. lr=5e-4, ema_decay=0.995). Online "
                "defaults on top of the preset: batch_size=4, schedule=constant, warmup_steps=20, ema_decay=0.99.")
     p.add_argument("--state", default=str(default_state_dir()), metavar="DIR",
@@ -29,6 +30,9 @@ def add_parser(sub) -> None:
                    help="steps per line for /load_txt and /train (default: as --steps; 0.25 = one step every 4 "
                         "lines; saved)")
     p.add_argument("--sample-lines", action="store_true", help="print a short sample after each typed line")
+    p.add_argument("--repair", action="store_true",
+                   help="rewrite the state's replay store without its damaged records (atomically), report the "
+                        "counts and exit")
     add_run_options(p, seed_help="seed of a new state: its init and replay draws (train.seed)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run, config_root=OnlineConfig)
@@ -39,6 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from ..online.repl import run_repl
     from ..utils.errors import FoundryError
 
+    if args.repair:
+        from pathlib import Path
+
+        from ..online.state import repair
+
+        counts = repair(Path(args.state))
+        print(f"repaired {args.state}: kept {counts['kept']} records ({counts['typed']} typed), "
+              f"dropped {counts['dropped']} damaged" if counts["dropped"] else
+              f"{args.state}: no damaged records ({counts['kept']} records); nothing to repair")
+        return 0
     settings, overrides = split_settings(args.overrides)
     if args.steps is not None:
         settings["steps"] = args.steps

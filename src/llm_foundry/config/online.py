@@ -29,6 +29,9 @@ class OnlineSettings:
         typed_ratio: of the other (history) windows, the share that starts at a line a
             person typed rather than at any stored input; so a few taught lines keep
             being replayed after a long file is loaded (0 = plain uniform history).
+        max_vocab: most characters in the vocabulary (special tokens included); new
+            characters past it are UNK. The model's rows double as the vocabulary grows
+            and never exceed this (unless a save already has more).
     """
 
     steps: int = 20
@@ -39,6 +42,7 @@ class OnlineSettings:
     recent_ratio: float = 0.2
     recent_records: int = 16
     typed_ratio: float = 0.5
+    max_vocab: int = 8192
 
     def validate(self) -> "OnlineSettings":
         require(isinstance(self.steps, int) and 1 <= self.steps <= 100_000, "steps must be an integer from 1 to 100000")
@@ -47,6 +51,8 @@ class OnlineSettings:
         require(0 <= self.recent_ratio <= 1, "recent_ratio must be in [0, 1]")
         require(isinstance(self.recent_records, int) and self.recent_records >= 1, "recent_records must be >= 1")
         require(0 <= self.typed_ratio <= 1, "typed_ratio must be in [0, 1]")
+        require(isinstance(self.max_vocab, int) and not isinstance(self.max_vocab, bool)
+                and 16 <= self.max_vocab <= 1_000_000, "max_vocab must be an integer from 16 to 1000000")
         return self
 
     @property

@@ -81,7 +81,7 @@ def save_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer | None
 
 def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
                        weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None,
-                       extra_files: dict[str, bytes] | None = None) -> Path:
+                       extra_files: dict[str, bytes] | None = None, legacy: bool = True) -> Path:
     """Replace the model folder ``path`` as a whole (``utils.io.replace_folder``), Ctrl-C held back
     meanwhile: the model folder files, and optionally ``training_state.pt`` and other files.
 
@@ -89,6 +89,7 @@ def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, s
         weights: as in :func:`save_model_dir`.
         state_bytes: the serialised training state (``training.state``), or None for none.
         extra_files: more files of the unit, name -> content (e.g. the online learner's ``online.json``).
+        legacy: as in ``replace_folder`` (False: the folders beside ``path`` may be someone else's).
     """
     from ..utils.signals import deferred_signals
 
@@ -100,7 +101,7 @@ def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, s
             (folder / name).write_bytes(data)
 
     with deferred_signals():
-        return replace_folder(path, fill)
+        return replace_folder(path, fill, legacy=legacy)
 
 
 def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,

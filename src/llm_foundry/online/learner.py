@@ -9,10 +9,15 @@ durable store of inputs is ``replay.py``; checking the text files a person loads
 What the original TinyGPT got wrong, and what this does instead:
 
 * Vocabulary growth gave the optimizer a stale tensor, so new embeddings never
-  learned. Here the model grows in chunks of ``VOCAB_CHUNK`` rows (headroom, so
-  growth is rare) and each grown parameter is handed to the optimizers with its
-  moments carried over and zero rows added (``training.optim.replace_parameter``),
-  and the EMA shadow grows with it (``EMA.resize_like``).
+  learned. Here each grown parameter is handed to the optimizers with its moments
+  carried over and zero rows added (``training.optim.replace_parameter``), and the
+  EMA shadow grows with it (``EMA.resize_like``). A growth copies the embedding, the
+  head, their moments and the EMA, so the model's rows *double* (from ``VOCAB_CHUNK``):
+  a few growths in all, not one every 64 characters (quadratic in the vocabulary).
+  Rows beyond the characters in use are reserved: no input maps to them and the
+  generator never samples them. The vocabulary stops at ``settings.max_vocab``
+  characters: later new characters are UNK (stored, never trained on as targets),
+  so a stream of random text cannot grow the model without end.
 * The EMA was created before the checkpoint was loaded, so restarts sampled noise.
   Here the EMA is built from the *loaded* raw weights and then given its saved shadow.
 * The schedule decayed to a floor forever and was not saved. Here it is warmup, then
@@ -48,13 +53,14 @@ from ..training.state import TrainingState
 from ..training.step import StepParts, loss_scaler, train_step
 from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
+from . import replay
 from .replay import ReplayStore
 from .state import (MODEL_DIR, StateLock, check_save_target, disk_bytes, erase, read_save, read_saved_configs,
                     recover_model_dir, recover_save, write_save)
 from .textfiles import check_text_file, iter_text_lines
 
 SEPARATOR = "\n"  # joins stored inputs into training windows; never part of an input
-VOCAB_CHUNK = 64  # the model's vocabulary rows grow to the next multiple of this
+VOCAB_CHUNK = 64  # the model's first vocabulary rows; growth doubles them
 # Defaults of online learning, applied on top of the preset (overridable with key=value):
 # small batches keep a pulse under a second; a constant schedule never decays to a floor;
 # a faster EMA lets a line typed today show in generation after a few pulses.
@@ -71,9 +77,13 @@ class PulseResult:
     seconds: float
 
 
-def vocab_capacity(n: int) -> int:
-    """Model rows for ``n`` token ids: the next multiple of ``VOCAB_CHUNK``."""
-    return max(VOCAB_CHUNK, VOCAB_CHUNK * math.ceil(n / VOCAB_CHUNK))
+def vocab_capacity(n: int, cap: int | None = None) -> int:
+    """Model rows for ``n`` token ids: ``VOCAB_CHUNK`` doubled until it holds them, at most
+    ``max(cap, n)`` (a vocabulary that stops at ``cap`` needs no more rows)."""
+    rows = VOCAB_CHUNK << max(0, math.ceil(math.log2(max(n, 1) / VOCAB_CHUNK)))
+    while rows < n:  # float rounding of log2 at exact powers
+        rows *= 2
+    return rows if cap is None else max(n, min(rows, cap))
 
 
 class OnlineLearner:
@@ -149,7 +159,8 @@ class OnlineLearner:
         torch.manual_seed(self.train_cfg.seed)
         self.rng = random.Random(self.train_cfg.seed)
         self.tokenizer = CharTokenizer(SEPARATOR)
-        cfg = dataclasses.replace(model_cfg, vocab_size=vocab_capacity(self.tokenizer.vocab_size))
+        cfg = dataclasses.replace(model_cfg, vocab_size=vocab_capacity(self.tokenizer.vocab_size,
+                                                                       self.settings.max_vocab))
         self.model = MiniLLM(cfg).to(self.device).train()
         self.optimizers = build_optimizers(self.model, self.train_cfg)
         self.ema = EMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay > 0 else None
@@ -197,16 +208,27 @@ class OnlineLearner:
 
     # -------------------------------------------------------------- vocabulary
     def observe(self, text: str) -> list[str]:
-        """Add ``text``'s new characters to the vocabulary (growing the model if needed)."""
-        new = self.tokenizer.add_chars(text)
+        """Add ``text``'s new characters to the vocabulary (growing the model if needed).
+
+        Past ``settings.max_vocab`` characters nothing is added: the rest are UNK."""
+        new = self._take_chars(text)
         if new:
             self._ensure_capacity()
         return new
 
+    def _take_chars(self, text: str) -> list[str]:
+        """Add ``text``'s new characters to the tokenizer while the cap allows; returns them."""
+        room = self.settings.max_vocab - self.tokenizer.vocab_size
+        if room <= 0:
+            return []
+        stoi = self.tokenizer.stoi
+        new = [ch for ch in dict.fromkeys(text) if ch not in stoi][:room]
+        return self.tokenizer.add_chars(new)
+
     def _ensure_capacity(self) -> None:
         need = self.tokenizer.vocab_size
         if need > self.model.cfg.vocab_size:
-            self.grow_vocab(vocab_capacity(need))
+            self.grow_vocab(vocab_capacity(need, self.settings.max_vocab))
 
     def grow_vocab(self, rows: int) -> None:
         """Give the model ``rows`` vocabulary rows; optimizer state and EMA follow."""
@@ -229,7 +251,7 @@ class OnlineLearner:
         """
         before = self.tokenizer.vocab_size
         for text in self.store.iter_records(self.records_seen):
-            self.tokenizer.add_chars(text)
+            self._take_chars(text)
         self.records_seen = len(self.store)
         self._ensure_capacity()
         return self.tokenizer.vocab_size - before
@@ -253,9 +275,10 @@ class OnlineLearner:
 
         Every line is stored; ``steps_per_line`` (default ``settings.file_steps``)
         steps are trained after each, fractions accumulating. The file is checked
-        completely before anything is stored, so a bad file stores nothing.
+        completely before anything is stored (encoding, and every line fits one
+        record), so a bad file stores nothing.
         """
-        total = check_text_file(path)
+        total = check_text_file(path, max_line_bytes=replay.MAX_RECORD)
         rate = self.settings.steps_per_file_line if steps_per_line is None else float(steps_per_line)
         if not rate > 0:
             raise FoundryError("steps per line must be positive")
@@ -293,13 +316,15 @@ class OnlineLearner:
         i, n = start, len(self.store)
         while len(ids) < need and i < n:
             rec = [stoi.get(ch, unk) for ch in self.store[i]]
+            i += 1
+            if not rec:  # a damaged record (see ReplayStore.damaged): nothing to train on
+                continue
             if len(ids) == 1 and len(rec) + 1 > need:
                 # A long input: a random stretch of it.
                 off = self.rng.randrange(len(rec) - need + 1)
                 return rec[off:off + need]
             ids.extend(rec)
             ids.append(sep)
-            i += 1
         return ids[:need]
 
     def batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -430,7 +455,7 @@ class OnlineLearner:
         return write_save(target, self.model, self.tokenizer, state, self.ema, {
             "train": dataclasses.asdict(self.train_cfg), "settings": dataclasses.asdict(self.settings),
             "losses": [round(v, 5) for v in self.losses], "saved_at": time.time(),
-        })
+        }, snapshot=path is not None)
 
     def load(self, path: str | os.PathLike | None = None, keep_settings: bool = False) -> None:
         """Load a save (default: the state folder's); on any error nothing changes."""
@@ -439,7 +464,7 @@ class OnlineLearner:
             if src is None:
                 raise FoundryError(f"nothing saved yet in {self.state}")
         else:
-            src = recover_save(Path(path)) or Path(path)  # read_save names what is missing
+            src = recover_save(Path(path), snapshot=True) or Path(path)  # read_save names what is missing
         saved = read_save(src, self.device, self.train_cfg, SEPARATOR)
         meta = saved.meta
         settings = self.settings if keep_settings else OnlineSettings.from_dict(meta.get("settings", {}))
@@ -472,6 +497,7 @@ class OnlineLearner:
             "vocab_size": self.tokenizer.vocab_size,
             "vocab_capacity": self.model.cfg.vocab_size,
             "inputs": len(self.store),
+            "damaged": self.store.damaged,
             "input_bytes": self.store.payload_bytes,
             "steps": self.step,
             "recent_loss": sum(recent) / len(recent) if recent else None,

@@ -7,6 +7,10 @@ be scripted and tested. Every line is stored durably *before* the model trains o
 so a line whose prompt has come back survives any crash. The state is saved on
 ``/save``, ``/quit``, end of input, Ctrl-C/SIGINT and SIGTERM; a second Ctrl-C while
 training quits at once (the last save and every stored line are still intact).
+
+An error in one command -- a bad argument, a file that cannot be read, a full disk on
+``/save``, a line of input that is not UTF-8 -- is reported on one line (``error: ...``)
+and the REPL goes on; whatever ends it, it saves on the way out.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ commands (anything not starting with / is text to learn):
   /help              this text
   /quit              save and leave (so do Ctrl-D and Ctrl-C)
   //TEXT             learn TEXT that starts with '/'"""
+
+
+class _BadLine(str):
+    """A line of standard input that is not UTF-8 (reported, never learned)."""
 
 
 class _Stop(Exception):
@@ -85,7 +93,15 @@ class Repl:
     # ----------------------------------------------------------------- input
     def _line_source(self) -> Iterator[str]:
         if not self.interactive:
-            for line in self.stdin:
+            # Bytes, decoded line by line: one bad byte costs its line, not the session.
+            raw = getattr(self.stdin, "buffer", None)
+            for line in raw if raw is not None else self.stdin:
+                if isinstance(line, bytes):
+                    try:
+                        line = line.decode("utf-8")
+                    except UnicodeDecodeError:
+                        yield _BadLine()
+                        continue
                 yield line.rstrip("\r\n")
             return
         history = self.learner.state / "history"
@@ -167,6 +183,11 @@ class Repl:
                     self._busy = True
                     try:
                         keep_going = self.handle(line)
+                    except (_Stop, KeyboardInterrupt):
+                        raise
+                    except Exception as e:  # a bug or a surprise of one command must not lose the session
+                        self.error(_one_line(e))
+                        keep_going = True
                     finally:
                         self._busy = False
                     if self._stop is not None:
@@ -176,6 +197,9 @@ class Repl:
                 except _Stop as stop:
                     code = 128 + stop.signum
                     self.say(f"\n{stop} received: saving and leaving")
+                    break
+                except (OSError, UnicodeDecodeError) as e:  # standard input itself failed
+                    self.error(f"cannot read input: {_one_line(e)}")
                     break
             self._busy = True
             self._save_quietly()
@@ -193,17 +217,23 @@ class Repl:
         fresh = "new state" if st["steps"] == 0 and st["inputs"] == 0 else f"step {st['steps']}"
         self.say(f"foundry online · {st['state']} · {fresh} · {st['inputs']} stored inputs · "
                  f"vocabulary {st['vocab_size']} · /help for commands")
+        if st["damaged"]:
+            self.say(f"warning: {st['damaged']} damaged records skipped "
+                     f"(`foundry online --repair --state {st['state']}` rewrites the store without them)")
 
     def _save_quietly(self) -> None:
         try:
             path = self.learner.save()
             self.say(f"saved {path} (step {self.learner.step})")
-        except FoundryError as e:
-            self.error(f"save failed: {e}")
+        except Exception as e:
+            self.error(f"save failed: {_one_line(e)}")
 
     # ---------------------------------------------------------------- commands
     def handle(self, line: str) -> bool:
         """Run one input line; False means leave."""
+        if isinstance(line, _BadLine):
+            self.error("a line of input is not UTF-8 text; skipped")
+            return True
         line = line.rstrip("\r\n")
         if not line.strip():
             return True
@@ -224,6 +254,9 @@ class Repl:
             return handler(arg)
         except FoundryError as e:
             self.error(str(e))
+            return True
+        except (OSError, ValueError) as e:  # a path the system refuses, a full disk, ...
+            self.error(f"/{name}: {_one_line(e)}")
             return True
 
     def _tell_about_compiling(self) -> None:
@@ -363,6 +396,16 @@ class Repl:
 
 
 COMMANDS = {"help", "quit", "exit", "gen", "load_txt", "train", "save", "load", "stats", "reset"}
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: ``strerror: filename`` for an OSError, else its first line."""
+    if isinstance(e, FoundryError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = str(e).splitlines()[0][:300] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _isatty(stream) -> bool:

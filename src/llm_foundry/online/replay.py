@@ -27,6 +27,18 @@ indexed again, typed ones in ``typed.bin`` too; typed entries beyond the records
 are dropped; and a torn last record (a kill, or power loss, in the middle of a
 write) is cut off. Earlier records are never touched: nothing rewrites them.
 
+Damage. Every record's checksum is checked once when the store opens (one sequential
+read, about a second per GB). A record that fails it -- bit rot in the middle of the
+log -- is *skipped*, not fatal: it reads as an empty input (which trains nothing), and
+``damaged`` counts it. :func:`repair_store` (``foundry online --repair``) rewrites the
+store without the damaged records, as one atomic folder swap.
+
+Full writes. ``os.write`` may write less than it was given (a full disk, a signal);
+:func:`_write_all` loops until every byte is written. If the disk refuses the rest,
+:meth:`ReplayStore.append` cuts the three files back to where the record began and
+raises a one-line error: a record is stored whole or not at all, and an append that
+returned was written completely.
+
 Durability policy (``fsync``). ``append(text, durable=True)`` writes and fsyncs
 before it returns: the REPL does that for every typed line *before* it trains on
 it, so a line whose prompt has come back survives ``kill -9`` and power loss. An
@@ -52,7 +64,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..utils.errors import FoundryError
-from ..utils.io import _fsync_dir, atomic_write_json
+from ..utils.io import _fsync_dir, atomic_write_json, replace_folder
 
 MAGIC = b"FNDRLOG1"
 HEADER = struct.Struct("<IIB")  # payload length, crc32 of kind byte + payload, kind
@@ -88,13 +100,22 @@ class ReplayStore:
         else:
             self.id = uuid.uuid4().hex
             atomic_write_json(meta_path, {"format": "llm_foundry.replay", "version": 1, "id": self.id})
-        self._log = os.open(self.path / LOG_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        self._idx = os.open(self.path / INDEX_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        self._typ = os.open(self.path / TYPED_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._log = self._idx = self._typ = None
         self.recovered = {"dropped_index_entries": 0, "reindexed_records": 0, "truncated_bytes": 0,
                           "dropped_typed_entries": 0}
-        self._recover()
+        self._damaged: set[int] = set()  # record numbers whose checksum failed (read as "")
+        try:
+            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+            self._log = os.open(self.path / LOG_FILE, flags, 0o644)
+            self._idx = os.open(self.path / INDEX_FILE, flags, 0o644)
+            self._typ = os.open(self.path / TYPED_FILE, flags, 0o644)
+            self._recover()
+            self._damaged = {i for i, payload in self._scan(0) if payload is None}
+        except BaseException:
+            self._close_fds()  # a store that does not open leaves no descriptor behind
+            raise
         self._unsynced, self._last_sync = 0, time.monotonic()
+        self._broken: str | None = None  # set when a failed append could not be rolled back
         # The newest records, oldest first: a list with a moving head (O(1) indexing,
         # amortised O(1) eviction), holding about ``cache_bytes`` of text.
         self._cache: list[str] = []
@@ -111,7 +132,7 @@ class ReplayStore:
                 raise FoundryError(f"{self.path / LOG_FILE} is not a replay log")
             # Empty, or killed while writing the magic: start the log afresh.
             os.ftruncate(self._log, 0)
-            os.write(self._log, MAGIC)
+            _write_all(self._log, MAGIC)
             os.ftruncate(self._idx, 0)
             os.ftruncate(self._typ, 0)
             os.fsync(self._log)
@@ -162,10 +183,10 @@ class ReplayStore:
             os.ftruncate(self._typ, typed * OFFSET.size)
         missing = [i for i in new_typed if i > last]
         if missing:
-            os.write(self._typ, b"".join(OFFSET.pack(i) for i in missing))
+            _write_all(self._typ, b"".join(OFFSET.pack(i) for i in missing))
             typed += len(missing)
         if new_offsets:
-            os.write(self._idx, b"".join(OFFSET.pack(o) for o in new_offsets))
+            _write_all(self._idx, b"".join(OFFSET.pack(o) for o in new_offsets))
             count += len(new_offsets)
             self.recovered["reindexed_records"] = len(new_offsets)
         if any(self.recovered.values()):
@@ -177,15 +198,8 @@ class ReplayStore:
 
     def _check_record(self, offset: int, log_size: int) -> int | None:
         """End offset of the whole, checksummed record at ``offset``, or None."""
-        if offset < len(MAGIC) or offset + HEADER.size > log_size:
-            return None
-        length, crc, kind = HEADER.unpack(os.pread(self._log, HEADER.size, offset))
-        end = offset + HEADER.size + length
-        if length == 0 or length > MAX_RECORD or end > log_size:
-            return None
-        if zlib.crc32(os.pread(self._log, length, offset + HEADER.size), zlib.crc32(bytes([kind]))) != crc:
-            return None
-        return end
+        payload = _read_record(lambda n, at: os.pread(self._log, n, at), offset, log_size)
+        return None if payload is None else offset + HEADER.size + len(payload)
 
     def _offset(self, i: int) -> int:
         return OFFSET.unpack(os.pread(self._idx, OFFSET.size, i * OFFSET.size))[0]
@@ -217,18 +231,26 @@ class ReplayStore:
         payload = text.encode("utf-8")
         if len(payload) > MAX_RECORD:
             raise FoundryError(f"an input of {len(payload)} bytes is too long for one record (max {MAX_RECORD})")
-        offset = self._log_size
+        if self._broken:
+            raise FoundryError(self._broken)
+        offset, index = self._log_size, self.count
         kind = KIND_TYPED if typed else KIND_FILE
         crc = zlib.crc32(payload, zlib.crc32(bytes([kind])))
-        os.write(self._log, HEADER.pack(len(payload), crc, kind) + payload)
+        try:
+            _write_all(self._log, HEADER.pack(len(payload), crc, kind) + payload)
+            if typed:
+                _write_all(self._typ, OFFSET.pack(index))
+            _write_all(self._idx, OFFSET.pack(offset))
+            if durable:
+                self._fsync_all()
+        except OSError as e:
+            self._roll_back(offset)
+            raise FoundryError(f"could not store the input in {self.path}: {e.strerror or e} "
+                               "(nothing of it was kept)") from None
         self._log_size += HEADER.size + len(payload)
-        index = self.count
-        if typed:
-            os.write(self._typ, OFFSET.pack(index))
-            self.typed_count += 1
-        os.write(self._idx, OFFSET.pack(offset))
+        self.typed_count += typed
         self.count += 1
-        self._unsynced += 1
+        self._unsynced = 0 if durable else self._unsynced + 1
         self._cache.append(text)
         self._cache_size += len(payload)
         while self._cache_size > self.cache_bytes and len(self._cache) - self._cache_head > 1:
@@ -240,14 +262,32 @@ class ReplayStore:
             del self._cache[:self._cache_head]
             self._cache_head = 0
         if durable:
-            self.sync()
+            self._last_sync = time.monotonic()
         return index
+
+    def _roll_back(self, offset: int) -> None:
+        """Cut the three files back to the state before the record at ``offset`` (a failed append)."""
+        try:
+            os.ftruncate(self._log, offset)
+            os.ftruncate(self._typ, self.typed_count * OFFSET.size)
+            os.ftruncate(self._idx, self.count * OFFSET.size)
+        except OSError as e:
+            # The files may now hold part of a record: no more appends in this session
+            # (the next open cuts the torn tail off, as after a kill).
+            self._broken = f"the replay store {self.path} could not be repaired after a failed write " \
+                           f"({e.strerror or e}); restart to recover it"
+
+    def _fsync_all(self) -> None:
+        for fd in (self._log, self._typ, self._idx):
+            os.fsync(fd)
 
     def sync(self) -> None:
         """fsync the log, then the index: everything appended so far is on disk."""
         if self._unsynced:
-            for fd in (self._log, self._typ, self._idx):
-                os.fsync(fd)
+            try:
+                self._fsync_all()
+            except OSError as e:
+                raise FoundryError(f"could not sync the replay store {self.path}: {e.strerror or e}") from None
             self._unsynced = 0
         self._last_sync = time.monotonic()
 
@@ -261,13 +301,20 @@ class ReplayStore:
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def damaged(self) -> int:
+        """How many records failed their checksum (skipped: they read as empty inputs)."""
+        return len(self._damaged)
+
     def _read(self, i: int) -> str:
+        if i in self._damaged:
+            return ""
         offset = self._offset(i)
-        length, crc, kind = HEADER.unpack(os.pread(self._log, HEADER.size, offset))
-        payload = os.pread(self._log, length, offset + HEADER.size)
-        if len(payload) != length or zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc:
-            raise FoundryError(f"replay store record {i} is damaged ({self.path / LOG_FILE})")
-        return payload.decode("utf-8")
+        text = _payload_text(_read_record(lambda n, at: os.pread(self._log, n, at), offset, self._log_size))
+        if text is None:  # damaged since the store was opened
+            self._damaged.add(i)
+            return ""
+        return text
 
     def __getitem__(self, i: int) -> str:
         if i < 0:
@@ -279,15 +326,29 @@ class ReplayStore:
         return self._read(i)
 
     def iter_records(self, start: int = 0) -> Iterator[str]:
-        """Records ``start..`` in order, read sequentially (for scans, not sampling)."""
-        if start >= self.count:
+        """Records ``start..`` in order, read sequentially (for scans, not sampling); damaged ones as ""."""
+        for i, text in self._scan(start):
+            if text is None:
+                self._damaged.add(i)
+            yield text or ""
+
+    def _scan(self, start: int) -> Iterator[tuple[int, str | None]]:
+        """``(i, text)`` of records ``start..`` read sequentially through the index; text None: damaged."""
+        end_count, log_size = self.count, self._log_size
+        if start >= end_count:
             return
-        end_count = self.count
-        with open(self.path / LOG_FILE, "rb", buffering=1 << 20) as f:
-            f.seek(self._offset(start))
-            for _ in range(start, end_count):
-                length, _crc, _kind = HEADER.unpack(f.read(HEADER.size))
-                yield f.read(length).decode("utf-8")
+        with open(self.path / LOG_FILE, "rb", buffering=1 << 20) as f, \
+                open(self.path / INDEX_FILE, "rb", buffering=1 << 20) as ix:
+            ix.seek(start * OFFSET.size)
+
+            def read_at(n: int, at: int) -> bytes:
+                if f.tell() != at:
+                    f.seek(at)
+                return f.read(n)
+
+            for i in range(start, end_count):
+                offset = OFFSET.unpack(ix.read(OFFSET.size))[0]
+                yield i, _payload_text(_read_record(read_at, offset, log_size))
 
     def typed_record(self, j: int) -> int:
         """Record number of the ``j``-th typed record."""
@@ -327,15 +388,98 @@ class ReplayStore:
         return self._cache_size
 
     def close(self) -> None:
+        """Sync and close the files (idempotent)."""
         if self._log is None:
             return
-        self.sync()
-        for fd in (self._log, self._typ, self._idx):
-            os.close(fd)
-        self._log = self._typ = self._idx = None
+        try:
+            self.sync()
+        finally:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        for name in ("_log", "_typ", "_idx"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                setattr(self, name, None)
+                os.close(fd)
 
     def __enter__(self) -> "ReplayStore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------- helpers
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data``: ``os.write`` may write fewer (a full disk, a signal).
+
+    Raises:
+        OSError: the disk took no more (ENOSPC when a write makes no progress).
+    """
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(28, os.strerror(28))  # ENOSPC: a write that makes no progress
+        view = view[n:]
+
+
+def _read_record(read_at, offset: int, log_size: int) -> bytes | None:
+    """The payload of the checksummed record at ``offset``, or None where it does not hold.
+
+    ``read_at(n, offset)`` reads ``n`` bytes at ``offset``."""
+    if offset < len(MAGIC) or offset + HEADER.size > log_size:
+        return None
+    header = read_at(HEADER.size, offset)
+    if len(header) != HEADER.size:
+        return None
+    length, crc, kind = HEADER.unpack(header)
+    if length == 0 or length > MAX_RECORD or offset + HEADER.size + length > log_size:
+        return None
+    payload = read_at(length, offset + HEADER.size)
+    if len(payload) != length or zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc:
+        return None
+    return payload
+
+
+def _payload_text(payload: bytes | None) -> str | None:
+    if payload is None:
+        return None
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def repair_store(path: str | os.PathLike) -> dict:
+    """Rewrite the store at ``path`` without its damaged records, as one atomic folder swap.
+
+    The new store gets a new id, so a learner's save takes every record's characters
+    into its vocabulary again (records after a dropped one have moved). Holding the
+    state folder's lock is the caller's business.
+
+    Returns:
+        ``{"kept": N, "dropped": N, "typed": N}``.
+    """
+    path = Path(path)
+    if not (path / LOG_FILE).is_file():
+        raise FoundryError(f"no replay store in {path}")
+    with ReplayStore(path, cache_bytes=0) as old:
+        if not old.damaged:
+            return {"kept": len(old), "dropped": 0, "typed": old.typed_count}
+        kinds = {old.typed_record(j) for j in range(old.typed_count)}  # the typed records' numbers
+        counts = {"kept": 0, "dropped": old.damaged, "typed": 0}
+
+        def fill(folder: Path) -> None:
+            with ReplayStore(folder, cache_bytes=0) as new:
+                for i, text in old._scan(0):
+                    if text is not None:
+                        new.append(text, typed=i in kinds)
+                        counts["kept"] += 1
+                        counts["typed"] += i in kinds
+                new.sync()
+
+        replace_folder(path, fill)
+    return counts
+

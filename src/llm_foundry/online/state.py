@@ -41,6 +41,7 @@ from ..training.state import TrainingState, load_state
 from ..utils.errors import FoundryError
 from ..utils.io import read_json, recover_folder
 from ..utils.lock import StateLock  # noqa: F401 (re-exported; the lock lives in utils/lock.py)
+from .replay import repair_store
 
 ONLINE_FILE = "online.json"
 ONLINE_VERSION = 2  # 1: the learner's counters were in online.json, not in the training state's extra
@@ -52,10 +53,13 @@ MODEL_DIRS = (MODEL_DIR, *(f".{MODEL_DIR}.{tag}" for tag in ("tmp", "new", "old"
 
 
 # ------------------------------------------------------------- save / recovery
-def recover_save(target: Path) -> Path | None:
-    """Finish or roll back a save of ``target`` that a kill interrupted; the save if whole, else None."""
+def recover_save(target: Path, snapshot: bool = False) -> Path | None:
+    """Finish or roll back a save of ``target`` that a kill interrupted; the save if whole, else None.
+
+    A ``snapshot`` (``/save DIR``, a folder the user named) has neighbours that are not ours:
+    only the swap's own marked folders are touched there (``utils.io.recover_folder``)."""
     # A .NAME.new of the saves before replace_folder may be half-written: online.json came last.
-    recover_folder(target, lambda folder: (folder / ONLINE_FILE).is_file())
+    recover_folder(target, lambda folder: (folder / ONLINE_FILE).is_file(), legacy=not snapshot)
     return target if (target / ONLINE_FILE).is_file() else None
 
 
@@ -83,18 +87,20 @@ def check_save_target(target: Path, snapshot: bool) -> None:
 
 
 def write_save(target: Path, model: MiniLLM, tokenizer: CharTokenizer, state: TrainingState, ema: EMA | None,
-               online: dict) -> Path:
+               online: dict, snapshot: bool = False) -> Path:
     """Write a whole save and swap it in place of ``target`` as one unit (``utils.io.replace_folder``).
 
     ``model.safetensors`` holds the EMA weights (what generation uses); the training state
     (``training.state``: raw weights, optimizers, EMA shadow, RNG, the learner's counters in
     ``extra``) goes to ``training_state.pt``; ``online`` (settings, recent losses, ...) to
-    ``online.json``.
+    ``online.json``. A ``snapshot`` leaves every folder beside ``target`` that is not the
+    swap's own alone (see :func:`recover_save`).
     """
     weights = {k: ema.shadow.get(k, v) for k, v in state.raw_weights.items()} if ema is not None else None
     meta = {"format": "llm_foundry.online", "version": ONLINE_VERSION, "step": state.step, **online}
     return write_model_folder(target, model, tokenizer, state.step, weights, state.to_bytes(),
-                              {ONLINE_FILE: (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode("utf-8")})
+                              {ONLINE_FILE: (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode("utf-8")},
+                              legacy=not snapshot)
 
 
 @dataclass
@@ -156,9 +162,27 @@ def read_save(src: Path, device: torch.device, train_cfg: TrainConfig, separator
     return Save(model, bundle.tokenizer, optimizers, ema, meta, state)
 
 
+def repair(state: Path) -> dict:
+    """``foundry online --repair``: rewrite the state's replay store without its damaged
+    records (``replay.repair_store``), holding the folder's lock meanwhile.
+
+    Returns:
+        ``{"kept": N, "dropped": N, "typed": N}``.
+    """
+    state = Path(state)
+    if not (state / "replay").is_dir():
+        raise FoundryError(f"{state} holds no replay store to repair")
+    lock = StateLock(state)
+    try:
+        return repair_store(state / "replay")
+    finally:
+        lock.release()
+
+
 def erase(state: Path) -> None:
     """Delete the replay store and every save of ``state`` (the lock and history stay)."""
-    for name in ("replay", *MODEL_DIRS):
+    swap_leftovers = [p.name for p in state.glob(".*.foundry-*-*")]  # of interrupted folder swaps
+    for name in ("replay", *MODEL_DIRS, *swap_leftovers):
         p = state / name
         if p.exists():
             shutil.rmtree(p)

@@ -16,10 +16,13 @@ from typing import Iterator
 from ..utils.errors import FoundryError
 
 
-def check_text_file(path: str | os.PathLike) -> int:
+def check_text_file(path: str | os.PathLike, max_line_bytes: int | None = None) -> int:
     """Check that ``path`` is a UTF-8 text file with text lines; returns how many (one-line errors).
 
-    Reads in chunks, so a large file costs no memory; nothing is stored before it passes.
+    One pass in chunks, in time and memory linear in the chunk, not the line: a file of
+    one 100 MB line costs what a file of short lines does. Nothing is stored before it
+    passes, so every check a later line could fail is made here -- including
+    ``max_line_bytes`` (the replay store's record limit).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -27,28 +30,37 @@ def check_text_file(path: str | os.PathLike) -> int:
     if path.is_dir():
         raise FoundryError(f"{path} is a folder; give a text file")
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    lines, pending, offset = 0, "", 0
+    # Of the line being read, only what the count needs: has it text, how long is it.
+    lines, offset, has_text, line_bytes, line_no = 0, 0, False, 0, 1
     try:
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
                 if offset == 0 and b"\x00" in chunk[:8192]:
                     raise FoundryError(f"{path} looks binary, not text")
                 try:
-                    text = pending + decoder.decode(chunk)
+                    text = decoder.decode(chunk)
                 except UnicodeDecodeError as e:
                     raise FoundryError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start})") from None
                 if offset == 0:
                     text = text.removeprefix("\ufeff")  # a BOM is no text
                 offset += len(chunk)
-                *full, pending = text.split("\n")
-                lines += sum(1 for line in full if line.strip())
+                pieces = text.split("\n")
+                for k, piece in enumerate(pieces):
+                    if k:  # a line ended before this piece
+                        lines += has_text
+                        has_text, line_bytes, line_no = False, 0, line_no + 1
+                    has_text = has_text or not piece.isspace() and piece != ""
+                    line_bytes += len(piece.encode("utf-8")) if max_line_bytes is not None else 0
+                    if max_line_bytes is not None and line_bytes > max_line_bytes:
+                        raise FoundryError(f"{path}: line {line_no} is longer than {max_line_bytes} bytes "
+                                           "(split it into lines)")
             try:
-                pending += decoder.decode(b"", final=True)
+                decoder.decode(b"", final=True)
             except UnicodeDecodeError:
                 raise FoundryError(f"{path} is not UTF-8 text (it ends inside a character)") from None
     except OSError as e:
-        raise FoundryError(f"cannot read {path}: {e.strerror}") from None
-    lines += bool(pending.strip())
+        raise FoundryError(f"cannot read {path}: {e.strerror or e}") from None
+    lines += has_text
     if not lines:
         raise FoundryError(f"{path} has no text lines")
     return lines

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -170,17 +171,24 @@ def _repair_tail(f) -> int:
 # ----------------------------------------------------------------------------- folder swaps
 # A folder of several files (a model folder, a checkpoint) is replaced as one unit:
 #
-#   1. ``fill`` writes the new folder as ``.NAME.tmp`` beside the target;
-#   2. its files and the folder itself are fsynced, then it is renamed ``.NAME.new``
-#      (so a ``.NAME.new`` is always complete, a ``.NAME.tmp`` never is);
-#   3. ``.NAME.new`` and ``NAME`` are exchanged in one atomic step (Linux
+#   1. ``fill`` writes the new folder as ``.NAME.foundry-tmp-<random>`` beside the target,
+#      a folder marked as ours by a ``.foundry-swap`` file in it;
+#   2. its files and the folder itself are fsynced, then it is renamed
+#      ``.NAME.foundry-new-<random>`` (so a ``-new-`` folder is always complete, a
+#      ``-tmp-`` one never is);
+#   3. the new folder and ``NAME`` are exchanged in one atomic step (Linux
 #      ``renameat2(RENAME_EXCHANGE)``), or, where that is missing, ``NAME`` is renamed
-#      ``.NAME.old`` and ``.NAME.new`` renamed ``NAME``;
-#   4. what is left beside the target (the old folder) is deleted.
+#      ``.NAME.foundry-old-<random>`` and the new folder renamed ``NAME`` (``NAME`` is
+#      marked first, so the old folder carries the mark too);
+#   4. what is left beside the target (the old folder) is deleted, and the mark in ``NAME``.
 #
 # A kill at any instant leaves ``NAME`` old or new and whole, or (only between the two
-# renames of the fallback) no ``NAME`` but a complete ``.NAME.new``; :func:`recover_folder`
-# finishes that swap and removes the leftovers.
+# renames of the fallback) no ``NAME`` but a complete new folder; :func:`recover_folder`
+# finishes that swap and removes the leftovers. Only marked folders are ever removed or
+# renamed: a folder beside the target that someone else named ``NAME.new`` or ``.NAME.old``
+# is not ours to touch (``legacy=False``; by default the fixed names ``.NAME.tmp/.new/.old``
+# of the versions before are still recovered, in folders whose neighbours are all ours).
+SWAP_MARK = ".foundry-swap"
 
 
 def _aside(target: Path, tag: str) -> Path:
@@ -232,7 +240,33 @@ def _exchange(a: Path, b: Path) -> bool:
     return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+def _swap_folders(target: Path, stage: str = "") -> list[Path]:
+    """The folders beside ``target`` named as this protocol's ``stage`` (tmp/new/old; "" = any)."""
+    prefix = f".{target.name}.foundry-{stage}"
+    try:
+        return sorted(target.parent / n for n in os.listdir(target.parent) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def _marked(target: Path, stage: str) -> list[Path]:
+    """This protocol's ``stage`` folders beside ``target`` that carry our mark."""
+    return [p for p in _swap_folders(target, f"{stage}-") if (p / SWAP_MARK).is_file()]
+
+
+def _remove_swap_folder(folder: Path) -> None:
+    """Delete one of the swap's own folders, its mark last: a kill midway leaves it marked or empty."""
+    for child in folder.iterdir():
+        if child.name == SWAP_MARK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None], legacy: bool = True) -> Path:
     """Replace the folder ``target`` as a whole by what ``fill(folder)`` writes into a new folder.
 
     Readers (and a kill at any instant) see the old folder or the new one, never a mix;
@@ -241,54 +275,87 @@ def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None]) -> P
     Args:
         target: the folder to replace (need not exist yet).
         fill: writes the new folder's contents into the (existing, empty) folder it is given.
+        legacy: also recover the fixed-name leftovers of older versions (see :func:`recover_folder`).
 
     Returns:
         ``target``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover_folder(target)
-    tmp, new, old = _aside(target, "tmp"), _aside(target, "new"), _aside(target, "old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    recover_folder(target, legacy=legacy)
+    tag = secrets.token_hex(6)
+    tmp, new, old = (target.with_name(f".{target.name}.foundry-{stage}-{tag}") for stage in ("tmp", "new", "old"))
     tmp.mkdir()
-    fill(tmp)
-    fsync_tree(tmp)
+    try:
+        (tmp / SWAP_MARK).write_bytes(b"")
+        fill(tmp)
+        fsync_tree(tmp)
+    except BaseException:
+        _remove_swap_folder(tmp)
+        raise
     _rename(tmp, new)  # from here on the new folder is complete
     if not target.exists():
         _rename(new, target)
-    elif _exchange(new, target):
-        _fsync_dir(target.parent)
-        shutil.rmtree(new)  # the old folder, now under the new one's name
     else:
-        _rename(target, old)
-        _rename(new, target)
-        shutil.rmtree(old)
-    _fsync_dir(target.parent)  # the old folder's removal
+        (target / SWAP_MARK).write_bytes(b"")  # the old folder, once aside, is ours to delete
+        if _exchange(new, target):
+            _fsync_dir(target.parent)
+            _remove_swap_folder(new)  # the old folder, now under the new one's name
+        else:
+            _rename(target, old)
+            _rename(new, target)
+            _remove_swap_folder(old)
+    (target / SWAP_MARK).unlink(missing_ok=True)
+    _fsync_dir(target.parent)
     return target
 
 
-def recover_folder(target: str | os.PathLike, is_complete: Callable[[Path], bool] | None = None) -> Path | None:
+def recover_folder(target: str | os.PathLike, is_complete: Callable[[Path], bool] | None = None,
+                   legacy: bool = True) -> Path | None:
     """Finish or roll back a :func:`replace_folder` that a kill interrupted, and tidy up (idempotent).
 
     Args:
         target: the folder.
         is_complete: a stricter test of a ``.NAME.new`` left by older versions, which wrote it
             in place (this version only names a complete folder so).
+        legacy: also take or remove the fixed names ``.NAME.tmp/.new/.old`` of older versions.
+            False where the folders beside ``target`` may be someone else's (a folder a user
+            named): then only folders carrying this version's mark are touched.
 
     Returns:
         ``target`` if it now exists, else None.
     """
     target = Path(target)
-    tmp, new, old = _aside(target, "tmp"), _aside(target, "new"), _aside(target, "old")
+    new_marked, old_marked = _marked(target, "new"), _marked(target, "old")
+    fixed = [_aside(target, tag) for tag in ("tmp", "new", "old")] if legacy else []
     if not target.exists():
-        if new.is_dir() and (is_complete is None or is_complete(new)):
-            _rename(new, target)
-        elif old.is_dir():
-            _rename(old, target)
+        if new_marked:
+            _rename(new_marked[-1], target)
+        elif old_marked:
+            _rename(old_marked[-1], target)
+        elif fixed and fixed[1].is_dir() and (is_complete is None or is_complete(fixed[1])):
+            _rename(fixed[1], target)
+        elif fixed and fixed[2].is_dir():
+            _rename(fixed[2], target)
+    leftovers = [*_marked(target, "tmp"), *_marked(target, "new"), *_marked(target, "old")]
+    for leftover in _swap_folders(target):
+        try:
+            os.rmdir(leftover)  # an empty one: killed before its mark was written, or after it was removed
+        except OSError:
+            pass
     if target.exists():
         # Whatever is beside a present target is a half-written, an uncommitted or an old folder.
-        for leftover in (tmp, new, old):
+        for leftover in leftovers:
+            _remove_swap_folder(leftover)
+        for leftover in fixed:
             shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            (target / SWAP_MARK).unlink(missing_ok=True)
+        except OSError:
+            pass  # a target that is not a folder: its owner reports that
     else:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in _marked(target, "tmp"):
+            _remove_swap_folder(leftover)
+        for leftover in fixed[:1]:
+            shutil.rmtree(leftover, ignore_errors=True)
     return target if target.exists() else None
