@@ -43,7 +43,7 @@ def test_overrides_with_and_without_section():
     ("model.dim=100", "even for RoPE"),
     ("train.optimizer=sgd", "adamw or muon"),
     ("dim", "key=value"),
-    ("lr=-1", "positive"),
+    ("lr=-1", re.escape("train.lr must be a number in (0, 10], got -1.0")),
 ])
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(FoundryError, match=message) as info:
@@ -80,10 +80,10 @@ def test_defaults_and_presets_are_valid_and_bad_values_are_refused():
     assert logits.shape == (1, 8, ModelConfig().vocab_size)
     # ... and a value that would fail later (a crash, a silent no-op) is refused now, in one line naming it.
     for cfg, message in [
-        (ModelConfig(n_layers=0), "model.n_layers must be a positive integer"),
+        (ModelConfig(n_layers=0), "model.n_layers must be an integer from 1 to 1,024, got 0"),
         (ModelConfig(n_heads=8, n_kv_heads=3), "must be a multiple of n_kv_heads"),
         (ModelConfig(dropout=1.0), "model.dropout"),
-        (TrainConfig(batch_size=0), "train.batch_size must be a positive integer"),
+        (TrainConfig(batch_size=0), "train.batch_size must be an integer from 1 to 1,048,576, got 0"),
         (TrainConfig(warmup_steps=-1), "train.warmup_steps"),
         (TrainConfig(time_budget=0), "train.time_budget"),
         (TrainConfig(schedule="linear"), "train.schedule"),
