@@ -7,7 +7,19 @@
 
 Each file is written atomically. Loading checks everything before a model is
 returned, so a truncated, foreign or mismatched file is a one-line error and never
-a half-loaded model.
+a half-loaded model. The metadata of ``model.safetensors`` (strings) proves the folder
+is what was saved:
+
+    step                   the training step of the weights
+    tensors_sha256         sha256 of the tensor data (every byte after the header)
+    tokenizer_kind         byte, char or bpe  } the fingerprint of the tokenizer.json
+    tokenizer_vocab_size   its number of ids  } saved beside these weights (absent when
+    tokenizer_sha256       sha256 of the file } the weights were saved without one)
+
+A load hashes the tensor data (one sequential read, cheap beside the load itself) and the
+tokenizer file, and compares every tensor's name, shape and dtype in the header with a model
+built on the meta device before anything is allocated. A folder written before these keys
+existed loads as before, unchecked.
 
 A training run rewrites its folder many times, so there the four files are one
 unit (:func:`save_checkpoint_dir`): they live in ``checkpoint/``, which is replaced as
@@ -26,6 +38,8 @@ and every reader finishes an interrupted save before it reads (:func:`recover_ch
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +55,11 @@ ARCHITECTURE = "MiniLLM"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE = "config.json", "model.safetensors", "tokenizer.json", "training_state.pt"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE)
+# Metadata keys of model.safetensors (see the module docstring).
+TENSORS_SHA256 = "tensors_sha256"
+TOKENIZER_KIND, TOKENIZER_VOCAB, TOKENIZER_SHA256 = "tokenizer_kind", "tokenizer_vocab_size", "tokenizer_sha256"
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own bound on the JSON header
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # what weights may be stored as (loaded as the model's float32)
 
 
 @dataclass
@@ -72,11 +91,32 @@ def save_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer | None
     if model.cfg.tie_embeddings:
         state = {k: v for k, v in state.items() if k != "output.weight"}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    atomic_write_bytes(path / WEIGHTS_FILE, save(tensors, metadata={"step": str(step), "format": "pt"}))
+    meta = {"step": str(step), "format": "pt"}
+    if tokenizer is not None:  # first, so that the weights can carry its fingerprint
+        tokenizer.save(path / TOKENIZER_FILE)
+        meta |= tokenizer_fingerprint(path / TOKENIZER_FILE, tokenizer)
+    atomic_write_bytes(path / WEIGHTS_FILE, _with_checksum(save(tensors, metadata=meta)))
     atomic_write_json(path / CONFIG_FILE, {"architecture": ARCHITECTURE, "llm_foundry_version": __version__,
                                             **dataclasses.asdict(model.cfg)})
-    if tokenizer is not None:
-        tokenizer.save(path / TOKENIZER_FILE)
+
+
+def tokenizer_fingerprint(file: Path, tokenizer: Tokenizer) -> dict[str, str]:
+    """The tokenizer's kind, vocabulary size and the sha256 of its file, as weights metadata."""
+    return {TOKENIZER_KIND: tokenizer.kind, TOKENIZER_VOCAB: str(tokenizer.vocab_size),
+            TOKENIZER_SHA256: hashlib.sha256(file.read_bytes()).hexdigest()}
+
+
+def _with_checksum(blob: bytes) -> bytes:
+    """The safetensors file ``blob`` with the sha256 of its tensor data added to its metadata.
+
+    The data stays as it is (its offsets count from the end of the header); only the header grows.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header, data = json.loads(blob[8:8 + n]), memoryview(blob)[8 + n:]
+    header.setdefault("__metadata__", {})[TENSORS_SHA256] = hashlib.sha256(data).hexdigest()
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # as safetensors pads it: the data stays 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data
 
 
 def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
@@ -219,16 +259,66 @@ def _finish_interrupted_save(path: Path) -> None:
                            f"({e.strerror}); resume the training command with --resume") from None
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of ``model.safetensors``, or a one-line error if it is damaged."""
-    from safetensors import safe_open
+def read_weights_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """The tensor entries (name -> dtype, shape, data_offsets) and metadata in the header of a model
+    folder's ``model.safetensors``, and where its tensor data starts. Reads the header only.
 
+    Raises:
+        FoundryError: the file is missing, or its header is damaged or does not describe the file.
+    """
     file = Path(path) / WEIGHTS_FILE
     if not file.is_file():
         raise FoundryError(f"weights not found: {file}")
+
+    def corrupt(why: str) -> FoundryError:
+        return FoundryError(f"weights file is corrupt or truncated: {file} ({why})")
+
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > min(size - 8, MAX_HEADER_BYTES):
+            raise corrupt("its header runs past the end of the file")
+        try:
+            header = json.loads(f.read(n))
+            meta = header.pop("__metadata__", None) or {}
+            ends = [int(e["data_offsets"][1]) for e in header.values()]
+            ok = isinstance(meta, dict) and all(isinstance(e["dtype"], str) and isinstance(e["shape"], list)
+                                                for e in header.values())
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise corrupt("its header is not a safetensors header") from None
+    if not ok:
+        raise corrupt("its header is not a safetensors header")
+    if max(ends, default=0) != size - 8 - n:
+        raise corrupt(f"the header describes {max(ends, default=0)} bytes of tensor data, the file holds {size - 8 - n}")
+    return header, meta, 8 + n
+
+
+def _check_tensor_data(file: Path, start: int, expected: str) -> None:
+    """Hash the tensor data of ``file`` (from byte ``start``) in one pass and compare with the saved sum."""
+    digest, chunk = hashlib.sha256(), bytearray(2**20)
+    with open(file, "rb", buffering=0) as f:
+        f.seek(start)
+        while n := f.readinto(chunk):
+            digest.update(memoryview(chunk)[:n])
+    if digest.hexdigest() != expected:
+        raise FoundryError(f"{file} is damaged (checksum mismatch): its tensor data changed after it was saved; "
+                           "restore the folder from a copy")
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of ``model.safetensors``, or a one-line error if it is damaged.
+
+    The tensor data is checked against its saved sha256 first (files saved before the
+    checksum existed are read unchecked).
+    """
+    from safetensors import safe_open
+
+    file = Path(path) / WEIGHTS_FILE
+    _, meta, start = read_weights_header(path)
+    if TENSORS_SHA256 in meta:
+        _check_tensor_data(file, start, meta[TENSORS_SHA256])
     try:
         with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for every kind of damage
         raise FoundryError(f"weights file is corrupt or truncated: {file} ({str(e).splitlines()[0][:120]})") from None
@@ -236,24 +326,45 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 
 def load_model_dir(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True) -> ModelBundle:
-    """Load a model folder, checking that config, weights and tokenizer agree."""
+    """Load a model folder, checking that config, weights and tokenizer agree and are as saved.
+
+    The model is first built on the meta device (no memory) and every tensor's name, shape
+    and dtype compared with the weights file's header; only a file that fits is read.
+    """
     path = Path(path)
     cfg = load_model_config(path)
-    tensors, meta = read_weights(path)
-    model = MiniLLM(cfg)
+    entries, _, _ = read_weights_header(path)
+    with torch.device("meta"):
+        model = MiniLLM(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "output.weight")}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    bad_shape = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k])]
-    if missing or extra or bad_shape:
+    missing = sorted(set(expected) - set(entries))
+    extra = sorted(set(entries) - set(expected))
+    bad_shape = [k for k in expected if k in entries and tuple(entries[k]["shape"]) != tuple(expected[k])]
+    bad_dtype = [k for k in expected if k in entries and entries[k]["dtype"] not in FLOAT_DTYPES]
+    if missing or extra or bad_shape or bad_dtype:
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                  else f"shape of {bad_shape[0]} is {tuple(tensors[bad_shape[0]].shape)}, config wants {tuple(expected[bad_shape[0]])}")
+                  else f"shape of {bad_shape[0]} is {tuple(entries[bad_shape[0]]['shape'])}, config wants {tuple(expected[bad_shape[0]])}"
+                  if bad_shape else f"{bad_dtype[0]} is stored as {entries[bad_dtype[0]]['dtype']}, not floating point")
         raise FoundryError(f"weights in {path} do not match its config.json (another architecture?): {detail}")
-    model.load_state_dict(tensors, strict=False)
+    tensors, meta = read_weights(path)
+    model.materialize({k: t.float() for k, t in tensors.items()})
     model.to(device)
     tokenizer = None
     if with_tokenizer:
         tokenizer = load_tokenizer(path / TOKENIZER_FILE)
+        _check_tokenizer(path / TOKENIZER_FILE, tokenizer, meta)
         if tokenizer.vocab_size > cfg.vocab_size:
             raise FoundryError(f"tokenizer in {path} has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
     return ModelBundle(model=model, tokenizer=tokenizer, step=int(meta.get("step", 0)))
+
+
+def _check_tokenizer(file: Path, tokenizer: Tokenizer, meta: dict[str, str]) -> None:
+    """Refuse a tokenizer file other than the one the weights were saved with (when they name one)."""
+    if TOKENIZER_SHA256 not in meta:
+        return  # saved without a tokenizer, or before fingerprints
+    found = tokenizer_fingerprint(file, tokenizer)
+    if found[TOKENIZER_SHA256] != meta[TOKENIZER_SHA256]:
+        saved = f"{meta.get(TOKENIZER_KIND, '?')}, {meta.get(TOKENIZER_VOCAB, '?')} ids"
+        now = f"{tokenizer.kind}, {tokenizer.vocab_size} ids"
+        detail = f"saved with {saved}, found {now}" if saved != now else f"{now} as saved, but a different file"
+        raise FoundryError(f"{file}: tokenizer does not match the model it was saved with ({detail})")
