@@ -130,6 +130,13 @@ def test_every_part_reads_key_value_the_same_way():
     (lambda: _speedrun(["rl.stepz=3"]), "unknown config key 'rl.stepz' (did you mean 'rl.steps'?)"),
     (lambda: _speedrun(["pretrian.lr=1"]), "did you mean 'pretrain'?"),
     (lambda: _online(["temprature=0.5"]), "unknown config key 'temprature' (did you mean 'temperature'?)"),
+    # the stages' own numbers have finite bounds too
+    (lambda: _rl({"kl_coef": "inf"}), "invalid config: rl.kl_coef must be a number in [0, 1000], got inf"),
+    (lambda: _rl({"lr": "1e400"}), "invalid config: rl.lr must be a number in (0, 10], got inf"),
+    (lambda: _stage(["examples_per_task=1e18"]).validate(),
+     "invalid config: sft.examples_per_task must be an integer from 1 to 10,000,000, got 1000000000000000000"),
+    (lambda: _speedrun_checked(["tokenizer.vocab_size=1e12"]),
+     "invalid config: tokenizer.vocab_size must be an integer from 1 to 2,097,152, got 1000000000000"),
 ])
 def test_unknown_keys_and_bad_values_are_the_same_one_line_errors(apply, message):
     with pytest.raises(FoundryError) as info:
@@ -154,6 +161,12 @@ def _speedrun(overrides):
     from llm_foundry.config.speedrun import load_speedrun_config
 
     return load_speedrun_config("cpu", overrides)
+
+
+def _speedrun_checked(overrides):
+    from llm_foundry.config.speedrun import check_speedrun_config
+
+    return check_speedrun_config(_speedrun(overrides))
 
 
 def _online(overrides):
