@@ -55,6 +55,17 @@ def test_a_smaller_tokenizer_swapped_in_is_refused(folder):
     assert load_model_dir(folder, with_tokenizer=False).step == 5
 
 
+def test_fine_tuning_refuses_a_swapped_tokenizer(tmp_path):
+    # midtrain/sft/rl read the tokenizer of the model folder they start from: the same check holds.
+    tok = build_tokenizer("byte")
+    model = MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, max_seq_len=32))
+    save_model_dir(tmp_path / "m", model, tok)
+    build_tokenizer("char", [TEXT]).save(tmp_path / "m" / "tokenizer.json")
+    proc = run_cli("sft", tmp_path / "m", "--out", tmp_path / "sft", "--max-steps", "1", "--device", "cpu")
+    one_line_error(proc, "tokenizer does not match the model it was saved with (saved with byte, 267 ids, found char,")
+    assert not (tmp_path / "sft" / "model.safetensors").exists()
+
+
 def test_a_folder_saved_before_checksums_still_loads(folder):
     # The metadata of a version that wrote neither the checksum nor the tokenizer's fingerprint.
     before = load_model_dir(folder)

@@ -351,20 +351,33 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu", with_to
     model.to(device)
     tokenizer = None
     if with_tokenizer:
-        tokenizer = load_tokenizer(path / TOKENIZER_FILE)
-        _check_tokenizer(path / TOKENIZER_FILE, tokenizer, meta)
+        tokenizer = load_model_tokenizer(path, meta)
         if tokenizer.vocab_size > cfg.vocab_size:
             raise FoundryError(f"tokenizer in {path} has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
     return ModelBundle(model=model, tokenizer=tokenizer, step=int(meta.get("step", 0)))
 
 
-def _check_tokenizer(file: Path, tokenizer: Tokenizer, meta: dict[str, str]) -> None:
-    """Refuse a tokenizer file other than the one the weights were saved with (when they name one)."""
+def load_model_tokenizer(path: str | Path, meta: dict[str, str] | None = None) -> Tokenizer:
+    """The tokenizer of the model folder ``path``, refused if it is not the one its weights were saved with.
+
+    Args:
+        meta: the weights' metadata when the caller has read it already (else the header is read).
+
+    Raises:
+        FoundryError: no or a damaged tokenizer file, or one whose fingerprint differs from the
+            one in the weights' metadata (weights saved without a fingerprint accept any).
+    """
+    path = Path(path)
+    file = path / TOKENIZER_FILE
+    tokenizer = load_tokenizer(file)
+    if meta is None:
+        meta = read_weights_header(path)[1] if (path / WEIGHTS_FILE).is_file() else {}
     if TOKENIZER_SHA256 not in meta:
-        return  # saved without a tokenizer, or before fingerprints
+        return tokenizer  # saved without a tokenizer, or before fingerprints
     found = tokenizer_fingerprint(file, tokenizer)
     if found[TOKENIZER_SHA256] != meta[TOKENIZER_SHA256]:
         saved = f"{meta.get(TOKENIZER_KIND, '?')}, {meta.get(TOKENIZER_VOCAB, '?')} ids"
         now = f"{tokenizer.kind}, {tokenizer.vocab_size} ids"
         detail = f"saved with {saved}, found {now}" if saved != now else f"{now} as saved, but a different file"
         raise FoundryError(f"{file}: tokenizer does not match the model it was saved with ({detail})")
+    return tokenizer
