@@ -45,6 +45,15 @@ def test_a_flipped_bit_in_the_tensor_data_is_named_in_one_line(folder):
     one_line_error(generate(folder), "model.safetensors is damaged (checksum mismatch)")
 
 
+def test_a_flipped_bit_in_the_header_is_one_line(folder):
+    file = folder / "model.safetensors"
+    data = file.read_bytes()
+    assert data.count(b'"step":"5"') == 1
+    file.write_bytes(data.replace(b'"step":"5"', b'"step":"u"'))  # '5' ^ 0x40 == 'u'
+    with pytest.raises(FoundryError, match=r"weights file is corrupt or truncated: .*model\.safetensors"):
+        load_model_dir(folder)
+
+
 def test_a_smaller_tokenizer_swapped_in_is_refused(folder):
     build_tokenizer("char", ["the fox"]).save(folder / "tokenizer.json")  # fewer ids than the model has
     with pytest.raises(FoundryError, match="tokenizer does not match the model it was saved with"):

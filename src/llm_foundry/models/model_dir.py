@@ -286,8 +286,8 @@ def read_weights_header(path: str | Path) -> tuple[dict[str, dict], dict[str, st
                                                 for e in header.values())
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             raise corrupt("its header is not a safetensors header") from None
-    if not ok:
-        raise corrupt("its header is not a safetensors header")
+    if not ok or not all(isinstance(v, str) for v in meta.values()) or not meta.get("step", "0").isdigit():
+        raise corrupt("its header is not a safetensors header of llm-foundry weights")
     if max(ends, default=0) != size - 8 - n:
         raise corrupt(f"the header describes {max(ends, default=0)} bytes of tensor data, the file holds {size - 8 - n}")
     return header, meta, 8 + n
