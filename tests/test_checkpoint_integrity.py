@@ -132,3 +132,15 @@ def test_a_config_that_does_not_fit_the_weights_is_refused_before_allocating(fol
     assert peak_mb < 1024, f"peak RSS {peak_mb} MB"
     with pytest.raises(FoundryError, match="do not match its config.json"):
         load_model_dir(folder)
+
+
+def test_a_loaded_model_owns_its_weights(folder):
+    # Rewriting the file in place (`cp` over it, a disk tool) must neither change nor crash a model
+    # that is already running: the weights are read into memory, not mapped from the file.
+    bundle = load_model_dir(folder)
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.truncate(16)
+    x = torch.tensor([bundle.tokenizer.encode("the fox")])
+    bundle.model(x)
+    assert all(torch.equal(v, before[k]) for k, v in bundle.model.state_dict().items())

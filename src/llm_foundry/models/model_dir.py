@@ -263,6 +263,9 @@ def read_weights_header(path: str | Path) -> tuple[dict[str, dict], dict[str, st
     """The tensor entries (name -> dtype, shape, data_offsets) and metadata in the header of a model
     folder's ``model.safetensors``, and where its tensor data starts. Reads the header only.
 
+    The entries are checked to tile the tensor data exactly (each one's size is its shape times
+    its dtype's, one after another, up to the end of the file), so reading them is safe.
+
     Raises:
         FoundryError: the file is missing, or its header is damaged or does not describe the file.
     """
@@ -281,47 +284,65 @@ def read_weights_header(path: str | Path) -> tuple[dict[str, dict], dict[str, st
         try:
             header = json.loads(f.read(n))
             meta = header.pop("__metadata__", None) or {}
-            ends = [int(e["data_offsets"][1]) for e in header.values()]
-            ok = isinstance(meta, dict) and all(isinstance(e["dtype"], str) and isinstance(e["shape"], list)
-                                                for e in header.values())
+            spans = sorted((int(e["data_offsets"][0]), int(e["data_offsets"][1]), _nbytes(e)) for e in header.values())
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             raise corrupt("its header is not a safetensors header") from None
-    if not ok or not all(isinstance(v, str) for v in meta.values()) or not meta.get("step", "0").isdigit():
+    if not all(isinstance(v, str) for v in meta.values()) or not meta.get("step", "0").isdigit():
         raise corrupt("its header is not a safetensors header of llm-foundry weights")
-    if max(ends, default=0) != size - 8 - n:
-        raise corrupt(f"the header describes {max(ends, default=0)} bytes of tensor data, the file holds {size - 8 - n}")
+    end = 0
+    for begin, stop, nbytes in spans:
+        if begin != end or stop - begin != nbytes:
+            raise corrupt("its header's tensors do not tile the data")
+        end = stop
+    if end != size - 8 - n:
+        raise corrupt(f"the header describes {end} bytes of tensor data, the file holds {size - 8 - n}")
     return header, meta, 8 + n
 
 
-def _check_tensor_data(file: Path, start: int, expected: str) -> None:
-    """Hash the tensor data of ``file`` (from byte ``start``) in one pass and compare with the saved sum."""
-    digest, chunk = hashlib.sha256(), bytearray(2**20)
-    with open(file, "rb", buffering=0) as f:
-        f.seek(start)
-        while n := f.readinto(chunk):
-            digest.update(memoryview(chunk)[:n])
-    if digest.hexdigest() != expected:
-        raise FoundryError(f"{file} is damaged (checksum mismatch): its tensor data changed after it was saved; "
-                           "restore the folder from a copy")
+# safetensors dtype -> torch dtype (all little-endian, as every platform torch runs on).
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+
+
+def _nbytes(entry: dict) -> int:
+    """Bytes of a header entry's tensor; ValueError/KeyError/TypeError if the entry is malformed."""
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError("bad shape")
+    numel = 1
+    for d in shape:
+        numel *= d
+    return numel * DTYPES[entry["dtype"]].itemsize
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of ``model.safetensors``, or a one-line error if it is damaged.
 
-    The tensor data is checked against its saved sha256 first (files saved before the
-    checksum existed are read unchecked).
+    One sequential pass reads each tensor straight into its own memory and hashes the bytes on
+    the way; the sum is compared with the saved one before anything is returned (files saved
+    before checksums existed are read unchecked). Own memory, not a view of a mapped file: a
+    file rewritten in place cannot change a running model, and Windows can replace the file.
     """
-    from safetensors import safe_open
-
     file = Path(path) / WEIGHTS_FILE
-    _, meta, start = read_weights_header(path)
-    if TENSORS_SHA256 in meta:
-        _check_tensor_data(file, start, meta[TENSORS_SHA256])
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for every kind of damage
-        raise FoundryError(f"weights file is corrupt or truncated: {file} ({str(e).splitlines()[0][:120]})") from None
+    entries, meta, start = read_weights_header(path)
+    tensors, digest = {}, hashlib.sha256()
+    with open(file, "rb", buffering=0) as f:
+        f.seek(start)
+        for name, entry in sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            done = 0
+            while done < len(view):  # a read may return less than asked (e.g. past 2 GB on Linux)
+                got = f.readinto(view[done:])
+                if not got:
+                    raise FoundryError(f"weights file is corrupt or truncated: {file} (it ends inside {name})")
+                done += got
+            digest.update(view)
+            tensors[name] = tensor
+    if TENSORS_SHA256 in meta and digest.hexdigest() != meta[TENSORS_SHA256]:
+        raise FoundryError(f"{file} is damaged (checksum mismatch): its tensor data changed after it was saved; "
+                           "restore the folder from a copy")
     return tensors, meta
 
 
