@@ -16,9 +16,9 @@ is what was saved:
     tokenizer_vocab_size   its number of ids  } saved beside these weights (absent when
     tokenizer_sha256       sha256 of the file } the weights were saved without one)
 
-A load hashes the tensor data (one sequential read, cheap beside the load itself) and the
-tokenizer file, and compares every tensor's name, shape and dtype in the header with a model
-built on the meta device before anything is allocated. A folder written before these keys
+A load compares every tensor's name, shape and dtype in the header with a model built on the
+meta device before anything is allocated, then reads the tensors in one sequential pass that
+also hashes them (no second read), and hashes the tokenizer file. A folder written before these keys
 existed loads as before, unchecked.
 
 A training run rewrites its folder many times, so there the four files are one
