@@ -273,3 +273,30 @@ def test_absurd_overrides_on_the_command_line_are_one_line_errors(tmp_path, over
 
     # Refused while reading the settings, before the (missing) data folder is even looked at.
     one_line_error(run_cli("train", "--data", tmp_path / "data", "--out", tmp_path / "run", override), message)
+
+
+def test_values_past_pythons_own_limits_are_one_short_line(tmp_path):
+    from llm_foundry.models import load_model_config
+
+    # An integer of 5,000 digits (past the 4,300 that Python converts to and from text) and a
+    # 100 kB string: wherever they are written, the error is one short line, never a ValueError.
+    digits = "9" * 5000
+    (tmp_path / "config.json").write_text('{"architecture": "MiniLLM", "dim": ' + digits + "}")
+    (tmp_path / "p.yaml").write_text(f"model:\n  dim: {digits}\n")
+    (tmp_path / "s.yaml").write_text("model:\n  dim: " + "x" * 100_000 + "\n")
+    (tmp_path / "deep" / "config.json").parent.mkdir()
+    (tmp_path / "deep" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    for attempt, message in [
+        (lambda: load_model_config(tmp_path), "model config is not valid JSON (Exceeds the limit (4300 digits) "
+                                              "for integer string conversion)"),
+        (lambda: load_model_config(tmp_path / "deep"), "model config is not valid JSON (maximum recursion depth"),
+        (lambda: load_config(str(tmp_path / "p.yaml")), "Exceeds the limit (4300 digits) for integer string conversion"),
+        (lambda: load_config(str(tmp_path / "s.yaml")), "invalid config: model.dim expects int, got 'xxxxxxxx"),
+        (lambda: load_config("tiny", [f"dim={digits}"]), "invalid config: model.dim expects int, got '99999999"),
+        (lambda: ModelConfig(dim=10**5000).validate(),
+         "invalid config: model.dim must be an integer from 1 to 65,536, got an integer of 16,610 bits"),
+        (lambda: TrainConfig(lr="x" * 100_000).validate(), "invalid config: train.lr must be a number in (0, 10], got 'xxx"),
+    ]:
+        with pytest.raises(FoundryError) as info:
+            attempt()
+        assert message in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 300, str(info.value)[:300]

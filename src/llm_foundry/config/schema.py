@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..utils.errors import FoundryError
-from .sampling import MAX_SEED, _is_int, _is_real
+from .sampling import MAX_SEED, _is_int, _is_real, show_value
 
 # Generous but finite bounds (docs/*/configuration.md lists them): an absurd value such as
 # max_seq_len=1e10 or dim=10**18 is one line here, before anything is allocated from it.
@@ -34,7 +34,7 @@ def require_int(value: object, name: str, lo: int, hi: int, optional: bool = Fal
     """Require an integer (not a bool, not 12.0) in ``[lo, hi]``; ``None`` too where ``optional``."""
     if optional and value is None:
         return
-    require(_is_int(value) and lo <= value <= hi, f"{name} must be an integer from {lo:,} to {hi:,}, got {value!r}")
+    require(_is_int(value) and lo <= value <= hi, f"{name} must be an integer from {lo:,} to {hi:,}, got {show_value(value)}")
 
 
 def require_real(value: object, name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False,
@@ -47,7 +47,7 @@ def require_real(value: object, name: str, lo: float, hi: float, lo_open: bool =
         return
     ok = _is_real(value) and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
     interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    require(ok, f"{name} must be a number in {interval}, got {value!r}")
+    require(ok, f"{name} must be a number in {interval}, got {show_value(value)}")
 
 
 @dataclass
