@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ..utils.errors import FoundryError
+from .sampling import show_value
 
 SCALARS = ("bool", "int", "float", "str")
 
@@ -88,7 +89,7 @@ def coerce(value: Any, annotation: str, key: str) -> Any:
         if base == "str":
             return str(value)
     except (TypeError, ValueError):
-        raise FoundryError(f"invalid config: {key} expects {base}, got {value!r}") from None
+        raise FoundryError(f"invalid config: {key} expects {base}, got {show_value(value)}") from None
     return value
 
 

@@ -35,6 +35,8 @@ def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
         raise FoundryError(f"{what} is not UTF-8 text: {path}") from None
     except yaml.YAMLError as e:
         raise FoundryError(f"{what} is not valid YAML: {path}: {str(e).splitlines()[0]}") from None
+    except (ValueError, RecursionError) as e:  # an integer past Python's 4,300-digit limit; nesting too deep
+        raise FoundryError(f"{what} is not valid YAML: {path}: {str(e).split(':')[0].split(';')[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

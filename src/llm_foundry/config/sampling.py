@@ -37,7 +37,7 @@ def check_sampling(*, temperature: float | None = None, top_k: int | None = None
     """
     def bad(name: str, rule: str, value) -> None:
         name = (names or {}).get(name) or ("--" + name.replace("_", "-") if as_flags else name)
-        raise FoundryError(f"{name} must be {rule} (got {value!r})")
+        raise FoundryError(f"{name} must be {rule} (got {show_value(value)})")
 
     if temperature is not None and not (_is_real(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
         bad("temperature", f"a number from 0 to {MAX_TEMPERATURE:g} (0 = greedy)", temperature)
@@ -49,6 +49,15 @@ def check_sampling(*, temperature: float | None = None, top_k: int | None = None
         bad("max_new_tokens", "an integer >= 1", max_new_tokens)
     if seed is not None and not (_is_int(seed) and 0 <= seed <= MAX_SEED):
         bad("seed", "an integer from 0 to 2**63 - 1", seed)
+
+
+def show_value(x: object) -> str:
+    """``repr(x)`` for a one-line error: at most 40 characters, and safe for an integer past
+    Python's 4,300-digit limit on converting ints to text (whose repr raises)."""
+    if _is_int(x) and x.bit_length() > 64:
+        return f"an integer of {x.bit_length():,} bits"
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _is_int(x) -> bool:

@@ -10,12 +10,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..utils.errors import FoundryError
+from .sampling import MAX_SEED, _is_int, _is_real, show_value
+
+# Generous but finite bounds (docs/*/configuration.md lists them): an absurd value such as
+# max_seq_len=1e10 or dim=10**18 is one line here, before anything is allocated from it.
+MAX_VOCAB = 2**21            # 2,097,152 ids
+MAX_DIM = 2**16              # 65,536: width of the residual stream (and the most multiple_of)
+MAX_HIDDEN = 2**18           # 262,144: SwiGLU hidden width
+MAX_LAYERS = MAX_HEADS = 1024
+MAX_HEAD_DIM = 1024          # the RoPE tables are max_seq_len x head_dim
+MAX_SEQ_LEN = 2**20          # 1,048,576 tokens of context
+MAX_STEPS = 10**12           # steps, intervals; `--time-budget` alone sets max_steps to 10**9
+MAX_BATCH = 2**20
 
 
 def require(cond: bool, msg: str) -> None:
     """Raise the one-line ``invalid config: MSG`` error of every settings dataclass unless ``cond``."""
     if not cond:
         raise FoundryError(f"invalid config: {msg}")
+
+
+def require_int(value: object, name: str, lo: int, hi: int, optional: bool = False) -> None:
+    """Require an integer (not a bool, not 12.0) in ``[lo, hi]``; ``None`` too where ``optional``."""
+    if optional and value is None:
+        return
+    require(_is_int(value) and lo <= value <= hi, f"{name} must be an integer from {lo:,} to {hi:,}, got {show_value(value)}")
+
+
+def require_real(value: object, name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False,
+                 optional: bool = False) -> None:
+    """Require a finite number in the interval from ``lo`` to ``hi`` (each end open or closed).
+
+    NaN fails every comparison and infinity lies past every finite bound, so both are refused here.
+    """
+    if optional and value is None:
+        return
+    ok = _is_real(value) and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    require(ok, f"{name} must be a number in {interval}, got {show_value(value)}")
 
 
 @dataclass
@@ -71,16 +103,22 @@ class ModelConfig:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
     def validate(self) -> "ModelConfig":
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "multiple_of"):
-            require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"model.{name} must be a positive integer")
+        for name, hi in (("vocab_size", MAX_VOCAB), ("dim", MAX_DIM), ("n_layers", MAX_LAYERS), ("n_heads", MAX_HEADS),
+                         ("max_seq_len", MAX_SEQ_LEN), ("multiple_of", MAX_DIM)):
+            require_int(getattr(self, name), f"model.{name}", 1, hi)
+        require_int(self.n_kv_heads, "model.n_kv_heads", 1, MAX_HEADS, optional=True)
+        require_int(self.ffn_hidden_dim, "model.ffn_hidden_dim", 1, MAX_HIDDEN, optional=True)
         require(self.dim % self.n_heads == 0, f"model.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         require(self.head_dim % 2 == 0, f"head size dim/n_heads ({self.head_dim}) must be even for RoPE")
-        require(self.kv_heads > 0 and self.n_heads % self.kv_heads == 0,
-               f"model.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
-        require(self.ffn_hidden_dim is None or self.ffn_hidden_dim > 0, "model.ffn_hidden_dim must be positive")
-        require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
-        require(self.norm_eps > 0 and self.rope_theta > 0 and self.init_std > 0,
-               "model.norm_eps, rope_theta and init_std must be positive")
+        require(self.head_dim <= MAX_HEAD_DIM, f"head size dim/n_heads ({self.head_dim}) must be at most {MAX_HEAD_DIM}")
+        require(self.n_heads % self.kv_heads == 0,
+                f"model.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
+        require(isinstance(self.qk_norm, bool) and isinstance(self.tie_embeddings, bool),
+                "model.qk_norm and model.tie_embeddings must be true or false")
+        require_real(self.dropout, "model.dropout", 0, 1, hi_open=True)
+        require_real(self.norm_eps, "model.norm_eps", 0, 1, lo_open=True)
+        require_real(self.rope_theta, "model.rope_theta", 0, 1e12, lo_open=True)
+        require_real(self.init_std, "model.init_std", 0, 10, lo_open=True)
         return self
 
 
@@ -146,20 +184,25 @@ class TrainConfig:
     checkpoint_interval: int = 500
 
     def validate(self) -> "TrainConfig":
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval"):
-            require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"train.{name} must be a positive integer")
-        for name in ("warmup_steps", "eval_interval", "checkpoint_interval"):
-            require(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"train.{name} must be a non-negative integer")
-        require(self.seq_len is None or self.seq_len > 0, "train.seq_len must be positive")
-        require(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
+        require_int(self.seed, "train.seed", 0, MAX_SEED)
+        for name, lo, hi in (("batch_size", 1, MAX_BATCH), ("grad_accum", 1, MAX_BATCH), ("max_steps", 1, MAX_STEPS),
+                             ("eval_batches", 1, MAX_BATCH), ("log_interval", 1, MAX_STEPS), ("warmup_steps", 0, MAX_STEPS),
+                             ("eval_interval", 0, MAX_STEPS), ("checkpoint_interval", 0, MAX_STEPS)):
+            require_int(getattr(self, name), f"train.{name}", lo, hi)
+        require_int(self.seq_len, "train.seq_len", 1, MAX_SEQ_LEN, optional=True)
+        require_real(self.time_budget, "train.time_budget", 0, 1e9, lo_open=True, optional=True)  # seconds
+        require(isinstance(self.compile, bool), "train.compile must be true or false")
         require(self.optimizer in ("adamw", "muon"), f"train.optimizer must be adamw or muon, not '{self.optimizer}'")
         require(self.schedule in ("cosine", "wsd", "constant"), f"train.schedule must be cosine, wsd or constant, not '{self.schedule}'")
         require(self.precision in ("auto", "bf16", "fp16", "fp32"), f"train.precision must be auto, bf16, fp16 or fp32, not '{self.precision}'")
-        require(self.lr > 0 and self.muon_lr > 0, "train.lr and train.muon_lr must be positive")
-        require(self.weight_decay >= 0 and self.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0")
-        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
-        require(self.eps > 0, "train.eps must be positive")
-        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
-        require(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
-        require(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
+        require_real(self.lr, "train.lr", 0, 10, lo_open=True)
+        require_real(self.muon_lr, "train.muon_lr", 0, 10, lo_open=True)
+        require_real(self.weight_decay, "train.weight_decay", 0, 100)
+        require_real(self.grad_clip, "train.grad_clip", 0, 1e6)
+        require_real(self.beta1, "train.beta1", 0, 1, hi_open=True)
+        require_real(self.beta2, "train.beta2", 0, 1, hi_open=True)
+        require_real(self.eps, "train.eps", 0, 1, lo_open=True)
+        require_real(self.min_lr_ratio, "train.min_lr_ratio", 0, 1)
+        require_real(self.decay_fraction, "train.decay_fraction", 0, 1, lo_open=True)
+        require_real(self.ema_decay, "train.ema_decay", 0, 1, hi_open=True)
         return self

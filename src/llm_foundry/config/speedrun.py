@@ -17,8 +17,8 @@ from typing import Any, Iterable
 from ..utils.errors import FoundryError
 from .loader import build, override_dict
 from .presets import find_preset, read_yaml
-from .schema import ModelConfig, TrainConfig
-from .stages import RLConfig, StageConfig
+from .schema import MAX_VOCAB, ModelConfig, TrainConfig, require_int
+from .stages import MAX_EXAMPLES, RLConfig, StageConfig
 
 SPEEDRUN_DIR = Path(__file__).resolve().parent.parent / "configs" / "speedrun"
 SECTIONS = ("tokenizer", "model", "pretrain", "midtrain", "sft", "rl", "eval")
@@ -41,8 +41,8 @@ class TokenizerSettings:
     def validate(self) -> "TokenizerSettings":
         if self.kind not in ("byte", "bpe"):
             raise FoundryError("tokenizer.kind must be byte or bpe (chat needs the reserved chat tokens)")
-        if self.vocab_size < 1 or self.chat_examples < 0:
-            raise FoundryError("tokenizer.vocab_size must be positive and tokenizer.chat_examples >= 0")
+        require_int(self.vocab_size, "tokenizer.vocab_size", 1, MAX_VOCAB)
+        require_int(self.chat_examples, "tokenizer.chat_examples", 0, MAX_EXAMPLES)
         return self
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from ..utils.errors import FoundryError
 from .loader import build
 from .sampling import GREEDY_TEMPERATURE, check_sampling
-from .schema import TrainConfig
+from .schema import MAX_SEQ_LEN, TrainConfig, require_int, require_real
 
 STAGES = ("midtrain", "sft")
 
@@ -26,6 +26,7 @@ DEFAULT_MIXTURES = {
     "sft": {"arithmetic": 3.0, "count_letters": 3.0, "spelling": 1.0, "identity": 0.5, "facts": 1.0},
 }
 DEFAULT_LOSS_ON = {"midtrain": "all", "sft": "assistant"}  # nanochat's choices; the presets set their own
+MAX_EXAMPLES = 10**7  # generated examples per task (and held out): past this, generation alone takes hours
 
 
 def parse_mixture(spec: str | Mapping[str, float] | None) -> dict[str, float]:
@@ -93,15 +94,13 @@ class StageConfig:
             raise FoundryError(f"stage must be one of {', '.join(STAGES)}, not '{self.stage}'")
         self.mixture = parse_mixture(self.mixture or DEFAULT_MIXTURES[self.stage])
         self.loss_on = self.loss_on or DEFAULT_LOSS_ON[self.stage]
-        for name in ("examples_per_task", "val_examples", "text_len"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise FoundryError(f"{self.stage}.{name} must be an integer, got {getattr(self, name)!r}")
+        for name, lo, hi in (("examples_per_task", 1, MAX_EXAMPLES), ("val_examples", 0, MAX_EXAMPLES),
+                             ("text_len", 8, MAX_SEQ_LEN)):
+            require_int(getattr(self, name), f"{self.stage}.{name}", lo, hi)
         if self.loss_on not in ("all", "assistant"):
             raise FoundryError(f"{self.stage}.loss_on must be all or assistant, not {self.loss_on!r}")
         if self.lang not in ("mixed", "en", "zh"):
             raise FoundryError(f"{self.stage}.lang must be mixed, en or zh, not {self.lang!r}")
-        if self.examples_per_task < 1 or self.val_examples < 0 or self.text_len < 8:
-            raise FoundryError("examples_per_task must be >= 1, val_examples >= 0 and text_len >= 8")
         self.train = dataclasses.replace(self.train).validate()
         return self
 
@@ -197,8 +196,8 @@ class RLConfig:
                        names={"temperature": "rl.temperature", "top_k": "rl.top_k", "max_new_tokens": "rl.max_tokens"})
         if self.temperature < GREEDY_TEMPERATURE:  # a group of greedy samples is one sample: no advantage
             raise FoundryError("rl.temperature must be > 0 (RL compares sampled completions)")
-        if self.lr <= 0 or self.kl_coef < 0:
-            raise FoundryError("rl.lr must be positive, rl.kl_coef >= 0")
+        require_real(self.lr, "rl.lr", 0, 10, lo_open=True)
+        require_real(self.kl_coef, "rl.kl_coef", 0, 1000)
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise FoundryError(f"rl.precision must be auto, bf16, fp16 or fp32, not '{self.precision}'")
         return self

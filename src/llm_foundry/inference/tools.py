@@ -13,8 +13,9 @@ Refused with a clear :class:`ToolError`: names (``x``, ``len``, ``__import__``),
 attributes other than those methods, imports, calls of anything else, comprehensions,
 lambdas, subscripts; and anything too big: the expression's length, its node count,
 powers whose result would exceed ``MAX_INT_BITS``, products of huge numbers, strings
-over ``MAX_STR_LEN``, and evaluation past ``TIME_LIMIT_S`` of CPU time. There are no loops, so no
-long loop can run.
+over ``MAX_STR_LEN`` or holding a lone surrogate (``'\\ud800'``: a tokenizer reads the result
+back and cannot encode it), and evaluation past ``TIME_LIMIT_S`` of CPU time. There are no
+loops, so no long loop can run.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def calculate(expression: str) -> str:
         raise
     except ZeroDivisionError:
         raise ToolError("division by zero") from None
-    except (TypeError, ValueError, OverflowError) as e:
+    except OverflowError:  # a float past 1.8e308, or an int too large for a float or an index
+        raise ToolError("number out of range") from None
+    except (TypeError, ValueError) as e:
         raise ToolError(f"cannot evaluate: {e}") from None
     except RecursionError:
         raise ToolError("expression too deeply nested") from None
@@ -183,4 +186,9 @@ class _Evaluator:
             raise ToolError(f"number too large (over {MAX_INT_BITS} bits)")
         if isinstance(v, str) and len(v) > MAX_STR_LEN:
             raise ToolError(f"string too long (the limit is {MAX_STR_LEN} characters)")
+        if isinstance(v, str) and not v.isascii():
+            try:  # '\ud800' is a str but not text: the tokenizer that reads the result back cannot encode it
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ToolError("the string holds a lone surrogate (not valid text)") from None
         return v

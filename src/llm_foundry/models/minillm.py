@@ -48,6 +48,27 @@ class MiniLLM(nn.Module):
             nn.init.normal_(layer.attn.wo.weight, 0.0, residual_std)
             nn.init.normal_(layer.ffn.w2.weight, 0.0, residual_std)
 
+    def materialize(self, weights: dict[str, torch.Tensor]) -> "MiniLLM":
+        """Make a model built under ``torch.device("meta")`` real, with ``weights`` as its parameters.
+
+        A loader builds on the meta device to compare shapes before allocating anything; the
+        loaded tensors then become the parameters as they are (no random init, no second copy).
+        A tied head is tied again, and the RoPE tables, which are not saved, are computed.
+
+        Args:
+            weights: name -> tensor for every parameter (a tied head's ``output.weight`` may be left out).
+        """
+        self.load_state_dict(weights, strict=False, assign=True)
+        if self.cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        missing = [name for name, p in self.named_parameters() if p.is_meta]
+        if missing:
+            raise ValueError(f"no weights given for {missing[:3]}")
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        device = self.tok_embeddings.weight.device
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+        return self
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, 0.0, self.cfg.init_std)

@@ -7,7 +7,19 @@
 
 Each file is written atomically. Loading checks everything before a model is
 returned, so a truncated, foreign or mismatched file is a one-line error and never
-a half-loaded model.
+a half-loaded model. The metadata of ``model.safetensors`` (strings) proves the folder
+is what was saved:
+
+    step                   the training step of the weights
+    tensors_sha256         sha256 of the tensor data (every byte after the header)
+    tokenizer_kind         byte, char or bpe  } the fingerprint of the tokenizer.json
+    tokenizer_vocab_size   its number of ids  } saved beside these weights (absent when
+    tokenizer_sha256       sha256 of the file } the weights were saved without one)
+
+A load compares every tensor's name, shape and dtype in the header with a model built on the
+meta device before anything is allocated, then reads the tensors in one sequential pass that
+also hashes them (no second read), and hashes the tokenizer file. A folder written before these keys
+existed loads as before, unchecked.
 
 A training run rewrites its folder many times, so there the four files are one
 unit (:func:`save_checkpoint_dir`): they live in ``checkpoint/``, which is replaced as
@@ -26,6 +38,8 @@ and every reader finishes an interrupted save before it reads (:func:`recover_ch
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +55,11 @@ ARCHITECTURE = "MiniLLM"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE = "config.json", "model.safetensors", "tokenizer.json", "training_state.pt"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE)
+# Metadata keys of model.safetensors (see the module docstring).
+TENSORS_SHA256 = "tensors_sha256"
+TOKENIZER_KIND, TOKENIZER_VOCAB, TOKENIZER_SHA256 = "tokenizer_kind", "tokenizer_vocab_size", "tokenizer_sha256"
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own bound on the JSON header
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # what weights may be stored as (loaded as the model's float32)
 
 
 @dataclass
@@ -72,11 +91,32 @@ def save_model_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer | None
     if model.cfg.tie_embeddings:
         state = {k: v for k, v in state.items() if k != "output.weight"}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    atomic_write_bytes(path / WEIGHTS_FILE, save(tensors, metadata={"step": str(step), "format": "pt"}))
+    meta = {"step": str(step), "format": "pt"}
+    if tokenizer is not None:  # first, so that the weights can carry its fingerprint
+        tokenizer.save(path / TOKENIZER_FILE)
+        meta |= tokenizer_fingerprint(path / TOKENIZER_FILE, tokenizer)
+    atomic_write_bytes(path / WEIGHTS_FILE, _with_checksum(save(tensors, metadata=meta)))
     atomic_write_json(path / CONFIG_FILE, {"architecture": ARCHITECTURE, "llm_foundry_version": __version__,
                                             **dataclasses.asdict(model.cfg)})
-    if tokenizer is not None:
-        tokenizer.save(path / TOKENIZER_FILE)
+
+
+def tokenizer_fingerprint(file: Path, tokenizer: Tokenizer) -> dict[str, str]:
+    """The tokenizer's kind, vocabulary size and the sha256 of its file, as weights metadata."""
+    return {TOKENIZER_KIND: tokenizer.kind, TOKENIZER_VOCAB: str(tokenizer.vocab_size),
+            TOKENIZER_SHA256: hashlib.sha256(file.read_bytes()).hexdigest()}
+
+
+def _with_checksum(blob: bytes) -> bytes:
+    """The safetensors file ``blob`` with the sha256 of its tensor data added to its metadata.
+
+    The data stays as it is (its offsets count from the end of the header); only the header grows.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header, data = json.loads(blob[8:8 + n]), memoryview(blob)[8 + n:]
+    header.setdefault("__metadata__", {})[TENSORS_SHA256] = hashlib.sha256(data).hexdigest()
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # as safetensors pads it: the data stays 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data
 
 
 def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
@@ -220,41 +260,146 @@ def _finish_interrupted_save(path: Path) -> None:
                            f"({e.strerror}); resume the training command with --resume") from None
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of ``model.safetensors``, or a one-line error if it is damaged."""
-    from safetensors import safe_open
+def read_weights_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """The tensor entries (name -> dtype, shape, data_offsets) and metadata in the header of a model
+    folder's ``model.safetensors``, and where its tensor data starts. Reads the header only.
 
+    The entries are checked to tile the tensor data exactly (each one's size is its shape times
+    its dtype's, one after another, up to the end of the file), so reading them is safe.
+
+    Raises:
+        FoundryError: the file is missing, or its header is damaged or does not describe the file.
+    """
     file = Path(path) / WEIGHTS_FILE
     if not file.is_file():
         raise FoundryError(f"weights not found: {file}")
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for every kind of damage
-        raise FoundryError(f"weights file is corrupt or truncated: {file} ({str(e).splitlines()[0][:120]})") from None
+
+    def corrupt(why: str) -> FoundryError:
+        return FoundryError(f"weights file is corrupt or truncated: {file} ({why})")
+
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > min(size - 8, MAX_HEADER_BYTES):
+            raise corrupt("its header runs past the end of the file")
+        try:
+            header = json.loads(f.read(n))
+            meta = header.pop("__metadata__", None) or {}
+            spans = sorted((int(e["data_offsets"][0]), int(e["data_offsets"][1]), _nbytes(e)) for e in header.values())
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise corrupt("its header is not a safetensors header") from None
+    if not all(isinstance(v, str) for v in meta.values()) or not meta.get("step", "0").isdigit():
+        raise corrupt("its header is not a safetensors header of llm-foundry weights")
+    end = 0
+    for begin, stop, nbytes in spans:
+        if begin != end or stop - begin != nbytes:
+            raise corrupt("its header's tensors do not tile the data")
+        end = stop
+    if end != size - 8 - n:
+        raise corrupt(f"the header describes {end} bytes of tensor data, the file holds {size - 8 - n}")
+    return header, meta, 8 + n
+
+
+# safetensors dtype -> torch dtype (all little-endian, as every platform torch runs on).
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+
+
+def _nbytes(entry: dict) -> int:
+    """Bytes of a header entry's tensor; ValueError/KeyError/TypeError if the entry is malformed."""
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError("bad shape")
+    numel = 1
+    for d in shape:
+        numel *= d
+    return numel * DTYPES[entry["dtype"]].itemsize
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of ``model.safetensors``, or a one-line error if it is damaged.
+
+    One sequential pass reads each tensor straight into its own memory and hashes the bytes on
+    the way; the sum is compared with the saved one before anything is returned (files saved
+    before checksums existed are read unchecked). Own memory, not a view of a mapped file: a
+    file rewritten in place cannot change a running model, and Windows can replace the file.
+    """
+    file = Path(path) / WEIGHTS_FILE
+    entries, meta, start = read_weights_header(path)
+    tensors, digest = {}, hashlib.sha256()
+    with open(file, "rb", buffering=0) as f:
+        f.seek(start)
+        for name, entry in sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            done = 0
+            while done < len(view):  # a read may return less than asked (e.g. past 2 GB on Linux)
+                got = f.readinto(view[done:])
+                if not got:
+                    raise FoundryError(f"weights file is corrupt or truncated: {file} (it ends inside {name})")
+                done += got
+            digest.update(view)
+            tensors[name] = tensor
+    if TENSORS_SHA256 in meta and digest.hexdigest() != meta[TENSORS_SHA256]:
+        raise FoundryError(f"{file} is damaged (checksum mismatch): its tensor data changed after it was saved; "
+                           "restore the folder from a copy")
     return tensors, meta
 
 
 def load_model_dir(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True) -> ModelBundle:
-    """Load a model folder, checking that config, weights and tokenizer agree."""
+    """Load a model folder, checking that config, weights and tokenizer agree and are as saved.
+
+    The model is first built on the meta device (no memory) and every tensor's name, shape
+    and dtype compared with the weights file's header; only a file that fits is read.
+    """
     path = Path(path)
     cfg = load_model_config(path)
-    tensors, meta = read_weights(path)
-    model = MiniLLM(cfg)
+    entries, _, _ = read_weights_header(path)
+    with torch.device("meta"):
+        model = MiniLLM(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "output.weight")}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    bad_shape = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k])]
-    if missing or extra or bad_shape:
+    missing = sorted(set(expected) - set(entries))
+    extra = sorted(set(entries) - set(expected))
+    bad_shape = [k for k in expected if k in entries and tuple(entries[k]["shape"]) != tuple(expected[k])]
+    bad_dtype = [k for k in expected if k in entries and entries[k]["dtype"] not in FLOAT_DTYPES]
+    if missing or extra or bad_shape or bad_dtype:
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                  else f"shape of {bad_shape[0]} is {tuple(tensors[bad_shape[0]].shape)}, config wants {tuple(expected[bad_shape[0]])}")
+                  else f"shape of {bad_shape[0]} is {tuple(entries[bad_shape[0]]['shape'])}, config wants {tuple(expected[bad_shape[0]])}"
+                  if bad_shape else f"{bad_dtype[0]} is stored as {entries[bad_dtype[0]]['dtype']}, not floating point")
         raise FoundryError(f"weights in {path} do not match its config.json (another architecture?): {detail}")
-    model.load_state_dict(tensors, strict=False)
+    tensors, meta = read_weights(path)
+    model.materialize({k: t.float() for k, t in tensors.items()})
     model.to(device)
     tokenizer = None
     if with_tokenizer:
-        tokenizer = load_tokenizer(path / TOKENIZER_FILE)
+        tokenizer = load_model_tokenizer(path, meta)
         if tokenizer.vocab_size > cfg.vocab_size:
             raise FoundryError(f"tokenizer in {path} has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
     return ModelBundle(model=model, tokenizer=tokenizer, step=int(meta.get("step", 0)))
+
+
+def load_model_tokenizer(path: str | Path, meta: dict[str, str] | None = None) -> Tokenizer:
+    """The tokenizer of the model folder ``path``, refused if it is not the one its weights were saved with.
+
+    Args:
+        meta: the weights' metadata when the caller has read it already (else the header is read).
+
+    Raises:
+        FoundryError: no or a damaged tokenizer file, or one whose fingerprint differs from the
+            one in the weights' metadata (weights saved without a fingerprint accept any).
+    """
+    path = Path(path)
+    file = path / TOKENIZER_FILE
+    tokenizer = load_tokenizer(file)
+    if meta is None:
+        meta = read_weights_header(path)[1] if (path / WEIGHTS_FILE).is_file() else {}
+    if TOKENIZER_SHA256 not in meta:
+        return tokenizer  # saved without a tokenizer, or before fingerprints
+    found = tokenizer_fingerprint(file, tokenizer)
+    if found[TOKENIZER_SHA256] != meta[TOKENIZER_SHA256]:
+        saved = f"{meta.get(TOKENIZER_KIND, '?')}, {meta.get(TOKENIZER_VOCAB, '?')} ids"
+        now = f"{tokenizer.kind}, {tokenizer.vocab_size} ids"
+        detail = f"saved with {saved}, found {now}" if saved != now else f"{now} as saved, but a different file"
+        raise FoundryError(f"{file}: tokenizer does not match the model it was saved with ({detail})")
+    return tokenizer

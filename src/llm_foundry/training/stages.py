@@ -26,11 +26,11 @@ import torch
 from .. import __version__
 from ..config import TrainConfig
 from ..config.stages import StageConfig
-from ..tokenizers import Tokenizer, load_tokenizer
+from ..tokenizers import Tokenizer
 from ..utils.errors import FoundryError
 from ..utils.io import read_json
 from ..data.chat_batches import ChatMixture
-from ..models.model_dir import TOKENIZER_FILE, load_model_config
+from ..models.model_dir import load_model_config, load_model_tokenizer
 from .trainer import Batch, Trainer, check_run_folder
 
 STAGE_CONFIG_FILE = "stage_config.json"
@@ -54,7 +54,7 @@ class ChatSource:
         # The conversations are rendered with the model's own tokenizer: nothing to compare.
         if model_dir is None:
             raise FoundryError(f"a {self.label} stage starts from a model folder")
-        return load_tokenizer(model_dir / TOKENIZER_FILE)
+        return load_model_tokenizer(model_dir)
 
     def open(self, tokenizer: Tokenizer, seq_len: int, cfg: TrainConfig, device: torch.device) -> None:
         sc = self.stage_cfg
@@ -152,7 +152,7 @@ def stage_source(init_from: Path, out: Path, resume: bool):
     check_run_folder(out, resume)
     check_stage_folders(init_from, out)
     source = out if resume else init_from
-    return load_model_config(source), load_tokenizer(source / TOKENIZER_FILE)
+    return load_model_config(source), load_model_tokenizer(source)
 
 
 def load_stage_config(model_dir: str | Path) -> dict | None:

@@ -93,6 +93,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise FoundryError(f"{what} is not UTF-8 text: {path}") from None
     except json.JSONDecodeError as e:
         raise FoundryError(f"{what} is not valid JSON ({e.msg} at line {e.lineno}): {path}") from None
+    except (ValueError, RecursionError) as e:  # an integer past Python's 4,300-digit limit; nesting too deep
+        raise FoundryError(f"{what} is not valid JSON ({str(e).split(':')[0].split(';')[0]}): {path}") from None
 
 
 def read_log_records(path: str | os.PathLike) -> list[dict]:
