@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     ("report", ("report",)),
     ("speedrun", ("speedrun",)),
     ("config", ("config",)),
+    ("memory", ("memory",)),
 )
 COMMANDS = tuple(name for _, names in COMMAND_MODULES for name in names)
 
@@ -36,7 +37,7 @@ WORKFLOWS = (
     ("serve", ("serve",)),
     ("online", ("online",)),
     ("evolve", ("evolve",)),
-    ("tools", ("config", "eval", "report", "export", "bench")),
+    ("tools", ("config", "eval", "report", "export", "bench", "memory")),
 )
 
 
