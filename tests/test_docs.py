@@ -114,6 +114,11 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     raise AssertionError("foundry has no subcommands")
 
 
+def _actions_of(sub: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The actions of a command that has them (``config show``, ``memory add``), else {}."""
+    return next((dict(a.choices) for a in sub._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
 def _option_actions(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {s: a for a in sub._actions for s in a.option_strings}
 
@@ -144,6 +149,8 @@ def check_command(cmd: str, parser: argparse.ArgumentParser | None = None) -> li
     if args[0] not in subs:
         return [f"unknown subcommand {args[0]!r}"]
     sub = subs[args[0]]
+    # A command with actions (`foundry config show`, `foundry memory add`): the action's options count.
+    sub = _actions_of(sub).get(args[1], sub) if len(args) > 1 else sub
     actions = _option_actions(sub)
     problems = []
     # 1. every option named must exist in that subcommand (synopsis lines too)
@@ -219,7 +226,9 @@ def test_each_language_shows_commands():
 def test_every_cli_option_is_documented(lang):
     text = "\n".join(p.read_text(encoding="utf-8") for p in doc_files(lang))
     missing = []
-    for name, sub in _subparsers(build_parser()).items():
+    commands = [(name, sub) for name, sub in _subparsers(build_parser()).items()]
+    commands += [(f"{name} {act}", p) for name, sub in commands for act, p in _actions_of(sub).items()]
+    for name, sub in commands:
         for action in sub._actions:
             longs = [s for s in action.option_strings if s.startswith("--") and s != "--help"]
             if longs and not any(re.search(re.escape(s) + r"(?![\w-])", text) for s in longs):
@@ -240,6 +249,8 @@ def test_command_checker_can_fail():
     assert check_command("foundry train --data d --out r dimm=128", parser)
     assert check_command("foundry train --data d --out r lr=1e-3 --quiet dim=64", parser)
     assert check_command("foundry eval MODEL", parser)  # --data is required
+    assert check_command("foundry memory update MEM 3 --text TEXT", parser) == []  # an action's options
+    assert check_command("foundry memory list MEM --text TEXT", parser)
 
 
 # ------------------------------------------------------------------------- links
