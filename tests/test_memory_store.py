@@ -112,6 +112,36 @@ def test_bad_edits_are_one_line_and_change_nothing(store, edit, message):
     assert (store.live(), store.list(include_deleted=True), store.version) == before
 
 
+def test_an_edit_that_fails_midway_changes_nothing(store, monkeypatch):
+    store.add(["first"])
+    before = (store.live(), store.list(include_deleted=True))
+
+    def disk_fails(conn, rows):  # the entries are written, then the log write fails (a full disk, say)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(MemoryStore, "_log", staticmethod(disk_fails))
+    for edit in (lambda: store.add(["second", "third"]), lambda: store.update(1, "changed"), lambda: store.delete(1),
+                 lambda: store.rollback(0)):
+        with pytest.raises(FoundryError, match="disk is full"):
+            edit()
+        assert (store.live(), store.list(include_deleted=True)) == before
+    monkeypatch.undo()
+    assert store.add(["second"]) == [2] and store.version == 2
+
+
+def test_a_create_killed_midway_leaves_no_store_behind(tmp_path, monkeypatch):
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "link", killed)
+    with pytest.raises(KeyboardInterrupt):
+        MemoryStore.create(tmp_path / "mem")
+    assert list((tmp_path / "mem").iterdir()) == []
+    monkeypatch.undo()
+    with MemoryStore.create(tmp_path / "mem") as s:
+        assert s.add(["works"]) == [1]
+
+
 # ----------------------------------------------------------------------------- rollback and the change feed
 def random_edits(store: MemoryStore, rng: random.Random, n: int) -> dict[int, dict[int, str]]:
     """``n`` random edits; returns the live entries at every version reached."""

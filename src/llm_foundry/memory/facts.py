@@ -295,8 +295,10 @@ _EN_SYLLABLES = ("vel", "mo", "ra", "dar", "quin", "sel", "tor", "ba", "li", "na
 _EN_SURNAME_ENDS = ("quist", "ton", "vane", "ley", "mar", "dell", "rick", "wood", "sen", "ska", "holt", "ard")
 _EN_CITY_ENDS = ("ford", "haven", "mouth", "wick", "dale", "port", "burg", "stead", "mere", "gate")
 _EN_COMPANY_ENDS = ("Works", "Labs", "and Sons", "Trading", "Foundry", "Guild", "Co.", "Industries")
-_ZH_SURNAMES = "岚墨苏凌沈柯晏祁闻裴殷卓郁蔺甘荀姬冼禤仉"
-_ZH_GIVEN = "萱澈瑾珩翊漪砚霁栖棠烨昭婵钰筠岑曦璟湛绫蕴嵘歆骁珞檀沅芷炜澜"
+# Name spaces large enough for a 1M-entry store of distractors (~100k entities), so drawing stays quick.
+_ZH_SURNAMES = ("岚", "墨", "苏", "凌", "沈", "柯", "晏", "祁", "闻", "裴", "殷", "卓", "郁", "蔺", "甘", "荀", "姬", "冼",
+                "禤", "仉", "欧阳", "司马", "上官", "慕容", "东方", "南宫", "令狐", "皇甫", "尉迟", "公孙")
+_ZH_GIVEN = "萱澈瑾珩翊漪砚霁栖棠烨昭婵钰筠岑曦璟湛绫蕴嵘歆骁珞檀沅芷炜澜朔泠琛瑶璃婧祺谦逸舟黛墨阑黎晗"
 _ZH_PLACE = "岚墨青澜枫霞溪桐雁松璃泓岫汀苍翠沐渚霖峦浔芜荻蘅"
 _ZH_CITY_ENDS = "城镇港州"
 _ZH_COMPANY_ENDS = ("科技", "食品", "制造", "贸易", "工坊", "实业")
@@ -312,13 +314,14 @@ def make_name(rng: random.Random, kind: str, lang: str) -> str:
         if kind == "person":
             return f"{_en_word(rng, rng.choice((2, 3)))} {_en_word(rng, 1)}{rng.choice(_EN_SURNAME_ENDS)}"
         if kind == "city":
-            return _en_word(rng, rng.choice((1, 2))) + rng.choice(_EN_CITY_ENDS)
-        return f"{_en_word(rng, 2)} {rng.choice(_EN_COMPANY_ENDS)}"
+            return _en_word(rng, rng.choice((1, 2, 3))) + rng.choice(_EN_CITY_ENDS)
+        return f"{_en_word(rng, rng.choice((2, 3)))} {rng.choice(_EN_COMPANY_ENDS)}"
     if kind == "person":
         return rng.choice(_ZH_SURNAMES) + "".join(rng.choice(_ZH_GIVEN) for _ in range(rng.choice((1, 2))))
     if kind == "city":
         return "".join(rng.choice(_ZH_PLACE) for _ in range(rng.choice((2, 2, 3)))) + rng.choice(_ZH_CITY_ENDS)
-    return "".join(rng.choice(_ZH_PLACE + _ZH_GIVEN) for _ in range(2)) + rng.choice(_ZH_COMPANY_ENDS) + "公司"
+    stem = "".join(rng.choice(_ZH_PLACE + _ZH_GIVEN) for _ in range(rng.choice((2, 3))))
+    return stem + rng.choice(_ZH_COMPANY_ENDS) + "公司"
 
 
 def render(relation: Relation, subject: str, obj: str, lang: str, phrasing: int) -> str:

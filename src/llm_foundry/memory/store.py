@@ -168,6 +168,7 @@ class MemoryStore:
         items = {"format": FORMAT_VERSION, "created": time.time(), **(meta or {})}
         if backbone_fingerprint is not None:
             items["backbone_fingerprint"] = backbone_fingerprint
+        rows = [(k, _json(k, v)) for k, v in items.items()]  # (a bad value is refused before anything is made)
         path.mkdir(parents=True, exist_ok=True)
         tmp = path / f".{DB_NAME}.tmp-{os.getpid()}"
         tmp.unlink(missing_ok=True)
@@ -176,17 +177,24 @@ class MemoryStore:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")  # kept in the file: every later open is WAL
                 conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, _json(k, v)) for k, v in items.items()])
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", rows)
             finally:
                 conn.close()  # the last close checkpoints the WAL into the file and removes it
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, db)
+            try:
+                # A link, not a rename: it fails where a store appeared meanwhile (another create), never replaces it.
+                os.link(tmp, db)
+            except FileExistsError:
+                raise FoundryError(f"already a memory folder: {path}") from None
+            except OSError:  # a file system without hard links: a rename, after one more look
+                if db.exists():
+                    raise FoundryError(f"already a memory folder: {path}") from None
+                os.replace(tmp, db)
             _fsync_dir(path)
-        except BaseException:
+        finally:
             for leftover in path.glob(f".{DB_NAME}.tmp-{os.getpid()}*"):
                 leftover.unlink(missing_ok=True)
-            raise
         return cls.open(path, busy_timeout_s=busy_timeout_s)
 
     @classmethod
@@ -214,6 +222,8 @@ class MemoryStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")  # an edit is on disk when its commit returns
                 conn.execute("PRAGMA foreign_keys=ON")
+                # A 1M-entry add grows the WAL to the store's size; cut it back once it is checkpointed.
+                conn.execute("PRAGMA journal_size_limit=67108864")
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 if not {"meta", "entries", "edits"} <= tables:
                     raise FoundryError(f"not a memory store (no entries/edits tables in {DB_NAME}): {path}")
@@ -249,7 +259,7 @@ class MemoryStore:
             if "locked" in str(e) or "busy" in str(e):
                 raise FoundryError(f"memory store is busy (another process is editing it; tried for "
                                    f"{self._busy_timeout():.0f} s): {self.path}") from None
-            raise FoundryError(f"memory store cannot be read ({e}): {self.path}") from None
+            raise FoundryError(f"memory store failed ({e}): {self.path}") from None
         except sqlite3.DatabaseError as e:
             raise FoundryError(f"memory store is damaged ({e}): {self.path}") from None
 
