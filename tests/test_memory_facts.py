@@ -106,6 +106,12 @@ def test_forty_thousand_distractors_about_other_entities(world):
     assert world.distractors(0) == []
 
 
+@pytest.mark.slow
+def test_a_million_distractors_for_the_largest_store():
+    texts = build_world(0, 50, 50).distractors(1_000_000, seed=0)
+    assert len(texts) == 1_000_000 and len(set(texts)) > 990_000
+
+
 def test_bad_world_arguments(world):
     with pytest.raises(FoundryError, match="unknown split"):
         world.facts("test")

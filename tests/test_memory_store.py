@@ -249,6 +249,9 @@ def test_a_newer_format_is_refused_not_misread(tmp_path):
 def test_create_records_meta_and_refuses_to_overwrite(tmp_path):
     with MemoryStore.create(tmp_path / "mem", backbone_fingerprint="ab12cd", meta={"preset": "cpu"}) as s:
         assert s.backbone_fingerprint == "ab12cd" and s.meta["preset"] == "cpu" and s.meta["format"] == 1
+        s.check_backbone("ab12cd")
+        with pytest.raises(FoundryError, match="built for another backbone"):
+            s.check_backbone("99ee")
         s.set_meta(backbone_fingerprint="ffff", note=[1, 2])
         assert s.version == 0  # meta is not an edit
     with MemoryStore.open(tmp_path / "mem") as s:

@@ -325,6 +325,13 @@ class MemoryStore:
         """The fingerprint of the backbone this folder is built for (None: not yet bound to one)."""
         return self.meta.get("backbone_fingerprint")
 
+    def check_backbone(self, fingerprint: str) -> None:
+        """Refuse, in one line, a backbone other than the one this folder was built for (None: not bound yet)."""
+        bound = self.backbone_fingerprint
+        if bound is not None and bound != fingerprint:
+            raise FoundryError(f"memory folder {self.path} was built for another backbone (fingerprint {bound}, "
+                               f"this one is {fingerprint})")
+
     def set_meta(self, **items: Any) -> None:
         """Set meta key/values (JSON values; ``format`` is not the caller's). Not an edit: no version."""
         if "format" in items:
