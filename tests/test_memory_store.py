@@ -236,6 +236,16 @@ def test_open_refuses_what_is_not_a_usable_memory_folder(tmp_path):
         MemoryStore.open(tmp_path / "other")
 
 
+def test_a_truncated_database_is_one_line_not_a_traceback(tmp_path):
+    with MemoryStore.create(tmp_path / "mem") as s:
+        s.add([f"fact {i} " + "x" * 200 for i in range(2000)])
+    db = tmp_path / "mem" / "memory.sqlite"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    with pytest.raises(FoundryError, match="damaged"):
+        with MemoryStore.open(tmp_path / "mem") as s:
+            s.live()
+
+
 def test_a_newer_format_is_refused_not_misread(tmp_path):
     MemoryStore.create(tmp_path / "mem").close()
     conn = sqlite3.connect(tmp_path / "mem" / "memory.sqlite")
