@@ -278,7 +278,8 @@ class MemoryStore:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # (SQLite rolls some failures, a full disk say, back itself)
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
@@ -291,7 +292,8 @@ class MemoryStore:
             try:
                 yield conn
             finally:
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
 
     @staticmethod
     def _version(conn: sqlite3.Connection) -> int:
