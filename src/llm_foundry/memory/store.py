@@ -147,8 +147,8 @@ class MemoryStore:
                meta: dict | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S) -> MemoryStore:
         """Make a new, empty memory folder (or fill an existing empty folder) and open it.
 
-        The database is built under a temporary name and renamed into place, so a kill
-        midway leaves no half store.
+        The database is built under a temporary name and linked into place, so a kill
+        midway leaves no half store, and a store another process made meanwhile is never replaced.
 
         Args:
             path: the memory folder.
@@ -320,7 +320,10 @@ class MemoryStore:
         """Every key/value of the meta table (``format``, ``backbone_fingerprint``, and free ones)."""
         with self._lock, self._errors():
             rows = self._conn.execute("SELECT key, value FROM meta").fetchall()
-        return {k: json.loads(v) for k, v in rows}
+        try:
+            return {k: json.loads(v) for k, v in rows}
+        except (TypeError, ValueError):
+            raise FoundryError(f"memory store is damaged (a meta value is not JSON): {self.path}") from None
 
     @property
     def backbone_fingerprint(self) -> str | None:
