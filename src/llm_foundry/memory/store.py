@@ -408,23 +408,20 @@ class MemoryStore:
             current = self._version(conn)
             if not 0 <= version <= current:
                 raise FoundryError(f"no version {version} in this memory (versions 0..{current}): {self.path}")
+            # Each entry edited since: its text now and then (None: deleted, or not yet added). Its state
+            # at `version` is the new text of its last edit up to then: one query, on the (entry, version) index.
+            changed = conn.execute(
+                "SELECT id, CASE WHEN deleted THEN NULL ELSE text END, (SELECT new_text FROM edits "
+                "WHERE entry_id = entries.id AND version <= ? ORDER BY version DESC LIMIT 1) "
+                "FROM entries WHERE updated > ?", (version, version)).fetchall()
             rows = []
-            changed = conn.execute("SELECT id, text, deleted FROM entries WHERE updated > ? ORDER BY id",
-                                   (version,)).fetchall()
-            for entry_id, text, deleted in changed:
-                # The entry's state at `version` is the new text of its last edit up to then (None: absent/deleted).
-                then = conn.execute("SELECT new_text FROM edits WHERE entry_id = ? AND version <= ? "
-                                    "ORDER BY version DESC LIMIT 1", (entry_id, version)).fetchone()
-                then = then[0] if then else None
-                now = None if deleted else text
+            for entry_id, now, then in sorted(changed):
                 if then != now:
                     rows.append((current + len(rows) + 1, "rollback", entry_id, now, then))
-            for v, _, entry_id, _, then in rows:
-                if then is None:
-                    conn.execute("UPDATE entries SET deleted = 1, updated = ? WHERE id = ?", (v, entry_id))
-                else:
-                    conn.execute("UPDATE entries SET text = ?, deleted = 0, updated = ? WHERE id = ?",
-                                 (then, v, entry_id))
+            conn.executemany("UPDATE entries SET deleted = 1, updated = ? WHERE id = ?",
+                             [(v, i) for v, _, i, _, then in rows if then is None])
+            conn.executemany("UPDATE entries SET text = ?, deleted = 0, updated = ? WHERE id = ?",
+                             [(then, v, i) for v, _, i, _, then in rows if then is not None])
             self._log(conn, rows)
             return current + len(rows)
 
@@ -467,9 +464,10 @@ class MemoryStore:
         this with ``v``; an edit landing in between is then seen twice, never missed.
         """
         with self._read() as conn:
+            # No ORDER BY in SQL: sorting by id there would scan every entry instead of the few on the index.
             rows = conn.execute("SELECT id, CASE WHEN deleted THEN NULL ELSE text END FROM entries "
-                                "WHERE updated > ? ORDER BY id", (int(version),)).fetchall()
-        return [(r[0], r[1]) for r in rows]
+                                "WHERE updated > ?", (int(version),)).fetchall()
+        return sorted(rows)
 
     def history(self, entry_id: int) -> list[Edit]:
         """Every edit of one entry, oldest first. Unknown id: a one-line error."""
