@@ -215,6 +215,19 @@ def test_changed_since_brings_an_index_up_to_date(store):
     assert dict(store.changed_since(v)) == {new: "fresher", victim: None}
 
 
+def test_the_change_feed_reads_only_what_changed(store):
+    # The model side asks for changes after every edit: its cost must not grow with the store.
+    store.add([f"fact {i}" for i in range(20_000)])
+    v = store.version
+    store.update(12_345, "changed")
+    steps = []
+    store._conn.set_progress_handler(lambda: steps.append(1), 100)  # SQLite calls it every 100 VM steps
+    assert store.changed_since(v) == [(12_345, "changed")]
+    assert store.rollback(v) == v + 2
+    store._conn.set_progress_handler(None, 0)
+    assert len(steps) * 100 < 5_000  # a scan of the 20k entries would take 100k+ steps
+
+
 # ----------------------------------------------------------------------------- opening
 def test_open_refuses_what_is_not_a_usable_memory_folder(tmp_path):
     with pytest.raises(FoundryError, match="memory folder not found"):
