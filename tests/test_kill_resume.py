@@ -118,7 +118,7 @@ def test_train_killed_at_random_instants_resumes(shakespeare_data, reference, tm
     train_trials(shakespeare_data, reference, tmp_path, trials=1, seed=1)
 
 
-@pytest.mark.slow
+@pytest.mark.trials
 def test_train_killed_at_random_instants_always_resumes_many_trials(shakespeare_data, reference, tmp_path):
     train_trials(shakespeare_data, reference, tmp_path, trials=20, seed=2)
 
@@ -140,7 +140,7 @@ EVOLVE_ARGS = ["--cycles", "1", "--population", "2", "--cycle-steps", "4", "--mi
                "--hard-keep", "4", "--self-samples", "2", "--quiet"]
 
 
-@pytest.mark.slow
+@pytest.mark.trials
 def test_evolve_killed_at_random_instants_reopens(tmp_path):
     from helpers import chinese_text
 

@@ -436,6 +436,6 @@ def test_kill_9_at_random_instants_loses_no_acknowledged_line_short(tmp_path):
     kill_trials(tmp_path, trials=5, seed=1)
 
 
-@pytest.mark.slow
+@pytest.mark.trials
 def test_acceptance_kill_9_at_random_instants_loses_no_acknowledged_line(tmp_path):
     kill_trials(tmp_path, trials=50, seed=21)
