@@ -270,14 +270,19 @@ class Backbone(nn.Module):
 
 def _load_hf_model(folder: Path, device: str) -> nn.Module:
     try:
+        import transformers
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise FoundryError("a Hugging Face backbone needs transformers: pip install 'llm-foundry[hf]'") from None
     from transformers.utils import logging as hf_logging
 
+    # fp32 always (5.x loads in the checkpoint's dtype by default); the argument was renamed in 4.56.
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_arg = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
     hf_logging.disable_progress_bar()  # a bar per load is noise on a command line that loads one model
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **{dtype_arg: torch.float32})
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FoundryError(f"cannot load the Hugging Face model in {folder}: {first}") from None

@@ -193,18 +193,20 @@ class FaissIndex(ExactIndex):
     def search(self, query: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         fetch = min(len(self.vectors), 4 * k)
         _, rows = self.index.search(query.detach().float().cpu().contiguous().numpy(), fetch)
-        rows = torch.from_numpy(rows).to(query.device).clamp(min=0)  # -1: fewer neighbours than asked
+        rows = torch.from_numpy(rows).to(query.device)
+        missing = rows < 0  # fewer neighbours found than asked
+        rows = rows.clamp(min=0)
         s = (query.unsqueeze(1) * self.vectors[rows].to(query.dtype)).sum(-1)
         if bias is not None:
             s = s + bias.gather(1, rows).to(s.dtype)
-        s = s.masked_fill(~self.valid[rows], float("-inf"))
+        s = s.masked_fill(missing | ~self.valid[rows], float("-inf"))
         k = min(k, int(self.valid.sum()), fetch)
         top_s, order = s.topk(k, dim=1)
         return top_s, rows.gather(1, order)
 
 
 # ------------------------------------------------------------------ lexical signal
-_WORD = re.compile(r"[\u3400-\u9fff]|\w+")  # a CJK character is a word; elsewhere runs of letters/digits
+_WORD = re.compile(r"[\u3400-\u9fff]|[^\W\u3400-\u9fff]+")  # a CJK character is a word; elsewhere runs of letters/digits
 
 
 def words(text: str) -> list[str]:
