@@ -79,6 +79,8 @@ def test_memory_off_empty_and_at_init_equal_the_backbone_exactly(backbone):
     bank = model.bank(range(len(entries)), entries)
     found = model.retrieve(questions[0], 3, bank)
     assert (model(ids, found) - own).abs().max().item() == 0  # entries attached, modules at init
+    empty = model.bank([], [])
+    assert (model(ids, model.retrieve(questions[0], 3, empty, route=True)) - own).abs().max().item() == 0
 
 
 def test_training_changes_only_memory_parameters_and_memory_then_matters(backbone):
@@ -124,6 +126,7 @@ def test_kv_cache_decoding_with_memory_attached_matches_the_whole_forward(backbo
     """What an Engine needs: the injection is per position, so feeding tokens one at a time through
     the KV cache (the decode loop) gives the logits of one forward over the whole sequence."""
     model = MemoryModel(backbone)
+    torch.manual_seed(1)
     with torch.no_grad():
         for block in model.fusion.blocks.values():
             block.wo.weight.normal_(0, 0.05)  # as if trained: the memory changes the logits
@@ -140,6 +143,36 @@ def test_kv_cache_decoding_with_memory_attached_matches_the_whole_forward(backbo
             steps.append(inner(ids[:, t:t + 1], cache=cache, last_only=True)[0])
     torch.testing.assert_close(torch.cat(steps, 1), whole, atol=1e-4, rtol=1e-4)
     assert (inner(ids)[0] - backbone.model(ids)[0]).abs().max() == 0  # the hooks are gone after the block
+
+
+def test_the_engine_decodes_with_memory_attached(backbone):
+    """The one decode loop (Engine, KV cache, last-position logits) with the memory's hooks
+    attached gives the greedy tokens of the whole-sequence forward with memory."""
+    from llm_foundry.inference import Engine
+
+    model = MemoryModel(backbone)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for block in model.fusion.blocks.values():
+            block.wo.weight.normal_(0, 0.2)
+    entries, questions, _ = facts(4)
+    memory = model.read([entries[:2]])
+    prompt = TOK.encode(questions[0] + " ")
+    engine = Engine(backbone.model, TOK, precision="fp32", tools=False, mode="text")  # frozen=False: live model
+    with model.attached(memory):
+        tokens, _ = engine.generate(prompt, max_tokens=8, temperature=0.0)
+    plain, _ = engine.generate(prompt, max_tokens=8, temperature=0.0)
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            logits = model(torch.tensor([ids]), memory)[0, -1]
+            logits[engine.suppress] = float("-inf")  # what the engine never samples in text mode
+            ids.append(int(logits.argmax()))
+            if ids[-1] in engine.terminators:
+                ids.pop()
+                break
+    assert tokens[0] == ids[len(prompt):]
+    assert tokens[0] != plain[0]  # the memory did change the reply
 
 
 # ------------------------------------------------------------------ Hugging Face folders

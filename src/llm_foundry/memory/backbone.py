@@ -155,6 +155,12 @@ class Backbone(nn.Module):
         return self.model.get_input_embeddings() if self.is_hf else self.model.tok_embeddings
 
     @property
+    def context(self) -> int:
+        """The longest sequence the backbone takes."""
+        cfg = self.model.config if self.is_hf else self.model.cfg
+        return int(cfg.max_position_embeddings if self.is_hf else cfg.max_seq_len)
+
+    @property
     def device(self) -> torch.device:
         return self._embedding.weight.device
 
@@ -169,7 +175,7 @@ class Backbone(nn.Module):
         The blocks above ``layer`` do not run. Right padding is harmless: the model is
         causal, so a real token never sees the padding after it.
         """
-        self._check_layer(layer)
+        self.check_layer(layer)
         got: list[torch.Tensor] = []
 
         def grab(module, args, output):
@@ -196,6 +202,7 @@ class Backbone(nn.Module):
         """
         if not texts:
             raise FoundryError("no texts to read")
+        max_len = min(max_len, self.context)
         ids = [self.tokenizer.encode(t)[:max_len] for t in texts]
         if not all(ids):
             raise FoundryError("an empty text has no tokens to read")
@@ -219,7 +226,7 @@ class Backbone(nn.Module):
         is entered; any forward of the wrapped model (the Engine's included) sees them."""
         handles = []
         for layer, fn in inject.items():
-            self._check_layer(layer)
+            self.check_layer(layer)
 
             def hook(module, args, output, fn=fn):
                 if isinstance(output, tuple):  # older transformers return (hidden, ...)
@@ -240,7 +247,8 @@ class Backbone(nn.Module):
             return self.model(input_ids=ids, use_cache=False).logits
         return self.model(ids)[0]
 
-    def _check_layer(self, layer: int) -> None:
+    def check_layer(self, layer: int) -> None:
+        """Refuse a block index this backbone does not have (one line)."""
         if not 0 <= layer < self.n_layers:
             raise FoundryError(f"layer {layer} is outside the backbone's blocks 0..{self.n_layers - 1}")
 

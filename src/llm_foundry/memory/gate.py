@@ -59,7 +59,7 @@ class MemoryGate(nn.Module):
         super().__init__()
         self.__dict__["backbone"] = backbone  # a plain attribute: nn.Module would adopt it
         self.layer = (backbone.n_layers - 1) // 2 if layer is None else int(layer)
-        backbone._check_layer(self.layer)
+        backbone.check_layer(self.layer)
         self.dim, self.max_len = dim, max_len
         feat = 2 * backbone.dim
         self.entry_norm, self.query_norm = MemoryNorm(feat), MemoryNorm(feat)

@@ -161,7 +161,7 @@ class MemoryModel(nn.Module):
         texts = _question_texts(questions, self.backbone)
         with torch.set_grad_enabled(route and torch.is_grad_enabled()):
             q = self.gate.encode_queries(texts)
-        lexical_all = self.bank_lexical(bank, texts) if hybrid > 0 else None
+        lexical_all = bank.bm25.scores(texts) if hybrid > 0 else None
         bias = None if lexical_all is None else hybrid * lexical_all.to(q.device)
         with torch.no_grad():
             query = q.detach() * (1 - hybrid)
@@ -169,17 +169,12 @@ class MemoryModel(nn.Module):
             dense = (q.detach().unsqueeze(1) * bank.index.vectors[rows].to(q.dtype)).sum(-1)
         chosen = [[bank.texts[r] for r in row] for row in rows.tolist()]
         routed = None
-        if route:  # the chosen entries' vectors again, this time with autograd into the entry tower
+        if route and rows.shape[1]:  # the chosen entries' vectors again, now with autograd into the entry tower
             flat = [t for row in chosen for t in row]
             e = self.gate.embed_entries(self.gate.features(flat)).view(len(texts), rows.shape[1], -1)
             routed = (q.unsqueeze(1) * e).sum(-1) * self.gate.scale
         return Retrieval(ids=bank.ids[rows.cpu()].tolist(), texts=chosen, scores=scores, dense=dense,
                          lexical=None if lexical_all is None else lexical_all.gather(1, rows.cpu()), route=routed)
-
-    @staticmethod
-    def bank_lexical(bank: Bank, questions: Sequence[str]) -> torch.Tensor:
-        """``(questions, rows)`` BM25 scores in [0, 1] of every row of ``bank``."""
-        return bank.bm25.scores(questions)
 
     # ------------------------------------------------------------------ reading memory
     def read(self, texts: Sequence[Sequence[str]], route: torch.Tensor | None = None) -> MemoryBatch:
