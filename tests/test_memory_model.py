@@ -114,6 +114,9 @@ def test_answer_loss_reaches_gate_and_fusion_through_routed_top_k(backbone):
     loss = lambda _: answer_loss(model, questions[:4], answers[:4],  # noqa: E731
                                  model.retrieve(questions[:4], 3, bank, route=True))
     train_step(parts, 1.0, 1, loss)  # the output projection leaves zero: now gradient passes through it
+    found = model.retrieve(questions[:2], 3, bank, route=True)  # entries read once, for routing and fusion
+    ids = ids_of(questions[0]).expand(2, -1)
+    assert torch.equal(model(ids, found), model(ids, model.read(found.texts, found.route)))
     loss(0).backward()
     named = dict(model.memory.named_parameters())
     for name in ("gate.query_proj.weight", "gate.entry_proj.weight", "gate.log_scale",

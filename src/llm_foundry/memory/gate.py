@@ -82,7 +82,11 @@ class MemoryGate(nn.Module):
     # ------------------------------------------------------------------ towers
     def features(self, texts: Sequence[str]) -> torch.Tensor:
         """``(n, 2 * backbone.dim)`` features of ``texts`` (no autograd: the backbone is frozen)."""
-        states, embeds, mask = self.backbone.read(texts, self.layer, self.max_len)
+        return self.pool(*self.backbone.read(texts, self.layer, self.max_len))
+
+    @staticmethod
+    def pool(states: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Features from :meth:`Backbone.read`'s output: the means over real tokens, side by side."""
         w = mask.unsqueeze(-1).to(states.dtype) / mask.sum(1, keepdim=True).unsqueeze(-1)
         return torch.cat([(states * w).sum(1), (embeds * w).sum(1)], dim=-1).float()
 

@@ -50,6 +50,8 @@ class Retrieval:
         lexical: ``(questions, k)`` its BM25 score in [0, 1] (None without ``hybrid``).
         route: ``(questions, k)`` the gate's scaled cosine with autograd into both towers
             (the routing logits the fusion weights entries by), or None (``route=False``).
+        memory: with ``route``, the fusion's input already read (the entries' tokens were read
+            once, for the routing and for the fusion); else read when the model needs it.
     """
 
     ids: list[list[int]]
@@ -58,6 +60,7 @@ class Retrieval:
     dense: torch.Tensor
     lexical: torch.Tensor | None = None
     route: torch.Tensor | None = None
+    memory: MemoryBatch | None = None
 
 
 class Bank:
@@ -168,24 +171,31 @@ class MemoryModel(nn.Module):
             scores, rows = bank.index.search(query, k, bias)
             dense = (q.detach().unsqueeze(1) * bank.index.vectors[rows].to(q.dtype)).sum(-1)
         chosen = [[bank.texts[r] for r in row] for row in rows.tolist()]
-        routed = None
+        routed = memory = None
         if route and rows.shape[1]:  # the chosen entries' vectors again, now with autograd into the entry tower
-            flat = [t for row in chosen for t in row]
-            e = self.gate.embed_entries(self.gate.features(flat)).view(len(texts), rows.shape[1], -1)
+            tokens = self.backbone.read([t for row in chosen for t in row], self.gate.layer, self.gate.max_len)
+            e = self.gate.embed_entries(self.gate.pool(*tokens)).view(len(texts), rows.shape[1], -1)
             routed = (q.unsqueeze(1) * e).sum(-1) * self.gate.scale
+            memory = self.read(chosen, routed, tokens)
         return Retrieval(ids=bank.ids[rows.cpu()].tolist(), texts=chosen, scores=scores, dense=dense,
-                         lexical=None if lexical_all is None else lexical_all.gather(1, rows.cpu()), route=routed)
+                         lexical=None if lexical_all is None else lexical_all.gather(1, rows.cpu()), route=routed,
+                         memory=memory)
 
     # ------------------------------------------------------------------ reading memory
-    def read(self, texts: Sequence[Sequence[str]], route: torch.Tensor | None = None) -> MemoryBatch:
+    def read(self, texts: Sequence[Sequence[str]], route: torch.Tensor | None = None,
+             tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> MemoryBatch:
         """The fusion's input for a batch: per row, the token features of its entries ``texts[row]``,
-        read at the gate's block; ``route`` ``(rows, k)`` weights entries by ``softmax(route)``."""
+        read at the gate's block; ``route`` ``(rows, k)`` weights entries by ``softmax(route)``.
+
+        Args:
+            tokens: :meth:`Backbone.read` of all the entries, row after row, if already read.
+        """
         flat = [t for row in texts for t in row]
         b, d = len(texts), self.backbone.dim
         if not flat:
             device = self.backbone.device
             return MemoryBatch(torch.zeros(b, 0, d, device=device), torch.zeros(b, 0, dtype=torch.bool, device=device))
-        states, _, mask = self.backbone.read(flat, self.gate.layer, self.gate.max_len)
+        states, _, mask = tokens or self.backbone.read(flat, self.gate.layer, self.gate.max_len)
         length = states.shape[1]
         width = max(len(row) for row in texts) * length
         out = states.new_zeros(b, width, d)
@@ -205,7 +215,7 @@ class MemoryModel(nn.Module):
     def forward(self, ids: torch.Tensor, memory: Retrieval | MemoryBatch | None = None) -> torch.Tensor:
         """Logits ``(batch, time, vocab)`` of ``ids``, reading ``memory`` (None: the backbone alone)."""
         if isinstance(memory, Retrieval):
-            memory = self.read(memory.texts, memory.route)
+            memory = memory.memory if memory.memory is not None else self.read(memory.texts, memory.route)
         if memory is None or memory.empty:
             return self.backbone.logits(ids)
         return self.backbone.logits(ids, self.fusion.injections(memory))
