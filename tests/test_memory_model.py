@@ -23,8 +23,8 @@ from llm_foundry.memory.backbone import Backbone
 from llm_foundry.memory.fusion import MemoryBatch
 from llm_foundry.memory.gate import BM25, exact_topk, words
 from llm_foundry.memory.model import MODULES_FILE, MemoryModel
-from llm_foundry.memory.stages import (RouterData, answer_loss, memory_step_parts, retrieval_accuracy,
-                                       train_router)
+from llm_foundry.memory.stages import (RouterData, answer_loss, gold_first, kl_to_backbone, memory_step_parts,
+                                       retrieval_accuracy, retrieval_loss, train_router)
 from llm_foundry.training.step import train_step
 
 TOK = ByteTokenizer()
@@ -334,6 +334,42 @@ def test_router_stage_learns_retrieval_of_entities_it_never_saw(backbone):
     assert losses[-1] < losses[0]
     assert retrieval_accuracy(model, train) > 0.9
     assert retrieval_accuracy(model, held_out) > before + 0.3
+
+
+def test_joint_stage_pieces_gold_first_retrieval_loss_and_kl(backbone):
+    model = MemoryModel(backbone)
+    entries, questions, answers = facts(10)
+    ids = list(range(500, 500 + len(entries)))
+    bank = model.bank(ids, entries)
+    rows, cols = gold_first(model, questions[:6], ids[:6], bank, k=3)
+    assert cols.tolist() == [0] * 6 and all(len(r) == 3 and r[0] == entries[i] and entries[i] not in r[1:]
+                                            for i, r in enumerate(rows))
+    rows, cols = gold_first(model, questions[:6], ids[:6], bank, k=3, missing=1.0)
+    assert cols.tolist() == [-1] * 6 and all(len(r) == 3 and entries[i] not in r for i, r in enumerate(rows))
+    rows, cols = gold_first(model, questions[:6], ids[:6], bank, k=3, missing=0.5,
+                            generator=torch.Generator().manual_seed(0))
+    assert set(cols.tolist()) == {0, -1}
+    # Joint loss: answers read the gold-first entries, weighted by the gate; retrieval loss on the same logits.
+    route, memory = model.route(model.gate.encode_queries(questions[:6]), rows)
+    loss = answer_loss(model, questions[:6], answers[:6], memory) + retrieval_loss(route, cols)
+    loss.backward()
+    assert model.gate.query_proj.weight.grad.abs().sum() > 0  # from the retrieval loss, already at step 0
+    assert retrieval_loss(route, torch.full((6,), -1)).item() == 0
+    # The KL to the backbone: 0 at init (the fusion adds exact zeros), > 0 once the fusion changes the logits.
+    text = ids_of("Plain text that is about nothing in memory.")
+    far = model.read([entries[:2]])
+    assert kl_to_backbone(model, text, far).item() == 0
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for block in model.fusion.blocks.values():
+            block.wo.weight.normal_(0, 0.05)
+    kl = kl_to_backbone(model, text, far)
+    assert kl.item() > 0
+    model.zero_grad()
+    kl.backward()
+    assert next(iter(model.fusion.blocks.values())).wo.weight.grad.abs().sum() > 0
+    with pytest.raises(FoundryError, match="at least k \\+ 1 live entries"):
+        gold_first(model, questions[:1], ids[:1], model.bank(ids[:2], entries[:2]), k=2)
 
 
 # ------------------------------------------------------------------ bad input

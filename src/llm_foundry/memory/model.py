@@ -172,14 +172,25 @@ class MemoryModel(nn.Module):
             dense = (q.detach().unsqueeze(1) * bank.index.vectors[rows].to(q.dtype)).sum(-1)
         chosen = [[bank.texts[r] for r in row] for row in rows.tolist()]
         routed = memory = None
-        if route and rows.shape[1]:  # the chosen entries' vectors again, now with autograd into the entry tower
-            tokens = self.backbone.read([t for row in chosen for t in row], self.gate.layer, self.gate.max_len)
-            e = self.gate.embed_entries(self.gate.pool(*tokens)).view(len(texts), rows.shape[1], -1)
-            routed = (q.unsqueeze(1) * e).sum(-1) * self.gate.scale
-            memory = self.read(chosen, routed, tokens)
+        if route and rows.shape[1]:
+            routed, memory = self.route(q, chosen)
         return Retrieval(ids=bank.ids[rows.cpu()].tolist(), texts=chosen, scores=scores, dense=dense,
                          lexical=None if lexical_all is None else lexical_all.gather(1, rows.cpu()), route=routed,
                          memory=memory)
+
+    def route(self, query_vecs: torch.Tensor, entries: Sequence[Sequence[str]]) -> tuple[torch.Tensor, MemoryBatch]:
+        """Routing logits ``(rows, k)`` of each row's ``entries`` (same count per row) for its query
+        vector, with autograd into both towers, and the fusion's input weighted by them.
+
+        The entries' tokens are read once, for their entry vectors and for the fusion.
+        """
+        k = len(entries[0])
+        if any(len(row) != k for row in entries) or not k:
+            raise FoundryError("routing needs the same number (>= 1) of entries in every row")
+        tokens = self.backbone.read([t for row in entries for t in row], self.gate.layer, self.gate.max_len)
+        e = self.gate.embed_entries(self.gate.pool(*tokens)).view(len(entries), k, -1)
+        routed = (query_vecs.unsqueeze(1) * e).sum(-1) * self.gate.scale
+        return routed, self.read(entries, routed, tokens)
 
     # ------------------------------------------------------------------ reading memory
     def read(self, texts: Sequence[Sequence[str]], route: torch.Tensor | None = None,

@@ -1,8 +1,9 @@
 """The memory's training losses, stepped by the one training core (``training.step``).
 
-So far: the ``router`` stage (contrastive retrieval) and the answer loss the later stages
-build on (``fusion``, ``joint``, ``memory``; their drivers, resume and presets come with the
-``foundry memory train`` command).
+So far: the ``router`` stage (contrastive retrieval), and the pieces the later stages
+(``fusion``, ``joint``, ``memory``) are made of — the answer loss, gold-first batches with a
+share of missing golds, the retrieval loss over routed entries, and the KL to the backbone on
+memory-free text. Their drivers, resume and presets come with ``foundry memory train``.
 
 **Router** (InfoNCE): each question in a batch should score its gold entry above every
 other entry in the batch (in-batch negatives) and above the *hard* negatives, the entries
@@ -29,7 +30,8 @@ from ..training.optim import build_optimizers
 from ..training.step import StepParts, train_step
 from ..utils.errors import FoundryError
 from .gate import exact_topk
-from .model import MemoryModel, Retrieval
+from .fusion import MemoryBatch
+from .model import Bank, MemoryModel, Retrieval
 
 
 def memory_step_parts(model: MemoryModel, lr: float = 3e-3, weight_decay: float = 0.0,
@@ -143,3 +145,53 @@ def answer_loss(model: MemoryModel, questions: Sequence[str], answers: Sequence[
     """Mean cross-entropy of the answers' tokens after the questions, reading ``memory``."""
     ids, targets = answer_batch(model, questions, answers)
     return kernels.cross_entropy(model(ids, memory), targets)
+
+
+# ------------------------------------------------------------------ pieces of the fusion, joint and memory stages
+def gold_first(model: MemoryModel, questions: Sequence[str], gold_ids: Sequence[int], bank: Bank, k: int,
+               missing: float = 0.0, generator: torch.Generator | None = None
+               ) -> tuple[list[list[str]], torch.Tensor]:
+    """Each question's ``k`` entries for training the fusion: its gold entry first, then what the
+    gate retrieves besides it; for a share ``missing`` of the questions the gold is left out (only
+    retrieved entries), so that the model learns to fall back when memory lacks the answer.
+
+    Returns:
+        the entry texts per question, and ``(questions,)`` the gold's column (0) or -1 where left out.
+    """
+    if k < 1 or len(bank) < k + 1:
+        raise FoundryError(f"gold-first batches need k >= 1 and at least k + 1 live entries (k={k}, {len(bank)} live)")
+    if len(gold_ids) != len(questions):
+        raise FoundryError(f"{len(questions)} questions but {len(gold_ids)} gold ids")
+    found = model.retrieve(list(questions), k + 1, bank)
+    drop = torch.rand(len(questions), generator=generator) < missing
+    rows, cols = [], []
+    for r, gold in enumerate(gold_ids):
+        if int(gold) not in bank.row_of:
+            raise FoundryError(f"gold entry {gold} is not a live entry of the bank")
+        others = [t for i, t in zip(found.ids[r], found.texts[r]) if i != gold]
+        if drop[r]:
+            rows.append(others[:k])
+            cols.append(-1)
+        else:
+            rows.append([bank.texts[bank.row_of[int(gold)]]] + others[:k - 1])
+            cols.append(0)
+    return rows, torch.tensor(cols)
+
+
+def retrieval_loss(route: torch.Tensor, gold_col: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the routing logits ``(questions, k)`` against the gold's column, over the
+    questions whose gold is present (``gold_col`` >= 0); 0 when none is. The joint stage adds it
+    to the answer loss: the retrieved entries are the hard negatives."""
+    present = gold_col >= 0
+    if not bool(present.any()):
+        return route.sum() * 0.0
+    return F.cross_entropy(route[present], gold_col[present].to(route.device))
+
+
+def kl_to_backbone(model: MemoryModel, ids: torch.Tensor, memory: Retrieval | MemoryBatch) -> torch.Tensor:
+    """Mean per-token KL(backbone ‖ model reading ``memory``) on ``ids``: the memory stage's term that
+    keeps text unrelated to the memory as the backbone predicts it."""
+    with torch.no_grad():
+        target = torch.log_softmax(model(ids).float(), dim=-1).flatten(0, -2)
+    pred = torch.log_softmax(model(ids, memory).float(), dim=-1).flatten(0, -2)
+    return F.kl_div(pred, target, log_target=True, reduction="batchmean")
