@@ -118,7 +118,7 @@ class MemoryModel(nn.Module):
         fusion = fusion or Fusion(backbone.dim, default_fusion_layers(backbone.n_layers, gate.layer),
                                   _heads(backbone.dim))
         # One module holds everything that trains: optimizers, EMA and save see only it.
-        self.memory = nn.ModuleDict({"gate": gate, "fusion": fusion})
+        self.memory = nn.ModuleDict({"gate": gate, "fusion": fusion}).to(backbone.device)
 
     @property
     def gate(self) -> MemoryGate:
@@ -145,7 +145,7 @@ class MemoryModel(nn.Module):
         elif vectors.shape[-1] != self.gate.dim:
             raise FoundryError(f"cached entry vectors have width {vectors.shape[-1]}, the gate {self.gate.dim}; "
                                "rebuild the cache")
-        return Bank(ids, texts, vectors, approximate)
+        return Bank(ids, texts, vectors.to(self.backbone.device), approximate)
 
     def retrieve(self, questions: str | Sequence[str] | Sequence[Sequence[int]], k: int, bank: Bank,
                  hybrid: float = 0.0, route: bool = False) -> Retrieval:

@@ -67,7 +67,8 @@ class RouterData:
             raise FoundryError("a gold entry row is outside the entries")
         feats = lambda texts: torch.cat([model.gate.features(texts[i:i + batch_size])  # noqa: E731
                                          for i in range(0, len(texts), batch_size)])
-        return cls(feats(list(questions)), feats(list(entries)), torch.as_tensor(list(gold), dtype=torch.long))
+        q = feats(list(questions))
+        return cls(q, feats(list(entries)), torch.as_tensor(list(gold), dtype=torch.long, device=q.device))
 
 
 def hard_negatives(model: MemoryModel, data: RouterData, rows: torch.Tensor, n: int) -> torch.Tensor:
@@ -79,7 +80,7 @@ def hard_negatives(model: MemoryModel, data: RouterData, rows: torch.Tensor, n: 
     gold = data.gold[rows].unsqueeze(1)
     # Drop the gold where it appears; otherwise the last candidate (n + 1 were fetched).
     keep = torch.where((top == gold).any(1, keepdim=True), top != gold,
-                       torch.arange(top.shape[1]).unsqueeze(0) < n)
+                       torch.arange(top.shape[1], device=top.device).unsqueeze(0) < n)
     return top[keep].view(len(rows), n)
 
 
@@ -119,7 +120,7 @@ def train_router(model: MemoryModel, data: RouterData, steps: int, batch_size: i
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
-        rows = torch.randperm(len(data.gold), generator=gen)[:batch_size]
+        rows = torch.randperm(len(data.gold), generator=gen)[:batch_size].to(data.gold.device)
         negatives = hard_negatives(model, data, rows, hard) if hard else None
         losses.append(float(train_step(parts, 1.0, 1, lambda _: router_loss(model, data, rows, negatives))))
     return losses
