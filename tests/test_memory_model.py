@@ -117,6 +117,12 @@ def test_answer_loss_reaches_gate_and_fusion_through_routed_top_k(backbone):
     found = model.retrieve(questions[:2], 3, bank, route=True)  # entries read once, for routing and fusion
     ids = ids_of(questions[0]).expand(2, -1)
     assert torch.equal(model(ids, found), model(ids, model.read(found.texts, found.route)))
+    # In use (no autograd) entries are weighed alike, from the bank's vectors (rebuilt: the gate trained).
+    fresh = model.bank(range(len(entries)), entries)
+    with torch.no_grad():
+        plain = model.retrieve(questions[:2], 3, fresh)
+        assert plain.ids == found.ids
+        torch.testing.assert_close(model(ids, plain), model(ids, found), atol=1e-5, rtol=1e-5)
     loss(0).backward()
     named = dict(model.memory.named_parameters())
     for name in ("gate.query_proj.weight", "gate.entry_proj.weight", "gate.log_scale",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,8 @@ class Retrieval:
         scores: ``(questions, k)`` the ranking score: the dense cosine, or with ``hybrid`` the mix.
         dense: ``(questions, k)`` the gate's cosine of each chosen entry.
         lexical: ``(questions, k)`` its BM25 score in [0, 1] (None without ``hybrid``).
-        route: ``(questions, k)`` the gate's scaled cosine with autograd into both towers
-            (the routing logits the fusion weights entries by), or None (``route=False``).
+        route: ``(questions, k)`` the routing logits the fusion weighs entries by (the gate's
+            scaled cosines); with ``route=True`` with autograd into both towers.
         memory: with ``route``, the fusion's input already read (the entries' tokens were read
             once, for the routing and for the fusion); else read when the model needs it.
     """
@@ -155,7 +156,7 @@ class MemoryModel(nn.Module):
             questions: a text, texts, or token-id lists (decoded for the lexical signal).
             hybrid: weight of the BM25 score in the ranking (0: dense only; the score is
                 ``(1 - hybrid) * cosine + hybrid * bm25``).
-            route: also return the routing logits with autograd (training the gate through the LM loss).
+            route: compute the routing logits with autograd (training the gate through the LM loss).
         """
         if not 0.0 <= hybrid <= 1.0:
             raise FoundryError(f"hybrid weight must be in [0, 1], got {hybrid}")
@@ -171,7 +172,9 @@ class MemoryModel(nn.Module):
             scores, rows = bank.index.search(query, k, bias)
             dense = (q.detach().unsqueeze(1) * bank.index.vectors[rows].to(q.dtype)).sum(-1)
         chosen = [[bank.texts[r] for r in row] for row in rows.tolist()]
-        routed = memory = None
+        # The routing logits: the gate's scaled cosines. With ``route`` recomputed with autograd (the
+        # same values), else from the bank's vectors, so the fusion weighs entries alike in both cases.
+        routed, memory = dense * self.gate.scale.detach(), None
         if route and rows.shape[1]:
             routed, memory = self.route(q, chosen)
         return Retrieval(ids=bank.ids[rows.cpu()].tolist(), texts=chosen, scores=scores, dense=dense,
@@ -196,7 +199,8 @@ class MemoryModel(nn.Module):
     def read(self, texts: Sequence[Sequence[str]], route: torch.Tensor | None = None,
              tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> MemoryBatch:
         """The fusion's input for a batch: per row, the token features of its entries ``texts[row]``,
-        read at the gate's block; ``route`` ``(rows, k)`` weights entries by ``softmax(route)``.
+        read at the gate's block; ``route`` ``(rows, k)`` weights entries by ``softmax(route)``
+        (None: equal weights, e.g. entries given rather than retrieved).
 
         Args:
             tokens: :meth:`Backbone.read` of all the entries, row after row, if already read.
@@ -211,15 +215,19 @@ class MemoryModel(nn.Module):
         width = max(len(row) for row in texts) * length
         out = states.new_zeros(b, width, d)
         out_mask = torch.zeros(b, width, dtype=torch.bool, device=states.device)
-        bias = None if route is None else states.new_zeros(b, width)
+        bias = states.new_zeros(b, width)
         start = 0
         for r, row in enumerate(texts):
             n = len(row)
+            if not n:
+                continue
             out[r, :n * length] = states[start:start + n].reshape(n * length, d)
             out_mask[r, :n * length] = mask[start:start + n].reshape(-1)
-            if route is not None and n:
-                weights = torch.log_softmax(route[r, :n], dim=-1)
-                bias[r, :n * length] = weights.repeat_interleave(length)  # autograd follows the copy
+            # Each entry's tokens get the log of its routing weight (equal weights without a route),
+            # so entries weigh the same against the null slot in training and in use.
+            weights = (torch.log_softmax(route[r, :n], dim=-1) if route is not None
+                       else torch.full((n,), -math.log(n), device=states.device))
+            bias[r, :n * length] = weights.repeat_interleave(length)  # autograd follows the copy
             start += n
         return MemoryBatch(out, out_mask, bias)
 
