@@ -389,6 +389,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, backbone):
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     one_line(lambda: Backbone.load(tmp_path / "gpt"), "unsupported backbone architecture 'gpt2'")
+    hf = _hf_folder(tmp_path, "llama")
+    weights = hf / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    one_line(lambda: Backbone.load(hf, tokenizer=TOK), "cannot load the Hugging Face model")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.json").write_bytes(b"\x00\xff not json")
     one_line(lambda: Backbone.load(tmp_path / "junk"), "not valid JSON")

@@ -137,7 +137,8 @@ class Backbone(nn.Module):
             return cls(bundle.model, tokenizer or bundle.tokenizer, str(folder))
         model_type = meta.get("model_type")
         if model_type not in HF_ARCHITECTURES:
-            raise FoundryError(f"{folder}: unsupported backbone architecture {model_type or meta.get('architecture')!r} "
+            found = model_type or meta.get("architecture") or "unknown"
+            raise FoundryError(f"{folder}: unsupported backbone architecture {found!r} "
                                f"(supported: our MiniLLM folders, Hugging Face {', '.join(HF_ARCHITECTURES)})")
         return cls(_load_hf_model(folder, device), tokenizer or _load_hf_tokenizer(folder), str(folder))
 
@@ -291,9 +292,9 @@ def _load_hf_model(folder: Path, device: str) -> nn.Module:
     hf_logging.disable_progress_bar()  # a bar per load is noise on a command line that loads one model
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **{dtype_arg: torch.float32})
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FoundryError(f"cannot load the Hugging Face model in {folder}: {first}") from None
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises, the cause is the folder's files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise FoundryError(f"cannot load the Hugging Face model in {folder}: {type(e).__name__}: {first}") from None
     return model.to(device)
 
 
