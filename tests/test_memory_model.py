@@ -59,6 +59,12 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Fresh memory modules draw from the global RNG: the same draws whatever runs first."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="module")
 def backbone() -> Backbone:
     return Backbone(tiny_minillm(), TOK)
