@@ -6,6 +6,7 @@ are made up in this file.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -188,6 +189,11 @@ def test_the_engine_decodes_with_memory_attached(backbone):
                 break
     assert tokens[0] == ids[len(prompt):]
     assert tokens[0] != plain[0]  # the memory did change the reply
+    # An inference copy (fused projections, as a frozen Engine decodes with) takes the same hooks.
+    fused = copy.deepcopy(backbone.model).fuse_projections()
+    ids = torch.tensor([prompt])
+    with torch.no_grad(), model.attached(memory, fused):
+        torch.testing.assert_close(fused(ids)[0], model(ids, memory), atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------ Hugging Face folders

@@ -149,7 +149,7 @@ class Backbone(nn.Module):
     @property
     def layers(self) -> nn.ModuleList:
         """The decoder blocks, in order (the hooks' targets)."""
-        return self.model.model.layers if self.is_hf else self.model.layers
+        return _layers_of(self.model)
 
     @property
     def _embedding(self) -> nn.Embedding:
@@ -222,10 +222,18 @@ class Backbone(nn.Module):
             return self._run(ids)
 
     @contextmanager
-    def injecting(self, inject: dict[int, Injection]) -> Iterator[None]:
+    def injecting(self, inject: dict[int, Injection], *models: nn.Module) -> Iterator[None]:
         """Hooks that replace block ``layer``'s output ``h`` by ``inject[layer](h)`` while the block
-        is entered; any forward of the wrapped model (the Engine's included) sees them."""
+        is entered; any forward of the wrapped model (the Engine's included) sees them.
+
+        Args:
+            models: hook these copies of the backbone's model instead (e.g. an Engine's inference
+                copies with fused projections, ``decode_models``); they must have its blocks.
+        """
         handles = []
+        layer_lists = [_layers_of(m) for m in models] if models else [self.layers]
+        if any(len(layers) != self.n_layers for layers in layer_lists):
+            raise FoundryError("a model to inject into does not have the backbone's blocks")
         for layer, fn in inject.items():
             self.check_layer(layer)
 
@@ -234,7 +242,7 @@ class Backbone(nn.Module):
                     return (fn(output[0]),) + tuple(output[1:])
                 return fn(output)
 
-            handles.append(self.layers[layer].register_forward_hook(hook))
+            handles += [layers[layer].register_forward_hook(hook) for layers in layer_lists]
         try:
             yield
         finally:
@@ -275,6 +283,11 @@ class Backbone(nn.Module):
                 h.update(sample.numpy().tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
+
+
+def _layers_of(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a MiniLLM (``layers``) or a Hugging Face ``*ForCausalLM`` (``model.layers``)."""
+    return model.layers if hasattr(model, "tok_embeddings") else model.model.layers
 
 
 def _load_hf_model(folder: Path, device: str) -> nn.Module:

@@ -231,23 +231,28 @@ class MemoryModel(nn.Module):
             start += n
         return MemoryBatch(out, out_mask, bias)
 
+    def read_retrieved(self, found: Retrieval) -> MemoryBatch:
+        """The fusion's input for what :meth:`retrieve` found, weighted by its routing logits."""
+        return found.memory if found.memory is not None else self.read(found.texts, found.route)
+
     def forward(self, ids: torch.Tensor, memory: Retrieval | MemoryBatch | None = None) -> torch.Tensor:
         """Logits ``(batch, time, vocab)`` of ``ids``, reading ``memory`` (None: the backbone alone)."""
         if isinstance(memory, Retrieval):
-            memory = memory.memory if memory.memory is not None else self.read(memory.texts, memory.route)
+            memory = self.read_retrieved(memory)
         if memory is None or memory.empty:
             return self.backbone.logits(ids)
         return self.backbone.logits(ids, self.fusion.injections(memory))
 
     @contextmanager
-    def attached(self, memory: MemoryBatch | None) -> Iterator[None]:
+    def attached(self, memory: MemoryBatch | None, *models: nn.Module) -> Iterator[None]:
         """Inject ``memory`` into every forward of the backbone's own model while inside, e.g. an
-        :class:`~llm_foundry.inference.Engine` decoding ``self.backbone.model`` (not frozen: its
-        inference copies would not carry the hooks)."""
+        :class:`~llm_foundry.inference.Engine` decoding ``self.backbone.model`` (``frozen=False``),
+        or into ``models``, copies of it such as an Engine's inference copies (``decode_models``;
+        not compiled ones: a compiled graph does not see hooks added later)."""
         if memory is None or memory.empty:
             yield
             return
-        with self.backbone.injecting(self.fusion.injections(memory)):
+        with self.backbone.injecting(self.fusion.injections(memory), *models):
             yield
 
     # ------------------------------------------------------------------ files
