@@ -98,6 +98,8 @@ def test_training_changes_only_memory_parameters_and_memory_then_matters(backbon
     bank = model.bank(range(len(entries)), entries)
     parts = memory_step_parts(model, lr=1e-2)
     assert not any(p.requires_grad for p in backbone.parameters())
+    model.train()
+    assert model.gate.training and not backbone.model.training  # no dropout in the frozen backbone
     assert {id(p) for g in parts.optimizers[0].param_groups for p in g["params"]} == {
         id(p) for p in model.trainable_parameters()}
     for _ in range(3):
