@@ -20,7 +20,7 @@ pulls each question towards its own entry (``stages.py``).
 Search is exact (:func:`exact_topk`, a chunked matrix product: 1M entries × 256 dims is
 1 GB of fp32 vectors and never more than one chunk of scores at once); deleted entries
 are masked, never returned. A lexical signal (:class:`BM25`) can be mixed into the dense
-score (``weight``), and :class:`FaissIndex` offers an approximate search behind the same
+score (``MemoryModel.retrieve(..., hybrid=w)``), and :class:`FaissIndex` offers an approximate search behind the same
 ``search`` interface where ``faiss`` is installed.
 """
 
