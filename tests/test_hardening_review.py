@@ -1,0 +1,66 @@
+"""What a review of issue 21 as merged found still broken, each kept as a test.
+
+The cases use real parts: real run and model folders on disk, a real save interrupted by a fault
+injected into the file-system call at the instant a kill would land, the real CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+# ---------------------------------------------------------------------------- checkpoint swaps
+class Killed(BaseException):
+    """Stands for a SIGKILL at one instant of a save: nothing after it runs."""
+
+
+def _save_killed_between_the_two_renames(run: Path, monkeypatch) -> int:
+    """Save a new checkpoint of ``run`` by the portable swap (no renameat2), killed after the old
+    ``checkpoint/`` was moved aside and before the complete new one took its name; returns its step."""
+    from llm_foundry.models import load_model_dir
+    from llm_foundry.models.model_dir import STATE_FILE, save_checkpoint_dir
+    from llm_foundry.utils import io
+
+    bundle = load_model_dir(run)
+    state = (run / STATE_FILE).read_bytes()
+    monkeypatch.setattr(io, "_renameat2", False)  # as on a system without RENAME_EXCHANGE
+    rename = io._rename
+
+    def rename_then_die(src: Path, dst: Path) -> None:
+        if ".foundry-new-" in src.name and dst.name == "checkpoint":
+            raise Killed
+        rename(src, dst)
+
+    monkeypatch.setattr(io, "_rename", rename_then_die)
+    with pytest.raises(Killed):
+        save_checkpoint_dir(run, bundle.model, bundle.tokenizer, step=bundle.step + 1, state_bytes=state)
+    monkeypatch.setattr(io, "_rename", rename)
+    assert not (run / "checkpoint").exists()  # the instant the test is about
+    return bundle.step + 1
+
+
+def test_reader_finishes_a_swap_killed_between_its_two_renames(trained_run, tmp_path, monkeypatch):
+    """`foundry generate RUN` in that instant reads the new checkpoint, not links to nothing."""
+    from llm_foundry.models import load_model_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, symlinks=True)
+    step = _save_killed_between_the_two_renames(run, monkeypatch)
+    assert load_model_dir(run).step == step
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".checkpoint")) == []
+
+
+def test_resume_after_a_swap_killed_between_its_two_renames_continues(trained_run, tmp_path, monkeypatch):
+    """`foundry train --resume` continues from the saved checkpoint; it must not start the run over."""
+    from llm_foundry.models.model_dir import STATE_FILE
+    from llm_foundry.training.trainer import check_run_folder, nothing_saved_yet
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, symlinks=True)
+    _save_killed_between_the_two_renames(run, monkeypatch)
+    assert not nothing_saved_yet(run)
+    check_run_folder(run, resume=True)
+    assert (run / STATE_FILE).is_file() and (run / "metrics.jsonl").is_file()
