@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY_MODEL, one_line_error, run_cli
+
 
 # ---------------------------------------------------------------------------- checkpoint swaps
 class Killed(BaseException):
@@ -64,3 +66,23 @@ def test_resume_after_a_swap_killed_between_its_two_renames_continues(trained_ru
     assert not nothing_saved_yet(run)
     check_run_folder(run, resume=True)
     assert (run / STATE_FILE).is_file() and (run / "metrics.jsonl").is_file()
+
+
+# ---------------------------------------------------------------------------- --resume
+def test_resume_into_a_model_folder_is_refused_and_leaves_it_as_it_was(shakespeare_data, tmp_path):
+    """A model folder (no training state) given to --resume is not "a run killed before its first
+    checkpoint": it is refused in one line, and its weights are not replaced by a new model's."""
+    from llm_foundry.config import load_config
+    from llm_foundry.models import MiniLLM, save_model_dir
+    from llm_foundry.tokenizers import load_tokenizer
+
+    model_cfg, _ = load_config("tiny", TINY_MODEL)
+    tok = load_tokenizer(shakespeare_data / "tokenizer.json")
+    model_cfg.vocab_size = tok.vocab_size
+    folder = tmp_path / "my_model"
+    save_model_dir(folder, MiniLLM(model_cfg), tok, step=7)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    proc = run_cli("train", "--data", str(shakespeare_data), "--out", str(folder), "--resume", "--quiet",
+                   *TINY_MODEL, "max_steps=2", "batch_size=2", "eval_interval=0")
+    one_line_error(proc, "nothing to resume")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
