@@ -86,3 +86,28 @@ def test_resume_into_a_model_folder_is_refused_and_leaves_it_as_it_was(shakespea
                    *TINY_MODEL, "max_steps=2", "batch_size=2", "eval_interval=0")
     one_line_error(proc, "nothing to resume")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+# ---------------------------------------------------------------------------- serve: an allowed web origin
+def test_allowed_origin_preflight_allows_the_headers_a_client_library_sends(tmp_path):
+    """A page of a --cors-origin origin that calls the API through the OpenAI JS SDK asks, in its
+    preflight, to send the SDK's own headers as well; a fixed list of two would make the browser
+    block every call of that origin the operator allowed."""
+    import httpx
+
+    from test_serve_http_attacks import APP_ORIGIN, start
+    from test_serve import chatty_model
+
+    asked = "authorization, content-type, x-stainless-os, x-stainless-retry-count"
+    model_dir = chatty_model(tmp_path / "m", dim=32, n_layers=1, max_seq_len=64)
+    with start(model_dir, cors_origins=(APP_ORIGIN,)) as server:
+        r = httpx.options(server.url + "/v1/chat/completions", headers={
+            "Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked})
+        assert r.status_code == 204 and r.headers["access-control-allow-origin"] == APP_ORIGIN
+        allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+        assert set(asked.split(", ")) <= allowed
+        # A foreign origin's preflight is still refused, whatever it asks for.
+        r = httpx.options(server.url + "/v1/chat/completions", headers={
+            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": asked})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
