@@ -68,6 +68,31 @@ def test_resume_after_a_swap_killed_between_its_two_renames_continues(trained_ru
     assert (run / STATE_FILE).is_file() and (run / "metrics.jsonl").is_file()
 
 
+def test_a_reader_during_a_save_leaves_the_save_alone(trained_run, tmp_path, monkeypatch):
+    """`foundry generate RUN` while `foundry train` saves: the reader reads the checkpoint there is and
+    must not take the save's folder, still being written, for a leftover of a kill (the save would fail)."""
+    from llm_foundry.models import load_model_dir
+    from llm_foundry.models.model_dir import STATE_FILE, save_checkpoint_dir
+    from llm_foundry.utils import io
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, symlinks=True)
+    bundle = load_model_dir(run)
+    read_meanwhile = []
+    fsync_tree = io.fsync_tree
+
+    def read_then_sync(folder):  # the new checkpoint is written, not yet swapped in
+        if not read_meanwhile:
+            read_meanwhile.append(load_model_dir(run).step)
+        fsync_tree(folder)
+
+    monkeypatch.setattr(io, "fsync_tree", read_then_sync)
+    save_checkpoint_dir(run, bundle.model, bundle.tokenizer, step=bundle.step + 1,
+                        state_bytes=(run / STATE_FILE).read_bytes())
+    assert read_meanwhile == [bundle.step]
+    assert load_model_dir(run).step == bundle.step + 1
+
+
 # ---------------------------------------------------------------------------- --resume
 def test_resume_into_a_model_folder_is_refused_and_leaves_it_as_it_was(shakespeare_data, tmp_path):
     """A model folder (no training state) given to --resume is not "a run killed before its first

@@ -255,8 +255,12 @@ def load_model_config(path: str | Path) -> ModelConfig:
 
 def _finish_interrupted_save(path: Path) -> None:
     """A run folder whose swap of ``checkpoint/`` a kill interrupted reads as its old or new checkpoint,
-    not as links to nothing (a missing name is left missing: that is damage to report, not a save to finish)."""
-    if not _swap_pending(path):
+    not as links to nothing (a missing name is left missing: that is damage to report, not a save to finish).
+
+    Only a missing ``checkpoint/`` is finished here: beside a present one, the swap's folders may be a
+    save still being written by the training process, which a reader must leave alone (that process,
+    or its ``--resume``, tidies them)."""
+    if (path / CHECKPOINT_DIR).exists() or not _swap_pending(path):
         return
     try:
         recover_checkpoint_dir(path)
