@@ -93,6 +93,35 @@ def test_a_reader_during_a_save_leaves_the_save_alone(trained_run, tmp_path, mon
     assert load_model_dir(run).step == bundle.step + 1
 
 
+def test_evolve_demo_during_a_champion_swap_leaves_the_swap_alone(tmp_path, monkeypatch):
+    """`foundry evolve --mode demo` (no lock: a reader) while `--mode evolve` replaces the champion:
+    the reader takes the champion there is and must not delete the new one being written."""
+    import torch
+
+    from llm_foundry.config import ModelConfig
+    from llm_foundry.evolve.state import StatePaths, write_model_dir
+    from llm_foundry.models import MiniLLM, load_model_dir
+    from llm_foundry.tokenizers import build_tokenizer
+    from llm_foundry.utils import io
+
+    tok = build_tokenizer("byte")
+    torch.manual_seed(0)
+    model = MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=16, n_layers=1, n_heads=2, max_seq_len=16))
+    paths = StatePaths(tmp_path / "state")
+    write_model_dir(paths.champion, model, tok, step=1)
+    read_meanwhile = []
+    fsync_tree = io.fsync_tree
+
+    def read_then_sync(folder):  # the new champion is written, not yet swapped in
+        if not read_meanwhile:
+            read_meanwhile.append(load_model_dir(StatePaths(paths.root).require_champion()).step)
+        fsync_tree(folder)
+
+    monkeypatch.setattr(io, "fsync_tree", read_then_sync)
+    write_model_dir(paths.champion, model, tok, step=2)
+    assert read_meanwhile == [1] and load_model_dir(paths.champion).step == 2
+
+
 # ---------------------------------------------------------------------------- --resume
 def test_resume_into_a_model_folder_is_refused_and_leaves_it_as_it_was(shakespeare_data, tmp_path):
     """A model folder (no training state) given to --resume is not "a run killed before its first
