@@ -165,3 +165,43 @@ def test_allowed_origin_preflight_allows_the_headers_a_client_library_sends(tmp_
             "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": asked})
         assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+
+
+# ---------------------------------------------------------------------------- serve: JSON inside the JSON
+@pytest.fixture(scope="module")
+def default_cap_server(tmp_path_factory):
+    """A real server with the default 4 MiB body cap (room for a body nested 100,000 deep)."""
+    from test_serve import chatty_model
+    from test_serve_http_attacks import start
+
+    model_dir = chatty_model(tmp_path_factory.mktemp("args") / "m", dim=32, n_layers=1, max_seq_len=64)
+    with start(model_dir, max_body_bytes=4 * 1024 * 1024) as server:
+        yield server
+
+
+def _chat_with_tool_arguments(arguments: str) -> dict:
+    return {"model": "m", "max_tokens": 1, "messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+        {"role": "user", "content": "and so?"}]}
+
+
+@pytest.mark.parametrize("arguments", [
+    '{"expression": "\\ud800"}',                           # a lone surrogate, escaped inside the string
+    '{"expression": "1", "x": ' + "9" * 5000 + "}",        # an integer over 4,300 digits
+    "[" * 100_000 + "]" * 100_000,                          # nested deeper than the parser's recursion limit
+], ids=["lone-surrogate", "5000-digit-integer", "nested-100000"])
+def test_tool_call_arguments_are_checked_like_the_body(default_cap_server, arguments):
+    """A tool call's ``function.arguments`` is JSON inside the body's JSON: the client mistakes that
+    are a 400 in the body (issue 21) are a 400 there too, never a 500."""
+    import httpx
+
+    from test_serve_http_attacks import assert_error
+
+    url = default_cap_server.url + "/v1/chat/completions"
+    err = assert_error(httpx.post(url, json=_chat_with_tool_arguments(arguments), timeout=60), 400, None)
+    assert err["param"] == "messages.1.tool_calls.0", err
+    ok = httpx.post(url, json=_chat_with_tool_arguments('{"expression": "2+2"}'), timeout=60)
+    assert ok.status_code == 200, ok.text
