@@ -66,7 +66,10 @@ class StatePaths:
         return is_complete_model_dir(self.champion)
 
     def require_champion(self) -> Path:
-        recover_model_dir(self.champion)
+        # Only a missing champion is a swap to finish here: readers (--mode demo) hold no lock, and beside
+        # a whole champion the swap's folders may be a save in progress (the lock holder tidies them).
+        if not self.has_champion():
+            recover_model_dir(self.champion)
         if not self.has_champion():
             raise FoundryError(f"no trained model in {self.root}; run `foundry evolve --mode train` first")
         return self.champion

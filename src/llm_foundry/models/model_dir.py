@@ -166,8 +166,7 @@ def recover_checkpoint_dir(path: str | Path) -> None:
     """Finish a checkpoint save of the run folder ``path`` that a kill interrupted (idempotent):
     the swap of ``checkpoint/``, and the links of a first save. Cheap when there is nothing to do."""
     path = Path(path)
-    if not (path / CHECKPOINT_DIR).exists() and not any(
-            (path / f".{CHECKPOINT_DIR}.{tag}").exists() for tag in ("new", "old")):
+    if not (path / CHECKPOINT_DIR).exists() and not _swap_pending(path):
         return  # a plain model folder, or a run folder of plain files written before checkpoints were units
     recover_folder(path / CHECKPOINT_DIR)
     missing = [name for name in CHECKPOINT_FILES if not (path / name).exists() and not (path / name).is_symlink()]
@@ -175,6 +174,12 @@ def recover_checkpoint_dir(path: str | Path) -> None:
         _link_checkpoint(path, only=missing)
     for name in CHECKPOINT_FILES:
         (path / f".{name}.link").unlink(missing_ok=True)
+
+
+def _swap_pending(path: Path) -> bool:
+    """Whether folders of a swap of ``checkpoint/`` lie beside it: ``.checkpoint.foundry-new-<tag>`` and the
+    like of ``utils.io.replace_folder``, or the fixed ``.checkpoint.new/.old`` of older versions."""
+    return any(path.glob(f".{CHECKPOINT_DIR}.*"))
 
 
 def _adopt_plain_files(path: Path) -> None:
@@ -250,8 +255,12 @@ def load_model_config(path: str | Path) -> ModelConfig:
 
 def _finish_interrupted_save(path: Path) -> None:
     """A run folder whose swap of ``checkpoint/`` a kill interrupted reads as its old or new checkpoint,
-    not as links to nothing (a missing name is left missing: that is damage to report, not a save to finish)."""
-    if not any((path / f".{CHECKPOINT_DIR}.{tag}").exists() for tag in ("new", "old")):
+    not as links to nothing (a missing name is left missing: that is damage to report, not a save to finish).
+
+    Only a missing ``checkpoint/`` is finished here: beside a present one, the swap's folders may be a
+    save still being written by the training process, which a reader must leave alone (that process,
+    or its ``--resume``, tidies them)."""
+    if (path / CHECKPOINT_DIR).exists() or not _swap_pending(path):
         return
     try:
         recover_checkpoint_dir(path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -142,10 +143,20 @@ def cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
     return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
 
 
-def preflight() -> Response:
-    """The answer to a browser's CORS preflight from an allowed origin (its Allow-Origin is added as to all)."""
+PREFLIGHT_HEADERS = "Authorization, Content-Type"
+HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
+
+
+def preflight(requested: str = "") -> Response:
+    """The answer to a browser's CORS preflight from an allowed origin (its Allow-Origin is added as to all).
+
+    The headers the page asks to send are allowed as asked: the origin is trusted already, and client
+    libraries send their own (the OpenAI SDK's ``X-Stainless-*``), which a fixed list would refuse.
+    """
+    requested = requested.strip()
+    allowed = requested if HEADER_LIST.fullmatch(requested) else PREFLIGHT_HEADERS
     return Response(status_code=204, headers={"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                                              "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                                              "Access-Control-Allow-Headers": allowed,
                                               "Access-Control-Max-Age": "600"})
 
 
@@ -213,7 +224,7 @@ class Guard:
                                                 "refused (allow an origin with --cors-origin)",
                                            code="origin_not_allowed"), close=has_body)
             if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
-                return preflight()
+                return preflight(headers.get(b"access-control-request-headers", b"").decode("latin-1"))
         auth = headers.get(b"authorization", b"").decode("latin-1")
         if err := builders.api_key_error(scope["method"], scope["path"], auth, self.api_key):
             return self.error(err, close=has_body)

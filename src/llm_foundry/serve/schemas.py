@@ -214,10 +214,12 @@ def tool_expression(call: Any, where: str) -> str:
     args = fn.get("arguments", "{}")
     try:
         args = json.loads(args) if isinstance(args, str) else args
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # as for the body: bad JSON, a 5,000-digit integer, nesting too deep
         raise ApiError(400, f"{where}: function.arguments is not JSON", param=where) from None
     if not isinstance(args, dict) or not isinstance(args.get("expression"), str):
         raise ApiError(400, f"{where}: arguments must be {{\"expression\": \"...\"}}", param=where)
+    if not _encodable(args["expression"]):  # "\\ud800" inside the arguments string: the body's check cannot see it
+        raise ApiError(400, f"{where}: the expression holds a lone UTF-16 surrogate, which is not text", param=where)
     return args["expression"]
 
 

@@ -36,7 +36,8 @@ from ..utils.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json
 from ..utils.progress import console
-from ..models.model_dir import STATE_FILE, TOKENIZER_FILE, load_model_config, load_model_dir, recover_checkpoint_dir
+from ..models.model_dir import (CHECKPOINT_DIR, CHECKPOINT_FILES, STATE_FILE, TOKENIZER_FILE, load_model_config,
+                                load_model_dir, recover_checkpoint_dir)
 from .loop import MetricsLog, run_loop
 from .optim import peak_lrs
 from .schedule import lr_factor
@@ -72,11 +73,14 @@ def check_run_folder(out: Path, resume: bool) -> None:
 
 def nothing_saved_yet(out: Path) -> bool:
     """Whether ``out`` is the folder of a run killed before its first checkpoint: it exists and,
-    once an interrupted save is finished, holds no checkpoint. ``--resume`` starts such a run over."""
+    once an interrupted save is finished, holds no checkpoint. ``--resume`` starts such a run over.
+
+    A folder with a model in it (``config.json``, weights ...) but no training state is no such run:
+    a model folder given to ``--resume`` by mistake must be refused, not trained over from step 0."""
     if not out.is_dir():
         return False
     recover_checkpoint_dir(out)
-    return not (out / STATE_FILE).is_file()
+    return not any((out / name).exists() or (out / name).is_symlink() for name in (*CHECKPOINT_FILES, CHECKPOINT_DIR))
 
 
 def run_device(device: str, precision: str, dim: int) -> tuple[torch.device, torch.dtype | None]:
