@@ -205,3 +205,20 @@ def test_tool_call_arguments_are_checked_like_the_body(default_cap_server, argum
     assert err["param"] == "messages.1.tool_calls.0", err
     ok = httpx.post(url, json=_chat_with_tool_arguments('{"expression": "2+2"}'), timeout=60)
     assert ok.status_code == 200, ok.text
+
+
+def test_a_config_whose_rope_tables_would_be_gigabytes_is_one_line():
+    """Within every single bound (context 2**20, head size 1,024) the RoPE tables alone would take ~6 GiB."""
+    from llm_foundry.config import ModelConfig
+    from llm_foundry.utils.errors import FoundryError
+
+    with pytest.raises(FoundryError, match="max_seq_len x head size"):
+        ModelConfig(vocab_size=256, dim=1024, n_layers=1, n_heads=1, max_seq_len=2**20).validate()
+    ModelConfig(vocab_size=256, dim=1024, n_layers=1, n_heads=8, max_seq_len=2**17).validate()  # 128k x 128 is fine
+
+
+def test_an_ipv4_loopback_client_of_a_dual_stack_server_counts_as_loopback():
+    from llm_foundry.serve.guard import is_loopback
+
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("::1") and is_loopback("127.0.0.2")
+    assert not is_loopback("::ffff:10.0.0.1") and not is_loopback("evil.example")

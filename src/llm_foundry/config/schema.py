@@ -20,6 +20,7 @@ MAX_HIDDEN = 2**18           # 262,144: SwiGLU hidden width
 MAX_LAYERS = MAX_HEADS = 1024
 MAX_HEAD_DIM = 1024          # the RoPE tables are max_seq_len x head_dim
 MAX_SEQ_LEN = 2**20          # 1,048,576 tokens of context
+MAX_ROPE = 2**27             # max_seq_len x head_dim: the RoPE tables (cos and sin) stay within 512 MB
 MAX_STEPS = 10**12           # steps, intervals; `--time-budget` alone sets max_steps to 10**9
 MAX_BATCH = 2**20
 
@@ -111,6 +112,9 @@ class ModelConfig:
         require(self.dim % self.n_heads == 0, f"model.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         require(self.head_dim % 2 == 0, f"head size dim/n_heads ({self.head_dim}) must be even for RoPE")
         require(self.head_dim <= MAX_HEAD_DIM, f"head size dim/n_heads ({self.head_dim}) must be at most {MAX_HEAD_DIM}")
+        require(self.max_seq_len * self.head_dim <= MAX_ROPE,
+                f"model.max_seq_len x head size ({self.max_seq_len} x {self.head_dim}) must be at most {MAX_ROPE:,} "
+                "(the rotary tables are that big)")
         require(self.n_heads % self.kv_heads == 0,
                 f"model.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
         require(isinstance(self.qk_norm, bool) and isinstance(self.tie_embeddings, bool),

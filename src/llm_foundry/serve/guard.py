@@ -82,9 +82,11 @@ def is_loopback(name: str) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    # ::ffff:127.0.0.1 is how a dual-stack (--host ::) socket sees an IPv4 loopback client.
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
 
 
 def host_error(host_header: str | None, server_addr: str | None, policy: HttpPolicy) -> ApiError | None:
