@@ -222,3 +222,12 @@ def test_an_ipv4_loopback_client_of_a_dual_stack_server_counts_as_loopback():
 
     assert is_loopback("::ffff:127.0.0.1") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("::ffff:10.0.0.1") and not is_loopback("evil.example")
+
+
+def test_online_with_a_file_as_its_state_folder_is_one_clear_line(tmp_path):
+    state = tmp_path / "notes.txt"
+    state.write_text("my notes\n")
+    for extra in ([], ["--repair"]):
+        r = run_cli("online", "--state", str(state), *extra)
+        assert r.returncode != 0 and "is a file, not a folder" in one_line_error(r)
+    assert state.read_text() == "my notes\n"

@@ -43,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from ..online.repl import run_repl
     from ..utils.errors import FoundryError
 
-    if args.repair:
-        from pathlib import Path
+    from pathlib import Path
 
+    if Path(args.state).exists() and not Path(args.state).is_dir():
+        raise FoundryError(f"--state {args.state} is a file, not a folder; give a folder (a new one is created)")
+    if args.repair:
         from ..online.state import repair
 
         counts = repair(Path(args.state))
