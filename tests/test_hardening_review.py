@@ -229,5 +229,5 @@ def test_online_with_a_file_as_its_state_folder_is_one_clear_line(tmp_path):
     state.write_text("my notes\n")
     for extra in ([], ["--repair"]):
         r = run_cli("online", "--state", str(state), *extra)
-        assert r.returncode != 0 and "is a file, not a folder" in one_line_error(r)
+        one_line_error(r, "is a file, not a folder")
     assert state.read_text() == "my notes\n"
