@@ -255,3 +255,28 @@ def test_eval_writes_the_table(tiny, capsys):
     assert "| memory (dense) |" in (mem / "eval.md").read_text()
     small = run_main(capsys, "memory", "eval", mem, "--store-size", "5")
     assert small.returncode == 1 and "memory-only facts" in small.stderr
+
+
+def test_a_changed_backbone_is_refused_in_one_line(tiny, capsys):
+    """A memory folder built for one backbone refuses another (here: the same folder, weights changed)."""
+    from safetensors.torch import load_file, save_file
+
+    from llm_foundry.memory.store import MemoryStore
+
+    mem = fresh_copy(tiny, "other-backbone")
+    other = tiny["root"] / "other-backbone-model"
+    shutil.rmtree(other, ignore_errors=True)
+    shutil.copytree(tiny["backbone"], other)
+    weights = load_file(other / "model.safetensors")
+    weights = {k: v + 0.01 for k, v in weights.items()}
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    with MemoryStore.open(mem) as store:
+        store.set_meta(backbone=str(other))
+    proc = run_main(capsys, "memory", "ask", mem, "--question", "hi?")
+    assert proc.returncode == 1 and "another backbone" in proc.stderr and "\n" not in proc.stderr.strip()
+
+
+def test_train_refuses_another_module_shape(tiny, capsys):
+    mem = fresh_copy(tiny, "reshape")
+    proc = run_main(capsys, "memory", "train", mem, "--preset", tiny["preset"], "modules.proj_dim=16")
+    assert proc.returncode == 1 and "fixed by `init`" in proc.stderr

@@ -170,7 +170,7 @@ class EvalSettings:
     store_size: int = 40000
     questions: int = 500
     edits: int = 500
-    max_tokens: int = 16
+    max_tokens: int = 24  # a Chinese value of five characters is 15 bytes
     hybrid: float = 0.3
 
     def validate(self) -> "EvalSettings":

@@ -292,9 +292,10 @@ def stage_loss(model: MemoryModel, data: TrainingData, cfg: MemoryConfig, stage:
         ids, targets = _text_batch(model, statements)
         loss = loss + s.text_weight * kernels.cross_entropy(model(ids, memory), targets)
         # The same text read with another row's memory (unrelated to it) must stay as the backbone predicts it.
-        unrelated = MemoryBatch(memory.states.roll(1, 0), memory.mask.roll(1, 0),
-                                None if memory.bias is None else memory.bias.roll(1, 0))
-        loss = loss + s.kl_weight * kl_to_backbone(model, ids, unrelated)
+        if len(rows) > 1:
+            unrelated = MemoryBatch(memory.states.roll(1, 0), memory.mask.roll(1, 0),
+                                    None if memory.bias is None else memory.bias.roll(1, 0))
+            loss = loss + s.kl_weight * kl_to_backbone(model, ids, unrelated)
     return loss
 
 
@@ -315,11 +316,6 @@ def state_file(mem: str | Path, stage: str) -> Path:
     """Where ``stage``'s training state lives in a memory folder."""
     return Path(mem) / TRAIN_DIR / f"{stage}.pt"
 
-
-def stage_done(mem: str | Path, stage: str) -> bool:
-    """Whether ``stage`` finished in this memory folder."""
-    f = state_file(mem, stage)
-    return f.is_file() and bool(load_state(f).extra.get("done"))
 
 
 def train_stage(memory: Memory, stage: str, data: TrainingData, resume: bool = False, quiet: bool = False,
@@ -386,6 +382,10 @@ def train_memory(mem: str | Path, stages: Sequence[str], cfg: MemoryConfig | Non
             raise FoundryError(f"unknown memory stage {stage!r} (stages: {', '.join(STAGE_NAMES)}, all)")
     memory = open_memory(mem, cfg)
     try:
+        saved = memory_config_from_dict(read_json(memory.path / CONFIG_FILE, "memory config"))
+        if cfg is not None and cfg.modules != saved.modules:
+            raise FoundryError("the memory modules' shape (the config's modules section) is fixed by `init`; "
+                               "train with the folder's modules settings, or init a new folder")
         if cfg is not None:
             atomic_write_json(memory.path / CONFIG_FILE, cfg.to_dict())
         data = training_data(memory.model, memory.cfg)
