@@ -98,12 +98,20 @@ class Answerer:
         newline = backbone.tokenizer.encode("\n")
         self.stop = newline[:1] if len(newline) == 1 else []
 
-    def generate(self, prompt: str, memory: MemoryBatch | None) -> str:
-        """The greedy continuation of ``prompt`` reading ``memory`` (None: the backbone alone), cut at the line's end."""
+    def generate(self, prompt: str, memory: MemoryBatch | None, fit: bool = False) -> str:
+        """The greedy continuation of ``prompt`` reading ``memory`` (None: the backbone alone), cut at the line's end.
+
+        Args:
+            fit: keep only the prompt's last tokens that leave room for the answer in the backbone's
+                context (an in-context prompt whose retrieved texts overflow it; the question stays whole).
+        """
         tok = self.model.backbone.tokenizer
         ids = tok.encode(prompt)
         if not ids:
             raise FoundryError("an empty question has no tokens")
+        room = self.model.backbone.context - self.max_tokens
+        if fit and len(ids) > room > 0:
+            ids = ids[-room:]
         with self.model.attached(memory):
             if self.engine is not None:
                 tokens, _ = self.engine.generate(ids, max_tokens=self.max_tokens, temperature=0.0, stop_ids=self.stop)

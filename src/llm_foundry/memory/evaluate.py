@@ -13,7 +13,8 @@ Rows:
 * ``memory (dense)`` / ``memory (hybrid)``: the gate's top-k (hybrid: mixed with BM25);
 * ``oracle``: the gold entry given to the fusion (the reader's ceiling);
 * ``in-context RAG``: the same retriever's top-k texts put in the prompt, the backbone alone
-  reading them (the honest baseline the memory must beat to be worth it);
+  reading them (the honest baseline the memory must beat to be worth it; a prompt longer than
+  the backbone's context keeps its last tokens, the question whole);
 * ``held-out phrasings`` and ``unseen relations``: dense memory on questions of a phrasing or
   relations training never used;
 * ``edit: new value`` / ``edit: old value``: after replacing ``eval.edits`` facts by a
@@ -122,7 +123,7 @@ def evaluate(memory: Memory, store_size: int | None = None, questions: int | Non
         oracle = [answerer.generate(prompt_of(q.question), model.read([[store.texts[q.fact]]])) for q in asked]
         rows.append(Row("oracle (gold entry given)", len(qs), _em(oracle, golds), 1.0))
         found = model.retrieve(qs, k, bank) if qs else None
-        rag = [answerer.generate(prompt_of(q, found.texts[i]), None) for i, q in enumerate(qs)]
+        rag = [answerer.generate(prompt_of(q, found.texts[i]), None, fit=True) for i, q in enumerate(qs)]
         rows.append(Row("in-context RAG (same retriever)", len(qs), _em(rag, golds),
                         sum(found.ids[i][:1] == [r] for i, r in enumerate(gold_rows)) / max(len(qs), 1) if qs else None))
         held = _sample(world.questions("memory_only", phrasing="heldout"), n_questions, cfg.seed)

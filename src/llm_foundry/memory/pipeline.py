@@ -216,9 +216,9 @@ class TrainingData:
     Attributes:
         questions, answers: every trained phrasing of every train fact.
         gold: ``(questions,)`` the bank row (= id) of each question's fact.
-        texts: the bank's entry texts; rows ``< facts`` are the train facts, in order.
-        features: the gate's features of every entry, read once (the backbone is frozen).
-        router: the router stage's features (questions and entries).
+        texts: the bank's entry texts; the train facts first, in order (row = fact index), then distractors.
+        statements: the train facts' texts (the memory stage's plain text).
+        router: the gate's features of every question and entry, read once (the backbone is frozen).
     """
 
     questions: list[str]
