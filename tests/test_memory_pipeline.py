@@ -233,7 +233,10 @@ def test_ask_bad_input_is_one_line(tiny, tmp_path, capsys):
     mem = fresh_copy(tiny, "ask-bad")
     empty = tmp_path / "q.jsonl"
     empty.write_text("")
+    bare = tmp_path / "bare"
+    assert run_main(capsys, "memory", "create", bare).returncode == 0  # a store without a model
     for args, fragment in (((mem, "--file", empty), "q.jsonl"), ((mem, "--question", " "), "empty"),
+                           ((bare, "--question", "hi?"), "no memory model yet"),
                            ((tmp_path / "none", "--question", "hi?"), "not found"),
                            ((mem, "--question", "hi?", "--hybrid", "2"), "--hybrid")):
         proc = run_main(capsys, "memory", "ask", *args)
