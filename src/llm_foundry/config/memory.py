@@ -162,14 +162,15 @@ class EvalSettings:
         store_size: entries in the store while answering (memory-only facts plus distractors;
             the issue's protocol asks for at least 40,000).
         questions: memory-only questions asked per row (0: all).
-        edits: facts edited (and then deleted) for the edit rows.
+        edits: facts edited (and then deleted) for the edit rows (at most half the questions: the
+            rest measure locality).
         max_tokens: longest generated answer.
         hybrid: the BM25 weight of the hybrid row.
     """
 
     store_size: int = 40000
     questions: int = 500
-    edits: int = 500
+    edits: int = 250
     max_tokens: int = 24  # a Chinese value of five characters is 15 bytes
     hybrid: float = 0.3
 

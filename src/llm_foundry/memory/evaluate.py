@@ -17,8 +17,8 @@ Rows:
   the backbone's context keeps its last tokens, the question whole);
 * ``held-out phrasings`` and ``unseen relations``: dense memory on questions of a phrasing or
   relations training never used;
-* ``edit: new value`` / ``edit: old value``: after replacing ``eval.edits`` facts by a
-  counterfactual (same subject and relation, another value), the share answering each;
+* ``edit: new value`` / ``edit: old value``: after replacing ``eval.edits`` facts (at most half
+  of the questions asked) by a counterfactual (same subject and relation, another value), the share answering each;
 * ``delete``: after deleting those entries, the share still answering the original value;
 * ``locality``: questions about untouched facts, after the edits (compare with dense memory).
 """
@@ -130,8 +130,9 @@ def evaluate(memory: Memory, store_size: int | None = None, questions: int | Non
         rows.append(memory_row("held-out phrasings", held, bank))
         unseen = _sample(world.questions("memory_only", relations="unseen"), n_questions, cfg.seed)
         rows.append(memory_row("unseen relations", unseen, bank))
-        # Edits: counterfactual values for the first `edits` questions' facts.
-        edited = asked[:min(e.edits, len(asked))]
+        # Edits: counterfactual values for the first `edits` questions' facts (at most half of them:
+        # the other half measures locality).
+        edited = asked[:min(e.edits, len(asked) // 2)]
         untouched = asked[len(edited):]
         if edited:
             new = [world.counterfactual(facts[q.fact]) for q in edited]
