@@ -388,7 +388,13 @@ def train_memory(mem: str | Path, stages: Sequence[str], cfg: MemoryConfig | Non
                                "train with the folder's modules settings, or init a new folder")
         if cfg is not None:
             atomic_write_json(memory.path / CONFIG_FILE, cfg.to_dict())
+        if not quiet:
+            from ..utils.progress import console
+
+            console.print(f"reading the fact world's train entities through the backbone ({memory.model.backbone.source})")
         data = training_data(memory.model, memory.cfg)
+        if not quiet:
+            console.print(f"{len(data.questions):,} questions, a training bank of {len(data.texts):,} entries")
         out = []
         for stage in stages:
             out.append(train_stage(memory, stage, data, resume=resume, quiet=quiet, on_step=on_step))
