@@ -308,3 +308,30 @@ def test_backbone_knows_the_format_but_not_memory_only_facts(tmp_path):
     exact = sum(a == q.answer for a, q in zip(got, asked)) / len(asked)
     assert in_vocab >= 0.4, got[:10]  # (about 0.6 in this run; a random string is never a value)
     assert exact <= 0.2  # chance is 1/4 to 1/70 per relation; about 1/10 on average
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tiny):
+    """A real `foundry memory train` process gets SIGINT mid-stage: it saves, says how to resume, exits 130."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from llm_foundry.training.state import load_state
+
+    mem = fresh_copy(tiny, "ctrl-c")
+    proc = subprocess.Popen([sys.executable, "-m", "llm_foundry", "memory", "train", str(mem), "--stage", "router",
+                             "--preset", str(tiny["preset"]), "router.steps=100000", "router.checkpoint_interval=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = mem / "train" / "router.pt"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the first checkpoint, not waiting a fixed time
+    assert state.is_file(), proc.communicate(timeout=60)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "continue with --resume" in err and "Traceback" not in err
+    saved = load_state(state)
+    assert saved.step >= 1 and not saved.extra["done"]
