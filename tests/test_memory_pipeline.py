@@ -246,7 +246,7 @@ def test_ask_bad_input_is_one_line(tiny, tmp_path, capsys):
 # ---------------------------------------------------------------- eval
 def test_eval_writes_the_table(tiny, capsys):
     mem = fresh_copy(tiny, "eval")
-    proc = run_main(capsys, "memory", "eval", mem, "--store-size", "60", "--questions", "4", "--json")
+    proc = run_main(capsys, "memory", "eval", mem, "--store-size", "60", "--max-questions", "4", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     names = [r["row"] for r in out["rows"]]
@@ -335,3 +335,23 @@ def test_ctrl_c_saves_and_exits_cleanly(tiny):
     assert "continue with --resume" in err and "Traceback" not in err
     saved = load_state(state)
     assert saved.step >= 1 and not saved.extra["done"]
+
+
+def test_eval_on_your_own_facts(tiny, tmp_path, capsys):
+    mem = fresh_copy(tiny, "eval-user")
+    facts, questions = tmp_path / "facts.jsonl", tmp_path / "questions.jsonl"
+    facts.write_text('{"text": "Velmora Quist was born in Oslo."}\n'
+                     '{"subject": "Tarsk Works", "relation": "makes", "object": "kites"}\n')
+    questions.write_text('{"question": "Where was Velmora Quist born?", "answer": "Oslo"}\n'
+                         '{"question": "What does Tarsk Works make?", "answer": "kites"}\n')
+    proc = run_main(capsys, "memory", "eval", mem, "--facts", facts, "--questions", questions,
+                    "--store-size", "30", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["store_size"] == 30
+    assert [r["row"] for r in out["rows"]][0] == "backbone alone" and all(r["questions"] == 2 for r in out["rows"])
+    alone = run_main(capsys, "memory", "eval", mem, "--facts", facts)
+    assert alone.returncode == 1 and "go together" in alone.stderr
+    questions.write_text('{"question": "Where?"}\n')
+    bad = run_main(capsys, "memory", "eval", mem, "--facts", facts, "--questions", questions)
+    assert bad.returncode == 1 and "questions.jsonl:1" in bad.stderr

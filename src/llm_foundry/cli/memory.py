@@ -160,7 +160,11 @@ def _add_eval(actions) -> None:
                                        "deletes, locality. The table goes to MEM/eval.md.")
     _mem(p)
     p.add_argument("--store-size", type=int, metavar="N", help="entries in the store (default: the config's eval.store_size)")
-    p.add_argument("--questions", type=int, metavar="N", help="questions per row (default: the config's eval.questions)")
+    p.add_argument("--max-questions", type=int, metavar="N",
+                   help="questions per row (default: the config's eval.questions; 0: all)")
+    p.add_argument("--facts", metavar="FACTS.jsonl", help="your own facts instead of the fact world's (with --questions)")
+    p.add_argument("--questions", metavar="QUESTIONS.jsonl",
+                   help='your own {"question", "answer"} lines (with --facts): rows backbone, memory, in-context RAG')
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     p.set_defaults(func=run_eval)
 
@@ -353,15 +357,29 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..memory.evaluate import evaluate, write_report
     from ..memory.pipeline import open_memory
 
-    for name in ("store_size", "questions"):
-        value = getattr(args, name)
-        if value is not None and value < (1 if name == "store_size" else 0):
-            raise FoundryError(f"--{name.replace('_', '-')} must be {'positive' if name == 'store_size' else '>= 0'}")
+    if args.store_size is not None and args.store_size < 1:
+        raise FoundryError("--store-size must be positive")
+    if args.max_questions is not None and args.max_questions < 0:
+        raise FoundryError("--max-questions must be >= 0")
+    if (args.facts is None) != (args.questions is None):
+        raise FoundryError("--facts and --questions go together (your facts, and questions about them)")
+    user = None
+    if args.facts is not None:
+        from ..memory.facts import read_facts_jsonl, read_questions_jsonl
+
+        user = read_facts_jsonl(args.facts), read_questions_jsonl(args.questions)
     memory = open_memory(args.mem)
     try:
-        size = args.store_size or memory.cfg.eval.store_size
-        rows = evaluate(memory, size, args.questions)
-        path = write_report(memory, rows, size)
+        if user is not None:
+            from ..memory.evaluate import evaluate_user
+
+            size = max(args.store_size or 0, len(user[0]))
+            rows = evaluate_user(memory, *user, store_size=size)
+            path = write_report(memory, rows, size, f"Questions of {args.questions}")
+        else:
+            size = args.store_size or memory.cfg.eval.store_size
+            rows = evaluate(memory, size, args.max_questions)
+            path = write_report(memory, rows, size)
     finally:
         memory.close()
     if args.json:

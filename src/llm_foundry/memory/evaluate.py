@@ -21,6 +21,9 @@ Rows:
   of the questions asked) by a counterfactual (same subject and relation, another value), the share answering each;
 * ``delete``: after deleting those entries, the share still answering the original value;
 * ``locality``: questions about untouched facts, after the edits (compare with dense memory).
+
+With a user's own facts and questions (:func:`evaluate_user`) only the rows that need no
+knowledge of the gold entry remain: backbone alone, memory (dense, hybrid), in-context RAG.
 """
 
 from __future__ import annotations
@@ -150,10 +153,34 @@ def evaluate(memory: Memory, store_size: int | None = None, questions: int | Non
     return rows
 
 
-def report(rows: Sequence[Row], store_size: int, backbone: str) -> str:
-    """The table as markdown (what ``MEM/eval.md`` holds)."""
+def evaluate_user(memory: Memory, facts: Sequence[str], questions: Sequence[Question],
+                  store_size: int | None = None) -> list[Row]:
+    """The rows that need no built-in fact world, for a user's facts and questions
+    (``eval --facts F --questions Q``): backbone alone, memory (dense, hybrid) and in-context RAG.
+
+    The store holds the facts, then distractors up to ``store_size`` entries (None: the facts alone).
+    """
+    cfg, model = memory.cfg, memory.model
+    e, k = cfg.eval, cfg.modules.k
+    answerer = Answerer(model, e.max_tokens)
+    extra = max(0, (store_size or 0) - len(facts))
+    texts = list(facts) + fact_world(cfg).distractors(extra, seed=2)
+    qs, golds = [q.question for q in questions], [q.answer for q in questions]
+    with torch.no_grad():
+        bank = model.bank(range(len(texts)), texts)
+        found = model.retrieve(qs, k, bank)
+        rag = [answerer.generate(prompt_of(q, found.texts[i]), None, fit=True) for i, q in enumerate(qs)]
+        return [Row("backbone alone", len(qs), _em([a.answer for a in answerer.ask(qs, None, k)], golds)),
+                Row("memory (dense)", len(qs), _em([a.answer for a in answerer.ask(qs, bank, k)], golds)),
+                Row(f"memory (hybrid {e.hybrid:g})", len(qs),
+                    _em([a.answer for a in answerer.ask(qs, bank, k, e.hybrid)], golds)),
+                Row("in-context RAG (same retriever)", len(qs), _em(rag, golds))]
+
+
+def report(rows: Sequence[Row], store_size: int, backbone: str, what: str = "Memory-only entities") -> str:
+    """The table as markdown (what ``MEM/eval.md`` holds); ``what`` names the questions asked."""
     lines = ["# Memory evaluation", "",
-             f"Backbone: `{backbone}`. Memory-only entities; {store_size:,} entries in the store "
+             f"Backbone: `{backbone}`. {what}; {store_size:,} entries in the store "
              f"(distractors included); exact match of the generated answer.", "",
              "| row | questions | exact match | retrieval@1 |", "|---|---:|---:|---:|"]
     for r in rows:
@@ -162,8 +189,8 @@ def report(rows: Sequence[Row], store_size: int, backbone: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(memory: Memory, rows: Sequence[Row], store_size: int) -> Path:
+def write_report(memory: Memory, rows: Sequence[Row], store_size: int, what: str = "Memory-only entities") -> Path:
     """Write ``MEM/eval.md`` (atomically)."""
     path = memory.path / REPORT_FILE
-    atomic_write_text(path, report(rows, store_size, memory.model.backbone.source))
+    atomic_write_text(path, report(rows, store_size, memory.model.backbone.source, what))
     return path
