@@ -1,7 +1,8 @@
-"""`foundry memory`: an editable memory of facts (the store's edit commands; the model's come next).
+"""`foundry memory`: an editable memory of facts and the model that reads it.
 
-Each action is one function ``run_<action>`` and one entry in :data:`ACTIONS`; the model-side
-actions (``init --backbone``, ``train``, ``ask``, ``eval``) slot in the same way. Every edit
+Each action is one function ``run_<action>`` and one entry in :data:`ACTIONS`: the store's edits
+(``create``, ``add``, ``update``, ``delete``, ``rollback``, ``list``, ``show``) and the model side
+(``backbone``, ``init``, ``train``, ``ask``, ``eval``, in ``memory/pipeline.py``, ``ask.py``, ``evaluate.py``). Every edit
 is one transaction: a refused command leaves the store exactly as it was.
 """
 
@@ -89,15 +90,95 @@ def _add_show(actions) -> None:
     p.set_defaults(func=run_show)
 
 
-# One builder per action; the model-side actions join this table.
-ACTIONS = (_add_create, _add_add, _add_update, _add_delete, _add_rollback, _add_list, _add_show)
+def _preset(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--preset", default=default, metavar="NAME|FILE",
+                   help="a memory preset: cpu (this machine), gpu (a Qwen3 backbone), or a YAML file"
+                        + (f" (default: {default})" if default else " (default: the folder's own config)"))
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. router.steps=50")
+
+
+def _add_backbone(actions) -> None:
+    p = actions.add_parser("backbone", help="train a small backbone that knows the fact world's language",
+                           description="Train a small MiniLLM (our Trainer, byte tokenizer) on the built-in fact "
+                                       "world's train entities only: their statements and question/answer lines, "
+                                       "English and Chinese. It learns the format and the values, nothing about "
+                                       "memory-only entities. Any model folder of ours or a local Hugging Face "
+                                       "Llama/Qwen3 folder can be a backbone as well.")
+    p.add_argument("--out", required=True, metavar="DIR", help="the model folder to write")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _preset(p, "cpu")
+    p.set_defaults(func=run_backbone)
+
+
+def _add_init(actions) -> None:
+    p = actions.add_parser("init", help="make a memory folder for a backbone",
+                           description="Make a memory folder for a backbone: an empty store bound to the backbone's "
+                                       "fingerprint, the memory modules at initialisation (the model answers as the "
+                                       "backbone alone), and the config.")
+    p.add_argument("--backbone", required=True, metavar="DIR",
+                   help="one of our model folders, or a local Hugging Face Llama/Qwen3 folder")
+    p.add_argument("--out", required=True, metavar="MEM", help="the memory folder to create (must not exist)")
+    _preset(p, "cpu")
+    p.set_defaults(func=run_init)
+
+
+def _add_train(actions) -> None:
+    p = actions.add_parser("train", help="train the memory modules (router, fusion, joint, memory)",
+                           description="Train the memory modules on the fact world's train entities, the backbone "
+                                       "frozen. Stages run in order; each checkpoints into MEM/train/ and Ctrl-C "
+                                       "saves, so the same command with --resume continues exactly.")
+    _mem(p)
+    p.add_argument("--stage", default="all", choices=["router", "fusion", "joint", "memory", "all"],
+                   help="the stage to train (default: all four in order)")
+    p.add_argument("--resume", action="store_true", help="skip finished stages, continue an interrupted one")
+    p.add_argument("--json", action="store_true", help="print one {stage, step, loss} object per stage")
+    _preset(p, None)
+    p.set_defaults(func=run_train)
+
+
+def _add_ask(actions) -> None:
+    p = actions.add_parser("ask", help="answer questions from the memory",
+                           description="Answer questions greedily, reading the entries the gate retrieves from the "
+                                       "store's live entries (an edit is visible to the next question).")
+    _mem(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--question", action="append", metavar="TEXT", help="a question (repeat for several)")
+    src.add_argument("--file", metavar="QUESTIONS.jsonl", help='a .jsonl file of {"question": ..., "answer": ...}')
+    p.add_argument("--no-memory", action="store_true", help="the backbone alone (nothing retrieved)")
+    p.add_argument("--show-retrieval", action="store_true", help="print the retrieved entries under each answer")
+    p.add_argument("--hybrid", type=float, default=0.0, metavar="W", help="BM25 weight in retrieval (default: 0)")
+    p.add_argument("--max-tokens", type=int, default=32, metavar="N", help="longest answer (default: 32)")
+    p.add_argument("--json", action="store_true", help='print one {"question", "answer", "retrieved"} object a line')
+    p.set_defaults(func=run_ask)
+
+
+def _add_eval(actions) -> None:
+    p = actions.add_parser("eval", help="evaluate the memory on memory-only facts; writes MEM/eval.md",
+                           description="Ask about the fact world's memory-only entities with a store filled by "
+                                       "distractors: backbone alone, memory (dense, hybrid), oracle, in-context "
+                                       "RAG with the same retriever, held-out phrasings, unseen relations, edits, "
+                                       "deletes, locality. The table goes to MEM/eval.md.")
+    _mem(p)
+    p.add_argument("--store-size", type=int, metavar="N", help="entries in the store (default: the config's eval.store_size)")
+    p.add_argument("--max-questions", type=int, metavar="N",
+                   help="questions per row (default: the config's eval.questions; 0: all)")
+    p.add_argument("--facts", metavar="FACTS.jsonl", help="your own facts instead of the fact world's (with --questions)")
+    p.add_argument("--questions", metavar="QUESTIONS.jsonl",
+                   help='your own {"question", "answer"} lines (with --facts): rows backbone, memory, in-context RAG')
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
+    p.set_defaults(func=run_eval)
+
+
+# One builder per action.
+ACTIONS = (_add_create, _add_add, _add_update, _add_delete, _add_rollback, _add_list, _add_show,
+           _add_backbone, _add_init, _add_train, _add_ask, _add_eval)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("memory", help="an editable memory of facts: add, update, delete, rollback, list, show",
+    p = sub.add_parser("memory", help="an editable memory of facts for a frozen model: init, train, ask, eval, edits",
                        description="An editable memory of facts for a frozen model. Each edit is durable when the "
                                    "command returns and recorded in an append-only log (rollback restores any "
-                                   "version). The model side (init, train, ask, eval) is coming.")
+                                   "version). A backbone reads the memory through trained modules: init, train, ask, eval.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for build in ACTIONS:
         build(actions)
@@ -194,3 +275,115 @@ def run_show(args: argparse.Namespace) -> int:
 def _one_line(text: str) -> str:
     """A text on one line of a listing (an entry may hold newlines)."""
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+# ----------------------------------------------------------------------------- the model side
+def _config(args: argparse.Namespace):
+    from ..config.memory import load_memory_config
+
+    return load_memory_config(args.preset, args.overrides) if args.preset else None
+
+
+def run_backbone(args: argparse.Namespace) -> int:
+    from ..memory.pipeline import train_backbone
+    from ..utils.progress import console
+
+    summary = train_backbone(args.out, _config(args), resume=args.resume)
+    console.print(f"backbone in {args.out}: {summary['step']} steps, {summary['parameters'] / 1e6:.2f}M parameters")
+    return 0
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from ..memory.pipeline import init_memory
+
+    memory = init_memory(args.backbone, args.out, _config(args))
+    fp = memory.model.backbone.fingerprint()
+    memory.close()
+    print(f"created memory folder {args.out} for backbone {args.backbone} (fingerprint {fp})")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..config.memory import STAGE_NAMES
+    from ..memory.pipeline import train_memory
+
+    if not args.preset and args.overrides:
+        raise FoundryError("config overrides need --preset (the folder's own config is used as saved)")
+    stages = list(STAGE_NAMES) if args.stage == "all" else [args.stage]
+    results = train_memory(args.mem, stages, _config(args), resume=args.resume)
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            note = " (already finished)" if r.get("skipped") else ""
+            loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
+            print(f"{r['stage']}: {r['step']} steps, last loss {loss}{note}")
+    return 0
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from ..config.schema import require_int, require_real
+    from ..memory.ask import Answerer, live_bank
+    from ..memory.pipeline import open_memory
+
+    require_real(args.hybrid, "--hybrid", 0, 1)
+    require_int(args.max_tokens, "--max-tokens", 1, 4096)
+    if args.file is not None:
+        from ..memory.facts import read_questions_jsonl
+
+        questions = [q.question for q in read_questions_jsonl(args.file)]
+    else:
+        questions = args.question
+    if any(not q.strip() for q in questions):
+        raise FoundryError("a question is empty")
+    memory = open_memory(args.mem)
+    try:
+        bank = None if args.no_memory else live_bank(memory.model, memory.store)
+        answers = Answerer(memory.model, args.max_tokens).ask(questions, bank, memory.cfg.modules.k, args.hybrid)
+    finally:
+        memory.close()
+    for a in answers:
+        if args.json:
+            print(json.dumps(a.to_dict(), ensure_ascii=False))
+        else:
+            print(a.answer)
+        if args.show_retrieval:
+            for i, text, score in zip(a.retrieved, a.texts, a.scores):
+                print(f"  [{i}] {score:.3f} {_one_line(text)}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..memory.evaluate import evaluate, write_report
+    from ..memory.pipeline import open_memory
+
+    if args.store_size is not None and args.store_size < 1:
+        raise FoundryError("--store-size must be positive")
+    if args.max_questions is not None and args.max_questions < 0:
+        raise FoundryError("--max-questions must be >= 0")
+    if (args.facts is None) != (args.questions is None):
+        raise FoundryError("--facts and --questions go together (your facts, and questions about them)")
+    user = None
+    if args.facts is not None:
+        from ..memory.facts import read_facts_jsonl, read_questions_jsonl
+
+        user = read_facts_jsonl(args.facts), read_questions_jsonl(args.questions)
+    memory = open_memory(args.mem)
+    try:
+        if user is not None:
+            from ..memory.evaluate import evaluate_user
+
+            size = max(args.store_size or 0, len(user[0]))
+            rows = evaluate_user(memory, *user, store_size=size)
+            path = write_report(memory, rows, size, f"Questions of {args.questions}")
+        else:
+            size = args.store_size or memory.cfg.eval.store_size
+            rows = evaluate(memory, size, args.max_questions)
+            path = write_report(memory, rows, size)
+    finally:
+        memory.close()
+    if args.json:
+        print(json.dumps({"store_size": size, "rows": [r.to_dict() for r in rows]}, ensure_ascii=False))
+    else:
+        print(path.read_text(encoding="utf-8"), end="")
+    return 0

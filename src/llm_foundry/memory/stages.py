@@ -1,9 +1,9 @@
 """The memory's training losses, stepped by the one training core (``training.step``).
 
-So far: the ``router`` stage (contrastive retrieval), and the pieces the later stages
+The ``router`` stage (contrastive retrieval), and the pieces the later stages
 (``fusion``, ``joint``, ``memory``) are made of — the answer loss, gold-first batches with a
 share of missing golds, the retrieval loss over routed entries, and the KL to the backbone on
-memory-free text. Their drivers, resume and presets come with ``foundry memory train``.
+memory-free text. Their drivers (batches, resume, checkpoints) are in ``pipeline.py``.
 
 **Router** (InfoNCE): each question in a batch should score its gold entry above every
 other entry in the batch (in-batch negatives) and above the *hard* negatives, the entries

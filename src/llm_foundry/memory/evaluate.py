@@ -1,0 +1,196 @@
+"""``foundry memory eval``: the core rows of the evaluation protocol, on memory-only entities.
+
+Every question is about an entity of the fact world's ``memory_only`` split: its facts never
+reached a trainable parameter, so the backbone alone is at chance and only what is read from
+the store can answer. The store is filled with those facts plus distractors (other made-up
+entities' facts) up to ``eval.store_size`` entries; it is built for the evaluation, in
+memory, and never touches the memory folder's own store. Answers are judged by exact match
+of the generated answer (cut at its end) with the fact's value.
+
+Rows:
+
+* ``backbone alone``: no memory;
+* ``memory (dense)`` / ``memory (hybrid)``: the gate's top-k (hybrid: mixed with BM25);
+* ``oracle``: the gold entry given to the fusion (the reader's ceiling);
+* ``in-context RAG``: the same retriever's top-k texts put in the prompt, the backbone alone
+  reading them (the honest baseline the memory must beat to be worth it; a prompt longer than
+  the backbone's context keeps its last tokens, the question whole);
+* ``held-out phrasings`` and ``unseen relations``: dense memory on questions of a phrasing or
+  relations training never used;
+* ``edit: new value`` / ``edit: old value``: after replacing ``eval.edits`` facts (at most half
+  of the questions asked) by a counterfactual (same subject and relation, another value), the share answering each;
+* ``delete``: after deleting those entries, the share still answering the original value;
+* ``locality``: questions about untouched facts, after the edits (compare with dense memory).
+
+With a user's own facts and questions (:func:`evaluate_user`) only the rows that need no
+knowledge of the gold entry remain: backbone alone, memory (dense, hybrid), in-context RAG.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..utils.errors import FoundryError
+from ..utils.io import atomic_write_text
+from .ask import Answerer, prompt_of
+from .facts import Fact, Question
+from .model import Bank, MemoryModel
+from .pipeline import Memory, fact_world
+
+REPORT_FILE = "eval.md"
+
+
+@dataclass
+class Row:
+    """One row of the table: a name, how many questions, exact match, and (where retrieval ran) recall@1."""
+
+    name: str
+    questions: int
+    exact_match: float
+    retrieval_at_1: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"row": self.name, "questions": self.questions, "exact_match": round(self.exact_match, 4),
+                "retrieval_at_1": None if self.retrieval_at_1 is None else round(self.retrieval_at_1, 4)}
+
+
+def _em(answers: Sequence[str], golds: Sequence[str]) -> float:
+    return sum(a.strip() == g.strip() for a, g in zip(answers, golds, strict=True)) / max(len(golds), 1)
+
+
+def _sample(questions: list[Question], n: int, seed: int) -> list[Question]:
+    if n and len(questions) > n:
+        rng = random.Random(f"{seed}:eval-questions")
+        questions = sorted(rng.sample(questions, n), key=lambda q: q.fact)
+    return questions
+
+
+class _Store:
+    """The evaluation's entries: memory-only facts first (row = fact index), then distractors; edits
+    replace a row's text and vector, deletes mask it."""
+
+    def __init__(self, model: MemoryModel, facts: list[Fact], distractors: list[str]):
+        self.model = model
+        self.texts = [f.text for f in facts] + distractors
+        self.vectors = model.gate.encode_entries(self.texts).cpu()
+        self.deleted: list[int] = []
+
+    def bank(self) -> Bank:
+        bank = self.model.bank(range(len(self.texts)), self.texts, self.vectors)
+        if self.deleted:
+            bank.delete(self.deleted)
+        return bank
+
+    def update(self, rows: Sequence[int], texts: Sequence[str]) -> None:
+        for r, t in zip(rows, texts, strict=True):
+            self.texts[r] = t
+        if rows:
+            self.vectors[list(rows)] = self.model.gate.encode_entries(list(texts)).cpu()
+
+
+def evaluate(memory: Memory, store_size: int | None = None, questions: int | None = None,
+             quiet: bool = True) -> list[Row]:
+    """The core rows (see the module docstring) for an opened memory folder."""
+    cfg, model = memory.cfg, memory.model
+    e = cfg.eval
+    store_size = e.store_size if store_size is None else store_size
+    n_questions = e.questions if questions is None else questions
+    world = fact_world(cfg)
+    facts = world.facts("memory_only")
+    if store_size < len(facts):
+        raise FoundryError(f"the evaluation store needs room for the {len(facts)} memory-only facts "
+                           f"(store size {store_size})")
+    k, answerer = cfg.modules.k, Answerer(model, e.max_tokens)
+    with torch.no_grad():
+        store = _Store(model, facts, world.distractors(store_size - len(facts), seed=2))
+        asked = _sample(world.questions("memory_only"), n_questions, cfg.seed)
+        qs, golds = [q.question for q in asked], [q.answer for q in asked]
+        gold_rows = [q.fact for q in asked]
+        rows: list[Row] = []
+
+        def memory_row(name: str, items: list[Question], bank: Bank, hybrid: float = 0.0, answer_key=None) -> Row:
+            got = answerer.ask([q.question for q in items], bank, k, hybrid)
+            wanted = answer_key or [q.answer for q in items]
+            hit = sum(a.retrieved[:1] == [q.fact] for a, q in zip(got, items)) / max(len(items), 1)
+            return Row(name, len(items), _em([a.answer for a in got], wanted), hit)
+
+        bank = store.bank()
+        rows.append(Row("backbone alone", len(qs), _em([a.answer for a in answerer.ask(qs, None, k)], golds)))
+        rows.append(memory_row("memory (dense)", asked, bank))
+        rows.append(memory_row(f"memory (hybrid {e.hybrid:g})", asked, bank, e.hybrid))
+        oracle = [answerer.generate(prompt_of(q.question), model.read([[store.texts[q.fact]]])) for q in asked]
+        rows.append(Row("oracle (gold entry given)", len(qs), _em(oracle, golds), 1.0))
+        found = model.retrieve(qs, k, bank) if qs else None
+        rag = [answerer.generate(prompt_of(q, found.texts[i]), None, fit=True) for i, q in enumerate(qs)]
+        rows.append(Row("in-context RAG (same retriever)", len(qs), _em(rag, golds),
+                        sum(found.ids[i][:1] == [r] for i, r in enumerate(gold_rows)) / max(len(qs), 1) if qs else None))
+        held = _sample(world.questions("memory_only", phrasing="heldout"), n_questions, cfg.seed)
+        rows.append(memory_row("held-out phrasings", held, bank))
+        unseen = _sample(world.questions("memory_only", relations="unseen"), n_questions, cfg.seed)
+        rows.append(memory_row("unseen relations", unseen, bank))
+        # Edits: counterfactual values for the first `edits` questions' facts (at most half of them:
+        # the other half measures locality).
+        edited = asked[:min(e.edits, len(asked) // 2)]
+        untouched = asked[len(edited):]
+        if edited:
+            new = [world.counterfactual(facts[q.fact]) for q in edited]
+            store.update([q.fact for q in edited], [f.text for f in new])
+            bank = store.bank()
+            got = answerer.ask([q.question for q in edited], bank, k)
+            rows.append(Row("edit: new value", len(edited), _em([a.answer for a in got], [f.object for f in new])))
+            rows.append(Row("edit: old value", len(edited), _em([a.answer for a in got], [q.answer for q in edited])))
+            if untouched:
+                rows.append(memory_row("locality (untouched, after edits)", untouched, bank))
+            store.deleted = [q.fact for q in edited]
+            got = answerer.ask([q.question for q in edited], store.bank(), k)
+            rows.append(Row("delete: original value", len(edited), _em([a.answer for a in got],
+                                                                        [q.answer for q in edited])))
+    return rows
+
+
+def evaluate_user(memory: Memory, facts: Sequence[str], questions: Sequence[Question],
+                  store_size: int | None = None) -> list[Row]:
+    """The rows that need no built-in fact world, for a user's facts and questions
+    (``eval --facts F --questions Q``): backbone alone, memory (dense, hybrid) and in-context RAG.
+
+    The store holds the facts, then distractors up to ``store_size`` entries (None: the facts alone).
+    """
+    cfg, model = memory.cfg, memory.model
+    e, k = cfg.eval, cfg.modules.k
+    answerer = Answerer(model, e.max_tokens)
+    extra = max(0, (store_size or 0) - len(facts))
+    texts = list(facts) + fact_world(cfg).distractors(extra, seed=2)
+    qs, golds = [q.question for q in questions], [q.answer for q in questions]
+    with torch.no_grad():
+        bank = model.bank(range(len(texts)), texts)
+        found = model.retrieve(qs, k, bank)
+        rag = [answerer.generate(prompt_of(q, found.texts[i]), None, fit=True) for i, q in enumerate(qs)]
+        return [Row("backbone alone", len(qs), _em([a.answer for a in answerer.ask(qs, None, k)], golds)),
+                Row("memory (dense)", len(qs), _em([a.answer for a in answerer.ask(qs, bank, k)], golds)),
+                Row(f"memory (hybrid {e.hybrid:g})", len(qs),
+                    _em([a.answer for a in answerer.ask(qs, bank, k, e.hybrid)], golds)),
+                Row("in-context RAG (same retriever)", len(qs), _em(rag, golds))]
+
+
+def report(rows: Sequence[Row], store_size: int, backbone: str, what: str = "Memory-only entities") -> str:
+    """The table as markdown (what ``MEM/eval.md`` holds); ``what`` names the questions asked."""
+    lines = ["# Memory evaluation", "",
+             f"Backbone: `{backbone}`. {what}; {store_size:,} entries in the store "
+             f"(distractors included); exact match of the generated answer.", "",
+             "| row | questions | exact match | retrieval@1 |", "|---|---:|---:|---:|"]
+    for r in rows:
+        hit = "" if r.retrieval_at_1 is None else f"{100 * r.retrieval_at_1:.1f}%"
+        lines.append(f"| {r.name} | {r.questions} | {100 * r.exact_match:.1f}% | {hit} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(memory: Memory, rows: Sequence[Row], store_size: int, what: str = "Memory-only entities") -> Path:
+    """Write ``MEM/eval.md`` (atomically)."""
+    path = memory.path / REPORT_FILE
+    atomic_write_text(path, report(rows, store_size, memory.model.backbone.source, what))
+    return path
