@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
                    help="share held out for validation; by document, or the tail of a single file (default: 0.1)")
     p.add_argument("--tokenizer-sample-bytes", type=int, metavar="N",
                    help="BPE learns its merges from about N bytes of the training text, spread evenly over it; "
-                        "0 for all of it (default: 100000000)")
+                        "0 for all of it (default: 1000000)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the document split (default: 0)")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="the data folder to write")
     p.set_defaults(func=run)

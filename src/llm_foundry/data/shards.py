@@ -22,15 +22,16 @@ import numpy as np
 from ..tokenizers import UNK, Tokenizer, build_tokenizer, load_tokenizer
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_json, atomic_writer, read_json
-from .sources import PIECE_CHARS, Corpus, Document, Unit
+from .sources import PIECE_CHARS, Corpus, Document, Unit, split_pieces
 from .split import LengthLog, SplitPlan, check_val_fraction, plan_split, split_documents  # noqa: F401  (split_documents: re-exported)
 
 META_FORMAT = "llm_foundry.tokens"
 SHARD_TOKENS = 1 << 27  # 128M tokens per shard file keeps any one file < 512 MB
-# BPE merges are learned from about this much of the training text (pieces spread evenly
-# over it): enough for any vocabulary this project trains, and it bounds the trainer's memory,
-# which grows with the distinct words it sees.
-TOKENIZER_SAMPLE_BYTES = 100_000_000
+# BPE merges are learned from about this much of the training text (pieces spread evenly over
+# it). The trainer of `tokenizers` holds every distinct word it sees, about 20 bytes per byte of
+# English text and up to 100 per byte of Chinese (a run of Han characters is one "word", rarely
+# seen twice): 1 MB keeps it near 100 MB and is plenty for a vocabulary of a few thousand.
+TOKENIZER_SAMPLE_BYTES = 1_000_000
 
 
 def _dtype_for(vocab_size: int) -> np.dtype:
@@ -42,7 +43,7 @@ class _Scan:
 
     def __init__(self, want_alphabet: bool, progress=None, task=None):
         self.lengths = LengthLog()
-        self.chars = self.bytes = self.largest = 0
+        self.chars = self.bytes = 0
         self.alphabet: dict[str, None] = {}  # characters in order of first appearance
         self.sources: set[str] = set()
         self.want_alphabet = want_alphabet
@@ -58,7 +59,7 @@ class _Scan:
             for new, piece in unit.read():
                 if new:
                     if doc >= 0:
-                        self._end(doc)
+                        self.lengths.append(doc)
                     doc = 0
                 doc += len(piece)
                 chars += len(piece)
@@ -68,7 +69,7 @@ class _Scan:
                 if self.progress is not None:
                     self.progress.advance(self.task, len(piece))
             if doc >= 0:
-                self._end(doc)
+                self.lengths.append(doc)
         except BaseException:
             self.lengths.truncate(mark)
             raise
@@ -76,10 +77,6 @@ class _Scan:
         self.bytes += nbytes
         self.alphabet.update(alphabet)
         self.sources.add(unit.source)
-
-    def _end(self, length: int) -> None:
-        self.lengths.append(length)
-        self.largest = max(self.largest, length)
 
 
 def _routed(corpus: Corpus, plan: SplitPlan, blocks) -> Iterator[tuple[str, bool, str]]:
@@ -175,7 +172,9 @@ class _SplitWriter:
     def flush(self) -> None:
         if not self.batch:
             return
-        ids = self.tok.encode_batch(self.batch)
+        # One text at a time: `encode_batch` would encode on every core, and each thread's
+        # allocations stay with the process (~60 MB more on two cores, more on more).
+        ids = [self.tok.encode(text) for text in self.batch]
         if self.sep is not None:
             for row, end in zip(ids, self.ends):
                 if end:
@@ -209,7 +208,8 @@ def _train_sample(corpus: Corpus, plan: SplitPlan, blocks, fraction: float) -> I
         seen += n
         if taken < fraction * seen:
             taken += n
-            yield piece
+            # `tokenizers` buffers 256 texts of its input: small pieces keep that buffer small.
+            yield from split_pieces((piece,), max_chars=4096)
 
 
 def _fit(corpus: Corpus, scan: _Scan, tokenizer: str | Tokenizer, vocab_size: int | None, val_fraction: float,
