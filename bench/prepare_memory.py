@@ -5,10 +5,11 @@ Writes a corpus of many documents (mixed English and Chinese) into a temp folder
 bound of issue 21: 200 MiB + 3x the largest single document (its UTF-8 bytes).
 Prints one JSON object; exits 1 when the bound is broken.
 
-    python bench/prepare_memory.py [--gb 1] [--tokenizer byte|char|bpe] [--layout folder|single]
+    python bench/prepare_memory.py [--gb 1] [--tokenizer byte|char|bpe] [--layout folder|lines|single]
 
 ``folder``: a folder of ``.jsonl`` files (one document a line, 100 B to 64 KB) and ``.txt``
-files (one document each, up to 4 MB); ``single``: one text file, one document.
+files (one document each, up to about 1.4 MB); ``lines``: ``.jsonl`` files of short documents
+(20 to 400 characters: millions of them); ``single``: one text file, one document.
 The text is generated fast from a seeded pool of mixed en/zh lines (documents are slices
 of it), so the corpus costs little more than writing it to disk.
 """
@@ -69,19 +70,19 @@ def write_corpus(root: str | Path, total_bytes: int, layout: str = "folder", see
     folder.mkdir(exist_ok=True)
     k = 0
     while written < total_bytes:
-        if k % 8 == 7:  # a plain text file: one (large) document
-            data = piece(rng.randint(MIB // 2, 4 * MIB) // 3).encode("utf-8")
-            (folder / f"book_{k:05d}.txt").write_bytes(data)
-            written, docs, largest = written + len(data), docs + 1, max(largest, len(data))
-        else:  # a .jsonl file of up to 32 MB of short documents
+        if layout == "lines" or k % 8 != 7:  # a .jsonl file of up to 32 MB of documents
             with open(folder / f"part_{k:05d}.jsonl", "w", encoding="utf-8") as f:
                 size = 0
                 while size < 32 * MIB and written + size < total_bytes:
-                    text = piece(rng.randint(100, 64 * 1024) // 2)
+                    text = piece(rng.randint(20, 400) if layout == "lines" else rng.randint(100, 64 * 1024) // 2)
                     n = len(text.encode("utf-8"))
                     f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
                     size, docs, largest = size + n, docs + 1, max(largest, n)
             written += size
+        else:  # a plain text file: one (large) document
+            data = piece(rng.randint(MIB // 2, 4 * MIB) // 3).encode("utf-8")
+            (folder / f"book_{k:05d}.txt").write_bytes(data)
+            written, docs, largest = written + len(data), docs + 1, max(largest, len(data))
         k += 1
     return {"input": str(folder), "bytes": written, "documents": docs, "largest_document_bytes": largest}
 
@@ -147,7 +148,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, default=1.0, help="corpus size in GiB (default: 1)")
     ap.add_argument("--tokenizer", choices=["byte", "char", "bpe"], default="byte")
-    ap.add_argument("--layout", choices=["folder", "single"], default="folder")
+    ap.add_argument("--layout", choices=["folder", "lines", "single"], default="folder")
     ap.add_argument("--dir", help="where to write the corpus and the data folder (default: a temp folder, removed)")
     args, extra = ap.parse_known_args()  # anything else goes to `foundry prepare`
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

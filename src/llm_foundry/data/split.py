@@ -31,7 +31,7 @@ from .sources import Document
 _MASK = (1 << 64) - 1
 _GAMMA, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _BUCKET_BITS = 16  # 65,536 priority buckets: 1 MB of histogram
-_BLOCK = 1 << 20  # document lengths read at a time
+_BLOCK = 1 << 18  # document lengths read at a time (each costs ~50 bytes of temporaries)
 
 Blocks = Callable[[], Iterator[tuple[int, np.ndarray]]]  # ``(index of the first document, lengths)``
 
