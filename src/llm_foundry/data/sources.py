@@ -189,20 +189,21 @@ def split_pieces(blocks: Iterable[str], max_chars: int = PIECE_CHARS) -> Iterato
         yield buf
 
 
+def _one_document(pieces: Iterable[str]) -> Iterator[tuple[bool, str]]:
+    return ((k == 0, piece) for k, piece in enumerate(pieces))
+
+
 def _file_pieces(path: Path) -> Iterator[tuple[bool, str]]:
     if path.suffix.lower() == ".jsonl":
         for text in _jsonl_texts(path):
-            for k, piece in enumerate(split_pieces((text,))):
-                yield k == 0, piece
+            yield from _one_document(split_pieces((text,)))
     else:
-        for k, piece in enumerate(split_pieces(iter_text(path))):
-            yield k == 0, piece
+        yield from _one_document(split_pieces(iter_text(path)))
 
 
 def _text_pieces(text: str) -> Iterator[tuple[bool, str]]:
-    yield from ((k == 0, piece) for k, piece in enumerate(split_pieces((text,))))
-    if not text:
-        yield True, ""  # an empty document still counts (and gets its end-of-document token)
+    # An empty document still counts (and gets its end-of-document token).
+    return _one_document(split_pieces((text,)) if text else ("",))
 
 
 # ----------------------------------------------------------------------------- corpus
