@@ -8,7 +8,7 @@ Prints one JSON object; exits 1 when the bound is broken.
     python bench/prepare_memory.py [--gb 1] [--tokenizer byte|char|bpe] [--layout folder|lines|single]
 
 ``folder``: a folder of ``.jsonl`` files (one document a line, 100 B to 64 KB) and ``.txt``
-files (one document each, up to about 1.4 MB); ``lines``: ``.jsonl`` files of short documents
+files (one document each, up to about 2 MB); ``lines``: ``.jsonl`` files of short documents
 (20 to 400 characters: millions of them); ``single``: one text file, one document.
 The text is generated fast from a seeded pool of mixed en/zh lines (documents are slices
 of it), so the corpus costs little more than writing it to disk.
