@@ -2,16 +2,18 @@
 
 Each document gets a seeded pseudo-random *priority*, a hash of ``(seed, its index)``
 (SplitMix64), so a document's place in the random order needs no state and no list of
-all documents. Documents go to validation in priority order until the held-out share
-reaches ``val_fraction`` of the characters; a document that would take it past 1.5x
-the target stops the walk short, and a document longer than 1.5x the target never goes.
-At least one document always stays in training; if none fits, the smallest one is held out.
-A single document is cut contiguously instead: its last ``val_fraction`` validates.
+all documents. Documents are then visited in priority order and go to validation while
+the held-out share is below ``val_fraction`` of the characters; one that would take it
+past 1.5x the target is passed over. At least one document always stays in training; if
+none fits, the smallest one is held out. A single document is cut contiguously instead:
+its last ``val_fraction`` validates.
 
-The order is found in bounded memory: the lengths are read twice, once into a histogram
-of priority buckets (which bucket crosses the target) and once more for the documents of
-that one bucket. The result is one priority threshold, so later passes decide each
-document's split from its index and length as they stream by.
+The walk is done in bounded memory: the lengths are read once into a histogram of
+priority buckets (every bucket before the one that crosses the target validates whole,
+as the walk would take all of it), and once more for the documents of the crossing
+bucket and those after it, up to 65,536 documents, which are walked one by one. The
+result, a bucket bound plus the indices chosen in the walk, lets later passes decide
+each document's split from its index and length as they stream by.
 """
 
 from __future__ import annotations
