@@ -91,3 +91,28 @@ def test_corrupt_tokenizer_files(tmp_path):
         load_tokenizer(p)
     with pytest.raises(FoundryError, match="not found"):
         load_tokenizer(tmp_path / "missing.json")
+
+
+def test_bpe_trains_from_a_one_pass_stream(tmp_path):
+    # `prepare` feeds BPE a generator over pieces of files it reads from disk: one pass, never a list.
+    from llm_foundry.data.sources import iter_text, split_pieces
+
+    f = tmp_path / "corpus.txt"
+    f.write_text("".join(f"line {i}: the tokenizer streams 流式分词 {i % 7}\n" for i in range(20_000)))
+    pieces = split_pieces(iter_text(f, block_bytes=4096), max_chars=10_000)
+    tok = BPETokenizer.train(pieces, vocab_size=500)
+    assert tok.vocab_size == 500
+    text = "line 12: the tokenizer streams 流式分词 5\n"
+    assert tok.decode(tok.encode(text)) == text and len(tok.encode(text)) < len(text) // 2
+
+
+def test_long_documents_encode_the_same_in_pieces(bpe):
+    # A document longer than a piece is cut where byte-level BPE splits words anyway (before a line
+    # or a word), so its ids are those of the whole text.
+    from llm_foundry.data.sources import split_pieces
+
+    lines = [f"{'    ' * (i % 3)}word{i} 中文{i}  end{'.' * (i % 4)}" for i in range(3000)]
+    text = "\n".join(lines) + " single spaced words " * 500
+    pieces = list(split_pieces((text,), max_chars=1000))
+    assert len(pieces) > 50 and "".join(pieces) == text and max(map(len, pieces)) <= 1000
+    assert [i for p in pieces for i in bpe.encode(p)] == bpe.encode(text)

@@ -3,136 +3,291 @@
 A data folder holds ``tokenizer.json``, ``train_000.bin ...``, ``val_000.bin ...`` and
 ``meta.json`` (written last, so its presence means the folder is complete).
 Documents are joined with the tokenizer's EOS id where it has one.
+
+:func:`prepare_dataset` streams: it reads the corpus two or three times (a scan for the
+lengths, the split and the char alphabet; BPE training on a sample of the training text;
+tokenizing) and never holds more than a few pieces of text and one batch of tokens, so
+its memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
-import random
+import itertools
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..tokenizers import UNK, Tokenizer, build_tokenizer, load_tokenizer
 from ..utils.errors import FoundryError
-from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
-from .sources import Document
+from ..utils.io import atomic_write_json, atomic_writer, read_json
+from .sources import PIECE_CHARS, Corpus, Document, Unit, split_pieces
+from .split import LengthLog, SplitPlan, check_val_fraction, plan_split, split_documents  # noqa: F401  (split_documents: re-exported)
 
 META_FORMAT = "llm_foundry.tokens"
 SHARD_TOKENS = 1 << 27  # 128M tokens per shard file keeps any one file < 512 MB
-
-
-def split_documents(docs: Sequence[Document], val_fraction: float, seed: int = 0) -> tuple[list[Document], list[Document]]:
-    """Document-level split; a single document is split contiguously (last part = val).
-
-    Documents are visited in a seeded random order and go to validation while they
-    keep its share of the characters near ``val_fraction`` (a document that would
-    overshoot 1.5x the target is passed over), always leaving one for training.
-    """
-    if not 0 <= val_fraction < 1:
-        raise FoundryError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if val_fraction == 0:
-        return list(docs), []
-    if len(docs) == 1:
-        text = docs[0].text
-        cut = int(len(text) * (1 - val_fraction))
-        return [Document(text[:cut], docs[0].source)], [Document(text[cut:], docs[0].source)]
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    target = val_fraction * sum(len(d.text) for d in docs)
-    val_idx, val_chars = set(), 0
-    for i in order:
-        if val_chars >= target or len(val_idx) == len(docs) - 1:
-            break
-        if val_chars + len(docs[i].text) <= 1.5 * target:
-            val_idx.add(i)
-            val_chars += len(docs[i].text)
-    if not val_idx:  # every document is larger than the target: hold out the smallest
-        val_idx.add(min(order, key=lambda i: len(docs[i].text)))
-    train = [d for i, d in enumerate(docs) if i not in val_idx]
-    val = [d for i, d in enumerate(docs) if i in val_idx]
-    return train, val
+# BPE merges are learned from about this much of the training text (pieces spread evenly over
+# it). The trainer of `tokenizers` holds every distinct word it sees, about 20 bytes per byte of
+# English text and up to 100 per byte of Chinese (a run of Han characters is one "word", rarely
+# seen twice): 1 MB keeps it near 100 MB and is plenty for a vocabulary of a few thousand.
+TOKENIZER_SAMPLE_BYTES = 1_000_000
 
 
 def _dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
 
 
-def _encode_split(tokenizer: Tokenizer, docs: Sequence[Document], progress=None, task=None) -> np.ndarray:
-    sep = getattr(tokenizer, "eos_id", None)
-    parts: list[list[int]] = []
-    batch = 256
-    for i in range(0, len(docs), batch):
-        chunk = docs[i:i + batch]
-        for ids in tokenizer.encode_batch([d.text for d in chunk]):
-            if sep is not None:
-                ids.append(sep)
-            parts.append(ids)
-        if progress is not None:
-            progress.advance(task, len(chunk))
-    flat = [t for p in parts for t in p]
-    return np.asarray(flat, dtype=_dtype_for(tokenizer.vocab_size))
+class _Scan:
+    """The first pass: document lengths, sizes, sources and (for char) the alphabet."""
+
+    def __init__(self, want_alphabet: bool, progress=None, task=None):
+        self.lengths = LengthLog()
+        self.chars = self.bytes = 0
+        self.alphabet: dict[str, None] = {}  # characters in order of first appearance
+        self.sources: set[str] = set()
+        self.want_alphabet = want_alphabet
+        self.progress, self.task = progress, task
+
+    def read(self, unit: Unit) -> None:
+        """Read one unit; its figures count only once it has been read to the end."""
+        mark = self.lengths.count
+        chars = nbytes = 0
+        doc = -1  # characters of the document being read
+        alphabet: dict[str, None] = {}
+        try:
+            for new, piece in unit.read():
+                if new:
+                    if doc >= 0:
+                        self.lengths.append(doc)
+                    doc = 0
+                doc += len(piece)
+                chars += len(piece)
+                nbytes += len(piece.encode("utf-8"))
+                if self.want_alphabet:
+                    alphabet.update(dict.fromkeys(piece))
+                if self.progress is not None:
+                    self.progress.advance(self.task, len(piece))
+            if doc >= 0:
+                self.lengths.append(doc)
+        except BaseException:
+            self.lengths.truncate(mark)
+            raise
+        self.chars += chars
+        self.bytes += nbytes
+        self.alphabet.update(alphabet)
+        self.sources.add(unit.source)
 
 
-def _write_shards(out: Path, split: str, tokens: np.ndarray) -> list[str]:
-    names = []
-    for k, start in enumerate(range(0, max(len(tokens), 1), SHARD_TOKENS)):
-        name = f"{split}_{k:03d}.bin"
-        atomic_write_bytes(out / name, tokens[start:start + SHARD_TOKENS].tobytes())
-        names.append(name)
-    return names
+def _routed(corpus: Corpus, plan: SplitPlan, blocks) -> Iterator[tuple[str, bool, str]]:
+    """``(split, starts a document, piece)`` for every piece of the corpus, in order."""
+    decisions = plan.decisions(blocks)
+    offset, seen = 0, 0
+    for new, piece in corpus.pieces():
+        if new:
+            seen += 1
+            split = "val" if next(decisions, False) else "train"
+        if plan.cut is None:
+            yield split, new, piece
+            continue
+        # A single document: its first `cut` characters train, the rest validates.
+        if new and plan.cut == 0:
+            yield "train", True, ""
+        head = piece[:max(plan.cut - offset, 0)]
+        if head:
+            yield "train", new, head
+        if len(head) < len(piece):
+            yield "val", offset + len(head) == plan.cut, piece[len(head):]
+        offset += len(piece)
+    if seen != plan.n_docs:
+        raise FoundryError("the input changed while it was being prepared; run prepare again")
 
 
-def prepare_dataset(docs: Sequence[Document], tokenizer: str | Tokenizer, out_dir: str | Path, *,
+class _ShardFiles:
+    """A split's shard files, written as tokens arrive; each appears (atomically) once full or closed."""
+
+    def __init__(self, out: Path, split: str):
+        self.out, self.split = out, split
+        self.names: list[str] = []
+        self._writer = self._file = None
+        self._filled = 0
+
+    def write(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            if self._file is None:
+                self._open()
+            n = min(len(tokens), SHARD_TOKENS - self._filled)
+            self._file.write(tokens[:n].tobytes())
+            self._filled += n
+            tokens = tokens[n:]
+            if self._filled == SHARD_TOKENS:
+                self._end()
+
+    def _open(self) -> None:
+        self.names.append(f"{self.split}_{len(self.names):03d}.bin")
+        self._writer = atomic_writer(self.out / self.names[-1])
+        self._file, self._filled = self._writer.__enter__(), 0
+
+    def _end(self, *exc) -> None:
+        writer, self._writer, self._file = self._writer, None, None
+        writer.__exit__(*(exc or (None, None, None)))
+
+    def close(self) -> list[str]:
+        """Finish the last shard (an empty split still gets one, empty, file)."""
+        if self._file is None and not self.names:
+            self._open()
+        if self._file is not None:
+            self._end()
+        return self.names
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temp file), after an error."""
+        if self._file is not None:
+            self._end(*sys.exc_info())
+
+
+class _SplitWriter:
+    """Tokenizes one split's pieces in batches and appends the ids to its shards."""
+
+    def __init__(self, out: Path, name: str, tok: Tokenizer):
+        self.name, self.tok = name, tok
+        self.sep = getattr(tok, "eos_id", None)
+        self.unk = tok.token_id(UNK)
+        self.dtype = _dtype_for(tok.vocab_size)
+        self.shards = _ShardFiles(out, name)
+        self.batch: list[str] = []
+        self.ends: list[bool] = []
+        self.batch_chars = self.tokens = self.documents = self.bytes = self.unknown = 0
+
+    def add(self, piece: str, new: bool, end: bool) -> None:
+        """Queue ``piece``; ``new``: it starts a document; ``end``: it ends one (an EOS follows)."""
+        self.documents += new
+        self.bytes += len(piece.encode("utf-8"))
+        self.batch.append(piece)
+        self.ends.append(end)
+        self.batch_chars += len(piece)
+        if self.batch_chars >= PIECE_CHARS or len(self.batch) >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        # One text at a time: `encode_batch` would encode on every core, and each thread's
+        # allocations stay with the process (~60 MB more on two cores, more on more).
+        ids = [self.tok.encode(text) for text in self.batch]
+        if self.sep is not None:
+            for row, end in zip(ids, self.ends):
+                if end:
+                    row.append(self.sep)
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=sum(map(len, ids)))
+        if self.unk is not None:
+            self.unknown += int(np.count_nonzero(tokens == self.unk))
+        self.shards.write(tokens)
+        self.tokens += len(tokens)
+        self.batch, self.ends, self.batch_chars = [], [], 0
+
+    def close(self) -> dict:
+        """Finish the shards; the split's entry of ``meta.json``."""
+        self.flush()
+        if self.unknown:
+            # Only a reused tokenizer (--tokenizer-from) can meet characters it never saw.
+            print(f"warning: {self.unknown} character(s) of the {self.name} text are unknown to the tokenizer "
+                  f"and became <|unk|>", file=sys.stderr)
+        return {"shards": self.shards.close(), "tokens": self.tokens, "documents": self.documents,
+                "bytes": self.bytes, "unknown_tokens": self.unknown}
+
+
+def _train_sample(corpus: Corpus, plan: SplitPlan, blocks, fraction: float) -> Iterator[str]:
+    # Systematic sampling: a training piece is taken while the sample is behind `fraction` of the
+    # training text read so far, so it is spread evenly over the corpus (and starts with its first piece).
+    seen = taken = 0
+    for split, _, piece in _routed(corpus, plan, blocks):
+        if split != "train":
+            continue
+        n = len(piece.encode("utf-8"))
+        seen += n
+        if taken < fraction * seen:
+            taken += n
+            # `tokenizers` buffers 256 texts of its input: small pieces keep that buffer small.
+            yield from split_pieces((piece,), max_chars=4096)
+
+
+def _fit(corpus: Corpus, scan: _Scan, tokenizer: str | Tokenizer, vocab_size: int | None, val_fraction: float,
+         seed: int, sample_bytes: int) -> tuple[Tokenizer, SplitPlan]:
+    """The split, and the tokenizer: built, fitted, or the one given."""
+    blocks = scan.lengths.blocks
+    plan = plan_split(blocks, scan.lengths.count, scan.chars, val_fraction, seed)
+    if tokenizer == "char":
+        # The vocabulary covers all text, so validation has no unknowns.
+        return build_tokenizer("char", ["".join(scan.alphabet)]), plan
+    if tokenizer == "bpe":
+        # Merges are learned from training text only, so validation stays held out.
+        train_bytes = scan.bytes * (1 - plan.val_chars / max(scan.chars, 1))
+        fraction = sample_bytes / train_bytes if sample_bytes and train_bytes else 1.0
+        return build_tokenizer("bpe", _train_sample(corpus, plan, blocks, fraction), vocab_size), plan
+    if isinstance(tokenizer, str):
+        return build_tokenizer(tokenizer, (), vocab_size), plan
+    return tokenizer, plan
+
+
+def _write_splits(corpus: Corpus, plan: SplitPlan, scan: _Scan, tok: Tokenizer, out: Path, progress) -> dict:
+    """Tokenize the corpus into the shards of its splits; their entries of ``meta.json``."""
+    task = progress.add_task("tokenizing", total=scan.chars)
+    writers: dict[str, _SplitWriter] = {}
+    try:
+        last = None  # (split, starts a document, piece), held until we know whether it ends one
+        for item in _routed(corpus, plan, scan.lengths.blocks):
+            if last is not None:
+                writers[last[0]].add(last[2], last[1], end=item[1])
+                progress.advance(task, len(last[2]))
+            if item[0] not in writers:
+                writers[item[0]] = _SplitWriter(out, item[0], tok)
+            last = item
+        if last is not None:
+            writers[last[0]].add(last[2], last[1], end=True)
+        return {name: writers[name].close() for name in ("train", "val") if name in writers}
+    except BaseException:
+        for w in writers.values():
+            w.shards.abort()
+        raise
+
+
+def prepare_dataset(docs: Sequence[Document] | Corpus, tokenizer: str | Tokenizer, out_dir: str | Path, *,
                     vocab_size: int | None = None, val_fraction: float = 0.1, seed: int = 0,
-                    show_progress: bool = True) -> dict:
-    """Tokenize ``docs`` into a data folder and return its meta.
+                    show_progress: bool = True, tokenizer_sample_bytes: int = TOKENIZER_SAMPLE_BYTES) -> dict:
+    """Tokenize a corpus into a data folder and return its meta, in memory that does not grow with the corpus.
 
     Args:
-        docs: the corpus (see :func:`read_documents`).
+        docs: the corpus: a :class:`Corpus` (streamed from disk) or documents in memory.
         tokenizer: ``char``, ``byte``, ``bpe``, or a ready tokenizer object.
         out_dir: the data folder to write.
         vocab_size: BPE vocabulary size (default 4096).
         val_fraction: share of the text held out for validation.
         seed: seeds the document split.
+        show_progress: show progress bars (on a terminal).
+        tokenizer_sample_bytes: BPE learns its merges from about this many bytes of the
+            training text (pieces spread evenly over it); 0 for all of it.
     """
     from ..utils.progress import progress_bar
 
-    if not docs:
+    corpus = docs if isinstance(docs, Corpus) else Corpus.from_documents(docs)
+    if not corpus.units:
         raise FoundryError("no documents to prepare")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FoundryError(f"--out exists and is not a folder: {out}")
-    train_docs, val_docs = split_documents(docs, val_fraction, seed)
-    if isinstance(tokenizer, str):
-        # char: the vocabulary covers all text, so validation has no unknowns;
-        # bpe: merges are learned from training text only, so validation stays held out.
-        fit = docs if tokenizer == "char" else train_docs
-        tok = build_tokenizer(tokenizer, (d.text for d in fit), vocab_size)
-    else:
-        tok = tokenizer
-    out.mkdir(parents=True, exist_ok=True)
-    unk_id = tok.token_id(UNK)
-    splits = {}
+    check_val_fraction(val_fraction)
+    if tokenizer_sample_bytes < 0:
+        raise FoundryError(f"--tokenizer-sample-bytes must be 0 (all) or more, got {tokenizer_sample_bytes}")
     with progress_bar(enabled=show_progress) as progress:
-        for name, split_docs in (("train", train_docs), ("val", val_docs)):
-            if not split_docs:
-                continue
-            task = progress.add_task(f"tokenizing {name}", total=len(split_docs))
-            tokens = _encode_split(tok, split_docs, progress, task)
-            unknown = int((tokens == unk_id).sum()) if unk_id is not None else 0
-            if unknown:
-                # Only a reused tokenizer (--tokenizer-from) can meet characters it never saw.
-                print(f"warning: {unknown} character(s) of the {name} text are unknown to the tokenizer "
-                      f"and became <|unk|>", file=sys.stderr)
-            splits[name] = {
-                "shards": _write_shards(out, name, tokens),
-                "tokens": int(len(tokens)),
-                "documents": len(split_docs),
-                "bytes": sum(len(d.text.encode("utf-8")) for d in split_docs),
-                "unknown_tokens": unknown,
-            }
+        scan = _Scan(tokenizer == "char", progress, progress.add_task("reading", total=None))
+        try:
+            corpus.visit(scan.read)
+            tok, plan = _fit(corpus, scan, tokenizer, vocab_size, val_fraction, seed, tokenizer_sample_bytes)
+            out.mkdir(parents=True, exist_ok=True)
+            splits = _write_splits(corpus, plan, scan, tok, out, progress)
+        finally:
+            scan.lengths.close()
     tok.save(out / "tokenizer.json")
     meta = {
         "format": META_FORMAT,
@@ -142,7 +297,7 @@ def prepare_dataset(docs: Sequence[Document], tokenizer: str | Tokenizer, out_di
         "dtype": _dtype_for(tok.vocab_size).name,
         "val_fraction": val_fraction,
         "seed": seed,
-        "sources": sorted({d.source for d in docs})[:1000],
+        "sources": sorted(scan.sources)[:1000],
         "splits": splits,
     }
     atomic_write_json(out / "meta.json", meta)

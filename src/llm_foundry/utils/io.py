@@ -7,6 +7,7 @@ one, even if the process is killed mid-write.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -14,13 +15,15 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import FoundryError
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename)."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file for data written in parts, that appears at ``path`` only when the ``with``
+    block ends without an error (temp file in the same folder, fsynced, renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,7 +32,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if hasattr(os, "fchmod"):  # (not on Windows before Python 3.13)
             os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,6 +44,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename)."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def _umask() -> int:
