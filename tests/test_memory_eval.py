@@ -1,0 +1,148 @@
+"""The evaluation's later rows (counterfactual entries, perplexity with memory off/on, store-size
+scaling) and `foundry chat MODEL --memory MEM`, on the tiny setup of test_memory_pipeline.py.
+
+These check that the measures are computed and keep their promises (an untrained fusion leaves
+perplexity exactly unchanged; a scaling store of N entries holds N; chat reads the live store),
+not the quality figures (the lead runs the cpu preset).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import one_line_error, run_cli
+from test_memory_pipeline import TINY, run_main
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny backbone, a fresh memory folder for it, and a trained copy (a few steps per stage)."""
+    from llm_foundry.config.memory import load_memory_config
+    from llm_foundry.memory.pipeline import init_memory, train_backbone, train_memory
+
+    root = tmp_path_factory.mktemp("memeval")
+    preset = root / "tiny.yaml"
+    preset.write_text(TINY)
+    cfg = load_memory_config(str(preset))
+    train_backbone(root / "backbone", cfg, quiet=True)
+    init_memory(root / "backbone", root / "fresh", cfg).close()
+    shutil.copytree(root / "fresh", root / "trained")
+    train_memory(root / "trained", ["router", "fusion", "joint", "memory"], quiet=True)
+    return {"root": root, "backbone": root / "backbone", "fresh": root / "fresh", "trained": root / "trained"}
+
+
+def copy(tiny, src: str, name: str) -> Path:
+    dst = tiny["root"] / name
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(tiny[src], dst)
+    return dst
+
+
+# ---------------------------------------------------------------- eval rows
+def test_eval_adds_counterfactual_perplexity_and_scaling(tiny, capsys):
+    mem = copy(tiny, "trained", "eval-all")
+    proc = run_main(capsys, "memory", "eval", mem, "--store-size", "60", "--max-questions", "4",
+                    "--scales", "80,60", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    rows = {r["row"]: r for r in out["rows"]}
+    for name in ("counterfactual: memory's value", "counterfactual: memory's value, backbone alone",
+                 "counterfactual: trained value"):
+        assert rows[name]["questions"] == 4 and 0 <= rows[name]["exact_match"] <= 1
+    # The memory's value and the trained value are different answers: at most one is right per question.
+    assert rows["counterfactual: memory's value"]["exact_match"] + rows["counterfactual: trained value"]["exact_match"] <= 1
+    ppl = out["perplexity"]
+    assert ppl["texts"] > 0 and ppl["off"] > 1 and ppl["on"] > 1
+    assert ppl["change"] == pytest.approx(ppl["on"] / ppl["off"] - 1, abs=1e-3)
+    assert [s["entries"] for s in out["scaling"]] == [60, 80]  # sorted
+    assert all(s["questions"] == 4 and s["retrieval_ms"] > 0 and 0 <= s["exact_match"] <= 1 for s in out["scaling"])
+    report = (mem / "eval.md").read_text()
+    assert "| counterfactual: memory's value |" in report and "Perplexity of memory-free text" in report
+    assert "| 80 | 4 |" in report and "retrieval ms/query" in report
+
+
+def test_fresh_memory_leaves_perplexity_unchanged(tiny):
+    """At initialisation the fusion adds an exact zero: memory-free text reads the same with memory on."""
+    from llm_foundry.memory.evaluate import perplexity
+    from llm_foundry.memory.pipeline import open_memory
+
+    memory = open_memory(tiny["fresh"])
+    try:
+        ppl = perplexity(memory, store_size=60, texts=6)
+    finally:
+        memory.close()
+    assert ppl.texts == 6 and ppl.on == ppl.off and ppl.change == 0
+
+
+def test_counterfactual_store_holds_the_train_facts_other_values(tiny):
+    """The counterfactual rows ask about train entities (the backbone's own text) and retrieve from
+    entries that say another value: with a trained gate the gold (flipped) entry is found."""
+    from llm_foundry.memory.ask import Answerer
+    from llm_foundry.memory.evaluate import counterfactual_rows
+    from llm_foundry.memory.pipeline import fact_world, open_memory
+
+    memory = open_memory(tiny["trained"])
+    try:
+        world = fact_world(memory.cfg)
+        flipped = [world.counterfactual(f) for f in world.facts("train")]
+        assert all(a.object != b.object for a, b in zip(world.facts("train"), flipped))
+        rows = counterfactual_rows(memory, 60, 0, Answerer(memory.model, 8))
+    finally:
+        memory.close()
+    assert rows[0].questions == len(world.questions("train")) and rows[0].retrieval_at_1 is not None
+
+
+def test_bad_scales_are_one_line(tiny, capsys):
+    mem = copy(tiny, "fresh", "bad-scales")
+    for args, fragment in ((("--scales", "1k,10k"), "--scales"), (("--scales", "0"), "--scales"),
+                           (("--store-size", "60", "--max-questions", "2", "--scales", "5"), "memory-only facts")):
+        proc = run_main(capsys, "memory", "eval", mem, *args)
+        assert proc.returncode == 1 and proc.stderr.startswith("error:") and fragment in proc.stderr, proc.stderr
+        assert "\n" not in proc.stderr.strip()
+
+
+# ---------------------------------------------------------------- chat --memory
+def chat(*args, stdin: str = "") -> subprocess.CompletedProcess:
+    """`foundry chat` in a real subprocess (stdin not a terminal: one message a line)."""
+    return subprocess.run([sys.executable, "-m", "llm_foundry", "chat", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_chat_with_memory_answers_as_ask_and_reads_edits(tiny, capsys):
+    mem = copy(tiny, "trained", "chat")
+    assert run_main(capsys, "memory", "add", mem, "--text", "Velmora Quist was born in Oslo.",
+                    "--text", "Tarsk Works makes kites.").returncode == 0
+    q = "Where was Velmora Quist born?"
+    asked = json.loads(run_main(capsys, "memory", "ask", mem, "--question", q, "--max-tokens", "8",
+                                "--json").stdout)
+    proc = chat(tiny["backbone"], "--memory", mem, "--max-new-tokens", "8", "--show-retrieval",
+                stdin=f"{q}\n/retrieved\n/quit\n")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == asked["answer"]  # the same answer `memory ask` gives
+    shown = [line for line in lines if line.startswith("  [")]
+    assert len(shown) == 2 * len(asked["retrieved"])  # --show-retrieval, then /retrieved again
+    assert shown[0].startswith(f"  [{asked['retrieved'][0]}] ")
+    # An edit made between two chats is read by the next question; a deleted entry never again.
+    assert run_main(capsys, "memory", "delete", mem, str(asked["retrieved"][0])).returncode == 0
+    again = chat(tiny["backbone"], "--memory", mem, "--max-new-tokens", "8", "--show-retrieval", "--prompt", q)
+    assert again.returncode == 0, again.stderr
+    assert f"[{asked['retrieved'][0]}]" not in again.stdout
+
+
+def test_chat_memory_for_another_backbone_is_one_line(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny["backbone"], other)
+    weights = {k: v + 0.01 for k, v in load_file(other / "model.safetensors").items()}
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    one_line_error(chat(other, "--memory", tiny["fresh"], "--prompt", "hi?"), "another backbone")
+    one_line_error(run_cli("chat", tiny["backbone"], "--memory", tmp_path / "none", "--prompt", "hi?"), "not found")
+    one_line_error(run_cli("chat", tiny["backbone"], "--show-retrieval", "--prompt", "hi?"), "--memory")
