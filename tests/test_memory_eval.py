@@ -117,23 +117,71 @@ def chat(*args, stdin: str = "") -> subprocess.CompletedProcess:
 def test_chat_with_memory_answers_as_ask_and_reads_edits(tiny, capsys):
     mem = copy(tiny, "trained", "chat")
     assert run_main(capsys, "memory", "add", mem, "--text", "Velmora Quist was born in Oslo.",
-                    "--text", "Tarsk Works makes kites.").returncode == 0
+                    "--text", "Tarsk Works makes kites.", "--text", "Ana Brell lives in Lima.").returncode == 0
     q = "Where was Velmora Quist born?"
     asked = json.loads(run_main(capsys, "memory", "ask", mem, "--question", q, "--max-tokens", "8",
                                 "--json").stdout)
-    proc = chat(tiny["backbone"], "--memory", mem, "--max-new-tokens", "8", "--show-retrieval",
-                stdin=f"{q}\n/retrieved\n/quit\n")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0] == asked["answer"]  # the same answer `memory ask` gives
-    shown = [line for line in lines if line.startswith("  [")]
-    assert len(shown) == 2 * len(asked["retrieved"])  # --show-retrieval, then /retrieved again
-    assert shown[0].startswith(f"  [{asked['retrieved'][0]}] ")
-    # An edit made between two chats is read by the next question; a deleted entry never again.
-    assert run_main(capsys, "memory", "delete", mem, str(asked["retrieved"][0])).returncode == 0
-    again = chat(tiny["backbone"], "--memory", mem, "--max-new-tokens", "8", "--show-retrieval", "--prompt", q)
-    assert again.returncode == 0, again.stderr
-    assert f"[{asked['retrieved'][0]}]" not in again.stdout
+    k = len(asked["retrieved"])
+    proc = subprocess.Popen([sys.executable, "-m", "llm_foundry", "chat", str(tiny["backbone"]), "--memory", str(mem),
+                             "--max-new-tokens", "8", "--show-retrieval"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def turn(line: str, n: int) -> list[str]:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            return [proc.stdout.readline().rstrip("\n") for _ in range(n)]
+
+        first = turn(q, 1 + k)
+        assert first[0] == asked["answer"]  # the same answer `memory ask` gives
+        assert [line.split("]")[0] for line in first[1:]] == [f"  [{i}" for i in asked["retrieved"]]
+        assert turn("/retrieved", k) == first[1:]
+        # An entry deleted by another process while the chat runs is never read by its next question.
+        gone = asked["retrieved"][0]
+        assert run_main(capsys, "memory", "delete", mem, str(gone)).returncode == 0
+        second = turn(q, 1 + k)
+        assert all(not line.startswith(f"  [{gone}]") for line in second[1:]) and len(second[1:]) == k
+        out, err = proc.communicate("/quit\n", timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    one_shot = run_cli("chat", tiny["backbone"], "--memory", mem, "--max-new-tokens", "8", "--prompt", q)
+    assert one_shot.returncode == 0 and one_shot.stdout.count("\n") == 1, one_shot.stderr
+
+
+def test_refresh_bank_takes_in_edits_since_its_version(tiny, tmp_path):
+    """The bank a chat keeps equals a freshly built one after adds, updates, deletes and a rollback."""
+    import torch
+
+    from llm_foundry.memory.ask import live_bank, refresh_bank
+    from llm_foundry.memory.pipeline import open_memory
+
+    mem = copy(tiny, "trained", "refresh")
+    memory = open_memory(mem)
+    try:
+        store, model = memory.store, memory.model
+        store.add(["Velmora Quist was born in Oslo.", "Tarsk Works makes kites.", "Ana Brell lives in Lima."])
+        version = store.version
+        bank = live_bank(model, store)
+        store.update(1, "Velmora Quist was born in Rome.")
+        store.delete(2)
+        store.add(["Orrin Vale plays the harp."])
+        bank, version = refresh_bank(model, bank, store, version)
+        assert version == store.version
+        fresh = live_bank(model, store)
+        got = {int(i): (t, v) for i, t, v, ok in zip(bank.ids.tolist(), bank.texts, bank.index.vectors,
+                                                     bank.index.valid.tolist()) if ok}
+        want = dict(zip(fresh.ids.tolist(), zip(fresh.texts, fresh.index.vectors)))
+        assert got.keys() == want.keys() == {1, 3, 4}
+        assert all(got[i][0] == want[i][0] and torch.allclose(got[i][1], want[i][1], atol=1e-6) for i in got)
+        assert model.retrieve("What does Tarsk Works make?", 3, bank).ids[0].count(2) == 0
+        store.rollback(version - 2)  # before the delete and the add: entry 2 is back, entry 4 gone
+        bank, version = refresh_bank(model, bank, store, version)
+        assert sorted(i for i, ok in zip(bank.ids.tolist(), bank.index.valid.tolist()) if ok) == [1, 2, 3]
+        assert refresh_bank(model, bank, store, version) == (bank, version)  # nothing new: nothing done
+    finally:
+        memory.close()
 
 
 def test_chat_memory_for_another_backbone_is_one_line(tiny, tmp_path):
