@@ -194,3 +194,21 @@ def test_chat_memory_for_another_backbone_is_one_line(tiny, tmp_path):
     one_line_error(chat(other, "--memory", tiny["fresh"], "--prompt", "hi?"), "another backbone")
     one_line_error(run_cli("chat", tiny["backbone"], "--memory", tmp_path / "none", "--prompt", "hi?"), "not found")
     one_line_error(run_cli("chat", tiny["backbone"], "--show-retrieval", "--prompt", "hi?"), "--memory")
+
+
+# ---------------------------------------------------------------- bench/memory.py
+def test_bench_memory_prints_one_json_object(tiny):
+    """The benchmark at tiny sizes (its figures come from a separate run): every section is there
+    and an edit was visible to the next question."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "bench" / "memory.py"), "--sizes", "100,300", "--queries", "2",
+                           "--edits", "2", "--mem", str(tiny["trained"]), "--store-size", "60", "--questions", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [r["entries"] for r in out["retrieval"]] == [100, 300]
+    assert all(r["dense_ms"] > 0 and r["hybrid_ms"] > 0 for r in out["retrieval"])
+    assert out["edit"]["entries"] == 300 and out["edit"]["visible_ms"] > 0
+    names = [r["row"] for r in out["eval"]["rows"]]
+    assert "in-context RAG (same retriever)" in names and "memory (dense)" in names
+    assert out["eval"]["perplexity"]["off"] > 1
