@@ -125,12 +125,14 @@ def main() -> None:
            "backbone": model.backbone.source, "retrieval": retrieval(model, texts, sizes, questions, k, args.hybrid),
            "edit": edit_visible(model, texts, sizes[-1], args.edits, k)}
     if memory is not None:
-        from llm_foundry.memory.evaluate import evaluate, perplexity
+        from llm_foundry.memory.evaluate import EvalStore, evaluate, perplexity
 
         try:
             size = args.store_size or memory.cfg.eval.store_size
-            out["eval"] = {"store_size": size, "rows": [r.to_dict() for r in evaluate(memory, size, args.questions)],
-                           "perplexity": perplexity(memory, size, args.questions).to_dict()}
+            store = EvalStore.build(memory, size)
+            out["eval"] = {"store_size": size,
+                           "rows": [r.to_dict() for r in evaluate(memory, size, args.questions, store=store)],
+                           "perplexity": perplexity(memory, size, args.questions, store=store).to_dict()}
         finally:
             memory.close()
     print(json.dumps(out, ensure_ascii=False))

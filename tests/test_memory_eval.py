@@ -83,8 +83,10 @@ def test_fresh_memory_leaves_perplexity_unchanged(tiny):
 def test_counterfactual_store_holds_the_train_facts_other_values(tiny):
     """The counterfactual rows ask about train entities (the backbone's own text) and retrieve from
     entries that say another value: with a trained gate the gold (flipped) entry is found."""
+    import torch
+
     from llm_foundry.memory.ask import Answerer
-    from llm_foundry.memory.evaluate import counterfactual_rows
+    from llm_foundry.memory.evaluate import EvalStore, counterfactual_rows, evaluate
     from llm_foundry.memory.pipeline import fact_world, open_memory
 
     memory = open_memory(tiny["trained"])
@@ -92,10 +94,14 @@ def test_counterfactual_store_holds_the_train_facts_other_values(tiny):
         world = fact_world(memory.cfg)
         flipped = [world.counterfactual(f) for f in world.facts("train")]
         assert all(a.object != b.object for a, b in zip(world.facts("train"), flipped))
-        rows = counterfactual_rows(memory, 60, 0, Answerer(memory.model, 8))
+        base = EvalStore.build(memory, 200)
+        texts, vectors = list(base.texts), base.vectors.clone()
+        rows = counterfactual_rows(memory, base, 0, Answerer(memory.model, 8))
+        evaluate(memory, 200, 2, store=base)  # the edit rows edit a copy: a shared store stays as built
     finally:
         memory.close()
     assert rows[0].questions == len(world.questions("train")) and rows[0].retrieval_at_1 is not None
+    assert base.texts == texts and torch.equal(base.vectors, vectors)
 
 
 def test_bad_scales_are_one_line(tiny, capsys):

@@ -359,7 +359,7 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..memory.evaluate import evaluate, parse_scales, perplexity, scaling, write_report
+    from ..memory.evaluate import EvalStore, evaluate, parse_scales, perplexity, scaling, write_report
     from ..memory.pipeline import open_memory
 
     if args.store_size is not None and args.store_size < 1:
@@ -386,8 +386,9 @@ def run_eval(args: argparse.Namespace) -> int:
             path = write_report(memory, rows, size, f"Questions of {args.questions}")
         else:
             size = args.store_size or memory.cfg.eval.store_size
-            rows = evaluate(memory, size, args.max_questions)
-            ppl = perplexity(memory, size, args.max_questions)
+            store = EvalStore.build(memory, size)  # encoded once, shared by the table and the perplexity
+            rows = evaluate(memory, size, args.max_questions, store=store)
+            ppl = perplexity(memory, size, args.max_questions, store=store)
             measured = scaling(memory, scales, args.max_questions) if scales else []
             path = write_report(memory, rows, size, ppl=ppl, scales=measured)
     finally:

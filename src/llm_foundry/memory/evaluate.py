@@ -85,15 +85,48 @@ def _sample(questions: list[Question], n: int, seed: int) -> list[Question]:
     return questions
 
 
-class _Store:
-    """The evaluation's entries: memory-only facts first (row = fact index), then distractors; edits
-    replace a row's text and vector, deletes mask it."""
+class EvalStore:
+    """The evaluation's entries: facts first (row = fact index), then distractors; edits replace a
+    row's text and vector, deletes mask it.
 
-    def __init__(self, model: MemoryModel, facts: list[Fact], distractors: list[str]):
+    Args:
+        vectors: the distractors' entry vectors if already encoded (e.g. another store's).
+    """
+
+    def __init__(self, model: MemoryModel, facts: list[Fact], distractors: list[str],
+                 vectors: torch.Tensor | None = None):
         self.model = model
+        self.n_facts = len(facts)
         self.texts = [f.text for f in facts] + distractors
-        self.vectors = model.gate.encode_entries(self.texts).cpu()
+        if vectors is None:
+            self.vectors = model.gate.encode_entries(self.texts).cpu()
+        else:
+            fresh = [model.gate.encode_entries(self.texts[:self.n_facts]).cpu()] if facts else []
+            self.vectors = torch.cat(fresh + [vectors[:len(distractors)]])
         self.deleted: list[int] = []
+
+    @classmethod
+    def build(cls, memory: Memory, store_size: int) -> "EvalStore":
+        """The memory-only facts, then distractors up to ``store_size`` entries (encoded once; every
+        measure may share it: :func:`evaluate` works on a copy)."""
+        world = fact_world(memory.cfg)
+        facts = world.facts("memory_only")
+        if store_size < len(facts):
+            raise FoundryError(f"the evaluation store needs room for the {len(facts)} memory-only facts "
+                               f"(store size {store_size})")
+        with torch.no_grad():
+            return cls(memory.model, facts, world.distractors(store_size - len(facts), seed=2))
+
+    @property
+    def distractors(self) -> tuple[list[str], torch.Tensor]:
+        """The distractors' texts and vectors (never edited)."""
+        return self.texts[self.n_facts:], self.vectors[self.n_facts:]
+
+    def copy(self) -> "EvalStore":
+        other = object.__new__(EvalStore)
+        other.model, other.n_facts, other.texts = self.model, self.n_facts, list(self.texts)
+        other.vectors, other.deleted = self.vectors.clone(), list(self.deleted)
+        return other
 
     def bank(self) -> Bank:
         bank = self.model.bank(range(len(self.texts)), self.texts, self.vectors)
@@ -109,20 +142,21 @@ class _Store:
 
 
 def evaluate(memory: Memory, store_size: int | None = None, questions: int | None = None,
-             quiet: bool = True) -> list[Row]:
-    """The core rows (see the module docstring) for an opened memory folder."""
+             quiet: bool = True, store: EvalStore | None = None) -> list[Row]:
+    """The core rows (see the module docstring) for an opened memory folder.
+
+    Args:
+        store: the evaluation store if already built (:meth:`EvalStore.build`; left unchanged).
+    """
     cfg, model = memory.cfg, memory.model
     e = cfg.eval
     store_size = e.store_size if store_size is None else store_size
     n_questions = e.questions if questions is None else questions
     world = fact_world(cfg)
     facts = world.facts("memory_only")
-    if store_size < len(facts):
-        raise FoundryError(f"the evaluation store needs room for the {len(facts)} memory-only facts "
-                           f"(store size {store_size})")
     k, answerer = cfg.modules.k, Answerer(model, e.max_tokens)
     with torch.no_grad():
-        store = _Store(model, facts, world.distractors(store_size - len(facts), seed=2))
+        store = (store or EvalStore.build(memory, store_size)).copy()  # the edit rows change the copy
         asked = _sample(world.questions("memory_only"), n_questions, cfg.seed)
         qs, golds = [q.question for q in asked], [q.answer for q in asked]
         gold_rows = [q.fact for q in asked]
@@ -165,19 +199,23 @@ def evaluate(memory: Memory, store_size: int | None = None, questions: int | Non
             got = answerer.ask([q.question for q in edited], store.bank(), k)
             rows.append(Row("delete: original value", len(edited), _em([a.answer for a in got],
                                                                         [q.answer for q in edited])))
-        rows += counterfactual_rows(memory, store_size, n_questions, answerer)
+        rows += counterfactual_rows(memory, store, n_questions, answerer)
     return rows
 
 
-def counterfactual_rows(memory: Memory, store_size: int, n_questions: int, answerer: Answerer) -> list[Row]:
+def counterfactual_rows(memory: Memory, base: EvalStore, n_questions: int, answerer: Answerer) -> list[Row]:
     """The counterfactual rows: train-entity facts (the backbone read them in training) stored with
-    another value, then asked; answers must follow the memory, not what the backbone learned."""
+    another value, then asked; answers must follow the memory, not what the backbone learned.
+
+    The store: every train fact's counterfactual (row = fact index, so no entry tells the trained
+    value), then ``base``'s distractors (vectors reused) up to ``base``'s size.
+    """
     cfg, model, k = memory.cfg, memory.model, memory.cfg.modules.k
     world = fact_world(cfg)
-    trained = world.facts("train")
-    # Every train fact gets its counterfactual (row = fact index), so no entry tells the old value.
-    flipped = [world.counterfactual(f) for f in trained]
-    store = _Store(model, flipped, world.distractors(max(0, store_size - len(flipped)), seed=3))
+    flipped = [world.counterfactual(f) for f in world.facts("train")]
+    texts, vectors = base.distractors
+    keep = max(0, len(base.texts) - len(flipped))
+    store = EvalStore(model, flipped, texts[:keep], vectors)
     asked = _sample(world.questions("train"), n_questions, cfg.seed)
     if not asked:
         return []
@@ -210,7 +248,7 @@ class Perplexity:
 
 
 def perplexity(memory: Memory, store_size: int | None = None, texts: int | None = None,
-               batch_size: int = 32) -> Perplexity:
+               batch_size: int = 32, store: EvalStore | None = None) -> Perplexity:
     """Perplexity of the train entities' statements (text that needs no memory) read without memory
     and with each text's own top-k entries retrieved from the evaluation store (memory-only facts
     and distractors, as in :func:`evaluate`).
@@ -218,6 +256,7 @@ def perplexity(memory: Memory, store_size: int | None = None, texts: int | None 
     Args:
         store_size: entries in the store (default: ``eval.store_size``).
         texts: statements read (default: ``eval.questions``; 0: all).
+        store: the evaluation store if already built (:meth:`EvalStore.build`).
     """
     cfg, model = memory.cfg, memory.model
     world = fact_world(cfg)
@@ -226,11 +265,10 @@ def perplexity(memory: Memory, store_size: int | None = None, texts: int | None 
     statements = [f.text for f in world.facts("train")]
     if n and len(statements) > n:
         statements = random.Random(f"{cfg.seed}:eval-perplexity").sample(statements, n)
-    facts = world.facts("memory_only")
     nll = {"off": 0.0, "on": 0.0}
     tokens = 0
     with torch.no_grad():
-        bank = _Store(model, facts, world.distractors(max(0, store_size - len(facts)), seed=2)).bank()
+        bank = (store or EvalStore.build(memory, store_size)).bank()
         for start in range(0, len(statements), batch_size):
             chunk = statements[start:start + batch_size]
             ids, targets = _text_batch(model, chunk)
@@ -290,7 +328,7 @@ def scaling(memory: Memory, sizes: Sequence[int], questions: int | None = None) 
     asked = _sample(world.questions("memory_only"), cfg.eval.questions if questions is None else questions, cfg.seed)
     out = []
     with torch.no_grad():
-        store = _Store(model, facts, world.distractors(sizes[-1] - len(facts), seed=2))
+        store = EvalStore(model, facts, world.distractors(sizes[-1] - len(facts), seed=2))
         for size in sizes:
             bank = model.bank(range(size), store.texts[:size], store.vectors[:size])
             times = []
