@@ -28,6 +28,13 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set with probability >= P")
     p.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
     p.add_argument("--prompt", metavar="TEXT", help="send this one message, print the reply and exit")
+    p.add_argument("--memory", metavar="MEM",
+                   help="answer from this memory folder (built for MODEL by `foundry memory init`): each message is "
+                        "a question, answered greedily as `foundry memory ask` does, reading the entries retrieved "
+                        "from the store's live entries at that moment")
+    p.add_argument("--show-retrieval", action="store_true",
+                   help="with --memory: print the retrieved entries' ids and texts under each answer "
+                        "(/retrieved shows the last answer's)")
     add_run_options(p, seed_help="seed for reproducible replies")
     p.set_defaults(func=run_chat)
 
@@ -64,6 +71,10 @@ def run_chat(args: argparse.Namespace) -> int:
     from ..utils.errors import FoundryError
 
     _check(args)
+    if args.memory is not None:
+        return run_memory_chat(args)
+    if args.show_retrieval:
+        raise FoundryError("--show-retrieval goes with --memory MEM")
     engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools,
                                     compile=args.compile)
     session = ChatSession(engine, args)
@@ -105,6 +116,77 @@ def run_chat(args: argparse.Namespace) -> int:
             session.undo()
             print(f"error: {e}", file=sys.stderr)
     return 0
+
+
+def run_memory_chat(args: argparse.Namespace) -> int:
+    """``chat MODEL --memory MEM``: each message is a question answered with the memory attached.
+
+    The memory modules were trained on the question-answer layout (``memory ask``'s prompt), so
+    each turn is answered on its own, greedily, exactly as ``memory ask`` answers it (one home:
+    :class:`~llm_foundry.memory.ask.Answerer`); before every turn the bank takes in the store's
+    edits since the last (``refresh_bank``), so an edit made meanwhile (``foundry memory update``
+    in another shell) is read by the next question.
+    """
+    from ..memory.ask import Answerer, live_bank, refresh_bank
+    from ..memory.pipeline import open_memory
+    from ..utils.errors import FoundryError
+
+    device = None if args.device == "auto" else args.device
+    memory = open_memory(args.memory, device=device, backbone=args.model)
+    try:
+        answerer = Answerer(memory.model, args.max_tokens)
+        k = memory.cfg.modules.k
+        version = memory.store.version  # read before the bank: an edit in between is taken in twice, never missed
+        bank = live_bank(memory.model, memory.store)
+        last: list = []
+
+        def answer(question: str) -> None:
+            nonlocal last, bank, version
+            bank, version = refresh_bank(memory.model, bank, memory.store, version)
+            got = answerer.ask([question], bank, k)[0]
+            last = list(zip(got.retrieved, got.texts))
+            print(got.answer, flush=True)
+            if args.show_retrieval:
+                _print_retrieved(last)
+
+        if args.prompt is not None:
+            answer(args.prompt)
+            return 0
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print(f"asking {args.model} with memory {args.memory} ({len(memory.store)} entries); "
+                  "/retrieved, /quit", file=sys.stderr)
+        while True:
+            try:
+                line = input("you> " if interactive else "").strip()
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/retrieved":
+                _print_retrieved(last)
+                continue
+            if line.startswith("/"):
+                print(f"unknown command {line.split()[0]} (use /retrieved, /quit)", file=sys.stderr)
+                continue
+            try:
+                answer(line)
+            except KeyboardInterrupt:
+                print("\n(reply stopped)", file=sys.stderr)
+            except FoundryError as e:
+                print(f"error: {e}", file=sys.stderr)
+    finally:
+        memory.close()
+    return 0
+
+
+def _print_retrieved(found: list) -> None:
+    if not found:
+        print("(nothing retrieved yet)", file=sys.stderr)
+    for i, text in found:
+        print(f"  [{i}] {' '.join(text.split())}", flush=True)
 
 
 class ChatSession:

@@ -157,7 +157,9 @@ def _add_eval(actions) -> None:
                            description="Ask about the fact world's memory-only entities with a store filled by "
                                        "distractors: backbone alone, memory (dense, hybrid), oracle, in-context "
                                        "RAG with the same retriever, held-out phrasings, unseen relations, edits, "
-                                       "deletes, locality. The table goes to MEM/eval.md.")
+                                       "deletes, locality, counterfactual entries, and the perplexity of "
+                                       "memory-free text with the memory off and on; --scales adds exact match "
+                                       "and retrieval latency per store size. The table goes to MEM/eval.md.")
     _mem(p)
     p.add_argument("--store-size", type=int, metavar="N", help="entries in the store (default: the config's eval.store_size)")
     p.add_argument("--max-questions", type=int, metavar="N",
@@ -165,6 +167,9 @@ def _add_eval(actions) -> None:
     p.add_argument("--facts", metavar="FACTS.jsonl", help="your own facts instead of the fact world's (with --questions)")
     p.add_argument("--questions", metavar="QUESTIONS.jsonl",
                    help='your own {"question", "answer"} lines (with --facts): rows backbone, memory, in-context RAG')
+    p.add_argument("--scales", metavar="N,N,...",
+                   help="also measure exact match and retrieval latency at these store sizes, e.g. "
+                        "1000,10000,100000,1000000 (slow at 1M: every entry is encoded)")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     p.set_defaults(func=run_eval)
 
@@ -354,7 +359,7 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..memory.evaluate import evaluate, write_report
+    from ..memory.evaluate import EvalStore, evaluate, parse_scales, perplexity, scaling, write_report
     from ..memory.pipeline import open_memory
 
     if args.store_size is not None and args.store_size < 1:
@@ -363,7 +368,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise FoundryError("--max-questions must be >= 0")
     if (args.facts is None) != (args.questions is None):
         raise FoundryError("--facts and --questions go together (your facts, and questions about them)")
-    user = None
+    scales = parse_scales(args.scales) if args.scales is not None else []
+    if scales and args.facts is not None:
+        raise FoundryError("--scales measures the built-in fact world; leave out --facts/--questions")
+    user, ppl, measured = None, None, []
     if args.facts is not None:
         from ..memory.facts import read_facts_jsonl, read_questions_jsonl
 
@@ -378,12 +386,20 @@ def run_eval(args: argparse.Namespace) -> int:
             path = write_report(memory, rows, size, f"Questions of {args.questions}")
         else:
             size = args.store_size or memory.cfg.eval.store_size
-            rows = evaluate(memory, size, args.max_questions)
-            path = write_report(memory, rows, size)
+            store = EvalStore.build(memory, size)  # encoded once, shared by the table and the perplexity
+            rows = evaluate(memory, size, args.max_questions, store=store)
+            ppl = perplexity(memory, size, args.max_questions, store=store)
+            measured = scaling(memory, scales, args.max_questions) if scales else []
+            path = write_report(memory, rows, size, ppl=ppl, scales=measured)
     finally:
         memory.close()
     if args.json:
-        print(json.dumps({"store_size": size, "rows": [r.to_dict() for r in rows]}, ensure_ascii=False))
+        out = {"store_size": size, "rows": [r.to_dict() for r in rows]}
+        if ppl is not None:
+            out["perplexity"] = ppl.to_dict()
+        if measured:
+            out["scaling"] = [s.to_dict() for s in measured]
+        print(json.dumps(out, ensure_ascii=False))
     else:
         print(path.read_text(encoding="utf-8"), end="")
     return 0

@@ -102,6 +102,31 @@ class Bank:
                 raise FoundryError(f"no entry with id {i} in this bank")
             self.index.valid[self.row_of[int(i)]] = False
 
+    def upsert(self, ids: Sequence[int], texts: Sequence[str], vectors: torch.Tensor) -> None:
+        """Set entries in place: a known id gets its new text and vector (and is live again), an
+        unknown one is appended (a copy of the vectors: cheap for a few ids, not for a bulk load).
+        Only the exact index: an approximate one is rebuilt instead (``ask.refresh_bank``)."""
+        if type(self.index) is not ExactIndex:
+            raise FoundryError("only an exact index is updated in place")
+        vectors = vectors.to(self.index.vectors.device, self.index.vectors.dtype)
+        new = []
+        for j, (i, text) in enumerate(zip(ids, texts, strict=True)):
+            row = self.row_of.get(int(i))
+            if row is None:
+                new.append(j)
+                continue
+            self.texts[row] = text
+            self.index.vectors[row] = vectors[j]
+            self.index.valid[row] = True
+        if new:
+            start = len(self.texts)
+            self.ids = torch.cat([self.ids, torch.tensor([int(ids[j]) for j in new], dtype=torch.long)])
+            self.texts += [texts[j] for j in new]
+            self.row_of.update({int(ids[j]): start + n for n, j in enumerate(new)})
+            self.index.vectors = torch.cat([self.index.vectors, vectors[new]])
+            self.index.valid = torch.cat([self.index.valid, self.index.valid.new_ones(len(new))])
+        self._bm25 = None  # rebuilt on the next hybrid search
+
 
 class MemoryModel(nn.Module):
     """A frozen backbone with a trainable gate and fusion.

@@ -181,11 +181,14 @@ def build_model(backbone: Backbone, cfg: MemoryConfig) -> MemoryModel:
     return MemoryModel(backbone, gate, Fusion(backbone.dim, layers, m.heads or _heads(backbone.dim)))
 
 
-def open_memory(mem: str | Path, cfg: MemoryConfig | None = None, device: str | None = None) -> Memory:
+def open_memory(mem: str | Path, cfg: MemoryConfig | None = None, device: str | None = None,
+                backbone: str | Path | None = None) -> Memory:
     """Open memory folder ``mem``: its store, its backbone (where ``init`` found it) and modules.
 
     Args:
         cfg: use this config instead of the folder's (e.g. ``train --preset``).
+        backbone: load this backbone folder instead (``chat MODEL --memory MEM``); refused in one
+            line when it is not the one the folder was built for.
 
     Raises:
         FoundryError: not a memory folder, one ``init`` did not finish, a backbone that moved
@@ -197,12 +200,12 @@ def open_memory(mem: str | Path, cfg: MemoryConfig | None = None, device: str | 
         if not (mem / CONFIG_FILE).is_file() or not (mem / MODULES_FILE).is_file():
             raise FoundryError(f"{mem} has no memory model yet; make the folder with `foundry memory init`")
         cfg = cfg or memory_config_from_dict(read_json(mem / CONFIG_FILE, "memory config"))
-        where = store.meta.get("backbone")
+        where = backbone or store.meta.get("backbone")
         if not where:
             raise FoundryError(f"{mem} does not name its backbone; make the folder with `foundry memory init`")
-        backbone = Backbone.load(where, device=device or cfg.device)
-        store.check_backbone(backbone.fingerprint())
-        return Memory(mem, cfg, store, MemoryModel.load(mem, backbone))
+        loaded = Backbone.load(where, device=device or cfg.device)
+        store.check_backbone(loaded.fingerprint())
+        return Memory(mem, cfg, store, MemoryModel.load(mem, loaded))
     except BaseException:
         store.close()
         raise
