@@ -231,3 +231,28 @@ def test_online_with_a_file_as_its_state_folder_is_one_clear_line(tmp_path):
         r = run_cli("online", "--state", str(state), *extra)
         one_line_error(r, "is a file, not a folder")
     assert state.read_text() == "my notes\n"
+
+
+def test_an_unexpected_error_is_logged_once_with_the_request_id(tmp_path, monkeypatch, caplog):
+    """A bug in a route: the client gets a 500 naming the request id, the log one traceback under that id
+    (uvicorn would log the same exception a second time, without the id, if it were re-raised to it)."""
+    import httpx
+
+    from test_serve import chatty_model
+    from test_serve_http_attacks import start
+
+    from llm_foundry.serve import builders
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal detail /secret/path")
+
+    model_dir = chatty_model(tmp_path / "m", dim=32, n_layers=1, max_seq_len=64)
+    monkeypatch.setattr(builders, "model_card", broken)
+    with caplog.at_level("INFO"):
+        with start(model_dir) as server:  # leaving the block stops the server: every log line is written
+            r = httpx.get(server.url + "/v1/models", timeout=30)
+    assert r.status_code == 500 and "/secret" not in r.text
+    rid = r.headers["x-request-id"]
+    assert rid in r.json()["error"]["message"]
+    tracebacks = [rec for rec in caplog.records if rec.exc_info]
+    assert len(tracebacks) == 1 and rid in tracebacks[0].getMessage(), [t.getMessage() for t in tracebacks]

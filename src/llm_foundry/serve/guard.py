@@ -207,7 +207,13 @@ class Guard:
                     return
             if response is not None:
                 return await response(scope, receive, send_logged)
-            await self.app(scope, receive, send_logged)
+            try:
+                await self.app(scope, receive, send_logged)
+            except Exception:
+                # The app's handler already answered this 500 and logged it under the request id;
+                # re-raised further, uvicorn would log the same traceback a second time, without the id.
+                if status[0] != 500:
+                    raise
         finally:
             method, path = escape_for_log(scope["method"], 20), escape_for_log(scope["path"])
             log.info('%s %s "%s %s" %d %.3fs%s', rid, client_address(scope, headers, self.policy), method, path,
