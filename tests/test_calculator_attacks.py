@@ -74,7 +74,7 @@ ATTACKS = [
     # text that is not text
     ("Arabic-Indic digits", "١٢٣+1", "error: not a valid expression (invalid character '١' (U+0661))"),
     ("full-width digits", "１２３", "error: not a valid expression (invalid character '１' (U+FF11))"),
-    ("null byte", "1\x002", "error: not a valid expression (source code string cannot contain null bytes)"),
+    ("null byte", "1\x002", "error: not a valid expression (it contains a null byte)"),
     ("lone surrogate", "'\\ud800'", "error: the string holds a lone surrogate (not valid text)"),
     ("surrogate through a method", "'\\udfff'.upper()", "error: the string holds a lone surrogate (not valid text)"),
 ]

@@ -61,6 +61,8 @@ def calculate(expression: str) -> str:
         raise ToolError("empty expression")
     if len(expr) > MAX_EXPR_LEN:
         raise ToolError(f"expression too long ({len(expr)} characters, the limit is {MAX_EXPR_LEN})")
+    if "\x00" in expr:  # refused here: Python's parser words (and types) this error differently across releases
+        raise ToolError("not a valid expression (it contains a null byte)")
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError as e:
