@@ -17,24 +17,18 @@ from pathlib import Path
 import pytest
 
 from helpers import one_line_error, run_cli
-from test_memory_pipeline import TINY, run_main
+from test_memory_pipeline import build_tiny, run_main
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny backbone, a fresh memory folder for it, and a trained copy (a few steps per stage)."""
-    from llm_foundry.config.memory import load_memory_config
-    from llm_foundry.memory.pipeline import init_memory, train_backbone, train_memory
+    from llm_foundry.memory.pipeline import train_memory
 
-    root = tmp_path_factory.mktemp("memeval")
-    preset = root / "tiny.yaml"
-    preset.write_text(TINY)
-    cfg = load_memory_config(str(preset))
-    train_backbone(root / "backbone", cfg, quiet=True)
-    init_memory(root / "backbone", root / "fresh", cfg).close()
-    shutil.copytree(root / "fresh", root / "trained")
-    train_memory(root / "trained", ["router", "fusion", "joint", "memory"], quiet=True)
-    return {"root": root, "backbone": root / "backbone", "fresh": root / "fresh", "trained": root / "trained"}
+    setup = build_tiny(tmp_path_factory.mktemp("memeval"))
+    shutil.copytree(setup["fresh"], setup["root"] / "trained")
+    train_memory(setup["root"] / "trained", ["router", "fusion", "joint", "memory"], quiet=True)
+    return {**setup, "trained": setup["root"] / "trained"}
 
 
 def copy(tiny, src: str, name: str) -> Path:

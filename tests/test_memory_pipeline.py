@@ -48,19 +48,23 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    """A tiny preset file, a backbone trained with it (`foundry memory backbone`) and a fresh memory folder."""
+def build_tiny(root: Path) -> dict[str, Path]:
+    """In ``root``: a tiny preset file, a backbone trained with it (`foundry memory backbone`) and a fresh
+    memory folder for that backbone."""
     from llm_foundry.config.memory import load_memory_config
     from llm_foundry.memory.pipeline import init_memory, train_backbone
 
-    root = tmp_path_factory.mktemp("mempipe")
     preset = root / "tiny.yaml"
     preset.write_text(TINY)
     cfg = load_memory_config(str(preset))
     train_backbone(root / "backbone", cfg, quiet=True)
     init_memory(root / "backbone", root / "fresh", cfg).close()
     return {"root": root, "preset": preset, "backbone": root / "backbone", "fresh": root / "fresh"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    return build_tiny(tmp_path_factory.mktemp("mempipe"))
 
 
 def fresh_copy(tiny, name: str) -> Path:
