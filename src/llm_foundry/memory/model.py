@@ -142,7 +142,7 @@ class MemoryModel(nn.Module):
         self.backbone = backbone
         gate = gate or MemoryGate(backbone)
         fusion = fusion or Fusion(backbone.dim, default_fusion_layers(backbone.n_layers, gate.layer),
-                                  _heads(backbone.dim))
+                                  default_fusion_heads(backbone.dim))
         # One module holds everything that trains: optimizers, EMA and save see only it.
         self.memory = nn.ModuleDict({"gate": gate, "fusion": fusion}).to(backbone.device)
 
@@ -330,9 +330,9 @@ class MemoryModel(nn.Module):
         return model
 
 
-def _heads(dim: int) -> int:
-    """Fusion heads: 64-wide heads where the width allows, at least one."""
-    return max(1, next(h for h in (dim // 64, 4, 2, 1) if h >= 1 and dim % h == 0))
+def default_fusion_heads(dim: int) -> int:
+    """Fusion heads for a backbone of width ``dim``: 64-wide heads where the width allows, else 4, 2 or 1."""
+    return next(h for h in (dim // 64, 4, 2, 1) if h >= 1 and dim % h == 0)
 
 
 def _fusion_heads(fusion: Fusion) -> int:

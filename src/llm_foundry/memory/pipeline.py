@@ -60,7 +60,7 @@ from .backbone import Backbone
 from .facts import HELDOUT_QUESTIONS, RELATION_BY_NAME, FactWorld, build_world
 from .fusion import Fusion, MemoryBatch, default_fusion_layers
 from .gate import MemoryGate
-from .model import MODULES_FILE, Bank, MemoryModel, _heads
+from .model import MODULES_FILE, Bank, MemoryModel, default_fusion_heads
 from .stages import RouterData, answer_batch, answer_loss, gold_first, hard_negatives, kl_to_backbone, retrieval_loss, router_loss
 from .store import MemoryStore
 
@@ -178,7 +178,7 @@ def build_model(backbone: Backbone, cfg: MemoryConfig) -> MemoryModel:
     layers = m.inject_layers or default_fusion_layers(backbone.n_layers, gate.layer)
     for layer in layers:
         backbone.check_layer(layer)
-    return MemoryModel(backbone, gate, Fusion(backbone.dim, layers, m.heads or _heads(backbone.dim)))
+    return MemoryModel(backbone, gate, Fusion(backbone.dim, layers, m.heads or default_fusion_heads(backbone.dim)))
 
 
 def open_memory(mem: str | Path, cfg: MemoryConfig | None = None, device: str | None = None,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..utils.errors import FoundryError
-from ..utils.io import _fsync_dir, atomic_write_bytes
+from ..utils.io import fsync_dir, atomic_write_bytes
 
 FORMAT_VERSION = 1  # of the SQLite schema below; a newer folder is refused, not misread
 DB_NAME = "memory.sqlite"
@@ -191,7 +191,7 @@ class MemoryStore:
                 if db.exists():
                     raise FoundryError(f"already a memory folder: {path}") from None
                 os.replace(tmp, db)
-            _fsync_dir(path)
+            fsync_dir(path)
         finally:
             for leftover in path.glob(f".{DB_NAME}.tmp-{os.getpid()}*"):
                 leftover.unlink(missing_ok=True)

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..utils.errors import FoundryError
-from ..utils.io import _fsync_dir, atomic_write_json, replace_folder
+from ..utils.io import fsync_dir, atomic_write_json, replace_folder
 
 MAGIC = b"FNDRLOG1"
 HEADER = struct.Struct("<IIB")  # payload length, crc32 of kind byte + payload, kind
@@ -136,7 +136,7 @@ class ReplayStore:
             os.ftruncate(self._idx, 0)
             os.ftruncate(self._typ, 0)
             os.fsync(self._log)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             log_size = len(MAGIC)
         elif os.pread(self._log, len(MAGIC), 0) != MAGIC:
             raise FoundryError(f"{self.path / LOG_FILE} is not a replay log")

@@ -43,7 +43,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -58,8 +58,9 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Make the rename itself durable; not every platform allows opening a folder.
+def fsync_dir(folder: Path) -> None:
+    """fsync ``folder`` itself, so a rename or a new file in it survives a power cut (a no-op where
+    the platform cannot open a folder)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -209,7 +210,7 @@ def _aside(target: Path, tag: str) -> Path:
 def _rename(src: Path, dst: Path) -> None:
     """Rename, then fsync the folder it happened in, so the rename itself survives a power cut."""
     os.replace(src, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 def fsync_tree(folder: str | os.PathLike) -> None:
@@ -223,7 +224,7 @@ def fsync_tree(folder: str | os.PathLike) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(root))
+        fsync_dir(Path(root))
 
 
 _renameat2 = None
@@ -310,14 +311,14 @@ def replace_folder(target: str | os.PathLike, fill: Callable[[Path], None], lega
     else:
         (target / SWAP_MARK).write_bytes(b"")  # the old folder, once aside, is ours to delete
         if _exchange(new, target):
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             _remove_swap_folder(new)  # the old folder, now under the new one's name
         else:
             _rename(target, old)
             _rename(new, target)
             _remove_swap_folder(old)
     (target / SWAP_MARK).unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
