@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from urllib.parse import urlsplit
@@ -54,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config.sampling import check_sampling
     from ..inference.engine import Engine
     from ..serve import bind_socket, create_app, make_server
+    from ..serve.guard import is_loopback
     from ..utils.errors import FoundryError
 
     if args.max_concurrency < 1 or args.max_queue < 0:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving '{name}' on http://{host}:{port}  (chat page: /   API: /v1   "
           f"{'API key required' if api_key else 'no API key'})", flush=True)
-    if not api_key and not _is_loopback(args.host):
+    if not api_key and not is_loopback(args.host):
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use the model",
               file=sys.stderr)
     make_server(app, sock).run(sockets=[sock])
@@ -124,9 +124,3 @@ def read_api_key(path: str) -> str:
                            f"{' (it is empty)' if not key else ''}")
     return key
 
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
