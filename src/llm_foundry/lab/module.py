@@ -1,0 +1,160 @@
+"""One Lab module: its source folder, and the learner artifacts generated from it.
+
+A module is a folder ``lab/modules/NN_slug/``::
+
+    module.yaml          number, slug, titles, the learner's files, tasks with tiered hints,
+                         reflection questions with model answers, the catalogue of bug variants
+    intro.en.md  intro.zh.md   the introduction (figures in figures/, linked relatively)
+    task.en.md   task.zh.md    the coding task
+    solution/FILE.py     the reference solution of each learner file, with solution blocks
+    tests/test_*.py      visible tests (copied into the learner's workspace)
+    tests/hidden/test_*.py   hidden tests (only ever copied into the sandbox of a test run)
+
+A solution block (as nbgrader's ``BEGIN SOLUTION``) is the code the learner writes::
+
+        # BEGIN SOLUTION merge
+        ...reference code...
+        # END SOLUTION
+
+The learner's stub is the solution with every block replaced by the block's ``# STUB:`` lines
+(uncommented) when it has any, else by ``raise NotImplementedError("merge")``. A bug variant is
+the solution with one block's body replaced by the variant's ``code``.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..utils.errors import FoundryError
+
+MODULES_DIR = Path(__file__).parent / "modules"
+_BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION(?: (?P<id>[\w.-]+))?\s*$")
+_END = re.compile(r"^[ \t]*# END SOLUTION\s*$")
+_STUB = re.compile(r"^[ \t]*# STUB: ?(?P<code>.*)$")
+
+
+@dataclass
+class Block:
+    """One solution block of a file: ``lines[start:end]`` is its body (markers excluded)."""
+
+    id: str
+    indent: str
+    start: int
+    end: int
+    stub: list[str]
+
+
+@dataclass
+class Bug:
+    """A common wrong answer: ``code`` replaces block ``block`` of ``file``; a test run of it must fail
+    with a message containing ``expect``; ``feedback`` (en, zh) is what the learner is told."""
+
+    id: str
+    file: str
+    block: str
+    code: str
+    expect: str
+    feedback: dict[str, str]
+
+
+@dataclass
+class Module:
+    """A module's source, read from its folder."""
+
+    path: Path
+    number: int
+    slug: str
+    title: dict[str, str]
+    files: list[str]
+    tasks: list[dict]
+    reflection: list[dict]
+    bugs: list[Bug]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def text(self, kind: str, lang: str = "en") -> str:
+        """``intro`` or ``task`` text in ``lang`` (en, zh)."""
+        return (self.path / f"{kind}.{lang}.md").read_text(encoding="utf-8")
+
+    def solution(self, file: str) -> str:
+        """The reference solution of learner file ``file``, markers included."""
+        return (self.path / "solution" / file).read_text(encoding="utf-8")
+
+    def reference(self, file: str) -> str:
+        """The reference solution of ``file`` as a learner would write it (markers removed)."""
+        lines = self.solution(file).splitlines(keepends=True)
+        return "".join(l for l in lines if not (_BEGIN.match(l) or _END.match(l) or _STUB.match(l)))
+
+    def stub(self, file: str) -> str:
+        """The learner's starting file: every solution block replaced by its stub."""
+        lines = self.solution(file).splitlines(keepends=True)
+        out, last = [], 0
+        for b in blocks(lines):
+            out += lines[last:b.start - 1]
+            out += b.stub or [f'{b.indent}raise NotImplementedError("{b.id}")\n']
+            last = b.end + 1
+        return "".join(out + lines[last:])
+
+    def variant(self, bug: Bug) -> str:
+        """The reference solution of ``bug.file`` with ``bug``'s code in place of its block."""
+        lines = self.solution(bug.file).splitlines(keepends=True)
+        found = [b for b in blocks(lines) if b.id == bug.block]
+        if not found:
+            raise FoundryError(f"module {self.name}: bug {bug.id} names no block {bug.block!r} in {bug.file}")
+        b = found[0]
+        body = textwrap.indent(textwrap.dedent(bug.code).rstrip("\n") + "\n", b.indent)
+        text = "".join(lines[:b.start - 1]) + body + "".join(lines[b.end + 1:])
+        return "".join(l for l in text.splitlines(keepends=True)
+                       if not (_BEGIN.match(l) or _END.match(l) or _STUB.match(l)))
+
+    def tests(self, hidden: bool = False) -> list[Path]:
+        """The visible (or hidden) test files."""
+        folder = self.path / "tests" / ("hidden" if hidden else "")
+        return sorted(folder.glob("test_*.py"))
+
+
+def blocks(lines: list[str]) -> list[Block]:
+    """The solution blocks of a file's lines (``start``/``end``: the BEGIN and END marker lines)."""
+    out, open_ = [], None
+    for i, line in enumerate(lines):
+        if m := _BEGIN.match(line):
+            if open_ is not None:
+                raise FoundryError(f"line {i + 1}: a solution block opens inside another")
+            open_ = Block(m["id"] or f"block{len(out) + 1}", m["indent"], i + 1, -1, [])
+        elif _END.match(line):
+            if open_ is None:
+                raise FoundryError(f"line {i + 1}: END SOLUTION without BEGIN SOLUTION")
+            open_.end = i
+            out.append(open_)
+            open_ = None
+        elif open_ is not None and (m := _STUB.match(line)):
+            open_.stub.append(f"{open_.indent}{m['code']}\n")
+    if open_ is not None:
+        raise FoundryError(f"solution block {open_.id} is never closed")
+    # start/end as indices: body is lines[start:end]; markers at start - 1 and end
+    return out
+
+
+def load_module(path: Path) -> Module:
+    """Read the module folder ``path``."""
+    file = path / "module.yaml"
+    if not file.is_file():
+        raise FoundryError(f"{path} is not a lab module (no module.yaml)")
+    meta = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    bugs = [Bug(b["id"], b["file"], b["block"], b["code"], b["expect"], b["feedback"]) for b in meta.get("bugs", [])]
+    return Module(path, int(meta["number"]), meta["slug"], meta["title"], list(meta["files"]),
+                  meta.get("tasks", []), meta.get("reflection", []), bugs, meta)
+
+
+def all_modules() -> list[Module]:
+    """Every module, by number."""
+    return sorted((load_module(p) for p in MODULES_DIR.iterdir() if (p / "module.yaml").is_file()),
+                  key=lambda m: m.number)
