@@ -123,27 +123,23 @@ def run_memory_chat(args: argparse.Namespace) -> int:
 
     The memory modules were trained on the question-answer layout (``memory ask``'s prompt), so
     each turn is answered on its own, greedily, exactly as ``memory ask`` answers it (one home:
-    :class:`~llm_foundry.memory.ask.Answerer`); before every turn the bank takes in the store's
-    edits since the last (``refresh_bank``), so an edit made meanwhile (``foundry memory update``
-    in another shell) is read by the next question.
+    :class:`~llm_foundry.memory.ask.LiveAnswers`, which ``serve --memory`` answers with too); before
+    every turn the bank takes in the store's edits since the last, so an edit made meanwhile
+    (``foundry memory update`` in another shell) is read by the next question.
     """
-    from ..memory.ask import Answerer, live_bank, refresh_bank
+    from ..memory.ask import LiveAnswers
     from ..memory.pipeline import open_memory
     from ..utils.errors import FoundryError
 
     device = None if args.device == "auto" else args.device
     memory = open_memory(args.memory, device=device, backbone=args.model)
     try:
-        answerer = Answerer(memory.model, args.max_tokens)
-        k = memory.cfg.modules.k
-        version = memory.store.version  # read before the bank: an edit in between is taken in twice, never missed
-        bank = live_bank(memory.model, memory.store)
+        live = LiveAnswers(memory.model, memory.store, memory.cfg.modules.k, args.max_tokens)
         last: list = []
 
         def answer(question: str) -> None:
-            nonlocal last, bank, version
-            bank, version = refresh_bank(memory.model, bank, memory.store, version)
-            got = answerer.ask([question], bank, k)[0]
+            nonlocal last
+            got = live.ask(question)
             last = list(zip(got.retrieved, got.texts))
             print(got.answer, flush=True)
             if args.show_retrieval:

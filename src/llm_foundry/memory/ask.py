@@ -15,6 +15,7 @@ text up to there.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -165,6 +166,39 @@ class Answerer:
             out.append(Answer(q, self.generate(prompt_of(q), memory), found.ids[0], found.texts[0],
                               [round(float(s), 4) for s in found.scores[0]]))
         return out
+
+
+class LiveAnswers:
+    """Answers that read the store as it is at each question: what ``chat --memory`` and
+    ``serve --memory`` answer with (one home).
+
+    Before every question the bank takes in the store's edits since the previous one
+    (:func:`refresh_bank`), so an entry added, updated or deleted meanwhile (``foundry memory
+    update`` in another process) is read, or never read again, by the next question. One
+    question at a time (a lock): the memory is attached to the backbone's model while it decodes.
+
+    Args:
+        model: the memory model.
+        store: its store.
+        k: entries read per question.
+        max_tokens: longest answer, unless a question gives its own.
+    """
+
+    def __init__(self, model: MemoryModel, store: MemoryStore, k: int, max_tokens: int = 32):
+        self.model, self.store, self.k, self.max_tokens = model, store, k, max_tokens
+        self.answerer = Answerer(model, max_tokens)
+        self.lock = threading.Lock()
+        self.version = store.version  # read before the bank: an edit in between is taken in twice, never missed
+        self.bank = live_bank(model, store)
+
+    def ask(self, question: str, memory: bool = True, max_tokens: int | None = None) -> Answer:
+        """The answer to ``question`` reading the store's live entries now (``memory=False``: the backbone alone)."""
+        with self.lock:
+            self.answerer.max_tokens = max_tokens or self.max_tokens
+            if not memory:
+                return self.answerer.ask([question], None, self.k)[0]
+            self.bank, self.version = refresh_bank(self.model, self.bank, self.store, self.version)
+            return self.answerer.ask([question], self.bank, self.k)[0]
 
 
 def prompt_of(question: str, context: Sequence[str] = ()) -> str:
