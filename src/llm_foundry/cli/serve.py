@@ -27,6 +27,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="sequences that may wait for a slot; a request needing more room gets HTTP 429 (default: 64)")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients use (default: the folder's name)")
+    p.add_argument("--memory", metavar="MEM",
+                   help="answer every request from this memory folder (built for MODEL by `foundry memory init`), "
+                        "as `foundry chat MODEL --memory MEM` does: the request's question, greedy, the entries "
+                        "retrieved from the store's live entries at that moment (see docs/en/memory.md)")
     g = p.add_argument_group("security and limits")
     g.add_argument("--max-body-bytes", type=int, metavar="N",
                    help="largest request body; a bigger one gets HTTP 413 unread (default: 4194304, 4 MiB)")
@@ -69,16 +73,32 @@ def run(args: argparse.Namespace) -> int:
     name = args.model_name or Path(args.model).resolve().name
     if not Path(args.model).is_dir():
         raise FoundryError(f"model folder not found: {args.model}")
+    if args.memory is not None and args.compile:
+        raise FoundryError("--compile does not apply with --memory (the memory's hooks need the live model)")
     # Take the port first: a busy port is reported before a big model is loaded for nothing.
     sock = bind_socket(args.host, args.port)
-    engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision, tools=not args.no_tools,
-                                 compile=args.compile)
+    engine, memory = None, None
+    if args.memory is not None:
+        from ..memory.pipeline import open_memory
+        from ..serve.memory import MemoryService
+
+        # Refused in one line unless MODEL is the backbone MEM was built for.
+        opened = open_memory(args.memory, device=None if args.device == "auto" else args.device, backbone=args.model)
+        try:
+            memory = MemoryService(opened, args.max_queue)
+        except BaseException:
+            opened.close()
+            raise
+    else:
+        engine = Engine.from_pretrained(args.model, device=args.device, precision=args.precision,
+                                        tools=not args.no_tools, compile=args.compile)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     app = create_app(engine, name, api_key=api_key, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
-                     default_seed=args.seed, policy=policy)
+                     default_seed=args.seed, policy=policy, memory=memory)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving '{name}' on http://{host}:{port}  (chat page: /   API: /v1   "
+    with_memory = f" with memory {args.memory} ({len(memory.memory.store)} entries)" if memory else ""
+    print(f"serving '{name}'{with_memory} on http://{host}:{port}  (chat page: /   API: /v1   "
           f"{'API key required' if api_key else 'no API key'})", flush=True)
     if not api_key and not is_loopback(args.host):
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use the model",

@@ -11,6 +11,8 @@ send what the pure builders of :mod:`.builders` make of its items. Every ``/v1``
 OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``. Tool calls run inside the
 engine (the model writes a python block, the calculator answers); the reply reports them as
 OpenAI ``tool_calls`` plus this server's ``tool_results`` (see docs/en/serving.md, "Tool calls").
+With a memory attached (``serve --memory``) the two ``/v1`` POST routes answer through
+:mod:`.memory` instead, and ``/health`` reports the memory.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import builders
 from .guard import Guard, HttpPolicy
+from .memory import MemoryService, refuse_memory_field, reply
 from .scheduler import Job, Scheduler
 from .schemas import ApiError, ChatCompletionRequest, CompletionRequest, parse_body
 
@@ -42,7 +45,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class PageFiles(StaticFiles):
@@ -120,39 +122,45 @@ def event_stream(jobs: list[Job], stream: builders.ChatStream | builders.Complet
             yield text
         log_done(kind, started, stream.usage, first)
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(body(), media_type="text/event-stream", headers=builders.SSE_HEADERS)
 
 
 # ---------------------------------------------------------------------------- the app
 def create_app(engine, model_name: str, *, api_key: str | None = None, max_concurrency: int = 8,
-               max_queue: int = 64, default_seed: int | None = None, policy: HttpPolicy | None = None):
+               max_queue: int = 64, default_seed: int | None = None, policy: HttpPolicy | None = None,
+               memory: MemoryService | None = None):
     """Build the ASGI app (FastAPI inside the transport :class:`~.guard.Guard`) around a loaded engine.
 
     Args:
         engine: the :class:`~llm_foundry.inference.engine.Engine` that decodes (owned by one worker
-            thread from now on).
+            thread from now on); None with ``memory``.
         model_name: the id clients pass as ``model`` and ``GET /v1/models`` lists.
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         max_concurrency: sequences (a request's prompts x n) decoded at the same time; more wait in a queue.
         max_queue: sequences allowed to wait; a request that needs more room is answered 429.
         default_seed: the sampling seed of a request that gives none (None: such replies are not repeatable).
         policy: the transport limits (body size, deadlines, connections, hosts, origins); None: the defaults.
+        memory: answer every request with this memory attached instead (``serve --memory``, see
+            :mod:`.memory`; the app closes it when it stops).
     """
-    tokenizer = engine.tokenizer
-    context = engine.model.cfg.max_seq_len
-    chat = builders.has_chat(tokenizer)  # a base model (char tokenizer) serves /v1/completions only
-    token_chars = builders.max_token_chars(tokenizer)
+    if memory is not None:  # each request is a question in the memory's layout: no chat template needed
+        tokenizer, context, chat, token_chars = memory.tokenizer, memory.context, True, 1
+    else:
+        tokenizer = engine.tokenizer
+        context = engine.model.cfg.max_seq_len
+        chat = builders.has_chat(tokenizer)  # a base model (char tokenizer) serves /v1/completions only
+        token_chars = builders.max_token_chars(tokenizer)
     created = int(time.time())
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        state["scheduler"] = Scheduler(engine, max_concurrency, max_queue)
+        state["scheduler"] = Scheduler(engine, max_concurrency, max_queue) if memory is None else None
         try:
             yield
         finally:
             # uvicorn calls this after the in-flight responses finished (graceful shutdown).
-            await asyncio.to_thread(state["scheduler"].close)
+            await asyncio.to_thread(state["scheduler"].close if memory is None else memory.close)
 
     app = FastAPI(title="llm-foundry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.model_name = model_name
@@ -171,11 +179,13 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     def prepare_chat(raw: bytes) -> tuple[ChatCompletionRequest, list[int]]:
         req: ChatCompletionRequest = parse_body(raw, ChatCompletionRequest)
         builders.check_model(req.model, model_name)
+        refuse_memory_field(req)
         return req, builders.chat_prompt(tokenizer, req.messages, context, token_chars)
 
     def prepare_completion(raw: bytes) -> tuple[CompletionRequest, list[list[int]], list[str] | None]:
         req: CompletionRequest = parse_body(raw, CompletionRequest)
         builders.check_model(req.model, model_name)
+        refuse_memory_field(req)
         prompts = builders.completion_prompts(tokenizer, req.prompt, context, token_chars)
         return req, prompts, [tokenizer.decode(p) for p in prompts] if req.echo else None
 
@@ -203,7 +213,10 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
     @app.get("/health")
     async def health():
         sched = state.get("scheduler")
-        body, status = builders.health(model_name, sched.stats() if sched else None, chat)
+        stats = memory.stats() if memory is not None else sched.stats() if sched else None
+        body, status = builders.health(model_name, stats, chat)
+        if memory is not None:
+            body["memory"] = await asyncio.to_thread(memory.health)  # SQLite reads: off the event loop
         return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")
@@ -217,6 +230,8 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        if memory is not None:
+            return await reply(memory, request, True, model_name)
         req, prompt = await asyncio.to_thread(prepare_chat, await request.body())
         rid, now, started = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
         jobs = new_jobs(req, [prompt], rid)
@@ -229,6 +244,8 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, max_concu
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        if memory is not None:
+            return await reply(memory, request, False, model_name)
         req, prompts, echo = await asyncio.to_thread(prepare_completion, await request.body())
         rid, now, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
         jobs = new_jobs(req, prompts, rid)

@@ -22,6 +22,7 @@ from .schemas import TOOL_NAME, ApiError, to_chat_messages
 
 MAX_PROMPTS = 16  # prompts in one /v1/completions request (each is a job of n samples)
 DONE = "data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # a stream's response headers
 # Characters some line readers take for line breaks although JSON leaves them raw.
 _LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
