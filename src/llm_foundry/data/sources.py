@@ -137,6 +137,12 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise FoundryError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        # What the parser accepts but Python cannot hold: nesting past the recursion limit, an
+        # integer of more than 4,300 digits (a ValueError of its own).
+        except RecursionError:
+            raise FoundryError(f"{path}:{lineno}: not valid JSON here (nested too deeply)") from None
+        except ValueError:
+            raise FoundryError(f"{path}:{lineno}: not valid JSON here (a number too long to read)") from None
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:
