@@ -139,12 +139,13 @@ def accumulate_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mic
     # END SOLUTION
 
 
-@torch.no_grad()
 def ema_update(shadow: dict[str, torch.Tensor], model: nn.Module, decay: float, updates: int) -> None:
     """Move each ``shadow[name]`` toward the model's parameter of that name: ``shadow = d·shadow +
     (1 − d)·param`` with ``d = min(decay, (1 + updates) / (10 + updates))`` (``updates``: the number of
     earlier updates), as ``training/ema.py: EMA`` does."""
     # BEGIN SOLUTION ema
+    # STUB: # the warm-up factor d, then each shadow[name] moves a fraction 1 − d of the way to the parameter
+    # STUB: raise NotImplementedError("ema")
     d = min(decay, (1 + updates) / (10 + updates))
     for name, p in model.named_parameters():
         shadow[name].lerp_(p.detach().float(), 1 - d)

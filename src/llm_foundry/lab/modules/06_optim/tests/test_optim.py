@@ -14,13 +14,14 @@ Tolerances, and why they are not zero:
 * Gradient accumulation and the EMA are exact up to float32 summation order: 1e-6.
 """
 
+import inspect
 import math
 
 import torch
 import torch.nn as nn
 
 from llm_foundry.config import ModelConfig
-from llm_foundry.lab.testing import check_close
+from llm_foundry.lab.testing import check_close, learner_line
 from llm_foundry.models import MiniLLM
 from llm_foundry.training.ema import EMA
 
@@ -88,7 +89,7 @@ def test_newton_schulz_orthogonalises():
     for shape in ((12, 20), (20, 12)):
         g = torch.randn(shape) * 5
         out = newton_schulz(g)
-        call = f"newton_schulz(g of shape {shape})"
+        call = f"newton_schulz(g of shape {shape}){learner_line(newton_schulz)}"
         assert isinstance(out, torch.Tensor) and out.shape == g.shape, (
             f"{call}: expected a tensor of shape {shape}, got {getattr(out, 'shape', type(out).__name__)}")
         assert bool(torch.isfinite(out).all()), (
@@ -103,7 +104,7 @@ def test_newton_schulz_orthogonalises():
         w.grad = g.clone()
         torch.optim.Muon([w], lr=1.0, momentum=0.0, weight_decay=0.0, adjust_lr_fn="original").step()
         want = -w.detach() / math.sqrt(max(1, shape[0] / shape[1]))
-        check_close(call, out.float(), want, atol=0.03, rtol=0.0, where=newton_schulz,
+        check_close(f"newton_schulz(g of shape {shape})", out.float(), want, atol=0.03, rtol=0.0, where=newton_schulz,
                     hint="tolerance 0.03: torch iterates in bfloat16")
 
 
@@ -148,7 +149,7 @@ def muon_run(shape, adjust_lr_fn, nesterov, steps=5, seed=4):
                 hint = (f" Your update is that of nesterov={not nesterov}: with Nesterov momentum the step "
                         "orthogonalises g.lerp(buf, momentum), without it the buffer buf itself")
             raise AssertionError(
-                f"{call}, step {step}: your update differs from torch.optim.Muon's by {rel:.1%} of its size "
+                f"{call}, step {step}{learner_line(muon_update)}: your update differs from torch.optim.Muon's by {rel:.1%} of its size "
                 f"(tolerance {MUON_TOLERANCE:.0%}: bfloat16 vs float32 Newton–Schulz){hint}")
         with torch.no_grad():
             for p in (mine, other):
@@ -185,9 +186,10 @@ def test_accumulation_equals_one_big_batch():
         small.load_state_dict(big.state_dict())
         got_loss = accumulate_gradients(small, x, y, k)
         call = f"accumulate_gradients(model, x, y, micro_batches={k})"
+        where = learner_line(accumulate_gradients)
         for name, want in grads_of(big).items():
             got = grads_of(small)[name]
-            assert got is not None, (f"{call}: {name}.grad is None after it — call backward() on each "
+            assert got is not None, (f"{call}{where}: {name}.grad is None after it — call backward() on each "
                                      "micro-batch's loss")
             ratio = (got.norm() / want.norm()).item()
             hint = ""
@@ -225,4 +227,4 @@ def test_ema_matches_ours():
             elif torch.allclose(shadow[name], before[name] * (1 - d) + p.detach() * d, atol=1e-6):
                 hint = ("the weights are swapped: the shadow keeps d of itself and takes 1 − d of the parameter")
             check_close(f"ema_update(shadow, model, decay=0.99, updates={updates}), shadow[{name!r}]",
-                        shadow[name], ours.shadow[name], atol=1e-6, rtol=1e-6, where=ema_update, hint=hint)
+                        shadow[name], ours.shadow[name], atol=1e-6, rtol=1e-6, where=inspect.unwrap(ema_update), hint=hint)

@@ -2,13 +2,14 @@
 Newton–Schulz, more micro-batches, a long-run EMA). Tolerances as in the visible tests; the float32
 iteration below is held to 1e-4 (rounding of five chained float32 matrix products)."""
 
+import inspect
 import math
 
 import torch
 import torch.nn as nn
 
 from llm_foundry.config import ModelConfig
-from llm_foundry.lab.testing import check_close
+from llm_foundry.lab.testing import check_close, learner_line
 from llm_foundry.models import MiniLLM
 from llm_foundry.training.ema import EMA
 
@@ -36,7 +37,7 @@ def test_adamw_param_groups_and_skipped_parameters():
             check_close(f"AdamW with two param groups, step {step}, {name}", p.detach(), q.detach(),
                         atol=1e-6, rtol=1e-5, where=adamw_update)
     assert opt.state[mine[0]]["step"] == 20, (
-        f"after 20 steps AdamW's state['step'] is {opt.state[mine[0]]['step']}, expected 20: count every step "
+        f"AdamW.step(){learner_line(adamw_update)}: after 20 steps AdamW's state['step'] is {opt.state[mine[0]]['step']}, expected 20: count every step "
         "(the bias correction depends on it)")
 
 
@@ -61,7 +62,7 @@ def test_newton_schulz_exact_in_float32():
     tiny = torch.full((4, 6), 1e-30)
     out = newton_schulz(tiny)
     assert bool(torch.isfinite(out).all()), (
-        "newton_schulz of a 4×6 matrix of 1e-30 returned inf or nan: clamp the norm you divide by "
+        f"newton_schulz of a 4×6 matrix of 1e-30{learner_line(newton_schulz)} returned inf or nan: clamp the norm you divide by "
         "(norm().clamp(min=eps))")
 
 
@@ -96,11 +97,11 @@ def test_accumulation_with_eight_micro_batches():
     got_loss = accumulate_gradients(small, x, y, 8)
     call = "accumulate_gradients(model, x, y, micro_batches=8)"
     for (name, p), q in zip(small.named_parameters(), big.parameters()):
-        assert p.grad is not None, f"{call}: {name}.grad is None after it"
+        assert p.grad is not None, f"{call}{learner_line(accumulate_gradients)}: {name}.grad is None after it"
         check_close(f"{call}, {name}.grad", p.grad, q.grad, atol=1e-6, rtol=1e-4, where=accumulate_gradients)
     check_close(f"{call} (the returned loss)", torch.as_tensor(got_loss, dtype=torch.float32), loss.detach(),
                 atol=1e-6, rtol=1e-5, where=accumulate_gradients)
-    assert not torch.as_tensor(got_loss).requires_grad, f"{call}: return the loss detached (.detach())"
+    assert not torch.as_tensor(got_loss).requires_grad, f"{call}{learner_line(accumulate_gradients)}: return the loss detached (.detach())"
 
 
 def test_ema_long_run():
@@ -116,4 +117,4 @@ def test_ema_long_run():
         ema_update(shadow, model, 0.95, updates)
     for name in shadow:
         check_close(f"ema_update(..., decay=0.95) after 60 updates, shadow[{name!r}]", shadow[name],
-                    ours.shadow[name], atol=1e-5, rtol=1e-5, where=ema_update)
+                    ours.shadow[name], atol=1e-5, rtol=1e-5, where=inspect.unwrap(ema_update))
