@@ -120,7 +120,12 @@ def dangerous(layers: set[str]) -> None:
     missing = {"uid", "cgroup"} - layers
     if missing:
         pytest.skip(f"dangerous attack: runs only inside the {' and '.join(sorted(missing))} layer(s), "
-                    f"which are off here ({'; '.join(AVAILABLE[m] for m in sorted(missing) if m in AVAILABLE)})")
+                    f"which are off here ({'; '.join(_why_off(m) for m in sorted(missing))})")
+
+
+def _why_off(layer: str) -> str:
+    state = AVAILABLE.get(layer, "off: unknown layer")
+    return f"{layer}: disabled in this configuration" if state == "on" else f"{layer}: {state[5:]}"
 
 
 def attack(name: str, layers: set[str], workspace: Path, canary, sentinel: Path, limits: Limits = Limits(),
@@ -266,7 +271,8 @@ def test_killing_every_process(layers, workspace, canary, sentinel):
 
 def test_new_namespaces_and_ptrace_refused(layers, workspace, canary, sentinel):
     if not layers & {"uid", "bubblewrap"}:
-        pytest.skip("unsafe here: as root without bubblewrap the mount would reach the real /tmp")
+        pytest.skip("unsafe here: without the run's own uid or bubblewrap, a mount allowed by a missing "
+                    "filter would change the lab's own /tmp")
     r = attack("syscalls", layers, workspace, canary, sentinel, Limits(wall_s=5))
     report = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
     assert set(report) == {"unshare(user)", "ptrace(parent)", "mount"}, r.stdout + r.stderr[-500:]

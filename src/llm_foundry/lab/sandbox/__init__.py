@@ -31,6 +31,7 @@ import fcntl
 import functools
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -40,11 +41,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 from ...utils.errors import FoundryError
 from . import cgroup as cgroups
-from .launch import EXIT_SETUP, landlock_abi
+from .launch import landlock_abi
 
 # Every layer a result reports, in the order they are applied.
 LAYERS = ("session", "rlimits", "uid", "cgroup", "bubblewrap", "seccomp", "landlock")
@@ -302,8 +304,8 @@ def _chown_tree(top: Path, uid: int, gid: int) -> None:
                 pass
 
 
-def _uid_processes(uid: int) -> list[int]:
-    """The processes whose real or effective uid is ``uid``."""
+def _processes(match: Callable[[int, dict[str, str]], bool]) -> list[int]:
+    """The live (not zombie) processes for which ``match(pid, fields of /proc/PID/status)`` holds."""
     pids = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -314,22 +316,65 @@ def _uid_processes(uid: int) -> list[int]:
         except OSError:
             continue
         zombie = fields.get("State", "").split()[:1] == ["Z"]  # dead already, waiting to be reaped
-        if not zombie and str(uid) in fields.get("Uid", "").split()[:2]:
+        if not zombie and match(int(entry.name), fields):
             pids.append(int(entry.name))
     return pids
 
 
-def _kill_uid(uid: int, timeout: float = 10.0) -> int:
-    """SIGKILL every process of the run's uid until none is left; the number still there after ``timeout``."""
+def _uid_processes(uid: int) -> list[int]:
+    """The processes whose real or effective uid is ``uid``."""
+    return _processes(lambda pid, fields: str(uid) in fields.get("Uid", "").split()[:2])
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _process_tree(top: int) -> list[int]:
+    """The live processes below ``top`` (by parent pid), as they are now."""
+    children: dict[int, list[int]] = {}
+    for pid in _processes(lambda pid, fields: True):
+        children.setdefault(int(_status_field(pid, "PPid") or 0), []).append(pid)
+    tree, todo = [], list(children.get(top, []))
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # ended meanwhile
+        return None
+
+
+def _status_field(pid: int, name: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _kill_until_gone(find: Callable[[], list[int]], timeout: float = 10.0) -> int:
+    """SIGKILL what ``find`` returns until it returns nothing; the number still there after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while (pids := _uid_processes(uid)) and time.monotonic() < deadline:
+    while (pids := find()) and time.monotonic() < deadline:
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.01)
-    return len(_uid_processes(uid))
+    return len(find())
 
 
 # ---------------------------------------------------------------- running
@@ -469,13 +514,21 @@ def _pipes_pending(sel: selectors.BaseSelector) -> bool:
 
 def _kill_everything(proc: subprocess.Popen, group: cgroups.RunCgroup | None, uid: int | None,
                      session: bool) -> int:
-    """SIGKILL every process of the run: through the cgroup, the process group, the run's uid.
+    """SIGKILL every process of the run and wait until they are gone: through the cgroup, the
+    process group, the pid namespaces of bubblewrap (a daemon there is the child of the namespace's
+    init, not of ours), the processes below the launcher, and the run's uid.
 
     Returns how many processes of the run are still there afterwards (0 unless a layer failed).
     """
     leftover = 0
     if group is not None:
         leftover += 0 if group.kill_all() else len(group.pids())
+    # Found before the launcher dies (then its children go to another parent), and held by pidfd,
+    # so that a pid reused by a stranger after the run's process died is never signalled.
+    pids = _process_tree(proc.pid)
+    tree = [fd for pid in pids if (fd := _pidfd(pid)) is not None]
+    own = _pid_namespace(os.getpid())
+    namespaces = {ns for pid in pids if (ns := _pid_namespace(pid)) not in (None, own)}
     try:
         if session:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -483,8 +536,23 @@ def _kill_everything(proc: subprocess.Popen, group: cgroups.RunCgroup | None, ui
             proc.kill()
     except (ProcessLookupError, PermissionError):
         pass
+    for fd in tree:
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if namespaces:
+        leftover = max(leftover, _kill_until_gone(lambda: _processes(lambda pid, _: _pid_namespace(pid) in namespaces)))
+    deadline = time.monotonic() + 10
+    alive = tree
+    while alive and time.monotonic() < deadline:  # a pidfd reads as ready once its process ended
+        ended = set(select.select(alive, [], [], max(deadline - time.monotonic(), 0))[0])
+        alive = [fd for fd in alive if fd not in ended]
+    leftover = max(leftover, len(alive))
+    for fd in tree:
+        os.close(fd)
     if uid is not None:
-        leftover = max(leftover, _kill_uid(uid))
+        leftover = max(leftover, _kill_until_gone(lambda: _uid_processes(uid)))
     return leftover
 
 
