@@ -465,11 +465,21 @@ def test_the_workspace_is_lent_and_given_back(workspace):
     if "uid" not in FULL:
         pytest.skip(AVAILABLE["uid"])
     (workspace / "mine.py").write_text("x = 1\n")
+    outside = Path(tempfile.mkdtemp(prefix="foundry-outside-")) / "secret.txt"
+    outside.write_text("secret of the lab's user")
+    os.chmod(outside, 0o600)
+    os.link(outside, workspace / "linked.txt")  # a second name inside: lending it would lend the file
     owner = os.stat(workspace)
-    r = sandbox.run(SandboxSpec([sys.executable, "-c", "import os; open('new.txt', 'w').write(str(os.getuid()))"],
-                                workspace))
+    code = ("import os; open('new.txt', 'w').write(str(os.getuid()))\n"
+            "try: print(open('linked.txt').read())\nexcept OSError: print('refused')")
+    try:
+        r = sandbox.run(SandboxSpec([sys.executable, "-c", code], workspace))
+        assert (os.stat(outside).st_uid, os.stat(outside).st_mode & 0o777) == (owner.st_uid, 0o600)
+    finally:
+        shutil.rmtree(outside.parent)
     assert r.outcome == "exited" and r.returncode == 0, r.error or r.stderr
     assert int((workspace / "new.txt").read_text()) == r.uid and r.uid != 0
+    assert r.stdout == "refused\n"
     for path in (workspace, workspace / "mine.py", workspace / "new.txt"):
         assert (os.stat(path).st_uid, os.stat(path).st_gid) == (owner.st_uid, owner.st_gid)
 

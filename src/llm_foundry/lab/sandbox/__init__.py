@@ -293,13 +293,20 @@ class _UidSlot:
         os.close(self.fd)
 
 
-def _chown_tree(top: Path, uid: int, gid: int) -> None:
-    """Give ``top`` and everything in it to ``uid``, never following a link."""
+def _chown_tree(top: Path, uid: int, gid: int, lend: bool) -> None:
+    """Give ``top`` and everything in it to ``uid``, never following a link.
+
+    When lending (``lend``), a file with a second name (a hard link) is kept: its other name may be
+    outside the workspace, and chown would hand that file to the run too.
+    """
     os.lchown(top, uid, gid)
     for folder, dirs, files in os.walk(top):
         for name in dirs + files:
+            path = os.path.join(folder, name)
             try:
-                os.lchown(os.path.join(folder, name), uid, gid)
+                st = os.lstat(path)
+                if not (lend and not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1):
+                    os.lchown(path, uid, gid)
             except FileNotFoundError:
                 pass
 
@@ -407,7 +414,7 @@ def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
         if "cgroup" in on:
             group = cgroups.create(cgroups.version(), lim.memory_bytes, lim.processes, lim.cpus)
         if slot:
-            _chown_tree(ws, slot.uid, slot.uid)
+            _chown_tree(ws, slot.uid, slot.uid, lend=True)
         if "bubblewrap" not in on:  # the run's own /tmp (bubblewrap gives it a tmpfs instead)
             tmp = Path(tempfile.mkdtemp(prefix="foundry-lab-tmp-"))
             if slot:
@@ -417,7 +424,7 @@ def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
         if group:
             group.remove()
         if slot:
-            _chown_tree(ws, owner.st_uid, owner.st_gid)
+            _chown_tree(ws, owner.st_uid, owner.st_gid, lend=False)
             slot.release()
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -525,7 +532,7 @@ def _kill_everything(proc: subprocess.Popen, group: cgroups.RunCgroup | None, ui
         leftover += 0 if group.kill_all() else len(group.pids())
     # Found before the launcher dies (then its children go to another parent), and held by pidfd,
     # so that a pid reused by a stranger after the run's process died is never signalled.
-    pids = _process_tree(proc.pid)
+    pids = _process_tree(proc.pid) if proc.returncode is None else []  # reaped: its pid is free
     tree = [fd for pid in pids if (fd := _pidfd(pid)) is not None]
     own = _pid_namespace(os.getpid())
     namespaces = {ns for pid in pids if (ns := _pid_namespace(pid)) not in (None, own)}
