@@ -20,7 +20,9 @@ first (the run's own uid and a cgroup with pids.max and a memory limit); without
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -448,7 +450,7 @@ def _landlock_abi() -> int:
 # ------------------------------------------------------------------ the sandbox itself
 
 def test_every_result_names_its_layers_and_the_lab_stays_unlimited(workspace):
-    own_limits = [__import__("resource").getrlimit(r) for r in range(10)]
+    own_limits = [resource.getrlimit(r) for r in range(10)]
     own_cgroup = Path("/proc/self/cgroup").read_text()
     r = sandbox.run(SandboxSpec([sys.executable, "-c", "print('hi')"], workspace, env={}))
     assert r.outcome == "exited" and r.stdout == "hi\n", r.error or r.stderr
@@ -457,7 +459,7 @@ def test_every_result_names_its_layers_and_the_lab_stays_unlimited(workspace):
     assert r.degraded == (FULL != set(sandbox.LAYERS))
     degraded = sandbox.run(SandboxSpec([sys.executable, "-c", "pass"], workspace), layers={"session"})
     assert degraded.degraded and degraded.layers["rlimits"] == "off: disabled by the caller"
-    assert [__import__("resource").getrlimit(r) for r in range(10)] == own_limits
+    assert [resource.getrlimit(r) for r in range(10)] == own_limits
     assert Path("/proc/self/cgroup").read_text() == own_cgroup
 
 
@@ -491,3 +493,31 @@ def test_a_command_that_cannot_start_says_why(workspace):
         sandbox.run(SandboxSpec(["python3"], workspace))
     with pytest.raises(FoundryError, match="not a folder"):
         sandbox.run(SandboxSpec([sys.executable], workspace / "missing"))
+
+
+def test_an_unprivileged_lab_says_which_layers_are_off(workspace, secret_tree):
+    """The lab run as an ordinary user: uid and cgroup off (and said so), the rest still hides the answers."""
+    setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
+    src = Path(sandbox.__file__).resolve().parents[3]
+    if os.geteuid() != 0 or setpriv is None or not os.path.exists(python) or not _open_to_others(
+            str(src / "llm_foundry" / "__init__.py")):
+        pytest.skip("needs root (to become another user), setpriv, /usr/bin/python3 and a checkout every user may read")
+    solution = secret_tree / "pkg" / "lab" / "modules" / "01_welcome" / "solution"
+    os.chmod(workspace, 0o777)
+    code = f"""
+import json, sys
+from llm_foundry.lab import sandbox
+r = sandbox.run(sandbox.SandboxSpec([sys.executable, "-c", "print(open({str(solution / 'hello.py')!r}).read())"],
+                {str(workspace)!r}, readonly=[{str(secret_tree)!r}], hidden=[{str(solution)!r}]))
+print(json.dumps({{"layers": r.layers, "stdout": r.stdout, "outcome": r.outcome, "error": r.error}}))
+"""
+    done = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", code],
+                          capture_output=True, text=True, timeout=60, cwd="/",
+                          env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["layers"]["uid"].startswith("off: ") and report["layers"]["cgroup"].startswith("off: ")
+    assert report["outcome"] == "exited", report["error"]
+    assert "reference-answer-secret" not in report["stdout"]
+    if {"bubblewrap", "landlock"} & FULL:
+        assert any(report["layers"][k] == "on" for k in ("bubblewrap", "landlock"))
