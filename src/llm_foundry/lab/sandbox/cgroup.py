@@ -87,7 +87,10 @@ class RunCgroup:
         """SIGKILL every process of the run; True once the cgroup is empty."""
         deadline = time.monotonic() + timeout
         if self.version == 2:
-            (self.main / "cgroup.kill").write_text("1")
+            try:
+                (self.main / "cgroup.kill").write_text("1")
+            except FileNotFoundError:
+                pass  # before Linux 5.14: the loop below kills them one by one
         else:
             freezer = self.dirs.get("freezer")
             if freezer:  # nothing forks while frozen, so one pass reaches everything

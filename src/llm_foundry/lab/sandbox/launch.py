@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import resource
@@ -221,7 +222,6 @@ def apply_seccomp() -> None:
     ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
     if not ctx:
         raise SetupError("seccomp_init failed")
-    import errno
 
     def rule(syscall: str, err: int, *cmps: tuple[int, int, int, int]) -> None:
         nr = lib.seccomp_syscall_resolve_name(syscall.encode())
