@@ -311,21 +311,25 @@ def _chown_tree(top: Path, uid: int, gid: int, lend: bool) -> None:
                 pass
 
 
-def _processes(match: Callable[[int, dict[str, str]], bool]) -> list[int]:
-    """The live (not zombie) processes for which ``match(pid, fields of /proc/PID/status)`` holds."""
-    pids = []
+def _process_table() -> dict[int, dict[str, str]]:
+    """Every live (not zombie) process -> the fields of its ``/proc/PID/status``."""
+    table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
+                fields = {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
         except OSError:
             continue
-        zombie = fields.get("State", "").split()[:1] == ["Z"]  # dead already, waiting to be reaped
-        if not zombie and match(int(entry.name), fields):
-            pids.append(int(entry.name))
-    return pids
+        if not fields.get("State", "").startswith("Z"):  # a zombie is dead already, waiting to be reaped
+            table[int(entry.name)] = fields
+    return table
+
+
+def _processes(match: Callable[[int, dict[str, str]], bool]) -> list[int]:
+    """The live processes for which ``match(pid, fields of /proc/PID/status)`` holds."""
+    return [pid for pid, fields in _process_table().items() if match(pid, fields)]
 
 
 def _uid_processes(uid: int) -> list[int]:
@@ -343,8 +347,8 @@ def _pid_namespace(pid: int) -> str | None:
 def _process_tree(top: int) -> list[int]:
     """The live processes below ``top`` (by parent pid), as they are now."""
     children: dict[int, list[int]] = {}
-    for pid in _processes(lambda pid, fields: True):
-        children.setdefault(int(_status_field(pid, "PPid") or 0), []).append(pid)
+    for pid, fields in _process_table().items():
+        children.setdefault(int(fields.get("PPid") or 0), []).append(pid)
     tree, todo = [], list(children.get(top, []))
     while todo:
         pid = todo.pop()
@@ -358,17 +362,6 @@ def _pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except OSError:  # ended meanwhile
         return None
-
-
-def _status_field(pid: int, name: str) -> str | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(name + ":"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def _kill_until_gone(find: Callable[[], list[int]], timeout: float = 10.0) -> int:

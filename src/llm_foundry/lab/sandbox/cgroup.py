@@ -132,11 +132,12 @@ def create(ver: int, memory_bytes: int, processes: int, cpus: float) -> RunCgrou
     quota, period = max(int(cpus * 100_000), 1000), 100_000
     if ver == 2:
         parent = ROOT / PARENT
-        parent.mkdir(exist_ok=True)
-        enabled = (parent / "cgroup.subtree_control").read_text().split()
-        missing = [c for c in NEEDED if c not in enabled]
-        if missing:
-            (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
+        for folder in (ROOT, parent):  # a controller reaches a cgroup only if its parent hands it down
+            folder.mkdir(exist_ok=True)
+            enabled = (folder / "cgroup.subtree_control").read_text().split()
+            missing = [c for c in NEEDED if c not in enabled]
+            if missing:
+                (folder / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
         d = parent / name
         d.mkdir()
         group = RunCgroup(2, {"unified": d})
