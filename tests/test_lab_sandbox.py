@@ -521,3 +521,15 @@ print(json.dumps({{"layers": r.layers, "stdout": r.stdout, "outcome": r.outcome,
     assert "reference-answer-secret" not in report["stdout"]
     if {"bubblewrap", "landlock"} & FULL:
         assert any(report["layers"][k] == "on" for k in ("bubblewrap", "landlock"))
+
+
+def test_the_library_imports_inside_from_a_checkout(layers, workspace):
+    """Module tests compare with the library itself: it must import inside, from an install or from a
+    checkout (an editable install's path entry is the checkout's src/, which Python must list)."""
+    python = _python(layers)
+    src = Path(sandbox.__file__).resolve().parents[3]
+    if python != sys.executable and not _open_to_others(str(src / "llm_foundry" / "__init__.py")):
+        pytest.skip("without bubblewrap the run's own uid cannot reach this checkout")
+    r = sandbox.run(SandboxSpec([python, "-c", "import llm_foundry.lab.testing as t; print(t.__name__)"], workspace,
+                                env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}), layers=layers)
+    assert r.outcome == "exited" and r.stdout == "llm_foundry.lab.testing\n", r.error or r.stderr[-1000:]

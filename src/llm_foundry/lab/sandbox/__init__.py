@@ -442,7 +442,9 @@ def _launch(spec: SandboxSpec, state: dict[str, str], on: set[str], root: bool, 
         "landlock": {"read": list(SYSTEM_PATHS) + ["/proc", "/dev", "/sys"] + readable,
                      "write": [str(spec.workspace), "/tmp" if "bubblewrap" in on else str(tmp), "/dev/null"]
                      + (["/dev/shm"] if "bubblewrap" in on else []),
-                     "hidden": [str(p) for p in spec.hidden]} if "landlock" in on else None,
+                     "hidden": [str(p) for p in spec.hidden],
+                     # a checkout's src/ (an editable install's path entry): Python lists it to import the package
+                     "list": [str(PACKAGE.parent)]} if "landlock" in on else None,
     }
     start = time.monotonic()
     try:

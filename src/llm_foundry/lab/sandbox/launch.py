@@ -108,8 +108,9 @@ def landlock_abi() -> int:
     return max(version, 0)
 
 
-def apply_landlock(read: list[str], write: list[str], hidden: list[str]) -> None:
-    """Allow reading only ``read``, writing only ``write``; no TCP; no signals out of the sandbox.
+def apply_landlock(read: list[str], write: list[str], hidden: list[str], listable: list[str] = ()) -> None:
+    """Allow reading only ``read``, writing only ``write``, listing (names only) ``listable`` as
+    well; no TCP; no signals out of the sandbox.
 
     A ``hidden`` path inside a readable one is cut out by allowing its siblings one by one on
     the way down (Landlock only allows, never denies). The folders on that way keep ``READ_DIR``
@@ -165,6 +166,8 @@ def apply_landlock(read: list[str], write: list[str], hidden: list[str]) -> None
         allow_read(os.path.realpath(path))
     for path in write:
         allow(os.path.realpath(path), fs)
+    for path in listable:
+        allow(os.path.realpath(path), _FS_READ_DIR)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise SetupError(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
     if libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
@@ -262,7 +265,7 @@ def inner(config: dict) -> None:
         if config.get("landlock"):
             step = "landlock"
             ll = config["landlock"]
-            apply_landlock(ll["read"], ll["write"], ll["hidden"])
+            apply_landlock(ll["read"], ll["write"], ll["hidden"], ll.get("list", []))
         os.chdir(config["cwd"])
         if config.get("seccomp"):
             step = "seccomp"
