@@ -157,13 +157,36 @@ class SandboxResult:
 def _probe() -> tuple[tuple[str, str], ...]:
     root = os.geteuid() == 0
     state = {"session": "on", "rlimits": "on"}
-    state["uid"] = "on" if root else "off: the lab is not running as root, so learner code runs as your own user"
+    state["uid"] = _trial({"uid": UID_BASE, "gid": UID_BASE}) if root else \
+        "off: the lab is not running as root, so learner code runs as your own user"
     state["cgroup"] = _probe_cgroup(root)
     state["bubblewrap"] = _probe_bwrap(root)
     state["seccomp"] = _probe_seccomp()
     abi = landlock_abi()
     state["landlock"] = "on" if abi >= 1 else "off: this kernel has no Landlock (Linux 5.13+ with lsm=landlock)"
+    # a container may refuse what the kernel has (a uid outside its map, a filter of its own): try each once
+    if state["seccomp"] == "on":
+        state["seccomp"] = _trial({"seccomp": True})
+    if state["landlock"] == "on":
+        state["landlock"] = _trial({"landlock": {"read": ["/"], "write": [], "hidden": []}})
     return tuple(state.items())
+
+
+def _trial(layer: dict) -> str:
+    """Apply one layer in the launcher, which then runs ``/bin/true``: "on", or "off: <the launcher's message>"."""
+    report_r, report_w = os.pipe()
+    config = {"argv": ["/bin/true"], "env": {}, "cwd": "/", "report_fd": report_w, **layer}
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", str(LAUNCHER), "inner", json.dumps(config)],
+                              capture_output=True, timeout=20, pass_fds=(report_w,), cwd="/")
+        ok = done.returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, done = False, e
+    finally:
+        os.close(report_w)
+    with os.fdopen(report_r, "rb") as f:
+        why = f.read(4096).decode("utf-8", "replace").lstrip("+").strip()
+    return "on" if ok else f"off: it cannot be applied here ({why or done})"
 
 
 def probe() -> dict[str, str]:
@@ -191,7 +214,7 @@ def _probe_bwrap(root: bool) -> str:
     exe = shutil.which("bwrap")
     if exe is None:
         return "off: bubblewrap is not installed (apt-get install bubblewrap)"
-    argv = _bwrap_base(exe, root, drop_uid=False) + ["--ro-bind", "/", "/", "--", "/bin/true"]
+    argv = _bwrap_base(exe, root, drop_uid=root) + ["--ro-bind", "/", "/", "--", "/bin/true"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
