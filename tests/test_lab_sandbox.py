@@ -452,7 +452,7 @@ def _landlock_abi() -> int:
 def test_every_result_names_its_layers_and_the_lab_stays_unlimited(workspace):
     own_limits = [resource.getrlimit(r) for r in range(10)]
     own_cgroup = Path("/proc/self/cgroup").read_text()
-    r = sandbox.run(SandboxSpec([sys.executable, "-c", "print('hi')"], workspace, env={}))
+    r = sandbox.run(SandboxSpec([_python(FULL), "-c", "print('hi')"], workspace, env={}))
     assert r.outcome == "exited" and r.stdout == "hi\n", r.error or r.stderr
     assert set(r.layers) == set(sandbox.LAYERS)
     assert all(v == "on" or v.startswith("off: ") for v in r.layers.values())
@@ -475,7 +475,7 @@ def test_the_workspace_is_lent_and_given_back(workspace):
     code = ("import os; open('new.txt', 'w').write(str(os.getuid()))\n"
             "try: print(open('linked.txt').read())\nexcept OSError: print('refused')")
     try:
-        r = sandbox.run(SandboxSpec([sys.executable, "-c", code], workspace))
+        r = sandbox.run(SandboxSpec([_python(FULL), "-c", code], workspace))
         assert (os.stat(outside).st_uid, os.stat(outside).st_mode & 0o777) == (owner.st_uid, 0o600)
     finally:
         shutil.rmtree(outside.parent)
