@@ -9,7 +9,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test test-fast test-trials torch
+.PHONY: demo test test-fast test-trials test-sandbox torch
 
 # the main job: the whole chat pipeline on built-in data (only the package's own dependencies)
 demo: torch
@@ -20,19 +20,25 @@ demo: torch
 test: torch
 	$(PIP) install -qq -e ".[test,hf]"
 	$(VENV)/bin/lint-imports
-	$(PYTHON) -m pytest -q -m "not trials"
+	$(PYTHON) -m pytest -q -m "not trials and not sandbox_matrix"
 
 # the same without the long end-to-end runs (tests marked `slow`): a few minutes
 test-fast: torch
 	$(PIP) install -qq -e ".[test,hf]"
 	$(VENV)/bin/lint-imports
-	$(PYTHON) -m pytest -q -m "not slow and not trials"
+	$(PYTHON) -m pytest -q -m "not slow and not trials and not sandbox_matrix"
 
 # the many-trial fault runs (kill -9 at random instants of train, evolve and online): the
 # acceptance runs of docs/*/performance.md, too long for every test run
 test-trials: torch
 	$(PIP) install -qq -e ".[test,hf]"
 	$(PYTHON) -m pytest -q -m trials
+
+# the Lab's sandbox attacks in every degraded configuration (each layer off in turn; the full
+# configuration is in `make test`): docs/en/lab-sandbox.md
+test-sandbox: torch
+	$(PIP) install -qq -e ".[test,hf]"
+	$(PYTHON) -m pytest -q tests/test_lab_sandbox.py -m sandbox_matrix
 
 $(PYTHON):
 	$(PYTHON3) -m venv $(VENV)
