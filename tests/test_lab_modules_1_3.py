@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -159,26 +160,35 @@ def test_reference_passes_and_stub_fails(module, tmp_path):
     assert not [t for t in stub["tests"] if t["status"] == "pass"], describe(stub)
 
 
+def run_many(module: Module, jobs: dict[str, dict[str, str]], folder: Path, stop_first: bool = False) -> dict:
+    """``run_tests`` of each job (name -> learner files), two at a time: each run is a process that
+    mostly waits on imports, and the suite must stay short."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_tests, module, files, folder / name, stop_first) for name, files in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
 def test_bug_variants_fail_with_their_message(module, tmp_path):
+    jobs = {bug.id: reference_files(module) | {bug.file: module.variant(bug)} for bug in module.bugs}
+    results = run_many(module, jobs, tmp_path)
     for bug in module.bugs:
-        files = reference_files(module) | {bug.file: module.variant(bug)}
-        res = run_tests(module, files, tmp_path / bug.id)
+        res = results[bug.id]
         assert res["status"] != "pass", f"{module.name}: bug {bug.id} passes\n{describe(res)}"
         assert any(bug.expect in t["message"] for t in res["tests"] if t["status"] != "pass"), (
             f"{module.name}: no failure of bug {bug.id} says {bug.expect!r}\n{describe(res)}")
 
 
 def test_trivially_wrong_answers_fail(module, tmp_path):
-    for k, code in enumerate(TRIVIAL):
-        files = {f: trivial(module, f, code) for f in module.files}
-        res = run_tests(module, files, tmp_path / f"all{k}")
+    every = {f"all{k}": {f: trivial(module, f, code) for f in module.files} for k, code in enumerate(TRIVIAL)}
+    for name, res in run_many(module, every, tmp_path).items():
         passed = [t["name"] for t in res["tests"] if t["status"] == "pass"]
-        assert not passed, f"{module.name}: every block `{code}` passes {passed}"
-        for f in module.files:
-            for b in blocks(module.solution(f).splitlines(keepends=True)):
-                files = reference_files(module) | {f: trivial(module, f, code, only=b.id)}
-                res = run_tests(module, files, tmp_path / f"{b.id}{k}", stop_first=True)
-                assert res["status"] != "pass", f"{module.name}: block {b.id} as `{code}` passes every test"
+        assert not passed, f"{module.name}: every block `{TRIVIAL[int(name[3:])]}` passes {passed}"
+    one = {f"{b.id}-{k}": reference_files(module) | {f: trivial(module, f, code, only=b.id)}
+           for k, code in enumerate(TRIVIAL) for f in module.files
+           for b in blocks(module.solution(f).splitlines(keepends=True))}
+    for name, res in run_many(module, one, tmp_path, stop_first=True).items():
+        block, k = name.rsplit("-", 1)
+        assert res["status"] != "pass", f"{module.name}: block {block} as `{TRIVIAL[int(k)]}` passes every test"
 
 
 @pytest.mark.slow
