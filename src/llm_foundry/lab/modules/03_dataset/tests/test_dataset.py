@@ -100,7 +100,11 @@ def test_read_file_bad_input_is_a_clear_error(tmp_path):
 def test_read_inputs_walks_a_folder_in_order(tmp_path, capsys):
     folder = make_corpus(tmp_path)
     (folder / "broken.txt").write_bytes(b"\xff\xfe broken")
-    docs = read_inputs([folder])
+    try:
+        docs = read_inputs([folder])
+    except FoundryError as e:
+        raise AssertionError(f"read_inputs([folder]) (your dataset.py) raised {e}: skip a bad file inside a folder "
+                             f"(print a warning) and read the others; only a file named directly must be good") from None
     want = read_documents([folder])
     check_equal("[(d.source, d.text) for d in read_inputs([folder])]", [(d.source, d.text) for d in docs],
                 [(d.source, d.text) for d in want], where=read_inputs,
