@@ -101,7 +101,7 @@ def where_defined(name: str) -> str:
 def tiny_demo(text: str, steps: int = 60, seed: int = 0) -> tuple[list[float], str]:
     """Train a tiny character-level MiniLLM on ``text`` for ``steps`` steps, then sample from it.
 
-    The recipe (task.md explains each line): ``torch.manual_seed(seed)``; a CharTokenizer
+    The recipe (the task text explains each line): ``torch.manual_seed(seed)``; a CharTokenizer
     grown on ``text``; ``MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1,
     n_heads=2, max_seq_len=32))``; ``torch.optim.AdamW(model.parameters(), lr=1e-2)``; each
     step 8 random windows of 32 ids (inputs) and the same windows shifted by one (targets),
