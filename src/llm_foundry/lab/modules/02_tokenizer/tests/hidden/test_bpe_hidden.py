@@ -2,10 +2,15 @@
 shaped to the visible examples does not pass."""
 
 import random
+import sys
+from pathlib import Path
 
 from bpe import build_vocab, decode, encode, get_stats, merge, train
 from llm_foundry.lab.testing import check_equal
-from test_bpe import CHINESE, EMOJI, check_ids, english_corpus
+
+# The visible tests' helpers, next to this file in the run folder's tests/, whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).parent))
+from test_bpe import CHINESE, EMOJI, check_ids, english_corpus  # noqa: E402
 
 
 def test_train_exact_merges_on_words():

@@ -2,6 +2,8 @@
 
 import json
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -10,7 +12,10 @@ from llm_foundry.data import split_documents as library_split
 from llm_foundry.data.sources import Document
 from llm_foundry.lab.testing import check_equal
 from llm_foundry.tokenizers import ByteTokenizer, CharTokenizer
-from test_dataset import check_split, generated_documents, library_prepare, make_corpus, words
+
+# The visible tests' helpers, next to this file in the run folder's tests/, whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).parent))
+from test_dataset import check_split, generated_documents, library_prepare, make_corpus, words  # noqa: E402
 
 
 def test_prepare_matches_for_other_inputs(tmp_path):
@@ -52,7 +57,6 @@ def test_ids_need_uint32_past_65535():
             return 70_000
 
     import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as d:
         info = write_split(Path(d), "val", [Document("abc", "x")], BigVocab())
