@@ -15,7 +15,7 @@ from dataset import prepare, read_file, read_inputs, split_documents, write_spli
 from llm_foundry.data import Corpus, TokenDataset, prepare_dataset, read_documents
 from llm_foundry.data import split_documents as library_split
 from llm_foundry.data.sources import Document
-from llm_foundry.lab.testing import check_equal
+from llm_foundry.lab.testing import check_equal, learner_line
 from llm_foundry.tokenizers import ByteTokenizer
 from llm_foundry.utils.errors import FoundryError
 
@@ -49,8 +49,9 @@ def library_prepare(inputs, out: Path, val_fraction: float, seed: int) -> dict:
                            show_progress=False)
 
 
-def expect_error(call: str, fn, *args, says: str, where=None):
-    """``fn(*args)`` must raise a FoundryError whose message contains ``says``."""
+def expect_error(call: str, fn, *args, says: str):
+    """``fn(*args)`` (one of your functions) must raise a FoundryError whose message contains ``says``."""
+    call = f"{call}{learner_line(fn)}"
     try:
         got = fn(*args)
     except NotImplementedError:
@@ -62,6 +63,27 @@ def expect_error(call: str, fn, *args, says: str, where=None):
         raise AssertionError(f"{call}: raised {type(e).__name__}: {e}; expected a one-line FoundryError saying "
                              f"{says!r} (a user sees that line, not a traceback)") from None
     raise AssertionError(f"{call}: returned {str(got)[:80]!r}; expected a FoundryError saying {says!r}")
+
+
+def check_documents(call: str, got, want, folder: Path, where, hint: str = "") -> None:
+    """``got`` are ``want``'s documents: their sources (named relative to ``folder``, so that a failure
+    stays short), then each text, a difference shown where it starts."""
+    def name(source) -> str:
+        return Path(source).relative_to(folder).as_posix() if Path(source).is_relative_to(folder) else str(source)
+
+    assert isinstance(got, list) and all(isinstance(d, Document) for d in got), (
+        f"{call}{learner_line(where)}: expected a list of Document(text, source), got {str(got)[:80]!r}")
+    assert all(isinstance(d.source, str) for d in got), f"{call}: a document's source is str(path), not a Path"
+    check_equal(f"the sources of {call}, relative to the folder", [name(d.source) for d in got],
+                [name(d.source) for d in want], where=where, hint=hint)
+    for mine, ours in zip(got, want):
+        if mine.text != ours.text:
+            at = next((i for i, (a, b) in enumerate(zip(mine.text, ours.text)) if a != b),
+                      min(len(mine.text), len(ours.text)))
+            raise AssertionError(f"the text of {name(ours.source)} from {call}{learner_line(where)}: "
+                                 f"{len(mine.text)} characters, expected {len(ours.text)}; they differ from character "
+                                 f"{at}: expected {ours.text[max(at - 10, 0):at + 30]!r}, got "
+                                 f"{mine.text[max(at - 10, 0):at + 30]!r}")
 
 
 # ----------------------------------------------------------------------------- reading and cleaning
@@ -106,9 +128,8 @@ def test_read_inputs_walks_a_folder_in_order(tmp_path, capsys):
         raise AssertionError(f"read_inputs([folder]) (your dataset.py) raised {e}: skip a bad file inside a folder "
                              f"(print a warning) and read the others; only a file named directly must be good") from None
     want = read_documents([folder])
-    check_equal("[(d.source, d.text) for d in read_inputs([folder])]", [(d.source, d.text) for d in docs],
-                [(d.source, d.text) for d in want], where=read_inputs,
-                hint="files in sorted(folder.rglob('*')) order, hidden ones left out, a bad file skipped")
+    check_documents("read_inputs([folder])", docs, want, folder, where=read_inputs,
+                    hint="files in sorted(folder.rglob('*')) order, hidden ones left out, a bad file skipped")
     err = capsys.readouterr().err
     assert "warning: skipped:" in err and "broken.txt" in err, (
         f"read_inputs([folder]) (your dataset.py) skipped broken.txt silently: print 'warning: skipped: <error>' "
