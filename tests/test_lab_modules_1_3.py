@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,7 +128,7 @@ def test_module_source_is_complete(module):
         for kind in ("intro", "task"):
             text = module.text(kind, lang)
             assert len(text) > 500, f"{module.name}: {kind}.{lang}.md is too short"
-            for fig in __import__("re").findall(r"\]\((figures/[^)]+)\)", text):
+            for fig in re.findall(r"\]\((figures/[^)]+)\)", text):
                 assert (module.path / fig).is_file(), f"{module.name}: {kind}.{lang}.md links a missing {fig}"
     for path in meta["library"]:
         assert (SRC / "llm_foundry" / path).exists(), f"{module.name}: library path {path} does not exist"

@@ -87,7 +87,8 @@ def train(text: str, vocab_size: int) -> dict[tuple[int, int], int]:
     # STUB: merges: dict[tuple[int, int], int] = {}
     # STUB: # 1. chunks = Counter(split_text(text)): count each distinct chunk once
     # STUB: # 2. each chunk as its list of UTF-8 bytes, with its count
-    # STUB: # 3. for idx in range(256, vocab_size): get_stats over all chunks (weighted), pick the best pair, merge it in every chunk
+    # STUB: # 3. for idx in range(256, vocab_size): get_stats over all chunks (weighted),
+    # STUB: #    pick the best pair (a tie: the smallest), record it, merge it in every chunk
     # STUB: raise NotImplementedError("train")
     # A text repeats its words: work on each distinct chunk once, weighted by its count.
     chunks = [(list(chunk.encode("utf-8")), n) for chunk, n in Counter(split_text(text)).items()]
