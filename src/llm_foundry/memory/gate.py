@@ -210,12 +210,20 @@ class FaissIndex(ExactIndex):
 
 
 # ------------------------------------------------------------------ lexical signal
-_WORD = re.compile(r"[\u3400-\u9fff]|[^\W\u3400-\u9fff]+")  # a CJK character is a word; elsewhere runs of letters/digits
+_WORD = re.compile(r"[\u3400-\u9fff]+|[^\W\u3400-\u9fff]+")  # runs of CJK characters; runs of letters/digits
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words of ``text`` (each Chinese character counts as one)."""
-    return _WORD.findall(text.lower())
+    """Lower-cased words of ``text``; a run of Chinese characters gives each character and each
+    pair of neighbours (Chinese has no spaces, and single characters are too common to tell one
+    two-character name from another: the pairs are what make a name rare)."""
+    out = []
+    for w in _WORD.findall(text.lower()):
+        if "\u3400" <= w[0] <= "\u9fff":
+            out += list(w) + [w[i:i + 2] for i in range(len(w) - 1)]
+        else:
+            out.append(w)
+    return out
 
 
 class BM25:

@@ -174,7 +174,7 @@ class MemoryModel(nn.Module):
         return Bank(ids, texts, vectors.to(self.backbone.device), approximate)
 
     def retrieve(self, questions: str | Sequence[str] | Sequence[Sequence[int]], k: int, bank: Bank,
-                 hybrid: float = 0.0, route: bool = False) -> Retrieval:
+                 hybrid: float = 0.0, route: bool = False, query_vecs: torch.Tensor | None = None) -> Retrieval:
         """The ``k`` best live entries for each question.
 
         Args:
@@ -182,6 +182,7 @@ class MemoryModel(nn.Module):
             hybrid: weight of the BM25 score in the ranking (0: dense only; the score is
                 ``(1 - hybrid) * cosine + hybrid * bm25``).
             route: compute the routing logits with autograd (training the gate through the LM loss).
+            query_vecs: the questions' unit vectors if already encoded (training has their features).
         """
         if not 0.0 <= hybrid <= 1.0:
             raise FoundryError(f"hybrid weight must be in [0, 1], got {hybrid}")
@@ -189,7 +190,7 @@ class MemoryModel(nn.Module):
             raise FoundryError(f"k must be >= 1, got {k}")
         texts = _question_texts(questions, self.backbone)
         with torch.set_grad_enabled(route and torch.is_grad_enabled()):
-            q = self.gate.encode_queries(texts)
+            q = self.gate.encode_queries(texts) if query_vecs is None else query_vecs
         lexical_all = bank.bm25.scores(texts) if hybrid > 0 else None
         bias = None if lexical_all is None else hybrid * lexical_all.to(q.device)
         with torch.no_grad():
@@ -206,16 +207,23 @@ class MemoryModel(nn.Module):
                          lexical=None if lexical_all is None else lexical_all.gather(1, rows.cpu()), route=routed,
                          memory=memory)
 
-    def route(self, query_vecs: torch.Tensor, entries: Sequence[Sequence[str]]) -> tuple[torch.Tensor, MemoryBatch]:
+    def route(self, query_vecs: torch.Tensor, entries: Sequence[Sequence[str]],
+              tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, MemoryBatch]:
         """Routing logits ``(rows, k)`` of each row's ``entries`` (same count per row) for its query
         vector, with autograd into both towers, and the fusion's input weighted by them.
 
         The entries' tokens are read once, for their entry vectors and for the fusion.
+
+        Args:
+            tokens: :meth:`Backbone.read` of the entries, row after row, if already read (training
+                reads its bank once: the backbone is frozen, so an entry's features never change).
         """
         k = len(entries[0])
         if any(len(row) != k for row in entries) or not k:
             raise FoundryError("routing needs the same number (>= 1) of entries in every row")
-        tokens = self.backbone.read([t for row in entries for t in row], self.gate.layer, self.gate.max_len)
+        if tokens is None:
+            tokens = self.backbone.read([t for row in entries for t in row], self.gate.layer, self.gate.max_len)
         e = self.gate.embed_entries(self.gate.pool(*tokens)).view(len(entries), k, -1)
         routed = (query_vecs.unsqueeze(1) * e).sum(-1) * self.gate.scale
         return routed, self.read(entries, routed, tokens)

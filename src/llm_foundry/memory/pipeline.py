@@ -61,7 +61,7 @@ from .facts import HELDOUT_QUESTIONS, RELATION_BY_NAME, FactWorld, build_world
 from .fusion import Fusion, MemoryBatch, default_fusion_layers
 from .gate import MemoryGate
 from .model import MODULES_FILE, Bank, MemoryModel, default_fusion_heads
-from .stages import RouterData, answer_batch, answer_loss, gold_first, hard_negatives, kl_to_backbone, retrieval_loss, router_loss
+from .stages import EntryTokens, RouterData, answer_batch, answer_loss, gold_first, hard_negatives, kl_to_backbone, retrieval_loss, router_loss
 from .store import MemoryStore
 
 CONFIG_FILE = "memory_config.json"
@@ -222,6 +222,7 @@ class TrainingData:
         texts: the bank's entry texts; the train facts first, in order (row = fact index), then distractors.
         statements: the train facts' texts (the memory stage's plain text).
         router: the gate's features of every question and entry, read once (the backbone is frozen).
+        tokens: the bank's entries' token features, read once, for the fusion stages.
     """
 
     questions: list[str]
@@ -230,6 +231,7 @@ class TrainingData:
     texts: list[str]
     statements: list[str]
     router: RouterData
+    tokens: EntryTokens
 
     def bank(self, model: MemoryModel) -> Bank:
         """The bank with entry vectors of the gate's current weights (recomputed: the gate may train)."""
@@ -245,9 +247,14 @@ def training_data(model: MemoryModel, cfg: MemoryConfig) -> TrainingData:
     asked = trained_questions(world)
     texts = [f.text for f in facts] + world.distractors(cfg.world.distractors, seed=1)
     gold = [i for _, _, i in asked]
-    router = RouterData.read(model, [q for q, _, _ in asked], gold, texts)
-    return TrainingData([q for q, _, _ in asked], [a for _, a, _ in asked], router.gold.cpu(), texts,
-                        [f.text for f in facts], router)
+    questions = [q for q, _, _ in asked]
+    if not questions:
+        raise FoundryError("the fact world has no training questions")
+    tokens = EntryTokens.read(model, texts)
+    q = torch.cat([model.gate.features(questions[i:i + 64]) for i in range(0, len(questions), 64)])
+    router = RouterData(q, tokens.features(model), torch.as_tensor(gold, dtype=torch.long, device=q.device))
+    return TrainingData(questions, [a for _, a, _ in asked], router.gold.cpu(), texts,
+                        [f.text for f in facts], router, tokens)
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -268,10 +275,12 @@ def _routed(model: MemoryModel, data: TrainingData, rows: torch.Tensor, s: Stage
     qs = [data.questions[i] for i in rows.tolist()]
     ans = [data.answers[i] for i in rows.tolist()]
     k = min(k, len(data.texts) - 1)
-    texts, gold_col = gold_first(model, qs, data.gold[rows].tolist(), data.bank(model), k, s.missing, gen)
     with torch.set_grad_enabled(grad):
-        q = model.gate.encode_queries(qs)
-        route, memory = model.route(q, texts)
+        q = model.gate.embed_queries(data.router.questions[rows.to(data.router.questions.device)])
+    texts, gold_col = gold_first(model, qs, data.gold[rows].tolist(), data.bank(model), k, s.missing, gen,
+                                 query_vecs=q.detach())
+    with torch.set_grad_enabled(grad):
+        route, memory = model.route(q, texts, data.tokens.take([t for row in texts for t in row]))
     return qs, ans, memory, route, gold_col
 
 

@@ -71,6 +71,46 @@ class RouterData:
         return cls(q, feats(list(entries)), torch.as_tensor(list(gold), dtype=torch.long, device=q.device))
 
 
+@dataclass
+class EntryTokens:
+    """Every bank entry's token features, read once from the frozen backbone (``Backbone.read``'s
+    output, padded to the longest entry): the fusion stages take a batch's entries from here
+    instead of running the backbone over them again at every step.
+
+    Attributes:
+        states, embeds: ``(n, longest, dim)`` features at the gate's block and token embeddings.
+        mask: ``(n, longest)`` True on real tokens.
+        row_of: an entry text's row (equal texts have equal features: any of their rows).
+    """
+
+    states: torch.Tensor
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    row_of: dict[str, int]
+
+    @classmethod
+    def read(cls, model: MemoryModel, texts: Sequence[str], batch_size: int = 64) -> "EntryTokens":
+        """Read ``texts`` (the bank, in row order) at the gate's block."""
+        gate = model.gate
+        parts = [model.backbone.read(texts[i:i + batch_size], gate.layer, gate.max_len)
+                 for i in range(0, len(texts), batch_size)]
+        width = max(p[0].shape[1] for p in parts)
+        pad = lambda x: F.pad(x, (0, 0, 0, width - x.shape[1]) if x.dim() == 3 else (0, width - x.shape[1]))  # noqa: E731
+        states, embeds, mask = (torch.cat([pad(p[j]) for p in parts]) for j in range(3))
+        return cls(states, embeds, mask, {t: r for r, t in reversed(list(enumerate(texts)))})
+
+    def features(self, model: MemoryModel, batch_size: int = 1024) -> torch.Tensor:
+        """The gate's pooled features of every entry (``MemoryGate.features``, without a read)."""
+        return torch.cat([model.gate.pool(self.states[i:i + batch_size], self.embeds[i:i + batch_size],
+                                          self.mask[i:i + batch_size]) for i in range(0, len(self.mask), batch_size)])
+
+    def take(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``Backbone.read(texts, ...)`` of entries of the bank, from the cache."""
+        rows = torch.tensor([self.row_of[t] for t in texts], device=self.mask.device)
+        width = int(self.mask[rows].sum(1).max())
+        return self.states[rows, :width], self.embeds[rows, :width], self.mask[rows, :width]
+
+
 def hard_negatives(model: MemoryModel, data: RouterData, rows: torch.Tensor, n: int) -> torch.Tensor:
     """``(len(rows), n)`` entry rows the gate now ranks highest for questions ``rows``, gold excluded."""
     with torch.no_grad():
@@ -150,11 +190,14 @@ def answer_loss(model: MemoryModel, questions: Sequence[str], answers: Sequence[
 
 # ------------------------------------------------------------------ pieces of the fusion, joint and memory stages
 def gold_first(model: MemoryModel, questions: Sequence[str], gold_ids: Sequence[int], bank: Bank, k: int,
-               missing: float = 0.0, generator: torch.Generator | None = None
-               ) -> tuple[list[list[str]], torch.Tensor]:
+               missing: float = 0.0, generator: torch.Generator | None = None,
+               query_vecs: torch.Tensor | None = None) -> tuple[list[list[str]], torch.Tensor]:
     """Each question's ``k`` entries for training the fusion: its gold entry first, then what the
     gate retrieves besides it; for a share ``missing`` of the questions the gold is left out (only
     retrieved entries), so that the model learns to fall back when memory lacks the answer.
+
+    Args:
+        query_vecs: the questions' unit vectors if already encoded.
 
     Returns:
         the entry texts per question, and ``(questions,)`` the gold's column (0) or -1 where left out.
@@ -163,7 +206,7 @@ def gold_first(model: MemoryModel, questions: Sequence[str], gold_ids: Sequence[
         raise FoundryError(f"gold-first batches need k >= 1 and at least k + 1 live entries (k={k}, {len(bank)} live)")
     if len(gold_ids) != len(questions):
         raise FoundryError(f"{len(questions)} questions but {len(gold_ids)} gold ids")
-    found = model.retrieve(list(questions), k + 1, bank)
+    found = model.retrieve(list(questions), k + 1, bank, query_vecs=query_vecs)
     drop = torch.rand(len(questions), generator=generator) < missing
     rows, cols = [], []
     for r, gold in enumerate(gold_ids):
