@@ -137,7 +137,7 @@ def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
                 sel.unregister(key.fileobj)
                 continue
             room = lim.output_bytes - len(key.data)
-            key.data += chunk[:max(room, 0)]
+            key.data.extend(chunk[:max(room, 0)])
             truncated |= room < len(chunk)
     _kill_group(proc.pid)
     try:

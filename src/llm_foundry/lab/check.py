@@ -1,0 +1,161 @@
+"""The authoring check of a module (as rustlings' ``dev check``): `foundry lab check [N]`, and one
+test per module in the suite.
+
+A module is sound when:
+
+- its source is whole: titles, texts and hints in en and zh, ≥ 3 hints per task, ≥ 3
+  reflection questions with model answers, visible tests, every learner file with solution
+  blocks, every bug naming a real block, every ``library`` path present in the package;
+- the reference passes 3 runs of 3, each in under :data:`REFERENCE_S` seconds;
+- the untouched stub's run fails (``fail``: an assertion or "not written yet", never an import
+  or syntax error) and no test passes on it;
+- every bug variant fails with a message containing its ``expect``;
+- trivially wrong answers — every block's body replaced by ``return 0``, by ``pass``, or by
+  ``return <its first argument>`` — pass no test when all blocks are replaced at once, and fail
+  the run when one block is replaced and the others are the reference.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Callable
+
+from .module import Module
+from .results import PACKAGE_DIR, run_tests
+
+REFERENCE_RUNS = 3
+REFERENCE_S = 60.0
+TRIVIAL = ("return 0", "pass", "return <first argument>")
+
+
+@dataclass
+class Finding:
+    """One check of one module: ``ok``, and what was seen."""
+
+    module: str
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+def first_argument(source: str, line: int) -> str | None:
+    """The first parameter (``self``/``cls`` skipped) of the innermost function around 1-based ``line``
+    of ``source``; ``""`` for a function without one; None when ``line`` is in no function."""
+    best = None
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= line <= (node.end_lineno or 0):
+            if best is None or node.lineno > best.lineno:
+                best = node
+    if best is None:
+        return None
+    args = [a.arg for a in best.args.posonlyargs + best.args.args + best.args.kwonlyargs]
+    if args and args[0] in ("self", "cls"):
+        args = args[1:]
+    return args[0] if args else ""
+
+
+def trivial_code(kind: str, module: Module, file: str, block_id: str) -> str | None:
+    """The body ``kind`` (see :data:`TRIVIAL`) for a block, or None where it cannot stand (a
+    ``return`` outside a function)."""
+    if kind == "pass":
+        return "pass"
+    block = next(b for b in module.blocks(file) if b.id == block_id)
+    arg = first_argument(module.solution(file), block.start)
+    if arg is None:
+        return None
+    if kind == "return 0":
+        return "return 0"
+    return f"return {arg}" if arg else "return None"
+
+
+def _static(module: Module) -> list[str]:
+    """What is missing or malformed in the module's source (empty: nothing)."""
+    problems = []
+    for lang in ("en", "zh"):
+        if not module.title.get(lang):
+            problems.append(f"no {lang} title")
+        for kind in ("intro", "task"):
+            if not (module.path / f"{kind}.{lang}.md").is_file():
+                problems.append(f"no {kind}.{lang}.md")
+    if not module.tasks:
+        problems.append("no tasks")
+    for task in module.tasks:
+        hints = task.get("hints") or []
+        if len(hints) < 3:
+            problems.append(f"task {task.get('id')}: {len(hints)} hints (at least 3)")
+        if any(not (isinstance(h, dict) and h.get("en") and h.get("zh")) for h in hints):
+            problems.append(f"task {task.get('id')}: a hint lacks en or zh")
+    if len(module.reflection) < 3:
+        problems.append(f"{len(module.reflection)} reflection questions (at least 3)")
+    for i, r in enumerate(module.reflection, 1):
+        if not all(isinstance(r.get(k), dict) and r[k].get("en") and r[k].get("zh") for k in ("question", "answer")):
+            problems.append(f"reflection {i}: a question or answer lacks en or zh")
+    if not module.tests():
+        problems.append("no visible tests")
+    names = [t.name for t in module.tests() + module.tests(hidden=True)]
+    if len(set(names)) != len(names):
+        problems.append("a hidden test file has the name of a visible one")
+    for file in module.files:
+        if not (module.path / "solution" / file).is_file():
+            problems.append(f"no solution/{file}")
+        elif not module.blocks(file):
+            problems.append(f"solution/{file} has no solution block")
+    for bug in module.bugs:
+        if bug.file not in module.files or not any(b.id == bug.block for b in module.blocks(bug.file)):
+            problems.append(f"bug {bug.id} names no block {bug.block!r} of a learner file")
+        if not (bug.feedback.get("en") and bug.feedback.get("zh")):
+            problems.append(f"bug {bug.id}: feedback lacks en or zh")
+    for path in module.meta.get("library") or []:
+        if not (PACKAGE_DIR / str(path).removeprefix("src/llm_foundry/")).exists():
+            problems.append(f"library path {path} is not in the package")
+    return problems
+
+
+def check_module(module: Module, say: Callable[[str], None] | None = None) -> list[Finding]:
+    """Run every check on ``module``; ``say`` is told what runs (progress for the CLI)."""
+    out: list[Finding] = []
+    say = say or (lambda _msg: None)
+
+    def add(check: str, ok: bool, detail: str = "") -> None:
+        out.append(Finding(module.name, check, ok, detail))
+        say(f"{'ok  ' if ok else 'FAIL'} {check}" + (f": {detail}" if detail and not ok else ""))
+
+    problems = _static(module)
+    add("source", not problems, "; ".join(problems))
+    if problems:
+        return out
+
+    def run(files: dict[str, str]) -> dict:
+        full = {f: module.reference(f) for f in module.files}
+        full.update(files)
+        return run_tests(module, full)
+
+    for i in range(REFERENCE_RUNS):
+        r = run({})
+        add(f"reference run {i + 1}/{REFERENCE_RUNS}", r["status"] == "pass" and r["duration_s"] < REFERENCE_S,
+            f"{r['status']} in {r['duration_s']:.1f} s: {r['message'][:300]}")
+    r = run({f: module.stub(f) for f in module.files})
+    passing = [t["name"] for t in r["tests"] if t["status"] == "pass"]
+    add("stub fails on assertions", r["status"] == "fail" and not passing,
+        f"status {r['status']}" + (f", passing: {passing}" if passing else "") + f": {r['message'][:300]}")
+    for bug in module.bugs:
+        r = run({bug.file: module.variant(bug)})
+        hit = any(bug.expect in t["message"] for t in r["tests"] if t["status"] != "pass")
+        add(f"bug {bug.id}", r["status"] != "pass" and hit,
+            f"status {r['status']}; no failure message contains {bug.expect!r}: {r['message'][:300]}")
+    blocks = [(f, b.id) for f in module.files for b in module.blocks(f)]
+    for kind in TRIVIAL:
+        codes = {(f, b): trivial_code(kind, module, f, b) for f, b in blocks}
+        codes = {k: c for k, c in codes.items() if c is not None}
+        if not codes:
+            continue
+        files = {f: module.replace(f, {b: c for (g, b), c in codes.items() if g == f})
+                 for f in {f for f, _ in codes}}
+        r = run(files)
+        passing = [t["name"] for t in r["tests"] if t["status"] == "pass"]
+        add(f"`{kind}` everywhere passes no test", not passing, f"passing: {passing}")
+        for (f, b), c in codes.items():
+            r = run({f: module.replace(f, {b: c})})
+            add(f"`{kind}` in block {b} fails", r["status"] != "pass", "the run passes")
+    return out
