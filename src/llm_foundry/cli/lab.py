@@ -490,8 +490,9 @@ def run_status(args: argparse.Namespace) -> int:
     table = Table(title=say(lang, "Your progress", "你的进度"))
     for col in ("#", say(lang, "state", "状态"), say(lang, "attempts", "尝试"), say(lang, "last", "最近"),
                 say(lang, "hints", "提示"), say(lang, "reference", "参考答案"), say(lang, "reflection", "反思"),
-                say(lang, "notes", "笔记"), say(lang, "time", "用时"), say(lang, "workspace", "工作区")):
+                say(lang, "notes", "笔记"), say(lang, "time", "用时")):
         table.add_column(col)
+    workspaces = []
     with Progress.open() as progress:
         for m in all_modules():
             s = progress.state(m.number)
@@ -500,10 +501,15 @@ def run_status(args: argparse.Namespace) -> int:
                 else say(lang, "after pass", "通过后")
             table.add_row(str(m.number), _state_word(s, lang), str(s.attempts), s.last_status or "",
                           str(sum(s.hints.values())), ref, "✓" if s.reflected else "", str(notes) if notes else "",
-                          (f"{s.time_s / 60:.0f} min" if s.time_s >= 60 else "< 1 min") if s.time_s else "", s.workspace or "")
+                          (f"{s.time_s / 60:.0f} min" if s.time_s >= 60 else "< 1 min") if s.time_s else "")
+            if s.workspace:
+                workspaces.append(f"  {m.number}: {s.workspace}")
         home = progress.path
     out = _console()
     out.print(table)
+    if workspaces:  # below the table, whole: a path to copy
+        out.print(say(lang, "workspaces:", "工作区："))
+        out.print("\n".join(workspaces), markup=False, soft_wrap=True)
     out.print(say(lang, f"progress: {home}", f"进度数据库：{home}"), style="dim")
     return 0
 
