@@ -299,7 +299,7 @@ def _render(out, module, results: dict, lang: str) -> None:
 def run_test(args: argparse.Namespace) -> int:
     from ..lab.results import run_tests
     from ..lab.text import say
-    from ..lab.workspace import read_learner_files, wait_for_change
+    from ..lab.workspace import read_learner_files, signature, wait_for_change
 
     lang, module, progress = _ctx(args)
     out = _console()
@@ -307,6 +307,7 @@ def run_test(args: argparse.Namespace) -> int:
     with progress:
         folder = _workspace(args, progress, module, lang)
         while True:
+            seen = signature(folder, module.files)  # before reading: a save during the run triggers the next
             try:
                 files = read_learner_files(module, folder, lang)
             except FoundryError as e:
@@ -329,7 +330,7 @@ def run_test(args: argparse.Namespace) -> int:
                 out.print(say(lang, "watching your files; save to run again (Ctrl-C to stop)",
                               "正在监视你的文件；保存后自动重新运行（Ctrl-C 停止）"), style="dim")
             try:
-                wait_for_change(folder, module.files)
+                wait_for_change(folder, module.files, since=seen)
             except KeyboardInterrupt:
                 return code
 

@@ -118,7 +118,7 @@ def restore_stubs(module: Module, folder: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- watching for saves
-def _signature(folder: Path, files: list[str]) -> tuple:
+def signature(folder: Path, files: list[str]) -> tuple:
     """What changes when a learner file is saved (an editor may replace the file: the inode too)."""
     out = []
     for name in files:
@@ -149,8 +149,11 @@ def _inotify(folders: set[Path]) -> int | None:
     return fd
 
 
-def wait_for_change(folder: Path, files: list[str], poll_s: float = 1.0, settle_s: float = 0.2) -> None:
-    """Return once one of the learner's ``files`` in ``folder`` changed.
+def wait_for_change(folder: Path, files: list[str], since: tuple | None = None, poll_s: float = 1.0,
+                    settle_s: float = 0.2) -> None:
+    """Return once one of the learner's ``files`` in ``folder`` differs from ``since`` (a
+    :func:`signature` taken before the files were last read; default: now), so a save made while
+    the tests ran is not missed.
 
     Save events (inotify) wake it at once; it also compares the files' signatures every ``poll_s``
     seconds, because some filesystems (network mounts, some containers' shared folders) send no
@@ -158,7 +161,7 @@ def wait_for_change(folder: Path, files: list[str], poll_s: float = 1.0, settle_
     """
     import select
 
-    before = _signature(folder, files)
+    before = signature(folder, files) if since is None else since
     fd = _inotify({(folder / f).parent for f in files})
     try:
         while True:
@@ -172,11 +175,11 @@ def wait_for_change(folder: Path, files: list[str], poll_s: float = 1.0, settle_
                         pass
             else:
                 time.sleep(poll_s)
-            now = _signature(folder, files)
+            now = signature(folder, files)
             if now != before:
                 while True:  # settle: until the files stop changing
                     time.sleep(settle_s)
-                    later = _signature(folder, files)
+                    later = signature(folder, files)
                     if later == now:
                         return
                     now = later
