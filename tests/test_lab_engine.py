@@ -17,8 +17,9 @@ from lab_fixtures import ANSWER, make_module
 from llm_foundry.lab import sandbox
 from llm_foundry.lab.check import check_module, first_argument
 from llm_foundry.lab.module import load_module
-from llm_foundry.lab.results import PACKAGE_DIR, limits_for, run_tests, sandbox_spec
-from llm_foundry.lab.workspace import read_learner_files, restore_stubs, write_workspace
+from llm_foundry.lab import workspace
+from llm_foundry.lab.results import PACKAGE_DIR, finish, limits_for, run_tests, sandbox_spec
+from llm_foundry.lab.workspace import read_learner_files, restore_stubs, signature, wait_for_change, write_workspace
 from llm_foundry.utils.errors import FoundryError
 
 FAST = sandbox.Limits(wall_s=30)
@@ -137,6 +138,30 @@ def test_a_results_file_turned_into_a_link_is_not_followed(module, tmp_path):
     assert r["status"] == "error" and "a link" in r["message"] and "s3cr3t" not in str(r)
 
 
+def test_a_results_file_hard_linked_to_a_secret_is_not_read(module, tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"tests": [], "running": null, "exit_code": 0, "SECRET": "s3cr3t"}', encoding="utf-8")
+    attack = (f"import os\n\ndef add(a, b):\n    os.unlink('results.json')\n"
+              f"    os.link({str(secret)!r}, 'results.json')\n    os._exit(0)\n\ndef neg(x):\n    return -x\n")
+    r = run(module, attack)
+    assert r["status"] == "error" and "s3cr3t" not in str(r)
+    assert "results.json not a plain file with one name" in r["message"]
+
+
+def test_a_sandbox_that_cannot_start_says_it_is_not_the_learners_fault(module):
+    outcome = sandbox.SandboxResult("sandbox", None, "", "", 0.1, sandbox.probe())
+    outcome.error = "bubblewrap: setting up uid map: Permission denied"  # the field the real sandbox fills
+    r = finish(module, outcome, None, "missing", [], FAST, "en")
+    assert r["status"] == "error" and r["error_class"] == "sandbox"
+    assert "the sandbox could not start them (bubblewrap: setting up uid map" in r["message"]
+    assert "not of your code" in r["message"]
+
+
+def test_stop_first_ends_the_run_at_the_first_failure(module):
+    r = run_tests(module, {"arith.py": module.stub("arith.py")}, limits=FAST, stop_first=True)
+    assert r["status"] == "fail" and [t["status"] for t in r["tests"]] == ["fail"]
+
+
 def test_the_run_sees_a_minimal_environment_and_its_own_folder(module, monkeypatch):
     monkeypatch.setenv("FOUNDRY_TEST_SECRET", "hunter2")
     spy = ("import os, sys\n\ndef add(a, b):\n    print(sorted(os.environ), os.getcwd() == sys.path[0])\n"
@@ -185,6 +210,21 @@ def test_workspace_keeps_the_learners_files_and_reads_no_links(module, tmp_path)
     (ws / "arith.py").write_bytes(b"#" * (2 << 20))
     with pytest.raises(FoundryError, match="larger than"):
         read_learner_files(module, ws)
+
+
+def test_watch_sees_a_save_through_events_and_by_polling_without_them(module, tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    write_workspace(module, ws)
+    before = signature(ws, module.files)
+    (ws / "arith.py").write_text(ANSWER, encoding="utf-8")  # saved while a run was going on
+    wait_for_change(ws, module.files, since=before, poll_s=0.05)  # returns: the save is seen
+    # a filesystem that sends no events (a network mount): the polling fallback sees the save
+    monkeypatch.setattr(workspace, "_inotify", lambda folders: None)
+    before = signature(ws, module.files)
+    tmp = ws / "arith.py.swp"
+    tmp.write_text(ANSWER + "\n# edited\n", encoding="utf-8")
+    os.replace(tmp, ws / "arith.py")  # an editor's atomic save: a new inode
+    wait_for_change(ws, module.files, since=before, poll_s=0.05)
 
 
 # ----------------------------------------------------------------------------- the authoring check

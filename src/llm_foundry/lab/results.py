@@ -59,7 +59,7 @@ def _hidden_paths() -> tuple[Path, ...]:
 
 
 def sandbox_spec(run: Path, module: Module, hidden_tests: list[str], lang: str,
-                 limits: sandbox.Limits | None = None) -> sandbox.SandboxSpec:
+                 limits: sandbox.Limits | None = None, stop_first: bool = False) -> sandbox.SandboxSpec:
     """The sandbox spec of a test run in the run folder ``run``."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(run), "TMPDIR": str(run / "tmp"),
            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
@@ -69,7 +69,7 @@ def sandbox_spec(run: Path, module: Module, hidden_tests: list[str], lang: str,
         env["PYTHONPATH"] = str(PACKAGE_DIR.parent)
     readonly = tuple(dict.fromkeys(Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, PACKAGE_DIR)))
     argv = [sys.executable, "-B", "-m", "llm_foundry.lab.runner", "--module", str(module.number), "--out", RESULTS,
-            "--hidden", ",".join(hidden_tests), "--lang", lang]
+            "--hidden", ",".join(hidden_tests), "--lang", lang] + (["--exitfirst"] if stop_first else [])
     return sandbox.SandboxSpec(argv=argv, workspace=run, readonly=readonly, hidden=_hidden_paths(), env=env,
                                limits=limits or limits_for(module))
 
@@ -92,7 +92,7 @@ def make_run_folder(module: Module, files: dict[str, bytes | str]) -> tuple[Path
 
 
 def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", layers: set[str] | None = None,
-              limits: sandbox.Limits | None = None) -> dict:
+              limits: sandbox.Limits | None = None, stop_first: bool = False) -> dict:
     """Run ``module``'s tests on the learner's ``files`` (name -> content) in the sandbox.
 
     Args:
@@ -101,6 +101,8 @@ def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", l
         lang: the language of the messages (en, zh).
         layers: only these sandbox layers (a degraded mode, for tests); None: every available one.
         limits: instead of the module's limits.
+        stop_first: stop at the first test that does not pass (the authoring check, where only "the
+            run fails" matters); the results then list the tests up to that one.
 
     Returns:
         the results object (see the module docstring).
@@ -109,7 +111,7 @@ def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", l
     try:
         dir_fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            spec = sandbox_spec(run, module, hidden, lang, limits)
+            spec = sandbox_spec(run, module, hidden, lang, limits, stop_first)
             outcome = sandbox.run(spec, layers=layers)
             raw, problem = read_raw_results(dir_fd)
         finally:
@@ -129,8 +131,9 @@ def read_raw_results(dir_fd: int) -> tuple[dict | None, str]:
     except OSError as e:
         return None, f"cannot be opened ({e.strerror}: a link?)"
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None, "not a plain file"
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a FIFO, a device, a hard link to another file
+            return None, "not a plain file with one name"
         data = f.read(MAX_RESULTS_BYTES + 1)
     if len(data) > MAX_RESULTS_BYTES:
         return None, "too large"
@@ -170,6 +173,11 @@ def stop_message(outcome: sandbox.SandboxResult, limits: sandbox.Limits, lang: s
         return say(lang, f"stopped: it printed more than {_size(limits.output_bytes)}, the limit: a print inside "
                          "a loop?",
                    f"输出超过 {_size(limits.output_bytes)} 的上限，被停止：是不是在循环里 print？")
+    if kind == "sandbox":  # the sandbox could not start the tests at all: not the learner's doing
+        why = getattr(outcome, "error", "") or say(lang, "no reason given", "原因不明")
+        return say(lang, f"not run: the sandbox could not start them ({why}); this is a problem of the lab's setup, "
+                         "not of your code",
+                   f"未能运行：沙箱无法启动测试（{why}）；这是实验室环境的问题，不是你的代码的问题")
     if kind == "killed":
         return say(lang, f"the test process was killed (exit status {outcome.returncode}): by your code, or by the "
                          "system for using too much memory",

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--hidden", default="", help="comma-separated file names of the hidden tests")
     p.add_argument("--lang", default="en")
+    p.add_argument("--exitfirst", action="store_true", help="stop at the first test that does not pass")
     args = p.parse_args(argv)
     root = Path.cwd().resolve()
     plugin = ResultsPlugin(root, args.module, (root / args.out), set(filter(None, args.hidden.split(","))), args.lang)
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     # importlib mode: pytest leaves sys.path alone, so the run folder stays its first entry (a test's
     # folder put in front would let a test file's name hide a learner file's).
     code = pytest.main(["-q", "-p", "no:cacheprovider", "--import-mode=importlib", "-c", str(root / "pytest.ini"),
-                        "--rootdir", str(root), "tests"], plugins=[plugin])
+                        "--rootdir", str(root), "tests"] + (["-x"] if args.exitfirst else []), plugins=[plugin])
     plugin.write(exit_code=int(code))
     return 0
 
