@@ -69,7 +69,7 @@ def trivial_code(kind: str, module: Module, file: str, block_id: str) -> str | N
     return f"return {arg}" if arg else "return None"
 
 
-def _static(module: Module) -> list[str]:
+def check_source(module: Module) -> list[str]:
     """What is missing or malformed in the module's source (empty: nothing)."""
     problems = []
     for lang in ("en", "zh"):
@@ -121,7 +121,7 @@ def check_module(module: Module, say: Callable[[str], None] | None = None) -> li
         out.append(Finding(module.name, check, ok, detail))
         say(f"{'ok  ' if ok else 'FAIL'} {check}" + (f": {detail}" if detail and not ok else ""))
 
-    problems = _static(module)
+    problems = check_source(module)
     add("source", not problems, "; ".join(problems))
     if problems:
         return out
