@@ -8,6 +8,7 @@ written to a temporary folder.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,6 +128,25 @@ def test_output_is_capped_per_test(module):
     assert r["status"] == "pass"
     out = next(t for t in r["tests"] if t["name"] == "test_arith.py::test_add")["output"]
     assert len(out) < 2200 and "more characters" in out
+
+
+def test_a_hidden_test_may_use_a_visible_tests_helpers(tmp_path):
+    visible = VISIBLE_WITH_HELPER
+    hidden = "from test_arith import expect_add\n\n\ndef test_add_more():\n    expect_add(-7, 2, -5)\n"
+    module = load_module(make_module(tmp_path, visible=visible, hidden=hidden))
+    r = run(module, ANSWER)
+    assert r["status"] == "pass" and len(r["tests"]) == 3, r["message"]
+
+
+def test_pytest_by_hand_in_the_workspace_imports_the_learners_files(module, tmp_path):
+    ws = tmp_path / "ws"
+    write_workspace(module, ws)
+    (ws / "arith.py").write_text(ANSWER, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)}
+    # -P: the working directory is not put on sys.path, as when a learner types `pytest`
+    done = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ws, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout + done.stderr
 
 
 def test_a_results_file_turned_into_a_link_is_not_followed(module, tmp_path):
@@ -257,6 +277,22 @@ def test_the_authoring_check_catches_weak_tests_and_a_wrong_bug(tmp_path):
     assert {"stub fails on assertions", "bug sub", "`return <first argument>` everywhere passes no test",
             "`return <first argument>` in block add fails", "`return 0` in block neg fails"} <= bad
 
+
+VISIBLE_WITH_HELPER = '''from arith import add, neg
+from llm_foundry.lab.testing import check_equal
+
+
+def expect_add(a, b, total):
+    check_equal(f"add({a}, {b})", add(a, b), total, where=add)
+
+
+def test_add():
+    expect_add(2, 3, 5)
+
+
+def test_neg():
+    check_equal("neg(4)", neg(4), -4, where=neg)
+'''
 
 SOLUTION_WITH_STUB = '''def add(a, b):
     # BEGIN SOLUTION add

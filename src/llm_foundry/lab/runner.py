@@ -5,7 +5,7 @@
 The harness (``lab/results.py``) starts this in a fresh run folder that holds the learner's files
 and the module's tests under ``tests/``; the run folder is the working directory, pytest's rootdir
 and the first entry of ``sys.path`` (``python -m`` puts it there), so a test does ``from bpe
-import train``. Per test the plugin records:
+import train``; ``tests/`` is the second, so a test may import another's helpers. Per test the plugin records:
 
 - ``pass``;
 - ``fail``: an AssertionError (the module's teaching assertions say call, expected, actual and
@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     plugin = ResultsPlugin(root, args.module, (root / args.out), set(filter(None, args.hidden.split(","))), args.lang)
     plugin.write()
     # importlib mode: pytest leaves sys.path alone, so the run folder stays its first entry (a test's
-    # folder put in front would let a test file's name hide a learner file's).
+    # folder put in front would let a test file's name hide a learner file's). The tests' folder comes
+    # second, so a hidden test may import the helpers of a visible one (`from test_bpe import ...`),
+    # as it could in the learner's workspace.
+    sys.path.insert(1, str(root / "tests"))
     code = pytest.main(["-q", "-p", "no:cacheprovider", "--import-mode=importlib", "-c", str(root / "pytest.ini"),
                         "--rootdir", str(root), "tests"] + (["-x"] if args.exitfirst else []), plugins=[plugin])
     plugin.write(exit_code=int(code))

@@ -3,6 +3,7 @@
     WORKSPACE/
       bpe.py            the learner's files: the stub at first (plain Python the tests import)
       tests/test_*.py   the module's visible tests, to read and to run with pytest by hand
+      pytest.ini        so that `pytest` run there imports the learner's files
       INTRO.md TASK.md  the introduction and the task, in the learner's language
 
 `start` never overwrites a learner file that exists (starting again, or revisiting, keeps the
@@ -58,6 +59,8 @@ def write_workspace(module: Module, folder: Path, lang: str = "en") -> tuple[lis
             written.append(name)
     for test in module.tests():
         atomic_write_bytes(folder / "tests" / test.name, test.read_bytes())
+    if not (folder / "pytest.ini").exists():  # `pytest` by hand in the workspace imports the learner's files
+        atomic_write_text(folder / "pytest.ini", "[pytest]\npythonpath = .\n")
     for kind in ("intro", "task"):
         atomic_write_text(folder / f"{kind.upper()}.md", module.text(kind, lang))
     return written, kept
