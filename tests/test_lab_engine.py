@@ -271,7 +271,15 @@ def test_the_authoring_check_catches_weak_tests_and_a_wrong_bug(tmp_path):
     stubbed = SOLUTION_WITH_STUB
     module = load_module(make_module(tmp_path, visible=weak, hidden="", solution=stubbed,
                                      tasks=[{"id": "add", "title": {"en": "a", "zh": "a"}, "hints": [{"en": "h", "zh": "h"}]}]))
-    assert [f.check for f in check_module(module) if not f.ok] == ["source"]
+    findings = check_module(module)
+    assert [f.check for f in findings if not f.ok][0] == "source"
+    assert "task add: 1 hints (at least 3)" in findings[0].detail
+    assert any(f.check == "reference run 3/3" for f in findings)  # a text problem does not stop the runs
+    broken = load_module(make_module(tmp_path / "broken", bugs=[{"id": "x", "file": "arith.py", "block": "nope",
+                                                                "code": "pass", "expect": "x",
+                                                                "feedback": {"en": "x", "zh": "x"}}]))
+    findings = check_module(broken)
+    assert [f.check for f in findings] == ["source"] and "bug x names no block 'nope'" in findings[0].detail
     module = load_module(make_module(tmp_path / "again", visible=weak, hidden="", solution=stubbed))
     bad = {f.check for f in check_module(module) if not f.ok}
     assert {"stub fails on assertions", "bug sub", "`return <first argument>` everywhere passes no test",

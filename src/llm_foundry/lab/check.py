@@ -21,6 +21,7 @@ import ast
 from dataclasses import dataclass
 from typing import Callable
 
+from ..utils.errors import FoundryError
 from .module import Module
 from .results import PACKAGE_DIR, run_tests
 
@@ -71,6 +72,11 @@ def trivial_code(kind: str, module: Module, file: str, block_id: str) -> str | N
 
 def check_source(module: Module) -> list[str]:
     """What is missing or malformed in the module's source (empty: nothing)."""
+    return _code_problems(module) + _text_problems(module)
+
+
+def _text_problems(module: Module) -> list[str]:
+    """What the learner reads: titles, texts, hints, reflection, bug feedback, library paths."""
     problems = []
     for lang in ("en", "zh"):
         if not module.title.get(lang):
@@ -91,24 +97,39 @@ def check_source(module: Module) -> list[str]:
     for i, r in enumerate(module.reflection, 1):
         if not all(isinstance(r.get(k), dict) and r[k].get("en") and r[k].get("zh") for k in ("question", "answer")):
             problems.append(f"reflection {i}: a question or answer lacks en or zh")
-    if not module.tests():
-        problems.append("no visible tests")
-    names = [t.name for t in module.tests() + module.tests(hidden=True)]
-    if len(set(names)) != len(names):
-        problems.append("a hidden test file has the name of a visible one")
-    for file in module.files:
-        if not (module.path / "solution" / file).is_file():
-            problems.append(f"no solution/{file}")
-        elif not module.blocks(file):
-            problems.append(f"solution/{file} has no solution block")
     for bug in module.bugs:
-        if bug.file not in module.files or not any(b.id == bug.block for b in module.blocks(bug.file)):
-            problems.append(f"bug {bug.id} names no block {bug.block!r} of a learner file")
         if not (bug.feedback.get("en") and bug.feedback.get("zh")):
             problems.append(f"bug {bug.id}: feedback lacks en or zh")
     for path in module.meta.get("library") or []:
         if not (PACKAGE_DIR / str(path).removeprefix("src/llm_foundry/")).exists():
             problems.append(f"library path {path} is not in the package")
+    return problems
+
+
+def _code_problems(module: Module) -> list[str]:
+    """What the test runs need: visible tests, each learner file's solution with blocks, bugs naming
+    real blocks. With one of these missing the runs cannot be made."""
+    problems = []
+    if not module.tests():
+        problems.append("no visible tests")
+    names = [t.name for t in module.tests() + module.tests(hidden=True)]
+    if len(set(names)) != len(names):
+        problems.append("a hidden test file has the name of a visible one")
+    found: dict[str, set[str]] = {}
+    for file in module.files:
+        if not (module.path / "solution" / file).is_file():
+            problems.append(f"no solution/{file}")
+            continue
+        try:
+            found[file] = {b.id for b in module.blocks(file)}
+        except FoundryError as e:
+            problems.append(f"solution/{file}: {e}")
+            continue
+        if not found[file]:
+            problems.append(f"solution/{file} has no solution block")
+    for bug in module.bugs:
+        if bug.block not in found.get(bug.file, ()):
+            problems.append(f"bug {bug.id} names no block {bug.block!r} of a learner file")
     return problems
 
 
@@ -121,9 +142,10 @@ def check_module(module: Module, say: Callable[[str], None] | None = None) -> li
         out.append(Finding(module.name, check, ok, detail))
         say(f"{'ok  ' if ok else 'FAIL'} {check}" + (f": {detail}" if detail and not ok else ""))
 
-    problems = check_source(module)
+    code = _code_problems(module)
+    problems = code + _text_problems(module)
     add("source", not problems, "; ".join(problems))
-    if problems:
+    if code:  # the runs cannot be made; a text missing does not stop them (an author sees every problem)
         return out
 
     def run(files: dict[str, str], stop_first: bool = False) -> dict:
