@@ -100,6 +100,10 @@ def test_chinese_output(lab, capsys):
     assert "还没有写（你的 arith.py 第" in out
     code, out, _ = foundry(capsys, "hint", 1, "--lang", "zh")
     assert "提示 1/3" in out and "add 提示 1" in out
+    code, _, err = foundry(capsys, "test", 9, "--lang", "zh")
+    assert code == 1 and err == "error: 没有模块 9（现有模块：1, 2）；`foundry lab list` 列出它们\n"
+    code, _, err = foundry(capsys, "start", 2, "--lang", "zh")
+    assert code == 1 and "模块 2 尚未解锁" in err
 
 
 def test_hints_climb_a_task_then_move_to_the_next(lab, capsys):

@@ -167,7 +167,7 @@ def _ctx(args: argparse.Namespace, need_unlocked: bool = True):
     from ..lab.text import default_lang, say
 
     lang = args.lang or default_lang()
-    module = find_module(args.number)
+    module = find_module(args.number, lang)
     progress = Progress.open()
     if need_unlocked and not progress.state(module.number).unlocked:
         progress.close()
@@ -562,7 +562,7 @@ def run_check(args: argparse.Namespace) -> int:
     from ..lab.text import default_lang, say
 
     lang = args.lang or default_lang()
-    modules = [find_module(args.number)] if args.number is not None else all_modules()
+    modules = [find_module(args.number, lang)] if args.number is not None else all_modules()
     if not modules:
         raise FoundryError(say(lang, "there are no modules to check", "没有可检查的模块"))
     out = _console()

@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from ..utils.errors import FoundryError
+from .text import say
 
 MODULES_DIR = Path(__file__).parent / "modules"
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION(?: (?P<id>[\w.-]+))?\s*$")
@@ -192,11 +193,12 @@ def all_modules(folder: Path | None = None) -> list[Module]:
                   key=lambda m: m.number)
 
 
-def find_module(number: int) -> Module:
-    """Module ``number``, or a one-line error naming the modules there are."""
+def find_module(number: int, lang: str = "en") -> Module:
+    """Module ``number``, or a one-line error (in ``lang``) naming the modules there are."""
     modules = all_modules()
     for m in modules:
         if m.number == number:
             return m
-    have = ", ".join(str(m.number) for m in modules) or "none"
-    raise FoundryError(f"there is no module {number} (modules: {have}); `foundry lab list` shows them")
+    have = ", ".join(str(m.number) for m in modules)
+    raise FoundryError(say(lang, f"there is no module {number} (modules: {have or 'none'}); `foundry lab list` shows them",
+                           f"没有模块 {number}（现有模块：{have or '无'}）；`foundry lab list` 列出它们"))
