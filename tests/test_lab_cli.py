@@ -15,6 +15,7 @@ import pytest
 
 from lab_fixtures import ANSWER, make_module
 from llm_foundry.cli.main import main
+from llm_foundry.lab.sandbox import probe
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -51,6 +52,8 @@ def test_a_learners_path_through_a_module_unlocks_the_next(lab, capsys):
     assert code == 0 and "Introduction 1" in out and str(ws / "arith.py") in out and "foundry lab test 1" in out
     code, out, _ = foundry(capsys, "test", 1)  # the remembered workspace
     assert code == 1 and "`add` is not written yet (your arith.py, line" in out and "(hidden)" in out
+    if any(v != "on" for v in probe().values()):  # a degraded sandbox is said under every result
+        assert "sandbox: degraded (off: " in out
     assert "foundry lab hint 1" in out
     code, out, _ = foundry(capsys, "hint", 1)
     assert code == 0 and "Hint 1/3" in out and "add hint 1" in out

@@ -122,6 +122,15 @@ def test_an_endless_loop_is_stopped_and_said_in_plain_words(module):
     assert r["duration_s"] < 30
 
 
+def test_running_out_of_memory_is_said_in_plain_words(module):
+    greedy = "def add(a, b):\n    hoard = bytearray(3 << 30)\n    return a + b\n\ndef neg(x):\n    return -x\n"
+    r = run(module, greedy, limits=sandbox.Limits(wall_s=30, memory_bytes=1 << 30))
+    assert r["status"] == "error"
+    add = next(t for t in r["tests"] if t["name"] == "test_arith.py::test_add")
+    assert "ran out of memory" in add["message"] and "(your arith.py, line 2)" in add["message"], add["message"]
+    assert next(t for t in r["tests"] if t["name"] == "test_arith.py::test_neg")["status"] == "pass"
+
+
 def test_output_is_capped_per_test(module):
     chatty = "def add(a, b):\n    print('x' * 100000)\n    return a + b\n\ndef neg(x):\n    return -x\n"
     r = run(module, chatty)
