@@ -174,7 +174,10 @@ def test_a_results_file_hard_linked_to_a_secret_is_not_read(module, tmp_path):
               f"    os.link({str(secret)!r}, 'results.json')\n    os._exit(0)\n\ndef neg(x):\n    return -x\n")
     r = run(module, attack)
     assert r["status"] == "error" and "s3cr3t" not in str(r)
-    assert "results.json not a plain file with one name" in r["message"]
+    # the link was made and the harness refused it; or a sandbox layer (own uid, bubblewrap) kept the
+    # secret out of reach, and the learner's code failed to make it
+    assert "results.json not a plain file with one name" in r["message"] or any(
+        t["error_class"] in ("PermissionError", "FileNotFoundError") for t in r["tests"]), r["message"]
 
 
 def test_a_sandbox_that_cannot_start_says_it_is_not_the_learners_fault(module):
