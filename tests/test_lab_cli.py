@@ -55,6 +55,7 @@ def test_a_learners_path_through_a_module_unlocks_the_next(lab, capsys):
     if any(v != "on" for v in probe().values()):  # a degraded sandbox is said under every result
         assert "sandbox: degraded (off: " in out
     assert "foundry lab hint 1" in out
+    assert out.count("`add` is not written yet") == 2 and "(as above)" in out  # the hidden test's, the same cause
     code, out, _ = foundry(capsys, "hint", 1)
     assert code == 0 and "Hint 1/3" in out and "add hint 1" in out
     (ws / "arith.py").write_text(ANSWER, encoding="utf-8")

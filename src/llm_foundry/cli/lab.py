@@ -275,11 +275,17 @@ def _render(out, module, results: dict, lang: str) -> None:
     out.print(f"[bold]{say(lang, 'Module', '模块')} {module.number} · {pick(module.title, lang)}[/] — "
               f"[{color}]{results['status']}[/] ({passed}/{len(tests)} {say(lang, 'tests pass', '个测试通过')}, "
               f"{results['duration_s']:.1f} s)")
+    seen = set()
     for t in tests:
         mark = {"pass": "[green]✓[/]", "fail": "[red]✗[/]", "error": "[red]![/]"}[t["status"]]
         hidden = say(lang, " [dim](hidden)[/]", " [dim]（隐藏测试）[/]") if t["hidden"] else ""
         out.print(f" {mark} {t['name']}{hidden}", markup=True)
         if t["status"] != "pass":
+            if t["message"] in seen:  # the same cause as a failure above ("`merge` is not written yet"): one dim line
+                out.print(f"     {t['message'].splitlines()[0] if t['message'] else ''}"
+                          + say(lang, " (as above)", "（同上）"), style="dim", markup=False)
+                continue
+            seen.add(t["message"])
             for line in t["message"].splitlines():
                 out.print(f"     {line}", markup=False)
             if t["output"].strip():
