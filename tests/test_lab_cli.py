@@ -127,6 +127,29 @@ def test_diff_asks_before_a_pass_and_is_recorded(lab, capsys):
     assert "before pass" in out
 
 
+def in_a_terminal(*args, answer: str) -> subprocess.CompletedProcess:
+    """``foundry lab ARGS`` whose stdin is a terminal (a pseudo-terminal) where ``answer`` is typed."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    main_fd, child_fd = os.openpty()
+    try:
+        os.write(main_fd, answer.encode())
+        return subprocess.run([sys.executable, "-m", "llm_foundry", "lab", *map(str, args)], stdin=child_fd, env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(main_fd)
+        os.close(child_fd)
+
+
+def test_diff_before_a_pass_asks_in_a_terminal(lab, capsys):
+    foundry(capsys, "start", 1, "--dir", lab / "ws")
+    r = in_a_terminal("diff", 1, answer="n\n")
+    assert r.returncode == 0 and "has not passed yet" in r.stdout and "reference arith.py" not in r.stdout
+    assert "before pass" not in foundry(capsys, "status")[1]  # declined: nothing viewed
+    r = in_a_terminal("diff", 1, answer="y\n")
+    assert r.returncode == 0 and "+    return a + b" in r.stdout
+    assert "before pass" in foundry(capsys, "status")[1]
+
+
 def test_reflect_reads_answers_typed_in_the_terminal(lab):
     r = cli(lab, "reflect", 1, stdin="one\n\ntwo\nthree\n")  # an empty line is asked again
     assert r.returncode == 0, r.stderr
