@@ -298,6 +298,17 @@ def test_the_authoring_check_catches_weak_tests_and_a_wrong_bug(tmp_path):
             "`return <first argument>` in block add fails", "`return 0` in block neg fails"} <= bad
 
 
+def test_the_authoring_check_wants_each_bug_to_get_its_own_feedback(tmp_path):
+    # `add(2, 3)` is in the message of both wrong answers: the second would be shown the first's feedback
+    bugs = [{"id": "sub", "file": "arith.py", "block": "add", "code": "return a - b", "expect": "add(2, 3)",
+             "feedback": {"en": "You subtracted.", "zh": "你做了减法。"}},
+            {"id": "mul", "file": "arith.py", "block": "add", "code": "return a * b", "expect": "got 6",
+             "feedback": {"en": "You multiplied.", "zh": "你做了乘法。"}}]
+    module = load_module(make_module(tmp_path, bugs=bugs))
+    bad = {f.check: f.detail for f in check_module(module) if not f.ok}
+    assert list(bad) == ["bug mul"] and "get the feedback of bug sub" in bad["bug mul"]
+
+
 VISIBLE_WITH_HELPER = '''from arith import add, neg
 from llm_foundry.lab.testing import check_equal
 

@@ -9,7 +9,8 @@ A module is sound when:
 - the reference passes 3 runs of 3, each in under :data:`REFERENCE_S` seconds;
 - the untouched stub's run fails (``fail``: an assertion or "not written yet", never an import
   or syntax error) and no test passes on it;
-- every bug variant fails with a message containing its ``expect``;
+- every bug variant fails with a message containing its ``expect``, and gets its own feedback
+  (not that of an earlier bug whose ``expect`` the message contains too);
 - trivially wrong answers — every block's body replaced by ``return 0``, by ``pass``, or by
   ``return <its first argument>`` — pass no test when all blocks are replaced at once, and fail
   the run when one block is replaced and the others are the reference.
@@ -163,9 +164,17 @@ def check_module(module: Module, say: Callable[[str], None] | None = None) -> li
         f"status {r['status']}" + (f", passing: {passing}" if passing else "") + f": {r['message'][:300]}")
     for bug in module.bugs:
         r = run({bug.file: module.variant(bug)})
-        hit = any(bug.expect in t["message"] for t in r["tests"] if t["status"] != "pass")
-        add(f"bug {bug.id}", r["status"] != "pass" and hit,
-            f"status {r['status']}; no failure message contains {bug.expect!r}: {r['message'][:300]}")
+        failed = [t for t in r["tests"] if t["status"] != "pass"]
+        if not any(bug.expect in t["message"] for t in failed):
+            add(f"bug {bug.id}", False, f"status {r['status']}; no failure message contains {bug.expect!r}: "
+                                        f"{r['message'][:300]}")
+        elif not any(t.get("bug") == bug.id for t in failed):
+            # its message also contains an earlier bug's `expect`: the learner would read that bug's feedback
+            other = next(t.get("bug") for t in failed if bug.expect in t["message"])
+            add(f"bug {bug.id}", False, f"its failures get the feedback of bug {other} (whose expect matches too, "
+                                        "and comes first): make the expects tell them apart")
+        else:
+            add(f"bug {bug.id}", True)
     blocks = [(f, b.id) for f in module.files for b in module.blocks(f)]
     for kind in TRIVIAL:
         codes = {(f, b): trivial_code(kind, module, f, b) for f, b in blocks}
