@@ -103,7 +103,9 @@ def test_a_wrong_answer_names_call_expected_actual_and_gets_its_bug_feedback(mod
     ("def add(a, b):\n    return add(a, b)\n\ndef neg(x):\n    return -x\n", "error", ["calls itself without end"]),
     ("import os\n\ndef add(a, b):\n    os._exit(3)\n\ndef neg(x):\n    return -x\n", "error",
      ["ended during this test (exit status 3)"]),
-], ids=["syntax", "import", "type", "recursion", "exit"])
+    ("import asyncio\n\ndef add(a, b):\n    asyncio.AbstractEventLoop().run_forever()\n\ndef neg(x):\n    return -x\n",
+     "error", ["NotImplementedError", "(your arith.py, line 4)"]),
+], ids=["syntax", "import", "type", "recursion", "exit", "a-librarys-not-implemented"])
 def test_errors_in_the_learners_code_say_what_and_where(module, code, status, words):
     r = run(module, code)
     assert r["status"] == status

@@ -70,10 +70,12 @@ class ResultsPlugin:
         if type(e).__name__ == "CollectError" and e.__cause__ is not None:
             e = e.__cause__  # pytest wraps what importing a test file raised: the learner's error is the cause
         lang = self.lang
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if self._learner_file(f.filename)]
+        tb = traceback.extract_tb(e.__traceback__)
+        frames = [f for f in tb if self._learner_file(f.filename)]
         where = self._where(self._learner_file(frames[-1].filename), frames[-1].lineno) if frames else ""
         kind = type(e).__name__
-        if isinstance(e, NotImplementedError):
+        if isinstance(e, NotImplementedError) and tb and self._learner_file(tb[-1].filename):
+            # raised by the learner's own file (the stub's `raise NotImplementedError`), not by a library
             name = str(e) or (frames[-1].name if frames else "?")
             return "fail", say(lang, f"`{name}` is not written yet{where}", f"`{name}` 还没有写{where}"), kind
         if isinstance(e, AssertionError):
