@@ -80,6 +80,8 @@ def make_module(root: Path, number: int = 1, visible: str = VISIBLE, hidden: str
     (path / "tests" / "test_arith.py").write_text(visible, encoding="utf-8")
     if hidden:
         (path / "tests" / "hidden" / "test_arith_hidden.py").write_text(hidden, encoding="utf-8")
+    (path / "figures").mkdir()
+    (path / "figures" / "sum.svg").write_text("<svg/>", encoding="utf-8")
     for lang, word in (("en", "Introduction"), ("zh", "介绍")):
         (path / f"intro.{lang}.md").write_text(f"# {word} {number}\n\nWrite `add` and `neg`.\n", encoding="utf-8")
         (path / f"task.{lang}.md").write_text(f"# Task {number}\n\nEdit arith.py.\n", encoding="utf-8")

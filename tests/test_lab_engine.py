@@ -229,6 +229,7 @@ def test_workspace_keeps_the_learners_files_and_reads_no_links(module, tmp_path)
     assert written == ["arith.py"] and not kept and (ws / "tests" / "test_arith.py").is_file()
     assert not (ws / "tests" / "test_arith_hidden.py").exists()  # hidden tests never reach the workspace
     assert "介绍" in (ws / "INTRO.md").read_text(encoding="utf-8")
+    assert (ws / "figures" / "sum.svg").read_text(encoding="utf-8") == "<svg/>"  # INTRO.md's figures/ links work
     (ws / "arith.py").write_text(ANSWER, encoding="utf-8")
     assert write_workspace(module, ws)[1] == ["arith.py"] and (ws / "arith.py").read_text() == ANSWER
     assert read_learner_files(module, ws) == {"arith.py": ANSWER.encode()}

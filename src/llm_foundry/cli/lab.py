@@ -321,7 +321,9 @@ def run_test(args: argparse.Namespace) -> int:
                     raise
                 out.print(f"error: {e}", markup=False)
             else:
-                results = run_tests(module, files, lang)
+                with out.status(say(lang, f"running module {module.number}'s tests in the sandbox…",
+                                    f"正在沙箱里运行模块 {module.number} 的测试……")):
+                    results = run_tests(module, files, lang)
                 unlocked = progress.record_attempt(module.number, results)
                 code = 0 if results["status"] == "pass" else 1
                 if args.json:

@@ -5,6 +5,7 @@
       tests/test_*.py   the module's visible tests, to read and to run with pytest by hand
       pytest.ini        so that `pytest` run there imports the learner's files
       INTRO.md TASK.md  the introduction and the task, in the learner's language
+      figures/          the figures the introduction shows
 
 `start` never overwrites a learner file that exists (starting again, or revisiting, keeps the
 work); `reset` moves the learner's files to ``.lab-backup/<time>/`` before writing the stubs.
@@ -63,6 +64,9 @@ def write_workspace(module: Module, folder: Path, lang: str = "en") -> tuple[lis
         atomic_write_text(folder / "pytest.ini", "[pytest]\npythonpath = .\n")
     for kind in ("intro", "task"):
         atomic_write_text(folder / f"{kind.upper()}.md", module.text(kind, lang))
+    for figure in sorted((module.path / "figures").glob("*")):  # INTRO.md links them as figures/NAME
+        if figure.is_file():
+            atomic_write_bytes(folder / "figures" / figure.name, figure.read_bytes())
     return written, kept
 
 
