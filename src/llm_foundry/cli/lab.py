@@ -8,6 +8,7 @@ engine is in ``llm_foundry/lab/`` and this file only reads arguments and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import sys
@@ -321,8 +322,9 @@ def run_test(args: argparse.Namespace) -> int:
                     raise
                 out.print(f"error: {e}", markup=False)
             else:
-                with out.status(say(lang, f"running module {module.number}'s tests in the sandbox…",
-                                    f"正在沙箱里运行模块 {module.number} 的测试……")):
+                busy = say(lang, f"running module {module.number}'s tests in the sandbox…",
+                           f"正在沙箱里运行模块 {module.number} 的测试……")
+                with contextlib.nullcontext() if args.json else out.status(busy):  # --json: stdout is only JSON
                     results = run_tests(module, files, lang)
                 unlocked = progress.record_attempt(module.number, results)
                 code = 0 if results["status"] == "pass" else 1
