@@ -76,6 +76,7 @@ def test_a_learners_path_through_a_module_unlocks_the_next(lab, capsys):
     (("test", 9), "there is no module 9 (modules: 1, 2)"),
     (("test", 1), "module 1 has no workspace yet: run `foundry lab start 1` first"),
     (("hint", 1, "--task", "nope"), "module 1 has no task 'nope' (tasks: add, neg)"),
+    (("check", "--jobs", 0), "--jobs must be at least 1"),
 ])
 def test_mistakes_are_one_line_errors(lab, capsys, args, words):
     code, out, err = foundry(capsys, *args)
@@ -202,7 +203,7 @@ def test_watch_runs_again_on_save(lab, capsys):
 
 
 def test_check_passes_sound_modules_and_fails_a_broken_one(lab, capsys):
-    code, out, _ = foundry(capsys, "check", 1)
+    code, out, _ = foundry(capsys, "check", 1, "--jobs", 2)
     assert code == 0 and "reference run 3/3" in out and "1 modules checked, 0 problems" in out
     (lab / "modules" / "02_arith" / "tests" / "hidden" / "test_arith_hidden.py").unlink()
     (lab / "modules" / "02_arith" / "tests" / "test_arith.py").write_text(

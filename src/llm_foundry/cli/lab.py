@@ -135,6 +135,8 @@ def _add_check(actions) -> None:
                                        "answers (return 0, pass, the input returned) pass no test. Exits 1 on a "
                                        "problem.")
     p.add_argument("number", metavar="N", type=int, nargs="?", help="only this module")
+    p.add_argument("--jobs", type=int, default=None, metavar="J",
+                   help="test runs at once after the reference runs (default: the CPUs, at most 4)")
     _lang(p)
     p.set_defaults(func=run_check)
 
@@ -572,6 +574,8 @@ def run_check(args: argparse.Namespace) -> int:
     from ..lab.text import default_lang, say
 
     lang = args.lang or default_lang()
+    if args.jobs is not None and args.jobs < 1:
+        raise FoundryError(say(lang, "--jobs must be at least 1", "--jobs 至少为 1"))
     modules = [find_module(args.number, lang)] if args.number is not None else all_modules()
     if not modules:
         raise FoundryError(say(lang, "there are no modules to check", "没有可检查的模块"))
@@ -579,7 +583,7 @@ def run_check(args: argparse.Namespace) -> int:
     bad = 0
     for m in modules:
         out.print(f"[bold]{m.name}[/]")
-        findings = check_module(m, say=lambda msg: out.print(f"  {msg}", markup=False))
+        findings = check_module(m, say=lambda msg: out.print(f"  {msg}", markup=False), jobs=args.jobs)
         bad += sum(not f.ok for f in findings)
     out.print(say(lang, f"{len(modules)} modules checked, {bad} problems", f"检查了 {len(modules)} 个模块，{bad} 个问题"))
     return 1 if bad else 0

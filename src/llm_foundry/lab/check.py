@@ -19,11 +19,13 @@ A module is sound when:
 from __future__ import annotations
 
 import ast
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 from ..utils.errors import FoundryError
-from .module import Module
+from .module import Bug, Module
 from .results import PACKAGE_DIR, run_tests
 
 REFERENCE_RUNS = 3
@@ -134,8 +136,42 @@ def _code_problems(module: Module) -> list[str]:
     return problems
 
 
-def check_module(module: Module, say: Callable[[str], None] | None = None) -> list[Finding]:
-    """Run every check on ``module``; ``say`` is told what runs (progress for the CLI)."""
+def _judge_stub(r: dict) -> tuple[bool, str]:
+    passing = [t["name"] for t in r["tests"] if t["status"] == "pass"]
+    return (r["status"] == "fail" and not passing,
+            f"status {r['status']}" + (f", passing: {passing}" if passing else "") + f": {r['message'][:300]}")
+
+
+def _judge_bug(bug: Bug) -> Callable[[dict], tuple[bool, str]]:
+    def judge(r: dict) -> tuple[bool, str]:
+        failed = [t for t in r["tests"] if t["status"] != "pass"]
+        if not any(bug.expect in t["message"] for t in failed):
+            return False, f"status {r['status']}; no failure message contains {bug.expect!r}: {r['message'][:300]}"
+        if not any(t.get("bug") == bug.id for t in failed):
+            # its message also contains an earlier bug's `expect`: the learner would read that bug's feedback
+            other = next(t.get("bug") for t in failed if bug.expect in t["message"])
+            return False, (f"its failures get the feedback of bug {other} (whose expect matches too, and comes "
+                           "first): make the expects tell them apart")
+        return True, ""
+    return judge
+
+
+def _judge_none_pass(r: dict) -> tuple[bool, str]:
+    passing = [t["name"] for t in r["tests"] if t["status"] == "pass"]
+    return not passing, f"passing: {passing}"
+
+
+def _judge_run_fails(r: dict) -> tuple[bool, str]:
+    return r["status"] != "pass", "the run passes"
+
+
+def check_module(module: Module, say: Callable[[str], None] | None = None, jobs: int | None = None) -> list[Finding]:
+    """Run every check on ``module``; ``say`` is told what runs (progress for the CLI).
+
+    The reference runs go one after another (their durations are judged); the other runs are
+    independent of each other and go ``jobs`` at a time (default: the CPUs, at most 4), each in its
+    own sandbox.
+    """
     out: list[Finding] = []
     say = say or (lambda _msg: None)
 
@@ -158,35 +194,22 @@ def check_module(module: Module, say: Callable[[str], None] | None = None) -> li
         r = run({})
         add(f"reference run {i + 1}/{REFERENCE_RUNS}", r["status"] == "pass" and r["duration_s"] < REFERENCE_S,
             f"{r['status']} in {r['duration_s']:.1f} s: {r['message'][:300]}")
-    r = run({f: module.stub(f) for f in module.files})
-    passing = [t["name"] for t in r["tests"] if t["status"] == "pass"]
-    add("stub fails on assertions", r["status"] == "fail" and not passing,
-        f"status {r['status']}" + (f", passing: {passing}" if passing else "") + f": {r['message'][:300]}")
-    for bug in module.bugs:
-        r = run({bug.file: module.variant(bug)})
-        failed = [t for t in r["tests"] if t["status"] != "pass"]
-        if not any(bug.expect in t["message"] for t in failed):
-            add(f"bug {bug.id}", False, f"status {r['status']}; no failure message contains {bug.expect!r}: "
-                                        f"{r['message'][:300]}")
-        elif not any(t.get("bug") == bug.id for t in failed):
-            # its message also contains an earlier bug's `expect`: the learner would read that bug's feedback
-            other = next(t.get("bug") for t in failed if bug.expect in t["message"])
-            add(f"bug {bug.id}", False, f"its failures get the feedback of bug {other} (whose expect matches too, "
-                                        "and comes first): make the expects tell them apart")
-        else:
-            add(f"bug {bug.id}", True)
+    # every other run: (check, the learner files that differ from the reference, stop at the first failure, judge)
+    plans: list[tuple[str, dict[str, str], bool, Callable[[dict], tuple[bool, str]]]] = [
+        ("stub fails on assertions", {f: module.stub(f) for f in module.files}, False, _judge_stub)]
+    plans += [(f"bug {bug.id}", {bug.file: module.variant(bug)}, False, _judge_bug(bug)) for bug in module.bugs]
     blocks = [(f, b.id) for f in module.files for b in module.blocks(f)]
     for kind in TRIVIAL:
         codes = {(f, b): trivial_code(kind, module, f, b) for f, b in blocks}
         codes = {k: c for k, c in codes.items() if c is not None}
         if not codes:
             continue
-        files = {f: module.replace(f, {b: c for (g, b), c in codes.items() if g == f})
-                 for f in {f for f, _ in codes}}
-        r = run(files)
-        passing = [t["name"] for t in r["tests"] if t["status"] == "pass"]
-        add(f"`{kind}` everywhere passes no test", not passing, f"passing: {passing}")
-        for (f, b), c in codes.items():
-            r = run({f: module.replace(f, {b: c})}, stop_first=True)  # only "the run fails" matters
-            add(f"`{kind}` in block {b} fails", r["status"] != "pass", "the run passes")
+        everywhere = {f: module.replace(f, {b: c for (g, b), c in codes.items() if g == f}) for f in {f for f, _ in codes}}
+        plans.append((f"`{kind}` everywhere passes no test", everywhere, False, _judge_none_pass))
+        plans += [(f"`{kind}` in block {b} fails", {f: module.replace(f, {b: c})}, True, _judge_run_fails)
+                  for (f, b), c in codes.items()]  # only "the run fails" matters: stop at the first failure
+    jobs = jobs or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(jobs) as pool:  # threads: each run waits on its own sandboxed process
+        for (check, _, _, judge), r in zip(plans, pool.map(lambda plan: run(plan[1], plan[2]), plans)):
+            add(check, *judge(r))
     return out
