@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     ("speedrun", ("speedrun",)),
     ("config", ("config",)),
     ("memory", ("memory",)),
+    ("lab", ("lab",)),
 )
 COMMANDS = tuple(name for _, names in COMMAND_MODULES for name in names)
 
@@ -38,6 +39,7 @@ WORKFLOWS = (
     ("online", ("online",)),
     ("evolve", ("evolve",)),
     ("tools", ("config", "eval", "report", "export", "bench", "memory")),
+    ("learn", ("lab",)),
 )
 
 

@@ -23,6 +23,7 @@ the solution with one block's body replaced by the variant's ``code``.
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from ..utils.errors import FoundryError
+from .text import say
 
 MODULES_DIR = Path(__file__).parent / "modules"
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION(?: (?P<id>[\w.-]+))?\s*$")
@@ -105,15 +107,28 @@ class Module:
 
     def variant(self, bug: Bug) -> str:
         """The reference solution of ``bug.file`` with ``bug``'s code in place of its block."""
-        lines = self.solution(bug.file).splitlines(keepends=True)
-        found = [b for b in blocks(lines) if b.id == bug.block]
-        if not found:
-            raise FoundryError(f"module {self.name}: bug {bug.id} names no block {bug.block!r} in {bug.file}")
-        b = found[0]
-        body = textwrap.indent(textwrap.dedent(bug.code).rstrip("\n") + "\n", b.indent)
-        text = "".join(lines[:b.start - 1]) + body + "".join(lines[b.end + 1:])
+        return self.replace(bug.file, {bug.block: bug.code}, what=f"bug {bug.id}")
+
+    def replace(self, file: str, codes: dict[str, str], what: str = "a variant") -> str:
+        """The reference solution of ``file`` with the body of each block ``id`` in ``codes``
+        replaced by ``codes[id]`` (the other blocks keep the reference), markers removed."""
+        lines = self.solution(file).splitlines(keepends=True)
+        found = {b.id: b for b in blocks(lines)}
+        for block in codes:
+            if block not in found:
+                raise FoundryError(f"module {self.name}: {what} names no block {block!r} in {file}")
+        out, last = [], 0
+        for b in sorted((found[k] for k in codes), key=lambda b: b.start):
+            out += lines[last:b.start - 1]
+            out.append(textwrap.indent(textwrap.dedent(codes[b.id]).rstrip("\n") + "\n", b.indent))
+            last = b.end + 1
+        text = "".join(out + lines[last:])
         return "".join(l for l in text.splitlines(keepends=True)
                        if not (_BEGIN.match(l) or _END.match(l) or _STUB.match(l)))
+
+    def blocks(self, file: str) -> list[Block]:
+        """The solution blocks of learner file ``file``."""
+        return blocks(self.solution(file).splitlines(keepends=True))
 
     def tests(self, hidden: bool = False) -> list[Path]:
         """The visible (or hidden) test files."""
@@ -148,13 +163,42 @@ def load_module(path: Path) -> Module:
     file = path / "module.yaml"
     if not file.is_file():
         raise FoundryError(f"{path} is not a lab module (no module.yaml)")
-    meta = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    bugs = [Bug(b["id"], b["file"], b["block"], b["code"], b["expect"], b["feedback"]) for b in meta.get("bugs", [])]
-    return Module(path, int(meta["number"]), meta["slug"], meta["title"], list(meta["files"]),
-                  meta.get("tasks", []), meta.get("reflection", []), bugs, meta)
+    try:
+        meta = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        bugs = [Bug(b["id"], b["file"], b["block"], b["code"], b["expect"], b["feedback"])
+                for b in meta.get("bugs", [])]
+        return Module(path, int(meta["number"]), meta["slug"], meta["title"], list(meta["files"]),
+                      meta.get("tasks", []), meta.get("reflection", []), bugs, meta)
+    except yaml.YAMLError as e:
+        raise FoundryError(f"{file} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except KeyError as e:
+        raise FoundryError(f"{file} lacks the field {e.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise FoundryError(f"{file} is malformed: {e}") from None
 
 
-def all_modules() -> list[Module]:
-    """Every module, by number."""
-    return sorted((load_module(p) for p in MODULES_DIR.iterdir() if (p / "module.yaml").is_file()),
+def modules_dir() -> Path:
+    """The folder of modules: ``$FOUNDRY_LAB_MODULES`` when set (a module author's own folder), else
+    the modules that ship with the package."""
+    env = os.environ.get("FOUNDRY_LAB_MODULES")
+    return Path(env) if env else MODULES_DIR
+
+
+def all_modules(folder: Path | None = None) -> list[Module]:
+    """Every module of ``folder`` (default :func:`modules_dir`), by number."""
+    folder = modules_dir() if folder is None else folder
+    if not folder.is_dir():
+        return []
+    return sorted((load_module(p) for p in folder.iterdir() if (p / "module.yaml").is_file()),
                   key=lambda m: m.number)
+
+
+def find_module(number: int, lang: str = "en") -> Module:
+    """Module ``number``, or a one-line error (in ``lang``) naming the modules there are."""
+    modules = all_modules()
+    for m in modules:
+        if m.number == number:
+            return m
+    have = ", ".join(str(m.number) for m in modules)
+    raise FoundryError(say(lang, f"there is no module {number} (modules: {have or 'none'}); `foundry lab list` shows them",
+                           f"没有模块 {number}（现有模块：{have or '无'}）；`foundry lab list` 列出它们"))
