@@ -1,0 +1,178 @@
+"""`foundry train` under torchrun: 2 processes on CPU (gloo, loopback), DDP and FSDP2.
+
+Every run here is the real command, `python -m torch.distributed.run --nproc_per_node 2 -m llm_foundry
+train ...` (what the `torchrun` script runs), as a subprocess on 127.0.0.1 and a free port. What a
+user relies on:
+
+* the config's batch is the global batch, so 2 processes train what 1 trains: the same losses;
+* an interrupted run (SIGTERM to torchrun) saves a checkpoint that resumes on 1 process and on 2,
+  and the loss trajectory goes on as if nothing had happened;
+* the run folder is the usual model folder (a consolidated ``model.safetensors``), and rank 0 alone
+  writes the logs.
+
+Tolerance. The processes add the same gradients in another order (each its share, then an all-reduce)
+than one process does (one running sum), so the float32 results differ in the last bits; AdamW divides by
+the gradient's running RMS, which keeps such a difference at the level of float32 rounding rather than
+letting it grow, over the few steps here. Observed: equal to the 5 decimals metrics.jsonl keeps. Asserted:
+1e-4 nats absolute, a hundred times finer than a loss moves in one step here (~1e-2), so a wrong batch
+split, a missing gradient average or a lost optimizer moment (each moves a loss by 1e-3 or more) fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import english_text, run_cli
+
+TOL = 1e-4
+MODEL = ["model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=32"]
+TRAIN = ["device=cpu", "log_interval=1", "eval_interval=0", "eval_batches=2", "checkpoint_interval=0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from llm_foundry.data import Document, prepare_dataset
+
+    out = tmp_path_factory.mktemp("dist_data")
+    prepare_dataset([Document(english_text(60_000), "pydoc")], "char", out, val_fraction=0.1, show_progress=False)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cmd(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "llm_foundry", *map(str, args)]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(torchrun_cmd(*args), capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    assert len({r["step"] for r in train}) == len(train), "a step logged twice: not only rank 0 writes"
+    return {r["step"]: r["loss"] for r in train}
+
+
+def assert_same_trajectory(got: dict[int, float], want: dict[int, float]) -> None:
+    assert sorted(got) == sorted(want)
+    worst = max(abs(got[s] - want[s]) for s in want)
+    assert worst <= TOL, f"losses differ by {worst:.2e}: {got} vs {want}"
+
+
+def saved_step(run: Path) -> int:
+    from llm_foundry.models.model_dir import load_model_dir
+
+    return load_model_dir(run).step
+
+
+_reference: dict[tuple, Path] = {}
+
+
+def single_process(data: Path, tmp_path_factory, settings: list[str]) -> Path:
+    """The one-process run of these settings (each made once per module)."""
+    key = tuple(settings)
+    if key not in _reference:
+        out = tmp_path_factory.mktemp("single") / "run"
+        proc = run_cli("train", "--data", data, "--out", out, *MODEL, *TRAIN, *settings)
+        assert proc.returncode == 0, proc.stderr
+        _reference[key] = out
+    return _reference[key]
+
+
+CASES = [
+    # (parallel, settings): micro-batches split (grad_accum 2 over 2), or each micro-batch's rows (grad_accum 1)
+    pytest.param("ddp", ["optimizer=adamw", "batch_size=4", "grad_accum=2", "ema_decay=0.9"], id="ddp-adamw-ema"),
+    pytest.param("fsdp", ["optimizer=muon", "batch_size=4", "grad_accum=1"], id="fsdp-muon-rows"),
+    pytest.param("ddp", ["optimizer=muon", "batch_size=2", "grad_accum=4"], id="ddp-muon", marks=pytest.mark.slow),
+    pytest.param("fsdp", ["optimizer=adamw", "batch_size=4", "grad_accum=2", "ema_decay=0.9"], id="fsdp-adamw-ema",
+                 marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("parallel,settings", CASES)
+def test_two_processes_train_what_one_trains(data, tmp_path, tmp_path_factory, parallel, settings):
+    """Same global batch on 1 and on 2 processes: the same losses, the same saved model."""
+    from llm_foundry.models.model_dir import load_model_dir
+
+    steps = ["max_steps=6", "warmup_steps=2"]
+    one = single_process(data, tmp_path_factory, [*settings, *steps])
+    two = tmp_path / "two"
+    proc = torchrun("train", "--data", data, "--out", two, *MODEL, *TRAIN, *settings, *steps, f"parallel={parallel}")
+    assert_same_trajectory(losses(two), losses(one))
+    # Rank 0 alone talks: one summary line, not one per process.
+    assert (proc.stdout + proc.stderr).count(f"saved {two}") == 1
+    # The run folder is the model folder every command reads: the whole model, in one safetensors file.
+    assert (two / "checkpoint" / "state.dcp").is_dir() and not (two / ".state.dcp-staging").exists()
+    a, b = load_model_dir(one).model.state_dict(), load_model_dir(two).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    json.loads((two / "run_config.json").read_text())  # written once, whole
+
+
+def test_interrupted_run_resumes_on_one_and_on_two_processes(data, tmp_path):
+    """SIGTERM to torchrun: every process stops at the same step and the checkpoint is saved (DCP,
+    sharded); resumed on 1 process and on 2, the losses are those of a run never interrupted.
+
+    The constant schedule makes the lr independent of max_steps, so the interrupted run can be
+    told to go on (almost) forever and the resumed ones to stop a few steps after the save."""
+    settings = [*MODEL, *TRAIN, "optimizer=adamw", "batch_size=4", "grad_accum=2", "ema_decay=0.9",
+                "schedule=constant", "warmup_steps=0"]
+    run = tmp_path / "run"
+    cmd = torchrun_cmd("train", "--data", data, "--out", run, *settings, "parallel=fsdp", "max_steps=1000000")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "metrics.jsonl").exists() and len(losses(run)) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    stopped = saved_step(run)
+    assert stopped >= 3 and "continue with --resume" in err, err[-3000:]
+    assert max(losses(run)) <= stopped
+    end = stopped + 3
+    on_two = tmp_path / "on_two"
+    shutil.copytree(run, on_two, symlinks=True)
+
+    resumed = run_cli("train", "--data", data, "--out", run, "--resume", *settings, f"max_steps={end}")
+    assert resumed.returncode == 0, resumed.stderr
+    torchrun("train", "--data", data, "--out", on_two, "--resume", *settings, "parallel=fsdp", f"max_steps={end}")
+    reference = tmp_path / "reference"
+    proc = run_cli("train", "--data", data, "--out", reference, *settings, f"max_steps={end}")
+    assert proc.returncode == 0, proc.stderr
+    want = losses(reference)
+    assert_same_trajectory(losses(run), want)
+    assert_same_trajectory(losses(on_two), want)
+    assert saved_step(run) == saved_step(on_two) == end
+
+
+def test_a_global_batch_that_does_not_split_is_one_line(data, tmp_path):
+    proc = subprocess.run(torchrun_cmd("train", "--data", data, "--out", tmp_path / "run", *MODEL, *TRAIN,
+                                       "batch_size=3", "grad_accum=1", "max_steps=2"),
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode != 0
+    assert "error: the global batch (train.batch_size 3 x train.grad_accum 1) does not split over 2" in proc.stderr
