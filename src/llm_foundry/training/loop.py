@@ -128,8 +128,8 @@ class TensorBoardLog:
 
     Args:
         folder: where the event files go.
-        start_step: the step a resumed run continues from: TensorBoard drops the events of the
-            earlier run at and after it, since they are logged again.
+        start_step: the step a resumed run continues from (its checkpoint's): TensorBoard drops
+            the events an earlier run wrote after it, since they are logged again.
 
     Raises:
         FoundryError: the ``tensorboard`` package is not installed.
@@ -143,7 +143,7 @@ class TensorBoardLog:
         except ImportError:
             raise FoundryError("train.tensorboard needs the tensorboard package: "
                                "pip install 'llm-foundry[track]'") from None
-        self.writer = SummaryWriter(str(folder), purge_step=start_step or None)
+        self.writer = SummaryWriter(str(folder), purge_step=start_step + 1 if start_step else None)
 
     def append(self, record: dict) -> None:
         """Write the record's scalars at its step: train/* for the training line, val/* for an eval."""
