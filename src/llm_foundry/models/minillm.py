@@ -105,7 +105,8 @@ class MiniLLM(nn.Module):
             # The last block's keys and values are needed for every position (the cache), its
             # output only for the positions we return: with last_only it runs one row.
             if self.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+                # Keep only the block's input; its backward runs the block again (torch.utils.checkpoint).
+                x = checkpoint(layer, x, cos, sin, None, last_only=last_only and i == last, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, cache, last_only=last_only and i == last)
         if cache is not None:
