@@ -74,3 +74,15 @@ def test_tensorboard_off_writes_no_events(data, tmp_path):
     proc = run_cli("train", "--data", data, "--out", run, *MODEL, *TRAIN, "max_steps=2")
     assert proc.returncode == 0, proc.stderr
     assert not (run / "tensorboard").exists()
+
+
+def test_report_plots_a_plain_train_run(data, tmp_path):
+    """`foundry report RUN` on a `foundry train` run folder: its loss curve (train and held-out) as a PNG."""
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", data, "--out", run, *MODEL, *TRAIN, "max_steps=6")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("report", run)
+    assert proc.returncode == 0, proc.stderr
+    report = (run / "report.md").read_text()
+    assert "![pretrain](plots/pretrain_loss.png)" in report and "run_config.json" in report
+    assert (run / "plots" / "pretrain_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

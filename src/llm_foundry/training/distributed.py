@@ -104,6 +104,11 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+def world_size() -> int:
+    """How many processes the ``torchrun`` launch of this one has (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def setup(device: str, parallel: str) -> tuple[Dist, str]:
     """Join the process group of a ``torchrun`` launch (once per process); returns this process's
     :class:`Dist` and the device it trains on.
@@ -114,7 +119,7 @@ def setup(device: str, parallel: str) -> tuple[Dist, str]:
     Raises:
         FoundryError: a device no process group can use (``mps``, or one fixed GPU for all).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = world_size()
     if world <= 1:
         return Dist(parallel=parallel), device
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
