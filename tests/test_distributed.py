@@ -207,3 +207,24 @@ def test_a_global_batch_that_does_not_split_is_one_line(data, tmp_path):
                           capture_output=True, text=True, timeout=300, env=ENV)
     assert proc.returncode != 0
     assert "error: the global batch (train.batch_size 3 x train.grad_accum 1) does not split over 2" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_sft_stage_under_torchrun_trains_what_one_process_trains(tmp_path):
+    """`foundry sft` shares the Trainer: under torchrun it splits the same global batch, with the same losses."""
+    from llm_foundry import Trainer
+    from llm_foundry.config import load_config
+    from llm_foundry.data import builtin_corpus, prepare_dataset
+
+    # A byte-level model (the byte tokenizer reserves the chat tokens), pretrained two steps.
+    prepare_dataset(builtin_corpus()[:4], "byte", tmp_path / "data", val_fraction=0.1, show_progress=False)
+    model_cfg, train_cfg = load_config("tiny", [*MODEL[:3], "model.max_seq_len=192", "max_steps=2", "batch_size=2",
+                                                "eval_batches=1", "checkpoint_interval=0", "device=cpu"])
+    Trainer(model_cfg, train_cfg, tmp_path / "data", tmp_path / "base", quiet=True).run()
+    common = ["--mix", "arithmetic=1,spelling=1", "--quiet", "--max-steps", "4", "examples_per_task=30",
+              "val_examples=4", "batch_size=2", "grad_accum=2", "warmup_steps=1", "eval_batches=1", "log_interval=1",
+              "device=cpu"]
+    one = run_cli("sft", tmp_path / "base", "--out", tmp_path / "one", *common)
+    assert one.returncode == 0, one.stderr
+    torchrun("sft", tmp_path / "base", "--out", tmp_path / "two", *common)
+    assert_same_trajectory(losses(tmp_path / "two"), losses(tmp_path / "one"))

@@ -9,7 +9,9 @@ processes split it between them:
 * ``grad_accum`` divisible by N: process ``r`` takes micro-batches ``r*k .. r*k+k-1`` of
   the step (``k = grad_accum / N``), the very batches a single process would take;
 * else ``batch_size`` divisible by N: every process takes every micro-batch, and of each
-  its own ``batch_size / N`` rows.
+  its own ``batch_size / N`` rows. Where a loss counts only some tokens (a chat stage's
+  mask), each process's rows then weigh the same, as micro-batches already do under
+  ``grad_accum``, rather than by their number of counted tokens: the first split is exact.
 
 Gradients are averaged over the processes (DDP's all-reduce, FSDP2's reduce-scatter), so
 one optimizer step sees the gradient of the same global batch as on one process: a run
