@@ -138,12 +138,21 @@ class TensorBoardLog:
     TAGS = {"loss": "train/loss", "lr": "train/lr", "tok_per_s": "train/tokens_per_s", "grad_norm": "train/grad_norm"}
 
     def __init__(self, folder: str | Path, start_step: int = 0):
+        self.writer = self.writer_class()(str(folder), purge_step=start_step + 1 if start_step else None)
+
+    @staticmethod
+    def writer_class() -> type:
+        """``torch.utils.tensorboard.SummaryWriter``; checked by every process of a run, so that all stop.
+
+        Raises:
+            FoundryError: the ``tensorboard`` package is not installed.
+        """
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise FoundryError("train.tensorboard needs the tensorboard package: "
                                "pip install 'llm-foundry[track]'") from None
-        self.writer = SummaryWriter(str(folder), purge_step=start_step + 1 if start_step else None)
+        return SummaryWriter
 
     def append(self, record: dict) -> None:
         """Write the record's scalars at its step: train/* for the training line, val/* for an eval."""

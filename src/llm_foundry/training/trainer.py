@@ -223,6 +223,8 @@ class Trainer:
         # Under torchrun: join the process group; rank 0 alone writes (and talks).
         self.dist, device = distributed.setup(train_cfg.device, train_cfg.parallel)
         quiet = quiet or not self.dist.main
+        if train_cfg.tensorboard:
+            TensorBoardLog.writer_class()  # a missing package stops every process now, not rank 0 mid-run
         if self.dist.active:
             if self.dist.main and self.out.is_dir():
                 recover_checkpoint_dir(self.out)  # once, before the others read the folder
