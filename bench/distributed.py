@@ -7,9 +7,9 @@ logs the global batch's tokens), warm-up windows skipped.
 
 * CPU: the machine's threads are split between the processes (``OMP_NUM_THREADS`` = threads / N
   each; the one-process run gets them all), so the figures compare the same cores used two ways.
-* GPU: one process per GPU (``--nproc`` defaults to the GPU count; with one GPU only the plain
-  run is measured: DDP and FSDP need two processes), bf16 autocast and ``torch.compile``, and MFU
-  over the card's bf16 matmul peak measured in this run (8192^3).
+* GPU: one process per GPU (``--nproc`` defaults to the GPU count; with one GPU, torchrun's one
+  process still wraps the model in DDP or FSDP, so their cost on one card shows), bf16 autocast and
+  ``torch.compile``, and MFU over the card's bf16 matmul peak measured in this run (8192^3).
 
 Part 2, activation checkpointing: one process, ``train.activation_checkpointing`` off and on, on
 ``--ac-preset`` (default ``small``): ms per step and peak memory (the GPU's peak allocation, or on a
@@ -58,12 +58,12 @@ def _tok_per_s(run: Path) -> float:
     return statistics.median(windows)
 
 
-def train_run(preset: str, nproc: int, parallel: str, steps: int, gpu: bool, threads: int, work: Path) -> dict:
-    """One `foundry train` (under torchrun when ``nproc`` > 1); its tokens/s."""
+def train_run(preset: str, nproc: int, parallel: str | None, steps: int, gpu: bool, threads: int, work: Path) -> dict:
+    """One `foundry train`, under torchrun with ``parallel`` (None: plain, one process); its tokens/s."""
     run = Path(tempfile.mkdtemp(dir=work, prefix=f"run_{preset}_{nproc}_{parallel}_"))
     train = ["-m", "llm_foundry", "train", "--preset", preset, "--data", str(_data_dir(work)), "--out", str(run),
-             "--quiet", *_settings(steps, gpu), f"parallel={parallel}"]
-    if nproc > 1:
+             "--quiet", *_settings(steps, gpu), f"parallel={parallel or 'ddp'}"]
+    if parallel is not None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
                "127.0.0.1", "--master_port", str(_free_port()), *train]
     else:
@@ -169,8 +169,8 @@ def main() -> None:
     if gpu:
         out["bf16_peak_tflops"] = round(peak, 1)
     for preset in args.preset:
-        rows = {"1 process": train_run(preset, 1, "ddp", args.steps, gpu, threads, work)}
-        if nproc > 1:
+        rows = {"1 process": train_run(preset, 1, None, args.steps, gpu, threads, work)}
+        if nproc > 1 or gpu:
             for parallel in ("ddp", "fsdp"):
                 rows[f"{nproc} processes, {parallel}"] = train_run(preset, nproc, parallel, args.steps, gpu, threads, work)
         if gpu:

@@ -228,3 +228,17 @@ def test_an_sft_stage_under_torchrun_trains_what_one_process_trains(tmp_path):
     assert one.returncode == 0, one.stderr
     torchrun("sft", tmp_path / "base", "--out", tmp_path / "two", *common)
     assert_same_trajectory(losses(tmp_path / "two"), losses(tmp_path / "one"))
+
+
+@pytest.mark.slow
+def test_one_process_under_torchrun_wraps_and_trains_the_same(data, tmp_path, tmp_path_factory):
+    """`torchrun --nproc_per_node 1`: a process group of one, the model under FSDP (what a one-GPU
+    benchmark compares), the same losses as without torchrun and a DCP checkpoint."""
+    settings = ["optimizer=muon", "batch_size=4", "grad_accum=1", "max_steps=6", "warmup_steps=2"]
+    one = single_process(data, tmp_path_factory, settings)
+    run = tmp_path / "run"
+    cmd = torchrun_cmd("train", "--data", data, "--out", run, *MODEL, *TRAIN, *settings, "parallel=fsdp", nproc=1)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_trajectory(losses(run), losses(one))
+    assert (run / "checkpoint" / "state.dcp").is_dir()

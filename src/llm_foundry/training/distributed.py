@@ -59,16 +59,19 @@ class Dist:
         world: number of processes.
         local_rank: rank on this machine (the GPU a process takes).
         parallel: ``ddp`` or ``fsdp`` (see ``TrainConfig.parallel``).
+        group: whether this process is in a process group (started by torchrun, even as its only
+            process: ``--nproc_per_node 1`` runs DDP/FSDP on one device, what a benchmark compares).
     """
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
     parallel: str = "ddp"
+    group: bool = False
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.group
 
     @property
     def main(self) -> bool:
@@ -115,14 +118,15 @@ def setup(device: str, parallel: str) -> tuple[Dist, str]:
     """Join the process group of a ``torchrun`` launch (once per process); returns this process's
     :class:`Dist` and the device it trains on.
 
-    Without torchrun (no ``WORLD_SIZE``, or 1) nothing happens: rank 0 of 1 on ``device``. On GPUs
-    each process takes the GPU of its ``LOCAL_RANK`` and talks NCCL; on CPUs gloo.
+    Without torchrun nothing happens: rank 0 of 1 on ``device``. Under it (``TORCHELASTIC_RUN_ID`` set,
+    or a ``WORLD_SIZE`` over 1) each process takes the GPU of its ``LOCAL_RANK`` and talks NCCL; on
+    CPUs gloo.
 
     Raises:
         FoundryError: a device no process group can use (``mps``, or one fixed GPU for all).
     """
     world = world_size()
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return Dist(parallel=parallel), device
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "mps":
@@ -142,7 +146,7 @@ def setup(device: str, parallel: str) -> tuple[Dist, str]:
         atexit.register(_teardown)
     if rank != 0:
         console.quiet = True  # only rank 0 talks: one progress bar, one set of log lines
-    return Dist(rank, world, local, parallel), device
+    return Dist(rank, world, local, parallel, group=True), device
 
 
 def _teardown() -> None:

@@ -185,7 +185,8 @@ class TokenFolderSource:
         return (f"[bold]training[/] {run.model.num_parameters() / 1e6:.2f}M parameters on {run.device}"
                 f" ({'bf16 autocast' if amp == torch.bfloat16 else 'fp32' if amp is None else 'fp16'}),"
                 f" batch {cfg.batch_size}x{run.seq_len}x{cfg.grad_accum}, {cfg.optimizer}, from step {run.step}"
-                + (f", {run.dist.world} processes ({run.dist.parallel})" if run.dist.active else ""))
+                + (f", {run.dist.world} process{'es' if run.dist.world > 1 else ''} ({run.dist.parallel})"
+                   if run.dist.active else ""))
 
     def summary(self, run: "Trainer", last_val: dict[str, float] | None) -> dict:
         summary = {"step": run.step, "tokens_seen": run.tokens_seen, "train_time": round(run.train_time, 2),
