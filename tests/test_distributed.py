@@ -242,3 +242,22 @@ def test_one_process_under_torchrun_wraps_and_trains_the_same(data, tmp_path, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_trajectory(losses(run), losses(one))
     assert (run / "checkpoint" / "state.dcp").is_dir()
+
+
+def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path):
+    """rl and speedrun have loops of their own: under torchrun (WORLD_SIZE > 1) one line, not N writers."""
+    from helpers import one_line_error
+
+    env = {"WORLD_SIZE": "2", "RANK": "0"}
+    one_line_error(run_cli("rl", tmp_path / "model", "--out", tmp_path / "rl", env=env), "foundry rl runs in one process")
+    one_line_error(run_cli("speedrun", "--out", tmp_path / "sr", env=env), "foundry speedrun runs in one process")
+
+
+@pytest.mark.parametrize("device,message", [("cuda:1", "each process takes the GPU of its LOCAL_RANK"),
+                                            ("mps", "runs on cuda or cpu, not mps")])
+def test_a_device_torchrun_cannot_use_is_one_line(data, tmp_path, device, message):
+    from helpers import one_line_error
+
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}  # refused before any process group is joined
+    one_line_error(run_cli("train", "--data", data, "--out", tmp_path / "run", *MODEL, f"device={device}", env=env),
+                   message)
