@@ -9,7 +9,6 @@ during the forward pass goes through ``saved_tensors_hooks``, which adds up its 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 

@@ -43,7 +43,7 @@ from . import distributed
 from .loop import MetricsLog, TensorBoardLog, run_loop
 from .optim import peak_lrs
 from .schedule import lr_factor
-from .state import resume_checkpoint, save_checkpoint
+from .state import save_checkpoint
 from .step import StepParts, train_step
 
 RUN_CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR = "run_config.json", "metrics.jsonl", "tensorboard"
