@@ -164,8 +164,11 @@ class StopOnce(StopRequest):
     """
 
     def _handler(self, signum, frame):
-        if not self.requested:
-            super()._handler(signum, frame)
+        if self.requested:
+            return
+        self.requested = True
+        if not self.quiet:  # not "Ctrl-C again to quit": here that is torchrun's, after its grace period
+            console.print("\n[yellow]stopping after this step and saving, all processes at the same step[/]")
 
 
 def rank_share(batch_size: int, grad_accum: int, dist: Dist) -> tuple[range, slice | None]:
