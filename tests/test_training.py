@@ -258,7 +258,7 @@ def test_native_optimizer_step_leaves_what_it_cannot_do_to_pytorch():
     frozen = model.layers[0].attn_norm.weight
     frozen.grad = None
     before = [p.detach().clone() for p in model.parameters()]
-    assert not optim._native_adamw_step(model, opts, 1.0, ema)
+    assert optim._native_adamw_step(model, opts, 1.0, ema) == (False, None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and ema.updates == 0
     assert not any(opt.state for opt in opts)
     optim.optimizer_step(model, opts, 1.0, ema)  # PyTorch's path

@@ -37,9 +37,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config.speedrun import check_speedrun_config, load_speedrun_config
     from ..pipelines.speedrun import format_results, run_speedrun
-    from ..utils.errors import TrainingInterrupted
+    from ..training.distributed import world_size
+    from ..utils.errors import FoundryError, TrainingInterrupted
     from ..utils.progress import console
 
+    if world_size() > 1:  # its tokenizer, eval and RL stages are one process's work
+        raise FoundryError("foundry speedrun runs in one process: start it without torchrun "
+                           "(train, midtrain and sft run under torchrun)")
     out = args.out or f"runs/speedrun-{Path(args.preset).stem}"
     overrides = [*args.overrides, *run_option_overrides(args, RUN_OPTION_PATHS)]
     cfg = check_speedrun_config(load_speedrun_config(args.preset, overrides))

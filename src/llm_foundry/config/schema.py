@@ -158,6 +158,13 @@ class TrainConfig:
         eval_batches: validation batches per pass.
         log_interval: steps between metric lines in metrics.jsonl.
         checkpoint_interval: steps between checkpoints (0 = only at the end).
+        parallel: how the processes of a ``torchrun`` launch share the model: ddp (each holds
+            all of it; gradients are averaged) or fsdp (FSDP2 ``fully_shard``: parameters,
+            gradients and optimizer state sharded). A single process ignores it.
+        activation_checkpointing: recompute each block's activations in the backward pass
+            instead of keeping them (less memory, one more forward's worth of compute).
+        tensorboard: also write TensorBoard event files to ``RUN/tensorboard/`` (needs the
+            ``track`` extra).
     """
 
     seed: int = 1337
@@ -186,6 +193,9 @@ class TrainConfig:
     eval_batches: int = 20
     log_interval: int = 10
     checkpoint_interval: int = 500
+    parallel: str = "ddp"
+    activation_checkpointing: bool = False
+    tensorboard: bool = False
 
     def validate(self) -> "TrainConfig":
         require_int(self.seed, "train.seed", 0, MAX_SEED)
@@ -196,6 +206,9 @@ class TrainConfig:
         require_int(self.seq_len, "train.seq_len", 1, MAX_SEQ_LEN, optional=True)
         require_real(self.time_budget, "train.time_budget", 0, 1e9, lo_open=True, optional=True)  # seconds
         require(isinstance(self.compile, bool), "train.compile must be true or false")
+        require(self.parallel in ("ddp", "fsdp"), f"train.parallel must be ddp or fsdp, not '{self.parallel}'")
+        for name in ("activation_checkpointing", "tensorboard"):
+            require(isinstance(getattr(self, name), bool), f"train.{name} must be true or false")
         require(self.optimizer in ("adamw", "muon"), f"train.optimizer must be adamw or muon, not '{self.optimizer}'")
         require(self.schedule in ("cosine", "wsd", "constant"), f"train.schedule must be cosine, wsd or constant, not '{self.schedule}'")
         require(self.precision in ("auto", "bf16", "fp16", "fp32"), f"train.precision must be auto, bf16, fp16 or fp32, not '{self.precision}'")

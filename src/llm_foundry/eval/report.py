@@ -88,6 +88,14 @@ def plot_curves(run: Path, stages: dict[str, list[dict]]) -> dict[str, str]:
     return written
 
 
+def _stage_of(folder: Path) -> str:
+    """The stage a single run folder holds, from its settings file."""
+    if (folder / "rl_config.json").is_file():
+        return "rl"
+    stage = (_read(folder / "stage_config.json") or {}).get("stage")
+    return stage if stage in ("midtrain", "sft") else "pretrain"
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -115,8 +123,11 @@ def build_report(run_dir: str | Path) -> str:
         raise FoundryError(f"run folder not found: {run}")
     state = _read(run / "speedrun_state.json") or {}
     folders = {stage: run / name for stage, name in STAGE_FOLDERS if (run / name).is_dir()}
+    if not state and not folders and (run / "metrics.jsonl").is_file():
+        folders = {_stage_of(run): run}  # a plain `foundry train` (or one stage's) run folder: one stage
     if not state and not folders:
-        raise FoundryError(f"{run} is neither a speedrun folder nor holds stage folders (base/, mid/, sft/, rl/)")
+        raise FoundryError(f"{run} is neither a run folder (metrics.jsonl) nor a speedrun folder nor holds "
+                           f"stage folders (base/, mid/, sft/, rl/)")
     metrics = {stage: read_metrics(folder) for stage, folder in folders.items()}
     plots = plot_curves(run, metrics)
     env = state.get("environment") or {}
@@ -148,6 +159,8 @@ def build_report(run_dir: str | Path) -> str:
             shown = {"models evaluated": len({k.split("/")[0] for k in summary})}
         seconds = (info or {}).get("seconds")
         status = f"{seconds:.0f} s" if seconds is not None and (info or {}).get("done") else "not finished"
+        if not state and recs:  # one run folder: its training time so far, as its log has it
+            status = f"{max(r.get('time', 0) for r in recs):.0f} s training"
         lines.append(f"| {stage} | {status} | {_cell(', '.join(f'{k} {_fmt(v)}' for k, v in shown.items()))} |")
     lines.append("")
 

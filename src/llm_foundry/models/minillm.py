@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
 from ..config import ModelConfig
@@ -26,7 +27,14 @@ class MiniLLM(nn.Module):
 
     Args:
         cfg: the model shape; validated on construction.
+
+    Attributes:
+        activation_checkpointing: in training, keep only each block's input and recompute the
+            block in the backward pass (``train.activation_checkpointing``): activation memory
+            of one block instead of all, for about one more forward pass of compute.
     """
+
+    activation_checkpointing = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -96,7 +104,11 @@ class MiniLLM(nn.Module):
         for i, layer in enumerate(self.layers):
             # The last block's keys and values are needed for every position (the cache), its
             # output only for the positions we return: with last_only it runs one row.
-            x = layer(x, cos, sin, cache, last_only=last_only and i == last)
+            if self.activation_checkpointing and self.training and cache is None:
+                # Keep only the block's input; its backward runs the block again (torch.utils.checkpoint).
+                x = checkpoint(layer, x, cos, sin, None, last_only=last_only and i == last, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, last_only=last_only and i == last)
         if cache is not None:
             cache.advance(t)
         x = self.norm(x)

@@ -121,7 +121,8 @@ def _with_checksum(blob: bytes) -> bytes:
 
 def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
                        weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None,
-                       extra_files: dict[str, bytes] | None = None, legacy: bool = True) -> Path:
+                       extra_files: dict[str, bytes] | None = None, legacy: bool = True,
+                       extra_dirs: dict[str, Path] | None = None) -> Path:
     """Replace the model folder ``path`` as a whole (``utils.io.replace_folder``), Ctrl-C held back
     meanwhile: the model folder files, and optionally ``training_state.pt`` and other files.
 
@@ -129,6 +130,8 @@ def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, s
         weights: as in :func:`save_model_dir`.
         state_bytes: the serialised training state (``training.state``), or None for none.
         extra_files: more files of the unit, name -> content (e.g. the online learner's ``online.json``).
+        extra_dirs: folders moved into the unit, name -> folder on the same file system (a
+            distributed run's sharded training state, ``training/distributed.py``).
         legacy: as in ``replace_folder`` (False: the folders beside ``path`` may be someone else's).
     """
     from ..utils.signals import deferred_signals
@@ -139,26 +142,30 @@ def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, s
             (folder / STATE_FILE).write_bytes(state_bytes)  # replace_folder fsyncs the folder's files
         for name, data in (extra_files or {}).items():
             (folder / name).write_bytes(data)
+        for name, src in (extra_dirs or {}).items():
+            Path(src).rename(folder / name)
 
     with deferred_signals():
         return replace_folder(path, fill, legacy=legacy)
 
 
 def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
-                        weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None) -> None:
+                        weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None,
+                        extra_dirs: dict[str, Path] | None = None) -> None:
     """Write a run folder's checkpoint (the model folder files and ``training_state.pt``) as one unit.
 
     Args:
         path: the run folder.
         weights: as in :func:`save_model_dir`.
         state_bytes: the serialised training state (``training.state``), or None for none.
+        extra_dirs: as in :func:`write_model_folder`.
     """
     from ..utils.signals import deferred_signals
 
     path = Path(path)
     with deferred_signals():  # a second Ctrl-C waits for the swap and the links
         _adopt_plain_files(path)
-        write_model_folder(path / CHECKPOINT_DIR, model, tokenizer, step, weights, state_bytes)
+        write_model_folder(path / CHECKPOINT_DIR, model, tokenizer, step, weights, state_bytes, extra_dirs=extra_dirs)
         _link_checkpoint(path)
 
 

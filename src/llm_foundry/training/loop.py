@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..utils.errors import TrainingInterrupted
+from ..utils.errors import FoundryError, TrainingInterrupted
 from ..utils.io import atomic_write_text
 from ..utils.progress import progress_bar
 from ..utils.signals import StopRequest
@@ -48,7 +48,8 @@ def run_loop(*, label: str, max_steps: int, step: Callable[[], int], train_step:
              checkpoint_interval: int = 0, out_of_time: Callable[[], bool] | None = None,
              after_step: Callable[[int, LoopView], None] | None = None,
              on_step: Callable[[int, float], None] | None = None,
-             after_loop: Callable[[LoopView], None] | None = None, stop: StopRequest | None = None) -> None:
+             after_loop: Callable[[LoopView], None] | None = None, stop: StopRequest | None = None,
+             agree: Callable[[bool], bool] | None = None) -> None:
     """Call ``train_step`` until ``step()`` reaches ``max_steps`` (or ``out_of_time()``).
 
     Args:
@@ -63,6 +64,9 @@ def run_loop(*, label: str, max_steps: int, step: Callable[[], int], train_step:
         after_loop: the trainer's last words (e.g. a final evaluation), with the bar still up.
         stop: a :class:`StopRequest` the caller already holds (one that spans several loops);
             None: the loop turns Ctrl-C/SIGTERM into one of its own.
+        agree: the processes of a distributed run agree on a stop (``Dist.agree``: true if on
+            any): each gets the signal, or runs out of time, at its own moment, yet all must stop
+            at the same step.
 
     Raises:
         TrainingInterrupted: Ctrl-C/SIGTERM was pressed; the checkpoint is saved.
@@ -75,11 +79,12 @@ def run_loop(*, label: str, max_steps: int, step: Callable[[], int], train_step:
     with requests as stop, progress_bar(not quiet, TextColumn("{task.fields[status]}")) as bar:
         view = LoopView(bar, bar.add_task(label, total=1000, status=""), label)
         view.show(step(), progress())
+        same = agree or (lambda flag: flag)
         while step() < max_steps:
-            if stop.requested:
+            if same(stop.requested):
                 save()
                 raise TrainingInterrupted(step())
-            if out_of_time is not None and out_of_time():
+            if out_of_time is not None and same(out_of_time()):
                 break
             train_step()
             now = step()
@@ -116,3 +121,46 @@ class MetricsLog:
             except json.JSONDecodeError:
                 continue  # a torn last line from a kill
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+
+
+class TensorBoardLog:
+    """The same records as TensorBoard scalars in ``RUN/tensorboard/`` (``train.tensorboard``).
+
+    Args:
+        folder: where the event files go.
+        start_step: the step a resumed run continues from (its checkpoint's): TensorBoard drops
+            the events an earlier run wrote after it, since they are logged again.
+
+    Raises:
+        FoundryError: the ``tensorboard`` package is not installed.
+    """
+
+    TAGS = {"loss": "train/loss", "lr": "train/lr", "tok_per_s": "train/tokens_per_s", "grad_norm": "train/grad_norm"}
+
+    def __init__(self, folder: str | Path, start_step: int = 0):
+        self.writer = self.writer_class()(str(folder), purge_step=start_step + 1 if start_step else None)
+
+    @staticmethod
+    def writer_class() -> type:
+        """``torch.utils.tensorboard.SummaryWriter``; checked by every process of a run, so that all stop.
+
+        Raises:
+            FoundryError: the ``tensorboard`` package is not installed.
+        """
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise FoundryError("train.tensorboard needs the tensorboard package: "
+                               "pip install 'llm-foundry[track]'") from None
+        return SummaryWriter
+
+    def append(self, record: dict) -> None:
+        """Write the record's scalars at its step: train/* for the training line, val/* for an eval."""
+        for key, value in record.items():
+            tag = self.TAGS.get(key) or (f"val/{key[4:]}" if key.startswith("val_") else None)
+            if tag is not None and isinstance(value, (int, float)):
+                self.writer.add_scalar(tag, value, record["step"])
+        self.writer.flush()  # a killed run keeps what it logged, as metrics.jsonl does
+
+    def close(self) -> None:
+        self.writer.close()

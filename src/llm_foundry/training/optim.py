@@ -48,8 +48,12 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
     if hidden:
         # match_rms_adamw scales Muon's update to AdamW's typical size, so muon_lr is
         # comparable across matrix shapes.
-        optimizers.append(torch.optim.Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
-                                           momentum=0.95, adjust_lr_fn="match_rms_adamw"))
+        # An FSDP model's matrices are shards (DTensors): its Muon orthogonalises whole matrices.
+        from .distributed import ShardedMuon, is_sharded
+
+        muon = ShardedMuon if any(is_sharded(p) for p in hidden) else torch.optim.Muon
+        optimizers.append(muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+                               momentum=0.95, adjust_lr_fn="match_rms_adamw"))
     for opt in optimizers:
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
@@ -57,9 +61,10 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
 
 
 def optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], grad_clip: float,
-                   ema: EMA | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+                   ema: EMA | None = None, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor | float | None:
     """Clip the gradients' global norm to ``grad_clip`` (0: no clipping), step ``optimizers``,
-    clear the gradients and update ``ema``.
+    clear the gradients and update ``ema``; returns the norm before clipping (None without
+    clipping: it is not computed then), a tensor where reading it would wait for the device.
 
     With an enabled fp16 ``scaler`` the gradients are unscaled before clipping, and a step
     whose gradients overflowed is skipped (``GradScaler.step``). Otherwise, where every
@@ -69,12 +74,14 @@ def optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], gr
     ``clip_grad_norm_``, ``step`` and :meth:`EMA.update` do the same in four passes.
     """
     scaling = scaler is not None and scaler.is_enabled()
-    if scaling or not _native_adamw_step(model, optimizers, grad_clip, ema):
+    done, norm = (False, None) if scaling else _native_adamw_step(model, optimizers, grad_clip, ema)
+    if not done:
         if grad_clip > 0:
             if scaling:
                 for opt in optimizers:
                     scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+            # Also right for an FSDP model: its gradients are DTensors, and the norm is the global one.
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
         for opt in optimizers:
             if scaling:
                 scaler.step(opt)  # skipped when the gradients overflowed
@@ -86,10 +93,13 @@ def optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], gr
             ema.update(model)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
+    return norm
 
 
 def _plain_fp32_cpu(t: torch.Tensor) -> bool:
-    return t.dtype is torch.float32 and t.is_contiguous() and t.device.type == "cpu" and not t.is_sparse
+    # A DTensor (a shard of an FSDP model) is no plain tensor: the native kernel would see its shard only.
+    return (type(t) in (torch.Tensor, nn.Parameter) and t.dtype is torch.float32 and t.is_contiguous()
+            and t.device.type == "cpu" and not t.is_sparse)
 
 
 # Per model: the ids of the parameters its optimizers held when last checked, and the name of
@@ -114,30 +124,31 @@ def _parameter_names(model: nn.Module, held: list[torch.Tensor]) -> dict[int, st
 
 @torch.no_grad()
 def _native_adamw_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], grad_clip: float,
-                       ema: EMA | None) -> bool:
-    """:func:`optimizer_step` in one native pass; False (having changed nothing) where it does not apply."""
+                       ema: EMA | None) -> tuple[bool, float | None]:
+    """:func:`optimizer_step` in one native pass: (True, the gradient norm or None without clipping),
+    or (False, None), having changed nothing, where it does not apply."""
     if not cpu_kernels.available():
-        return False
+        return False, None
     entries = []  # (optimizer, group, parameter), every parameter of the model once
     for opt in optimizers:
         if type(opt) is not torch.optim.AdamW:
-            return False
+            return False, None
         for group in opt.param_groups:
             if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
                     or torch.is_tensor(group["lr"])):
-                return False
+                return False, None
             entries += [(opt, group, p) for p in group["params"]]
     names = _parameter_names(model, [p for _, _, p in entries])
     if names is None:
-        return False
+        return False, None
     for opt, _, p in entries:
         state = opt.state.get(p)
         if p.grad is None or not _plain_fp32_cpu(p) or not _plain_fp32_cpu(p.grad) or (state and not (
                 _plain_fp32_cpu(state["exp_avg"]) and _plain_fp32_cpu(state["exp_avg_sq"]))):
-            return False
+            return False, None
         shadow = ema.shadow.get(names[id(p)]) if ema is not None else p
         if shadow is None or shadow.shape != p.shape or not _plain_fp32_cpu(shadow):
-            return False
+            return False, None
     params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
     for opt, _, p in entries:
         state = opt.state[p]
@@ -156,15 +167,16 @@ def _native_adamw_step(model: nn.Module, optimizers: list[torch.optim.Optimizer]
         (beta1, beta2), lr, n = group["betas"], group["lr"], step.item()
         hyper += [lr * group["weight_decay"], beta1, beta2, group["eps"], lr / (1 - beta1 ** n),
                   1 / math.sqrt(1 - beta2 ** n)]
-    scale = 1.0
+    scale, norm = 1.0, None
     if grad_clip > 0:  # torch.nn.utils.clip_grad_norm_'s coefficient
-        scale = min(1.0, grad_clip / (math.sqrt(cpu_kernels.sum_squares(grads)) + 1e-6))
+        norm = math.sqrt(cpu_kernels.sum_squares(grads))
+        scale = min(1.0, grad_clip / (norm + 1e-6))
     emas, weight = None, 0.0
     if ema is not None:
         emas, weight = [ema.shadow[names[id(p)]] for p in params], ema.next_weight()
     cpu_kernels.adamw_ema_step(params, grads, exp_avgs, exp_avg_sqs, emas, torch.tensor(hyper, dtype=torch.float32),
                                scale, weight)
-    return True
+    return True, norm
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:

@@ -33,6 +33,9 @@ class StepParts:
         scaler: fp16 loss scaling; None (or disabled) for bf16 and fp32.
         amp_dtype: the autocast dtype, or None for fp32.
         grad_clip: clip the global gradient norm to this (0 = off).
+        grad_sync: under DDP/FSDP, turns the processes' gradient exchange on or off
+            (``training/distributed.py``): on only for a step's last micro-batch.
+        grad_norm: the last step's gradient norm before clipping (None: not computed), for logs.
     """
 
     model: nn.Module
@@ -41,6 +44,8 @@ class StepParts:
     scaler: torch.amp.GradScaler | None = None
     amp_dtype: torch.dtype | None = None
     grad_clip: float = 0.0
+    grad_sync: Callable[[bool], None] | None = None
+    grad_norm: torch.Tensor | float | None = None
 
     device: torch.device = field(init=False)  # autocast's device, looked up once
 
@@ -75,10 +80,12 @@ def train_step(parts: StepParts, lr_factor: float, micro_batches: int,
     scaler = parts.scaler if parts.scaler is not None and parts.scaler.is_enabled() else None
     total = None
     for i in range(micro_batches):
+        if parts.grad_sync is not None:
+            parts.grad_sync(i == micro_batches - 1)
         with autocast_context(parts.device, parts.amp_dtype):
             loss = loss_of(i)
         scaled = loss / micro_batches if micro_batches > 1 else loss
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         total = loss.detach() if total is None else total + loss.detach()
-    optimizer_step(parts.model, parts.optimizers, parts.grad_clip, parts.ema, scaler)
+    parts.grad_norm = optimizer_step(parts.model, parts.optimizers, parts.grad_clip, parts.ema, scaler)
     return total

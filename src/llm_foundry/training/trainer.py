@@ -16,6 +16,7 @@ same losses as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,13 +39,14 @@ from ..utils.io import atomic_write_json
 from ..utils.progress import console
 from ..models.model_dir import (CHECKPOINT_DIR, CHECKPOINT_FILES, STATE_FILE, TOKENIZER_FILE, load_model_config,
                                 load_model_dir, recover_checkpoint_dir)
-from .loop import MetricsLog, run_loop
+from . import distributed
+from .loop import MetricsLog, TensorBoardLog, run_loop
 from .optim import peak_lrs
 from .schedule import lr_factor
-from .state import resume_checkpoint, save_checkpoint
+from .state import save_checkpoint
 from .step import StepParts, train_step
 
-RUN_CONFIG_FILE, METRICS_FILE = "run_config.json", "metrics.jsonl"
+RUN_CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR = "run_config.json", "metrics.jsonl", "tensorboard"
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -182,7 +184,9 @@ class TokenFolderSource:
         cfg, amp = run.cfg, run.amp_dtype
         return (f"[bold]training[/] {run.model.num_parameters() / 1e6:.2f}M parameters on {run.device}"
                 f" ({'bf16 autocast' if amp == torch.bfloat16 else 'fp32' if amp is None else 'fp16'}),"
-                f" batch {cfg.batch_size}x{run.seq_len}x{cfg.grad_accum}, {cfg.optimizer}, from step {run.step}")
+                f" batch {cfg.batch_size}x{run.seq_len}x{cfg.grad_accum}, {cfg.optimizer}, from step {run.step}"
+                + (f", {run.dist.world} process{'es' if run.dist.world > 1 else ''} ({run.dist.parallel})"
+                   if run.dist.active else ""))
 
     def summary(self, run: "Trainer", last_val: dict[str, float] | None) -> dict:
         summary = {"step": run.step, "tokens_seen": run.tokens_seen, "train_time": round(run.train_time, 2),
@@ -217,6 +221,15 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig | None, train_cfg: TrainConfig, data_dir: str | Path | BatchSource,
                  out_dir: str | Path, resume: bool = False, init_from: str | Path | None = None, quiet: bool = False):
         self.out = Path(out_dir)
+        # Under torchrun: join the process group; rank 0 alone writes (and talks).
+        self.dist, device = distributed.setup(train_cfg.device, train_cfg.parallel)
+        quiet = quiet or not self.dist.main
+        if train_cfg.tensorboard:
+            TensorBoardLog.writer_class()  # a missing package stops every process now, not rank 0 mid-run
+        if self.dist.active:
+            if self.dist.main and self.out.is_dir():
+                recover_checkpoint_dir(self.out)  # once, before the others read the folder
+            self.dist.barrier()
         self.resume, self.quiet = resume, quiet
         self.init_from = Path(init_from) if init_from else None
         if resume and self.init_from:
@@ -227,7 +240,8 @@ class Trainer:
             # which ends where it would have ended (its metrics are logged again).
             if not quiet:
                 console.print(f"note: nothing was saved in {self.out} yet; the run starts over from step 0")
-            (self.out / METRICS_FILE).unlink(missing_ok=True)
+            if self.dist.main:
+                (self.out / METRICS_FILE).unlink(missing_ok=True)
             self.resume = resume = False
         check_run_folder(self.out, resume)
         # The model folder the run starts from fixes the shape; a new model takes the data's vocabulary.
@@ -243,7 +257,9 @@ class Trainer:
         self.seq_len = train_cfg.seq_len or model_cfg.max_seq_len
         if self.seq_len > model_cfg.max_seq_len:
             raise FoundryError(f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
-        self.device, self.amp_dtype = run_device(train_cfg.device, train_cfg.precision, self.model_cfg.dim)
+        self.device, self.amp_dtype = run_device(device, train_cfg.precision, self.model_cfg.dim)
+        # This process's micro-batches of a step and rows of each: the global batch is the config's.
+        self.share = distributed.rank_share(self.cfg.batch_size, self.cfg.grad_accum, self.dist)
         self.val_batches: list[Batch] = []
 
     # ------------------------------------------------------------------ state
@@ -256,34 +272,51 @@ class Trainer:
         else:
             self.model = MiniLLM(self.model_cfg).to(self.device)
         self.model.train()
+        self.model.activation_checkpointing = cfg.activation_checkpointing
+        # DDP wraps the model; FSDP shards it in place (so the optimizers are built after).
+        wrapped, grad_sync = distributed.wrap(self.model, self.dist)
         self.parts = StepParts.build(self.model, cfg, self.amp_dtype)
+        self.parts.grad_sync = grad_sync
         self.optimizers, self.ema, self.scaler = self.parts.optimizers, self.parts.ema, self.parts.scaler
         self.step, self.tokens_seen, self.train_time, self.best_val = 0, 0, 0.0, math.inf
         self.metrics = MetricsLog(self.out / METRICS_FILE)
         if self.resume:
             self._load_state(bundle.step)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.tensorboard = (TensorBoardLog(self.out / TENSORBOARD_DIR, self.step)
+                            if cfg.tensorboard and self.dist.main else None)
+        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
 
     def _load_state(self, weights_step: int) -> None:
-        state = resume_checkpoint(self.out, self.parts, weights_step, peak_lrs(self.optimizers, self.cfg))
+        state = distributed.resume_checkpoint(self.out, self.parts, weights_step, peak_lrs(self.optimizers, self.cfg),
+                                              self.dist)
         self.step = state.step
         self.tokens_seen, self.train_time = state.extra.get("tokens_seen", 0), state.extra.get("train_time", 0.0)
         self.best_val = state.extra.get("best_val", math.inf)
-        self.metrics.trim(self.step)
+        if self.dist.main:
+            self.metrics.trim(self.step)
 
     def save_checkpoint(self) -> None:
         """Write the run folder's checkpoint (weights, tokenizer, config, training state) as one unit."""
-        save_checkpoint(self.out, self.parts, self.tokenizer, self.step,
-                        {"tokens_seen": self.tokens_seen, "train_time": self.train_time, "best_val": self.best_val})
+        extra = {"tokens_seen": self.tokens_seen, "train_time": self.train_time, "best_val": self.best_val}
+        if self.dist.active:
+            distributed.save_checkpoint(self.out, self.parts, self.tokenizer, self.step, extra, self.dist)
+        else:
+            save_checkpoint(self.out, self.parts, self.tokenizer, self.step, extra)
         self._window_start = time.perf_counter()  # saving is not training throughput
 
     def _write_run_config(self) -> None:
+        if not self.dist.main:
+            return
         name, record = self.source.run_config(self)
         atomic_write_json(self.out / name, record)
 
     # ---------------------------------------------------------------- metrics
     def _log(self, record: dict) -> None:
+        if not self.dist.main:
+            return
         self.metrics.append(record)
+        if self.tensorboard is not None:
+            self.tensorboard.append(record)
 
     def evaluate(self) -> dict[str, float] | None:
         """Validation metrics of the weights that will be saved (EMA if enabled)."""
@@ -314,15 +347,18 @@ class Trainer:
         cfg = self.cfg
         trained = torch.zeros((), dtype=torch.long, device=self.device)
         first = self.step * cfg.grad_accum
+        micro_batches, rows = self.share  # all of them, on one process
 
         def loss_of(micro: int) -> torch.Tensor:
             nonlocal trained
-            x, y = batch(first + micro)
+            x, y = batch(first + micro_batches[micro])
+            if rows is not None:
+                x, y = x[rows], y[rows]
             trained += (y != -100).sum()
             return self.forward(x, y)[1]
 
         factor = lr_factor(self.step, self._progress(), cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_fraction)
-        loss_sum += train_step(self.parts, factor, cfg.grad_accum, loss_of)
+        loss_sum += train_step(self.parts, factor, len(micro_batches), loss_of)
         self.step += 1
         return trained
 
@@ -342,8 +378,12 @@ class Trainer:
         self._write_run_config()
         if not self.quiet:
             console.print(self.source.headline(self))
-        last_val = self._train_loop(on_step)
-        self.save_checkpoint()
+        try:
+            last_val = self._train_loop(on_step)
+            self.save_checkpoint()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return self.source.summary(self, last_val)
 
     def _train_loop(self, on_step: Callable[[int, float], None] | None = None) -> dict[str, float] | None:
@@ -362,7 +402,7 @@ class Trainer:
         def one_step() -> None:
             t_step = time.perf_counter()
             window["trained"] += self.train_step(batch, loss_sum)
-            window["losses"] += cfg.grad_accum
+            window["losses"] += len(self.share[0])
             self.tokens_seen += tokens_per_step
             if cfg.compile and window["first"]:
                 # This step waited for the compiler: start-up, not training time (the
@@ -376,12 +416,17 @@ class Trainer:
         def after_step(step: int, view) -> None:
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 now = time.perf_counter()
-                train_loss = float(loss_sum) / max(window["losses"], 1)
+                # Every process's losses and tokens: the global batch's (collectives at the same steps on all).
+                train_loss = float(self.dist.sum(loss_sum)) / max(window["losses"] * self.dist.world, 1)
+                trained = int(self.dist.sum(torch.as_tensor(window["trained"])))
                 tok_s = window["tokens"] / max(now - self._window_start, 1e-9)
-                self._log({"step": step, "loss": round(train_loss, 5),
-                           "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
-                           "trained_tokens": int(window["trained"]), "tok_per_s": round(tok_s, 1),
-                           "time": round(self.train_time, 2)})
+                record = {"step": step, "loss": round(train_loss, 5),
+                          "lr": self.optimizers[0].param_groups[0]["lr"], "tokens": self.tokens_seen,
+                          "trained_tokens": trained, "tok_per_s": round(tok_s, 1), "time": round(self.train_time, 2)}
+                norm = self.parts.grad_norm
+                if norm is not None:
+                    record["grad_norm"] = round(float(norm.full_tensor() if distributed.is_sharded(norm) else norm), 5)
+                self._log(record)
                 view.show(step, self._progress(), f"loss {train_loss:.4f} | {tok_s / 1000:.1f}k tok/s")
                 loss_sum.zero_()
                 window.update(losses=0, trained=0, tokens=0)
@@ -394,11 +439,14 @@ class Trainer:
             if window["last_val"] is None or cfg.eval_interval == 0 or self.step % cfg.eval_interval:
                 window["last_val"] = self._eval_and_log(view)
 
-        run_loop(label=self.source.label, max_steps=cfg.max_steps, step=lambda: self.step, train_step=one_step,
-                 progress=self._progress, save=self.save_checkpoint, quiet=self.quiet,
-                 checkpoint_interval=cfg.checkpoint_interval,
-                 out_of_time=(lambda: self.train_time >= cfg.time_budget) if cfg.time_budget else None,
-                 after_step=after_step, on_step=on_step, after_loop=after_loop)
+        # Under torchrun a stop request of its own kind (see distributed.StopOnce); else the loop's.
+        with distributed.StopOnce(self.quiet) if self.dist.active else contextlib.nullcontext() as stop:
+            run_loop(label=self.source.label, max_steps=cfg.max_steps, step=lambda: self.step, train_step=one_step,
+                     progress=self._progress, save=self.save_checkpoint, quiet=self.quiet,
+                     checkpoint_interval=cfg.checkpoint_interval,
+                     out_of_time=(lambda: self.train_time >= cfg.time_budget) if cfg.time_budget else None,
+                     after_step=after_step, on_step=on_step, after_loop=after_loop,
+                     stop=stop, agree=self.dist.agree if self.dist.active else None)
         return window["last_val"]
 
     def _progress(self) -> float:
