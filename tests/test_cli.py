@@ -162,7 +162,7 @@ def test_help_groups_commands_by_workflow():
 
     text = build_parser().format_help()
     headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert headings[-6:] == ["build", "chat", "serve", "online", "evolve", "tools"]
+    assert headings[-7:] == ["build", "chat", "serve", "online", "evolve", "tools", "learn"]
     listed = [name for _, names in WORKFLOWS for name in names]
     assert sorted(listed) == sorted(COMMANDS)  # every command once
     assert text.index("\n  train ") < text.index("\nchat:") < text.index("\n  chat ") < text.index("\ntools:")

@@ -533,3 +533,32 @@ def test_the_library_imports_inside_from_a_checkout(layers, workspace):
     r = sandbox.run(SandboxSpec([python, "-c", "import llm_foundry.lab.testing as t; print(t.__name__)"], workspace,
                                 env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}), layers=layers)
     assert r.outcome == "exited" and r.stdout == "llm_foundry.lab.testing\n", r.error or r.stderr[-1000:]
+
+
+def test_an_interrupted_run_leaves_nothing_running(workspace):
+    """Ctrl-C in the lab while a run is going on (the learner stops `foundry lab test`): the
+    harness stops, and what the run started is killed with it, not left behind."""
+    token = uuid.uuid4().hex
+    code = (ATTACKS / "sleep_forever.py").read_text().replace("__TOKEN__", token)
+    harness = (
+        "import sys\n"
+        "from llm_foundry.lab import sandbox\n"
+        "from llm_foundry.lab.sandbox import Limits, SandboxSpec\n"
+        f"sandbox.run(SandboxSpec([{_python(FULL)!r}, '-c', {code!r}], sys.argv[1],\n"
+        "            env={'PATH': '/usr/bin:/bin'}, limits=Limits(wall_s=600)))\n")
+    proc = subprocess.Popen([sys.executable, "-c", harness, str(workspace)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not _processes_with(token):  # the learner's code is running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-800:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert b"KeyboardInterrupt" in err
+    deadline = time.monotonic() + 30
+    while _processes_with(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = _processes_with(token)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "an interrupted run left the learner's processes running"

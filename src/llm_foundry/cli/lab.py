@@ -57,7 +57,7 @@ def _add_test(actions) -> None:
     _dir(p, "the workspace to test (default: the one `start` wrote)")
     p.add_argument("--json", action="store_true", help="print the results.json object (one a line with --watch)")
     p.add_argument("--watch", action="store_true", help="run again every time you save one of your files")
-    p.add_argument("--max-runs", type=int, default=None, help=argparse.SUPPRESS)  # bounds --watch (scripts, tests)
+    p.add_argument("--max-runs", type=int, default=None, metavar="N", help="with --watch: stop after N runs (scripts, tests)")
     _lang(p)
     p.set_defaults(func=run_test)
 

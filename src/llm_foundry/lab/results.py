@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import site
-import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -122,21 +121,13 @@ def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", l
 
 
 def read_raw_results(dir_fd: int) -> tuple[dict | None, str]:
-    """The runner's ``results.json`` in the run folder ``dir_fd``, read without following a link;
-    ``(None, why)`` when it is missing, a link, not a plain file, too large or malformed."""
+    """The runner's ``results.json`` in the run folder ``dir_fd`` (read by :func:`sandbox.read_result`:
+    no link followed, a plain file with one name, bounded); ``(None, why)`` when it is missing, a
+    link, not a plain file, too large or malformed."""
     try:
-        fd = os.open(RESULTS, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None, "missing"
-    except OSError as e:
-        return None, f"cannot be opened ({e.strerror}: a link?)"
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a FIFO, a device, a hard link to another file
-            return None, "not a plain file with one name"
-        data = f.read(MAX_RESULTS_BYTES + 1)
-    if len(data) > MAX_RESULTS_BYTES:
-        return None, "too large"
+        data = sandbox.read_result(RESULTS, MAX_RESULTS_BYTES, dir_fd=dir_fd)
+    except FoundryError as e:
+        return None, str(e).removeprefix(f"{RESULTS} ")
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError):

@@ -484,25 +484,31 @@ def _launch(spec: SandboxSpec, state: dict[str, str], on: set[str], root: bool, 
     sel.register(proc.stderr, selectors.EVENT_READ, err)
     # The run ends when both pipes close (every process that had them exited); a daemon that keeps
     # them open is covered by the wall clock, and the kill below reaches it anyway.
-    while sel.get_map():
-        left = lim.wall_s - (time.monotonic() - start)
-        if left <= 0:
-            outcome = "timeout"
-            break
-        for key, _ in sel.select(timeout=min(left, 0.5)):
-            chunk = os.read(key.fd, 65536)
-            if not chunk:
-                sel.unregister(key.fileobj)
-                continue
-            room = lim.output_bytes - len(key.data)
-            key.data.extend(chunk[:max(room, 0)])
-            truncated |= room < len(chunk)
-            total += len(chunk)
-        if total > hard_cap:
-            outcome = "output"
-            break
-        if proc.poll() is not None and not _pipes_pending(sel):
-            break  # the command ended; a daemon holding the pipes open must not hold the run
+    # Whatever ends the wait (an interrupt included: Ctrl-C during a test run), nothing the run
+    # started outlives it.
+    try:
+        while sel.get_map():
+            left = lim.wall_s - (time.monotonic() - start)
+            if left <= 0:
+                outcome = "timeout"
+                break
+            for key, _ in sel.select(timeout=min(left, 0.5)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                room = lim.output_bytes - len(key.data)
+                key.data.extend(chunk[:max(room, 0)])
+                truncated |= room < len(chunk)
+                total += len(chunk)
+            if total > hard_cap:
+                outcome = "output"
+                break
+            if proc.poll() is not None and not _pipes_pending(sel):
+                break  # the command ended; a daemon holding the pipes open must not hold the run
+    except BaseException:
+        _kill_everything(proc, group, uid, "session" in on)
+        raise
     leftover = _kill_everything(proc, group, uid, "session" in on)
     try:
         rc = proc.wait(timeout=5)
@@ -581,15 +587,25 @@ def _kill_everything(proc: subprocess.Popen, group: cgroups.RunCgroup | None, ui
     return leftover
 
 
-def read_result(path: str | os.PathLike, limit: int = 4 << 20, root: str | os.PathLike | None = None) -> bytes:
+UNREADABLE = ("missing", "cannot be opened (a link?)", "not a plain file with one name", "larger than allowed")
+"""Why :func:`read_result` refuses a file, first words of its message after the file's name."""
+
+
+def read_result(path: str | os.PathLike, limit: int = 4 << 20, root: str | os.PathLike | None = None,
+                dir_fd: int | None = None) -> bytes:
     """Read a file the sandboxed code wrote (its ``results.json``) without trusting it.
 
     No link is followed (``O_NOFOLLOW`` at every step below ``root``, when given), only a regular
     file with one name is read (not a FIFO that would block, not a hard link to another file), and
     at most ``limit`` bytes.
 
+    Args:
+        path: the file; with ``dir_fd``, its name inside that open folder.
+        root: a folder above ``path`` that is trusted (the walk below it follows no link).
+        dir_fd: an open folder the name is read from (the caller held it through the run).
+
     Raises:
-        FoundryError: the file is missing, a link, not a regular file, or larger than ``limit``.
+        FoundryError: ``"<name> <why>"``, why being one of :data:`UNREADABLE`.
     """
     path = Path(path)
     parts = [path.name]
@@ -598,25 +614,26 @@ def read_result(path: str | os.PathLike, limit: int = 4 << 20, root: str | os.Pa
         rel = path.relative_to(root)
         base, parts = Path(root), list(rel.parts)
     flags_dir = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    why = lambda reason: FoundryError(f"{path.name} {reason}")  # noqa: E731
     try:
-        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        for part in parts[:-1]:
-            nxt = os.open(part, flags_dir, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
+        fd = os.dup(dir_fd) if dir_fd is not None else os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            for part in parts[:-1]:
+                nxt = os.open(part, flags_dir, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
             ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
         finally:
             os.close(fd)
     except FileNotFoundError:
-        raise FoundryError(f"the run wrote no {path.name}") from None
+        raise why(UNREADABLE[0]) from None
     except OSError as e:
-        raise FoundryError(f"{path.name} is not a plain file the run wrote (a link?): {e.strerror}") from None
+        raise why(f"{UNREADABLE[1]} ({e.strerror})") from None
     with os.fdopen(ffd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise FoundryError(f"{path.name} is not a plain file the run wrote")
+            raise why(UNREADABLE[2])
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise FoundryError(f"{path.name} is larger than {limit} bytes")
+        raise why(f"{UNREADABLE[3]} (over {limit} bytes)")
     return data
