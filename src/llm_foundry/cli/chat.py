@@ -134,7 +134,8 @@ def run_memory_chat(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     memory = open_memory(args.memory, device=device, backbone=args.model)
     try:
-        live = LiveAnswers(memory.model, memory.store, memory.cfg.modules.k, args.max_tokens)
+        live = LiveAnswers(memory.model, memory.store, memory.cfg.modules.k, args.max_tokens,
+                           memory.cfg.modules.hybrid)
         last: list = []
 
         def answer(question: str) -> None:

@@ -146,7 +146,8 @@ def _add_ask(actions) -> None:
     src.add_argument("--file", metavar="QUESTIONS.jsonl", help='a .jsonl file of {"question": ..., "answer": ...}')
     p.add_argument("--no-memory", action="store_true", help="the backbone alone (nothing retrieved)")
     p.add_argument("--show-retrieval", action="store_true", help="print the retrieved entries under each answer")
-    p.add_argument("--hybrid", type=float, default=0.0, metavar="W", help="BM25 weight in retrieval (default: 0)")
+    p.add_argument("--hybrid", type=float, metavar="W",
+                   help="BM25 weight in retrieval (default: the memory's modules.hybrid)")
     p.add_argument("--max-tokens", type=int, default=32, metavar="N", help="longest answer (default: 32)")
     p.add_argument("--json", action="store_true", help='print one {"question", "answer", "retrieved"} object a line')
     p.set_defaults(func=run_ask)
@@ -331,7 +332,8 @@ def run_ask(args: argparse.Namespace) -> int:
     from ..memory.ask import Answerer, live_bank
     from ..memory.pipeline import open_memory
 
-    require_real(args.hybrid, "--hybrid", 0, 1)
+    if args.hybrid is not None:
+        require_real(args.hybrid, "--hybrid", 0, 1)
     require_int(args.max_tokens, "--max-tokens", 1, 4096)
     if args.file is not None:
         from ..memory.facts import read_questions_jsonl
@@ -344,7 +346,8 @@ def run_ask(args: argparse.Namespace) -> int:
     memory = open_memory(args.mem)
     try:
         bank = None if args.no_memory else live_bank(memory.model, memory.store)
-        answers = Answerer(memory.model, args.max_tokens).ask(questions, bank, memory.cfg.modules.k, args.hybrid)
+        hybrid = memory.cfg.modules.hybrid if args.hybrid is None else args.hybrid
+        answers = Answerer(memory.model, args.max_tokens).ask(questions, bank, memory.cfg.modules.k, hybrid)
     finally:
         memory.close()
     for a in answers:

@@ -93,6 +93,9 @@ class ModuleSettings:
         proj_dim: width of the gate's entry and query vectors.
         heads: attention heads of the fusion (None: as the gate's default).
         max_len: tokens read per entry or question.
+        hybrid: the BM25 weight in retrieval when answering (`ask`, `chat --memory`, `serve --memory`;
+            0: the gate's cosine alone). The lexical index is rebuilt on the question after an edit,
+            a cost that grows with the store (dense retrieval has none).
     """
 
     read_layer: int | None = None
@@ -101,6 +104,7 @@ class ModuleSettings:
     proj_dim: int = 256
     heads: int | None = None
     max_len: int = 64
+    hybrid: float = 0.0
 
     def validate(self) -> "ModuleSettings":
         require_int(self.read_layer, "modules.read_layer", 0, 1024, optional=True)
@@ -110,6 +114,7 @@ class ModuleSettings:
         require_int(self.proj_dim, "modules.proj_dim", 1, 65536)
         require_int(self.heads, "modules.heads", 1, 1024, optional=True)
         require_int(self.max_len, "modules.max_len", 1, 4096)
+        require_real(self.hybrid, "modules.hybrid", 0, 1)
         return self
 
 

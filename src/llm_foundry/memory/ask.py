@@ -184,8 +184,8 @@ class LiveAnswers:
         max_tokens: longest answer, unless a question gives its own.
     """
 
-    def __init__(self, model: MemoryModel, store: MemoryStore, k: int, max_tokens: int = 32):
-        self.model, self.store, self.k, self.max_tokens = model, store, k, max_tokens
+    def __init__(self, model: MemoryModel, store: MemoryStore, k: int, max_tokens: int = 32, hybrid: float = 0.0):
+        self.model, self.store, self.k, self.max_tokens, self.hybrid = model, store, k, max_tokens, hybrid
         self.answerer = Answerer(model, max_tokens)
         self.lock = threading.Lock()
         self.version = store.version  # read before the bank: an edit in between is taken in twice, never missed
@@ -198,7 +198,7 @@ class LiveAnswers:
             if not memory:
                 return self.answerer.ask([question], None, self.k)[0]
             self.bank, self.version = refresh_bank(self.model, self.bank, self.store, self.version)
-            return self.answerer.ask([question], self.bank, self.k)[0]
+            return self.answerer.ask([question], self.bank, self.k, self.hybrid)[0]
 
 
 def prompt_of(question: str, context: Sequence[str] = ()) -> str:

@@ -108,7 +108,8 @@ class MemoryService:
 
     def __init__(self, memory: Memory, max_queue: int = 64):
         self.memory = memory
-        self.live = LiveAnswers(memory.model, memory.store, memory.cfg.modules.k, DEFAULT_MAX_TOKENS)
+        self.live = LiveAnswers(memory.model, memory.store, memory.cfg.modules.k, DEFAULT_MAX_TOKENS,
+                                memory.cfg.modules.hybrid)
         self.tokenizer = memory.model.backbone.tokenizer
         self.context = memory.model.backbone.context
         self.max_queue = max(0, int(max_queue))

@@ -402,8 +402,14 @@ def _kill_until_gone(find: Callable[[], list[int]], timeout: float = 10.0) -> in
 
 # ---------------------------------------------------------------- running
 
+OFF_VAR = "FOUNDRY_LAB_SANDBOX_OFF"
+"""Comma-separated layers to leave off (e.g. ``bubblewrap`` in a container that breaks it); every
+result then shows the degraded mode, as for a layer this machine lacks."""
+
+
 def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
-    """Run ``spec`` with every available layer (or only those in ``layers``, to test a degraded mode).
+    """Run ``spec`` with every available layer (or only those in ``layers``, to test a degraded mode;
+    with ``layers`` None, those that ``$FOUNDRY_LAB_SANDBOX_OFF`` does not name).
 
     The lab's own process is never limited: only the launcher and what it starts join the run's
     cgroup, take its uid and get its rlimits.
@@ -418,6 +424,12 @@ def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
         raise FoundryError(f"the sandbox's workspace is not a folder: {spec.workspace}")
     spec = SandboxSpec(spec.argv, ws, spec.readonly, spec.hidden, spec.env, spec.limits)
     state = probe()
+    if layers is None and os.environ.get(OFF_VAR, "").strip():
+        off = {name.strip() for name in os.environ[OFF_VAR].split(",") if name.strip()}
+        if off - set(LAYERS):
+            raise FoundryError(f"{OFF_VAR} names unknown sandbox layers {sorted(off - set(LAYERS))} "
+                               f"(the layers: {', '.join(LAYERS)})")
+        layers = set(LAYERS) - off
     if layers is not None:
         state = {k: (v if k in layers or v != "on" else "off: disabled by the caller") for k, v in state.items()}
     on = {k for k, v in state.items() if v == "on"}
