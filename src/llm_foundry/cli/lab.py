@@ -244,13 +244,15 @@ def run_start(args: argparse.Namespace) -> int:
     from rich.panel import Panel
 
     from ..lab.text import pick, say
-    from ..lab.workspace import default_workspace, write_workspace
+    from ..lab.workspace import built_on_files, copy_built_on, default_workspace, write_workspace
 
     lang, module, progress = _ctx(args)
     with progress:
         folder = Path(args.dir).expanduser().resolve() if args.dir else (
             progress.workspace(module.number) or default_workspace(module))
         written, kept = write_workspace(module, folder, lang)
+        if module.builds_on:  # the earlier modules' files this one imports, for `pytest` by hand
+            copy_built_on(folder, built_on_files(module, progress.workspace, lang)[0])
         revisit = progress.start(module.number, folder)
     out = _console()
     out.print(Markdown(module.text("intro", lang)))
@@ -298,6 +300,8 @@ def _render(out, module, results: dict, lang: str) -> None:
     if results["status"] != "pass" and not tests:
         for line in results["message"].splitlines():
             out.print(f"   {line}", markup=False)
+    for name, source in results.get("built_on", {}).items():
+        out.print(say(lang, f"   {name}: {source}", f"   {name}：{source}"), style="dim", markup=False)
     sandbox = results["sandbox"]
     if sandbox["degraded"]:
         off = [k for k, v in sandbox["layers"].items() if v != "on"]
@@ -308,7 +312,7 @@ def _render(out, module, results: dict, lang: str) -> None:
 def run_test(args: argparse.Namespace) -> int:
     from ..lab.results import run_tests
     from ..lab.text import say
-    from ..lab.workspace import read_learner_files, signature, wait_for_change
+    from ..lab.workspace import built_on_files, copy_built_on, read_learner_files, signature, wait_for_change
 
     lang, module, progress = _ctx(args)
     out = _console()
@@ -319,15 +323,21 @@ def run_test(args: argparse.Namespace) -> int:
             seen = signature(folder, module.files)  # before reading: a save during the run triggers the next
             try:
                 files = read_learner_files(module, folder, lang)
+                earlier, sources = built_on_files(module, progress.workspace, lang)
             except FoundryError as e:
                 if not args.watch:
                     raise
                 out.print(f"error: {e}", markup=False)
             else:
+                if earlier:
+                    copy_built_on(folder, earlier)
+                    files = {**earlier, **files}
                 busy = say(lang, f"running module {module.number}'s tests in the sandbox…",
                            f"正在沙箱里运行模块 {module.number} 的测试……")
                 with contextlib.nullcontext() if args.json else out.status(busy):  # --json: stdout is only JSON
                     results = run_tests(module, files, lang)
+                if sources:
+                    results["built_on"] = sources
                 unlocked = progress.record_attempt(module.number, results)
                 code = 0 if results["status"] == "pass" else 1
                 if args.json:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..utils.errors import FoundryError
-from .module import Bug, Module
+from . import sandbox
+from .module import Bug, Module, earlier_references
 from .results import PACKAGE_DIR, run_tests
 
 REFERENCE_RUNS = 3
@@ -133,7 +134,23 @@ def _code_problems(module: Module) -> list[str]:
     for bug in module.bugs:
         if bug.block not in found.get(bug.file, ()):
             problems.append(f"bug {bug.id} names no block {bug.block!r} of a learner file")
+    problems += _builds_on_problems(module)
+    unknown = set(module.requires_layers) - set(sandbox.LAYERS)
+    if unknown:
+        problems.append(f"requires_layers names unknown layers {sorted(unknown)} (the layers: {', '.join(sandbox.LAYERS)})")
     return problems
+
+
+def _builds_on_problems(module: Module) -> list[str]:
+    """Each ``builds_on`` entry names a learner file of an earlier module of the same folder, and no
+    two files of a run share a name."""
+    try:
+        names = earlier_references(module)
+    except (FoundryError, KeyError, TypeError, ValueError) as e:
+        return [f"builds_on: {e}"]
+    if clash := set(names) & set(module.files):
+        return [f"builds_on and files share the names {sorted(clash)}"]
+    return []
 
 
 def _judge_stub(r: dict) -> tuple[bool, str]:
@@ -185,8 +202,10 @@ def check_module(module: Module, say: Callable[[str], None] | None = None, jobs:
     if code:  # the runs cannot be made; a text missing does not stop them (an author sees every problem)
         return out
 
+    earlier = earlier_references(module)
+
     def run(files: dict[str, str], stop_first: bool = False) -> dict:
-        full = {f: module.reference(f) for f in module.files}
+        full = {**earlier, **{f: module.reference(f) for f in module.files}}
         full.update(files)
         return run_tests(module, full, stop_first=stop_first)
 

@@ -10,6 +10,13 @@ A module is a folder ``lab/modules/NN_slug/``::
     tests/test_*.py      visible tests (copied into the learner's workspace)
     tests/hidden/test_*.py   hidden tests (only ever copied into the sandbox of a test run)
 
+Two optional fields of ``module.yaml`` join the modules into one growing library:
+``builds_on: [{module: 5, file: model.py}, ...]`` names the learner's files of earlier modules
+that this module's tests import (a test run gets the learner's own version from that module's
+workspace, or the earlier module's reference where there is none), and ``requires_layers:
+[bubblewrap, seccomp]`` names the sandbox layers without which the module's tests must not run
+(a module that executes model-written code).
+
 A solution block (as nbgrader's ``BEGIN SOLUTION``) is the code the learner writes::
 
         # BEGIN SOLUTION merge
@@ -81,6 +88,16 @@ class Module:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def builds_on(self) -> list[tuple[int, str]]:
+        """``(module number, file)`` of each earlier learner file this module's tests import."""
+        return [(int(b["module"]), str(b["file"])) for b in self.meta.get("builds_on") or []]
+
+    @property
+    def requires_layers(self) -> list[str]:
+        """The sandbox layers this module's tests refuse to run without."""
+        return [str(x) for x in self.meta.get("requires_layers") or []]
 
     def text(self, kind: str, lang: str = "en") -> str:
         """``intro`` or ``task`` text in ``lang`` (en, zh)."""
@@ -191,6 +208,25 @@ def all_modules(folder: Path | None = None) -> list[Module]:
         return []
     return sorted((load_module(p) for p in folder.iterdir() if (p / "module.yaml").is_file()),
                   key=lambda m: m.number)
+
+
+def earlier_references(module: Module) -> dict[str, str]:
+    """The references of the earlier learner files ``module`` builds on (file name -> code): what its
+    authoring check runs on, and what a learner's run gets for an earlier module they have no file of.
+
+    Raises:
+        FoundryError: a ``builds_on`` entry names no learner file of an earlier module.
+    """
+    if not module.builds_on:
+        return {}
+    by_number = {m.number: m for m in all_modules(module.path.parent)}
+    out = {}
+    for number, file in module.builds_on:
+        if number not in by_number or number >= module.number or file not in by_number[number].files:
+            raise FoundryError(f"module {module.name} builds on {file} of module {number}, which is not a learner "
+                               "file of an earlier module")
+        out[file] = by_number[number].reference(file)
+    return out
 
 
 def find_module(number: int, lang: str = "en") -> Module:

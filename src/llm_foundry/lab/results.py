@@ -106,6 +106,16 @@ def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", l
     Returns:
         the results object (see the module docstring).
     """
+    state = sandbox.layer_state(layers)
+    missing = [name for name in module.requires_layers if state.get(name) != "on"]
+    if missing:  # refused before anything runs: this module executes code a model wrote
+        why = "; ".join(f"{name}: {state.get(name, 'off')}" for name in missing)
+        message = say(lang, f"module {module.number} runs code a model wrote, so its tests run only with the sandbox "
+                            f"layers {', '.join(module.requires_layers)}; off here: {why}",
+                      f"模块 {module.number} 会执行模型写出的代码，所以它的测试只在沙箱层 "
+                      f"{', '.join(module.requires_layers)} 都启用时运行；这里未启用：{why}")
+        return {"version": 1, "module": module.number, "status": "error", "message": message, "duration_s": 0.0,
+                "error_class": "sandbox-refused", "sandbox": {"layers": state, "degraded": True}, "tests": []}
     run, hidden = make_run_folder(module, files)
     try:
         dir_fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)

@@ -4,6 +4,8 @@
       bpe.py            the learner's files: the stub at first (plain Python the tests import)
       tests/test_*.py   the module's visible tests, to read and to run with pytest by hand
       pytest.ini        so that `pytest` run there imports the learner's files
+      .lab-built-on/    copies of the learner's files of earlier modules this module builds on
+                        (refreshed at every start and test run; edit them in their own workspace)
       INTRO.md TASK.md  the introduction and the task, in the learner's language
       figures/          the figures the introduction shows
 
@@ -19,14 +21,17 @@ import os
 import shutil
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_bytes, atomic_write_text
-from .module import Module
+from .module import Module, earlier_references, find_module
 from .text import say
 
 MAX_FILE_BYTES = 1 << 20  # a learner file larger than this is not code they wrote by hand
+BUILT_ON = ".lab-built-on"
 
 
 def default_workspace(module: Module) -> Path:
@@ -61,7 +66,8 @@ def write_workspace(module: Module, folder: Path, lang: str = "en") -> tuple[lis
     for test in module.tests():
         atomic_write_bytes(folder / "tests" / test.name, test.read_bytes())
     if not (folder / "pytest.ini").exists():  # `pytest` by hand in the workspace imports the learner's files
-        atomic_write_text(folder / "pytest.ini", "[pytest]\npythonpath = .\n")
+        paths = ". " + BUILT_ON if module.builds_on else "."
+        atomic_write_text(folder / "pytest.ini", f"[pytest]\npythonpath = {paths}\n")
     for kind in ("intro", "task"):
         atomic_write_text(folder / f"{kind.upper()}.md", module.text(kind, lang))
     for figure in sorted((module.path / "figures").glob("*")):  # INTRO.md links them as figures/NAME
@@ -101,6 +107,41 @@ def read_learner_files(module: Module, folder: Path, lang: str = "en") -> dict[s
                                    f"{path} 超过 {MAX_FILE_BYTES >> 20} MiB"))
         out[name] = data
     return out
+
+
+def built_on_files(module: Module, workspace_of: Callable[[int], Path | None],
+                   lang: str = "en") -> tuple[dict[str, bytes | str], dict[str, str]]:
+    """The learner's files of the earlier modules ``module`` builds on (its ``builds_on``).
+
+    Each comes from that module's workspace (``workspace_of(number)``, else its default folder),
+    read as :func:`read_learner_files` reads; where the learner has no readable file there (the
+    module was skipped, or the folder is gone) the earlier module's reference stands in, so the
+    chain of modules always runs.
+
+    Returns:
+        ``(files, sources)``: file name -> content, and file name -> where it came from (for the result).
+    """
+    references = earlier_references(module)
+    files: dict[str, bytes | str] = {}
+    sources: dict[str, str] = {}
+    for number, name in module.builds_on:
+        earlier = find_module(number, lang)
+        folder = workspace_of(number) or default_workspace(earlier)
+        try:
+            files[name] = read_learner_files(replace(earlier, files=[name]), folder, lang)[name]
+            sources[name] = say(lang, f"yours, from module {number} ({folder / name})",
+                                f"你的，来自模块 {number}（{folder / name}）")
+        except FoundryError:
+            files[name] = references[name]
+            sources[name] = say(lang, f"the reference of module {number} (you have no readable {name} in {folder})",
+                                f"模块 {number} 的参考答案（{folder} 中没有可读的 {name}）")
+    return files, sources
+
+
+def copy_built_on(folder: Path, files: dict[str, bytes | str]) -> None:
+    """Refresh the copies in ``folder/.lab-built-on/`` so that `pytest` by hand imports them too."""
+    for name, data in files.items():
+        atomic_write_bytes(folder / BUILT_ON / name, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def restore_stubs(module: Module, folder: Path) -> Path | None:

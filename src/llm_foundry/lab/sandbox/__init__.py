@@ -407,6 +407,25 @@ OFF_VAR = "FOUNDRY_LAB_SANDBOX_OFF"
 result then shows the degraded mode, as for a layer this machine lacks."""
 
 
+def layer_state(layers: set[str] | None = None) -> dict[str, str]:
+    """The layers a run would apply: :func:`probe`'s, less those ``$FOUNDRY_LAB_SANDBOX_OFF`` names
+    (when ``layers`` is None) or those not in ``layers``; each ``"on"`` or ``"off: <why>"``.
+
+    Raises:
+        FoundryError: ``$FOUNDRY_LAB_SANDBOX_OFF`` names a layer that does not exist.
+    """
+    state = probe()
+    if layers is None and os.environ.get(OFF_VAR, "").strip():
+        off = {name.strip() for name in os.environ[OFF_VAR].split(",") if name.strip()}
+        if off - set(LAYERS):
+            raise FoundryError(f"{OFF_VAR} names unknown sandbox layers {sorted(off - set(LAYERS))} "
+                               f"(the layers: {', '.join(LAYERS)})")
+        layers = set(LAYERS) - off
+    if layers is not None:
+        state = {k: (v if k in layers or v != "on" else "off: disabled by the caller") for k, v in state.items()}
+    return state
+
+
 def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
     """Run ``spec`` with every available layer (or only those in ``layers``, to test a degraded mode;
     with ``layers`` None, those that ``$FOUNDRY_LAB_SANDBOX_OFF`` does not name).
@@ -423,15 +442,7 @@ def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
     if not ws.is_dir():
         raise FoundryError(f"the sandbox's workspace is not a folder: {spec.workspace}")
     spec = SandboxSpec(spec.argv, ws, spec.readonly, spec.hidden, spec.env, spec.limits)
-    state = probe()
-    if layers is None and os.environ.get(OFF_VAR, "").strip():
-        off = {name.strip() for name in os.environ[OFF_VAR].split(",") if name.strip()}
-        if off - set(LAYERS):
-            raise FoundryError(f"{OFF_VAR} names unknown sandbox layers {sorted(off - set(LAYERS))} "
-                               f"(the layers: {', '.join(LAYERS)})")
-        layers = set(LAYERS) - off
-    if layers is not None:
-        state = {k: (v if k in layers or v != "on" else "off: disabled by the caller") for k, v in state.items()}
+    state = layer_state(layers)
     on = {k for k, v in state.items() if v == "on"}
     root = os.geteuid() == 0
     lim = spec.limits
