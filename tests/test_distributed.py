@@ -244,12 +244,53 @@ def test_one_process_under_torchrun_wraps_and_trains_the_same(data, tmp_path, tm
     assert (run / "checkpoint" / "state.dcp").is_dir()
 
 
+@pytest.mark.slow
+def test_rl_under_torchrun_trains_what_one_process_trains(tmp_path):
+    """`foundry rl` on 2 processes: each rolls out half of a step's prompts, with the seeds one process
+    would use, and the loss is normalised by both processes' tokens: the same rewards (sampling from the
+    same weights with the same seeds) and the same losses (TOL, as above); rank 0 alone writes."""
+    from llm_foundry import Trainer
+    from llm_foundry.config import load_config
+    from llm_foundry.data import builtin_corpus, prepare_dataset
+
+    prepare_dataset(builtin_corpus()[:4], "byte", tmp_path / "data", val_fraction=0.1, show_progress=False)
+    model_cfg, train_cfg = load_config("tiny", [*MODEL[:3], "model.max_seq_len=192", "max_steps=2", "batch_size=2",
+                                                "eval_batches=1", "checkpoint_interval=0", "device=cpu"])
+    Trainer(model_cfg, train_cfg, tmp_path / "data", tmp_path / "base", quiet=True).run()
+    # count_letters: small numbers, which a barely trained byte model sometimes samples (a reward to learn from)
+    common = ["--tasks", "count_letters", "--steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--kl-coef", "0.1",
+              "max_tokens=16", "examples=20", "eval_examples=2", "eval_samples=2", "lr=1e-3", "checkpoint_interval=0",
+              "temperature=1.0", "device=cpu", "--quiet"]
+    one = run_cli("rl", tmp_path / "base", "--out", tmp_path / "one", *common)
+    assert one.returncode == 0, one.stderr
+    torchrun("rl", tmp_path / "base", "--out", tmp_path / "two", *common)
+
+    def records(run: Path) -> list[dict]:
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    got, want = records(tmp_path / "two"), records(tmp_path / "one")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3]  # one writer
+    assert [r["reward"] for r in got] == [r["reward"] for r in want]
+    assert_same_trajectory({r["step"]: r["loss"] for r in got}, {r["step"]: r["loss"] for r in want})
+    assert any(r["loss"] != 0 for r in want), "no step learned: the comparison would prove nothing"
+    assert saved_step(tmp_path / "two") == 3
+    assert json.loads((tmp_path / "two" / "rl_eval.json").read_text())["after_step"] == 3
+
+    # 2 steps on 2 processes, the third on 1: the run goes on as if uninterrupted
+    cut = [a if a != "3" else "2" for a in common]
+    torchrun("rl", tmp_path / "base", "--out", tmp_path / "cut", *cut)
+    resumed = run_cli("rl", tmp_path / "base", "--out", tmp_path / "cut", "--resume", "--steps", "3", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    got = records(tmp_path / "cut")
+    assert [r["reward"] for r in got] == [r["reward"] for r in want]
+    assert_same_trajectory({r["step"]: r["loss"] for r in got}, {r["step"]: r["loss"] for r in want})
+
+
 def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path):
-    """rl and speedrun have loops of their own: under torchrun (WORLD_SIZE > 1) one line, not N writers."""
+    """speedrun chains stages in one process: under torchrun (WORLD_SIZE > 1) one line, not N writers."""
     from helpers import one_line_error
 
     env = {"WORLD_SIZE": "2", "RANK": "0"}
-    one_line_error(run_cli("rl", tmp_path / "model", "--out", tmp_path / "rl", env=env), "foundry rl runs in one process")
     one_line_error(run_cli("speedrun", "--out", tmp_path / "sr", env=env), "foundry speedrun runs in one process")
 
 

@@ -132,12 +132,8 @@ def run_chat_stage(args: argparse.Namespace) -> int:
 
 def run_rl_stage(args: argparse.Namespace) -> int:
     from ..config.stages import rl_config_from_dict
-    from ..training.distributed import world_size
     from ..training.rl import RL_CONFIG_FILE, run_rl
 
-    if world_size() > 1:  # RL has its own loop, not the Trainer's: each process would write the same folder
-        raise FoundryError("foundry rl runs in one process: start it without torchrun "
-                           "(train, midtrain and sft run under torchrun)")
     if args.resume:
         known = {f.name for f in dataclasses.fields(RLConfig)}
         raw = {k: v for k, v in _saved(args.out, RL_CONFIG_FILE).items() if k in known}

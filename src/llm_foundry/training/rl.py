@@ -18,10 +18,16 @@ The step, loop, checkpoint and exact resume are the shared ones (``training/step
 ``loop.py``, ``state.py``); only the rollouts, the loss and the logs are RL's own. Before the first step and after the
 last, the mean reward on held-out prompts is measured with the same sampling
 settings, so the report can show what RL changed.
+
+Under ``torchrun`` (DDP, ``training/distributed.py``) every process draws the same prompts and
+sampling seeds for a step and rolls out every ``world``-th prompt; the loss is normalised by the
+completion tokens of *all* processes, so the all-reduced gradient is the one-process gradient and
+N processes train what one trains. Rank 0 measures the held-out reward and writes everything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -36,13 +42,14 @@ from ..config.stages import RLConfig
 from ..utils.device import autocast_context
 from ..utils.io import atomic_write_json, read_json
 from ..utils.progress import console
-from ..models.model_dir import load_model_dir
+from ..models.model_dir import load_model_dir, recover_checkpoint_dir
 from ..tokenizers.special import ASSISTANT_END, PAD
+from . import distributed
 from .loop import MetricsLog, run_loop
 from .optim import peak_lrs
 from .schedule import lr_factor
 from .stages import stage_source
-from .state import resume_checkpoint, save_checkpoint
+from .state import save_checkpoint
 from .step import StepParts, train_step
 from .trainer import METRICS_FILE, run_device
 
@@ -116,34 +123,51 @@ class RLTrainer:
     def __init__(self, init_from: str | Path, out_dir: str | Path, cfg: RLConfig, resume: bool = False,
                  quiet: bool = False, on_step: Callable[[int, float], None] | None = None):
         self.rl = cfg.validate()
-        self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet, on_step
+        # Under torchrun: join the process group (DDP); rank 0 alone writes and talks.
+        self.dist, device = distributed.setup(cfg.device, "ddp")
+        self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet or not self.dist.main, on_step
+        if self.dist.active:
+            if self.dist.main and self.out.is_dir():
+                recover_checkpoint_dir(self.out)  # once, before the others read the folder
+            self.dist.barrier()
         self.init_from = Path(init_from)
         self.model_cfg, self.tokenizer = stage_source(self.init_from, self.out, resume)
         self.cfg = cfg.train_config()
-        self.device, self.amp_dtype = run_device(cfg.device, cfg.precision, self.model_cfg.dim)
+        self.device, self.amp_dtype = run_device(device, cfg.precision, self.model_cfg.dim)
 
     def _build(self) -> None:
         torch.manual_seed(self.cfg.seed)
         bundle = load_model_dir(self.out if self.resume else self.init_from, self.device, with_tokenizer=False)
         self.model = bundle.model
         self.model.train()
+        # DDP wraps the model for the loss's forward; rollouts sample through the plain model
+        # (the same weights on every process).
+        wrapped, grad_sync = distributed.wrap(self.model, self.dist)
         self.parts = StepParts.build(self.model, self.cfg, self.amp_dtype)
+        self.parts.grad_sync = grad_sync
         self.optimizers = self.parts.optimizers
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
         self.metrics = MetricsLog(self.out / METRICS_FILE)
         if self.resume:
-            state = resume_checkpoint(self.out, self.parts, bundle.step, peak_lrs(self.optimizers, self.cfg))
+            state = distributed.resume_checkpoint(self.out, self.parts, bundle.step, peak_lrs(self.optimizers, self.cfg),
+                                                  self.dist)
             self.step = state.step
             self.tokens_seen, self.train_time = state.extra.get("tokens_seen", 0), state.extra.get("train_time", 0.0)
-            self.metrics.trim(self.step)
-        self.forward = self.model
+            if self.dist.main:
+                self.metrics.trim(self.step)
+        self.forward = wrapped
 
     def save_checkpoint(self) -> None:
         """Write the RL folder's checkpoint as one unit (see :func:`~llm_foundry.training.state.save_checkpoint`)."""
-        save_checkpoint(self.out, self.parts, self.tokenizer, self.step,
-                        {"tokens_seen": self.tokens_seen, "train_time": self.train_time})
+        extra = {"tokens_seen": self.tokens_seen, "train_time": self.train_time}
+        if self.dist.active:
+            distributed.save_checkpoint(self.out, self.parts, self.tokenizer, self.step, extra, self.dist)
+        else:
+            save_checkpoint(self.out, self.parts, self.tokenizer, self.step, extra)
 
     def _write_run_config(self) -> None:
+        if not self.dist.main:
+            return
         atomic_write_json(self.out / RL_CONFIG_FILE, {**dataclasses.asdict(self.rl), "init_from": str(self.init_from.resolve()),
                                                       "llm_foundry_version": __version__})
 
@@ -200,13 +224,16 @@ class RLTrainer:
         rows, rewards = [], []
         self.model.eval()
         for p in range(rl.prompts_per_step):
+            # every process draws every prompt and seed (the same stream), and rolls out its share
             task = rl.tasks[int(rng.integers(len(rl.tasks)))]
             ex = self.pool[task][int(rng.integers(len(self.pool[task])))]
+            seed = int(rng.integers(2**31))
+            if p % self.dist.world != self.dist.rank:
+                continue
             prompt = render_prompt(self.tokenizer, ex.messages)
             with torch.no_grad():
                 comps, masks = engine.generate(prompt, num_samples=rl.group_size, max_tokens=rl.max_tokens,
-                                               temperature=rl.temperature, top_k=rl.top_k,
-                                               seed=int(rng.integers(2**31)))
+                                               temperature=rl.temperature, top_k=rl.top_k, seed=seed)
             r = [score_answer(task, completion_text(self.tokenizer, c), ex.answer) for c in comps]
             adv = group_advantages(r, rl.std_normalize)
             rewards += r
@@ -220,7 +247,15 @@ class RLTrainer:
 
     def _loss(self, rows: list[tuple[list[int], list[int], float]]) -> tuple[torch.Tensor, float]:
         """The policy-gradient loss (and the KL to the reference) of ``rows``, the learnable rows
-        (:func:`learnable`: a nonzero advantage and at least one completion token)."""
+        (:func:`learnable`: a nonzero advantage and at least one completion token).
+
+        Under torchrun each process has its share of the rows (maybe none: a row of padding with
+        no trained token then keeps it in the all-reduce). Sums are divided by the trained tokens of
+        all processes and multiplied by the world size, so DDP's average of the gradients is the
+        one-process gradient; the KL returned is the global one.
+        """
+        if not rows:
+            rows = [([0, 0], [0, 0], 0.0)]
         t = min(max(len(ids) for ids, _, _ in rows), self.model_cfg.max_seq_len + 1)
         pad = self.tokenizer.token_id(PAD) or 0
         ids = torch.full((len(rows), t), pad, dtype=torch.long)
@@ -233,7 +268,8 @@ class RLTrainer:
         ids, mask, adv = ids.to(self.device), mask.to(self.device), adv.to(self.device)
         x, y, m = ids[:, :-1], ids[:, 1:], mask[:, 1:]
         logp = self._logprobs(self.forward, x, y)
-        n = m.sum().clamp_min(1.0)
+        world = self.dist.world
+        n = self.dist.sum(m.sum()).to(self.device).clamp_min(1.0) / world  # n / world: DDP divides by world again
         loss = -(logp * adv[:, None] * m).sum() / n
         kl = 0.0
         if self.rl.kl_coef > 0:
@@ -243,7 +279,7 @@ class RLTrainer:
             d = ref - logp
             kl_t = ((torch.exp(d) - d - 1) * m).sum() / n
             loss = loss + self.rl.kl_coef * kl_t
-            kl = float(kl_t.detach())
+            kl = float(self.dist.sum(kl_t.detach())) / world
         return loss, kl
 
     # ------------------------------------------------------------ loop
@@ -264,9 +300,10 @@ class RLTrainer:
             self.reference.requires_grad_(False)
         eval_path = self.out / RL_EVAL_FILE
         evals = read_json(eval_path, "rl eval") if eval_path.is_file() else {}
-        if "before" not in evals:
+        if "before" not in evals and self.dist.main:  # rank 0 measures; the others wait at the barrier
             evals["before"] = self.measure()
             atomic_write_json(eval_path, evals)
+        self.dist.barrier()
         if not self.quiet:
             before = evals["before"] or {}
             console.print(f"[bold]rl[/] from {self.init_from}: tasks {', '.join(rl.tasks)}, {rl.prompts_per_step} prompts x "
@@ -284,30 +321,38 @@ class RLTrainer:
                 loss, got["kl"] = self._loss(learn)
                 return loss
 
-            if learn:
+            if self.dist.agree(bool(learn)):  # every process steps, or none
                 factor = lr_factor(self.step, self.step / rl.steps, "wsd", rl.warmup_steps, 0.0, 1.0)
-                got["loss"] = float(train_step(self.parts, factor, 1, loss_of))
+                got["loss"] = float(self.dist.sum(train_step(self.parts, factor, 1, loss_of).detach())) / self.dist.world
             # else every group was all-right or all-wrong: nothing to learn from this step
             self.step += 1
-            self.tokens_seen += sum(len(r[0]) for r in rows)
+            counts = self.dist.sum(torch.tensor([float(sum(rewards)), float(len(rewards)),
+                                                 float(sum(len(r[0]) for r in rows))], dtype=torch.float64))
+            self.tokens_seen += int(counts[2])
             self.train_time += time.perf_counter() - t0
-            got.update(reward=float(np.mean(rewards)), gen_time=t_gen)
+            got.update(reward=float(counts[0] / counts[1]), gen_time=t_gen)
             last.update(got)
 
         def after_step(step: int, view) -> None:
+            if not self.dist.main:
+                return
             self.metrics.append({"step": step, "reward": round(last["reward"], 4), "loss": round(last["loss"], 5),
                                  "kl": round(last["kl"], 5), "lr": self.optimizers[0].param_groups[0]["lr"],
                                  "gen_time": round(last["gen_time"], 2), "time": round(self.train_time, 2)})
             view.show(step, step / rl.steps, f"reward {last['reward']:.3f} | loss {last['loss']:+.4f}")
 
         last: dict[str, float] = {}
-        run_loop(label="rl", max_steps=rl.steps, step=lambda: self.step, train_step=one_step,
-                 progress=lambda: self.step / rl.steps, save=self.save_checkpoint, quiet=self.quiet,
-                 checkpoint_interval=rl.checkpoint_interval, after_step=after_step, on_step=self.on_step)
+        # Under torchrun a stop request of its own kind (see distributed.StopOnce); else the loop's.
+        with distributed.StopOnce(self.quiet) if self.dist.active else contextlib.nullcontext() as stop:
+            run_loop(label="rl", max_steps=rl.steps, step=lambda: self.step, train_step=one_step,
+                     progress=lambda: self.step / rl.steps, save=self.save_checkpoint, quiet=self.quiet,
+                     checkpoint_interval=rl.checkpoint_interval, after_step=after_step, on_step=self.on_step,
+                     stop=stop, agree=self.dist.agree if self.dist.active else None)
         self.save_checkpoint()
-        if "after" not in evals or evals.get("after_step") != self.step:
+        if self.dist.main and ("after" not in evals or evals.get("after_step") != self.step):
             evals["after"], evals["after_step"] = self.measure(), self.step
             atomic_write_json(eval_path, evals)
+        self.dist.barrier()
         summary = {"stage": "rl", "step": self.step, "train_time": round(self.train_time, 2)}
         if evals.get("before") and evals.get("after"):
             summary.update(reward_before=round(evals["before"]["mean_reward"], 4),
