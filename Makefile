@@ -17,11 +17,12 @@ demo: torch
 	$(PYTHON) -m llm_foundry speedrun --preset demo
 
 # the layer contract (pyproject.toml [tool.importlinter]), then the whole test suite, one test file
-# per core at a time (pytest-xdist; a file's module-scoped fixtures are built once)
+# per core at a time (pytest-xdist's loadscope: a file's module-scoped fixtures are built once; the
+# test classes, which only tests/test_lab_modules.py has, one per Lab module, are units of their own)
 test: torch
 	$(PIP) install -qq -e ".[test,hf]"
 	$(VENV)/bin/lint-imports
-	$(PYTHON) -m pytest -q -n auto --dist loadfile -m "not trials and not sandbox_matrix"
+	$(PYTHON) -m pytest -q -n auto --dist loadscope -m "not trials and not sandbox_matrix"
 
 # the same without the long end-to-end runs (tests marked `slow`): a few minutes
 test-fast: torch

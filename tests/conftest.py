@@ -42,3 +42,4 @@ def trained_run(tmp_path_factory, shakespeare_data) -> Path:
                                                              "warmup_steps=10", "checkpoint_interval=0"])
     Trainer(model_cfg, train_cfg, shakespeare_data, out, quiet=True).run()
     return out
+
