@@ -29,7 +29,6 @@ are multiples of 32 in llama.cpp's 8-bit blocks; the rest as for f16).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -57,7 +56,6 @@ _LAYER_NAMES = {
 }
 _TOP_NAMES = {"tok_embeddings.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
               "output.weight": "output.weight"}
-_LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
 
 # The regex splits of byte-level BPE tokenizers, as Hugging Face tokenizer.json spells them,
 # -> llama.cpp's name for the same split (tokenizer.ggml.pre).
@@ -143,21 +141,13 @@ def _write_metadata(writer, gguf, cfg, name: str, quant: str) -> None:
 
 
 def gguf_tensors(state: dict[str, torch.Tensor], cfg):
-    """``(llama.cpp name, fp32 numpy array)`` for every tensor to write (a tied head once, as the embedding)."""
-    for key, value in state.items():
-        if key == "output.weight" and cfg.tie_embeddings:
-            continue  # llama.cpp uses token_embd for a missing output
-        m = _LAYER_KEY.fullmatch(key)
-        if m and m.group(2) in _LAYER_NAMES:
-            name = f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
-        elif key in _TOP_NAMES:
-            name = _TOP_NAMES[key]
-        else:
-            raise FoundryError(f"cannot export parameter {key!r}: it has no llama.cpp counterpart")
-        data = value.detach().to("cpu", torch.float32)
-        if not cfg.qk_norm and m and m.group(2) in ("attn.wq.weight", "attn.wk.weight"):
-            heads = cfg.n_heads if m.group(2) == "attn.wq.weight" else cfg.kv_heads
-            data = pairs_from_halves(data, heads)
+    """``(llama.cpp name, fp32 numpy array)`` for every tensor to write; a tied head is left out
+    (llama.cpp then uses ``token_embd`` as the output)."""
+    from .hf import renamed
+
+    for key, name, data in renamed(state, cfg, _LAYER_NAMES, _TOP_NAMES, "blk", "llama.cpp"):
+        if not cfg.qk_norm and key.endswith(("attn.wq.weight", "attn.wk.weight")):
+            data = pairs_from_halves(data, cfg.n_heads if key.endswith("wq.weight") else cfg.kv_heads)
         yield name, data.contiguous().numpy()
 
 

@@ -105,19 +105,29 @@ def hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
     A tied output head is left out (``tie_word_embeddings`` makes ``transformers`` tie it);
     a parameter without a Hugging Face counterpart is an error, never silently dropped.
     """
-    out: dict[str, torch.Tensor] = {}
+    return {name: value.contiguous() for _, name, value in
+            renamed(state, cfg, _LAYER_NAMES, _TOP_NAMES, "model.layers", "Hugging Face")}
+
+
+def renamed(state: dict[str, torch.Tensor], cfg: ModelConfig, layer_names: dict[str, str], top_names: dict[str, str],
+            layer_prefix: str, target: str):
+    """``(our name, their name, fp32 CPU tensor)`` for each parameter, renamed by ``layer_names`` (after
+    ``layers.{i}.``, written after ``{layer_prefix}.{i}.``) and ``top_names``; a tied head is skipped.
+
+    Raises:
+        FoundryError: a parameter has no name in ``target`` (never silently dropped).
+    """
     for key, value in state.items():
         if key == "output.weight" and cfg.tie_embeddings:
             continue
         m = _LAYER_KEY.fullmatch(key)
-        if m and m.group(2) in _LAYER_NAMES:
-            name = f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
-        elif key in _TOP_NAMES:
-            name = _TOP_NAMES[key]
+        if m and m.group(2) in layer_names:
+            name = f"{layer_prefix}.{m.group(1)}.{layer_names[m.group(2)]}"
+        elif key in top_names:
+            name = top_names[key]
         else:
-            raise FoundryError(f"cannot export parameter {key!r}: it has no Hugging Face counterpart")
-        out[name] = value.detach().to("cpu", torch.float32).contiguous()
-    return out
+            raise FoundryError(f"cannot export parameter {key!r}: it has no {target} counterpart")
+        yield key, name, value.detach().to("cpu", torch.float32)
 
 
 def _special_ids(tok: Tokenizer) -> dict[str, int | None]:
