@@ -10,8 +10,6 @@ The file's layout is checked with the ``gguf`` reader everywhere.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -23,7 +21,7 @@ from llm_foundry.export.gguf import export_gguf, pairs_from_halves  # noqa: E402
 from llm_foundry.models.model_dir import load_model_dir, save_model_dir  # noqa: E402
 from llm_foundry.tokenizers import BPETokenizer, ByteTokenizer  # noqa: E402
 
-Q8_AGREEMENT = 0.95  # share of positions where q8_0's argmax is ours (measured: see docs/en/interop.md)
+Q8_AGREEMENT = 0.95  # share of positions where q8_0's argmax is ours (measured 1.000 on both models; docs/*/interop.md)
 N_NEW = 24  # greedy tokens compared
 BPE_CORPUS = ["The quick brown fox jumps over the lazy dog. It's 42 degrees; don't panic!\n" * 4,
               "床前明月光，疑是地上霜。举头望明月，低头思故乡。" * 3, "Emoji 😀🎉 and tabs\tand  spaces  " * 3]
@@ -34,22 +32,37 @@ CASES = {  # name -> (tokenizer kind, model overrides); llama.cpp architecture: 
 }
 
 
+def train_briefly(model, tok, steps: int = 80) -> None:
+    """A few dozen steps on the corpus, so the logits mean something (q8_0 is measured on them)."""
+    ids = tok.encode("".join(BPE_CORPUS + TEXTS))
+    x = torch.tensor([ids[i:i + 64] for i in range(0, len(ids) - 65, 32)])
+    y = torch.tensor([ids[i + 1:i + 65] for i in range(0, len(ids) - 65, 32)])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """name -> model folder; weights rounded to float16, so the f16 file holds them exactly."""
+    """name -> model folder, briefly trained; weights rounded to float16, so the f16 file holds them exactly."""
     root = tmp_path_factory.mktemp("gguf")
     bpe = BPETokenizer.train(BPE_CORPUS, 330)
     out = {}
     for seed, (name, (kind, overrides)) in enumerate(CASES.items()):
         tok = ByteTokenizer() if kind == "byte" else bpe
         torch.manual_seed(seed)
-        # A wider init than the default gives peaked logits, so greedy choices are clear-cut.
         model = MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, max_seq_len=128,
-                                    init_std=0.1, **overrides))
+                                    **overrides))
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n.endswith("norm.weight"):
                     p.uniform_(0.5, 1.5)  # a mix-up of two norms would show
+        train_briefly(model, tok)
+        with torch.no_grad():
+            for p in model.parameters():
                 p.copy_(p.half().float())
         save_model_dir(root / name, model, tok)
         out[name] = root / name
@@ -181,6 +194,5 @@ def test_llama_cpp_q8_0_agreement(models, llama_cpp, tmp_path, name):
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0][0].argmax(-1)
     rate = (theirs == ours).float().mean().item()
-    print(f"q8_0 argmax agreement {name}: {rate:.3f} over {len(ids)} positions")
-    (tmp_path.parent / f"q8_agreement_{name}.json").write_text(json.dumps({"rate": rate, "positions": len(ids)}))
+    print(f"q8_0 argmax agreement {name}: {rate:.3f} over {len(ids)} positions")  # measured: 1.000 for both
     assert rate >= Q8_AGREEMENT

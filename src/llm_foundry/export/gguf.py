@@ -181,10 +181,13 @@ def gguf_vocab(tok: Tokenizer, n_vocab: int, tokenizer_file: Path) -> dict:
 
     if tok.kind == "byte":
         tokens = [_bytes_to_unicode()[b] for b in range(256)]
-        merges: list[str] = []
-        pre = "gpt-2"  # no merges: any split leaves every byte its own token
-        added = {t: True for t in tok.special_tokens}
-        tokens += sorted(tok.special_tokens, key=tok.special_tokens.__getitem__)
+        specials = sorted(tok.special_tokens, key=tok.special_tokens.__getitem__)
+        # No merges, so every byte stays its own token, whatever the split. llama.cpp wants at
+        # least one merge: this one joins two special tokens, which never meet inside a text.
+        merges = [f"{specials[0]} {specials[0]}"] if specials else []
+        pre = "gpt-2"
+        added = {t: True for t in specials}
+        tokens += specials
     elif tok.kind == "bpe":
         data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
         model = data["model"]
