@@ -196,3 +196,55 @@ def test_llama_cpp_q8_0_agreement(models, llama_cpp, tmp_path, name):
     rate = (theirs == ours).float().mean().item()
     print(f"q8_0 argmax agreement {name}: {rate:.3f} over {len(ids)} positions")  # measured: 1.000 for both
     assert rate >= Q8_AGREEMENT
+
+
+def test_llama_cpp_chat_reply_stops_where_ours_does(llama_cpp, tmp_path):
+    """A chat model's reply in llama.cpp: the same text as our Engine's, ended at <|assistant_end|>."""
+    from helpers import overfit_on
+    from llm_foundry.data.chat import render_prompt
+    from llm_foundry.inference.engine import Engine
+
+    lesson = [{"role": "user", "content": "What is 2+3?"}, {"role": "assistant", "content": "It is 5."}]
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    model = MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, max_seq_len=128))
+    overfit_on(model, tok, lesson, steps=120)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    save_model_dir(tmp_path / "chat", model.eval(), tok)
+    ours = "".join(e["text"] for e in Engine(model, tok, precision="fp32", tools=False).chat(
+        lesson[:1], max_tokens=24, temperature=0) if e["type"] == "text")
+    assert ours == "It is 5."
+    llm = load_llama(llama_cpp, export_gguf(tmp_path / "chat", tmp_path / "chat.gguf"))
+    out = llm.create_completion(render_prompt(tok, lesson), max_tokens=24, temperature=0.0, top_k=1,
+                                repeat_penalty=1.0)
+    assert out["choices"][0]["text"] == ours and out["choices"][0]["finish_reason"] == "stop"
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    for name, ends in (("<|assistant_end|>", True), ("<|eos|>", True), ("<|user_start|>", True), ("<|pad|>", False)):
+        assert llama_cpp.llama_vocab_is_eog(vocab, tok.token_id(name)) == ends, name
+
+
+@pytest.mark.parametrize("split", ["llama-bpe", "qwen2"])
+def test_llama_cpp_reads_imported_tokenizers(llama_cpp, tmp_path, split):
+    """A BPE with Llama 3's or Qwen2's regex split (what `foundry import` brings in) tokenizes alike in llama.cpp."""
+    from tokenizers import Regex, Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
+
+    from llm_foundry.export.gguf import _SPLITS
+    from llm_foundry.tokenizers.special import DEFAULT_SPECIAL_TOKENS
+
+    pattern = next(p for p, name in _SPLITS.items() if name == split)
+    hf = Tokenizer(tk_models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(BPE_CORPUS, trainers.BpeTrainer(vocab_size=330, special_tokens=DEFAULT_SPECIAL_TOKENS,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                            show_progress=False))
+    tok = BPETokenizer(hf)
+    save_model_dir(tmp_path / "m", MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=1, n_heads=4,
+                                                       max_seq_len=64)), tok)
+    llm = llama_cpp.Llama(model_path=str(export_gguf(tmp_path / "m", tmp_path / "m.gguf")), vocab_only=True,
+                          verbose=False)
+    for text in [*TEXTS, "It's 1234567 o'clock, DON'T  stop\n\n  now"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text), text

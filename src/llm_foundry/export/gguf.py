@@ -18,9 +18,9 @@ split (``tokenizer.ggml.pre``) that matches the one the BPE was trained with:
 * char: refused (no byte fallback: llama.cpp could not encode an unseen character).
 
 The chat terminators are marked for llama.cpp: ``<|eos|>`` is its eos, ``<|assistant_end|>``
-its end-of-turn (both end generation); the chat template of the Hugging Face export is
-carried as ``tokenizer.chat_template``. Rows of the embedding beyond the tokenizer are
-named ``[PAD<i>]`` (unused).
+its end-of-turn, ``<|user_start|>`` its end-of-message (all three end generation there); the
+chat template of the Hugging Face export is carried as ``tokenizer.chat_template``. Rows of the
+embedding beyond the tokenizer are named ``[PAD<i>]`` (unused).
 
 Quantization: ``f16`` (matrices in float16, norms in float32) or ``q8_0`` (matrices whose rows
 are multiples of 32 in llama.cpp's 8-bit blocks; the rest as for f16).
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from ..tokenizers import Tokenizer
-from ..tokenizers.special import ASSISTANT_END, BOS, EOS, PAD, UNK
+from ..tokenizers.special import ASSISTANT_END, BOS, EOS, PAD, UNK, USER_START
 from ..utils.errors import FoundryError
 from ..utils.io import fsync_dir
 
@@ -240,9 +240,13 @@ def _write_vocab(writer, gguf, tok: Tokenizer, vocab: dict) -> None:
     writer.add_token_list(vocab["tokens"])
     writer.add_token_types(vocab["types"])
     writer.add_token_merges(vocab["merges"])
-    ids = {name: tok.token_id(name) for name in (BOS, EOS, PAD, UNK, ASSISTANT_END)}
+    ids = {name: tok.token_id(name) for name in (BOS, EOS, PAD, UNK, ASSISTANT_END, USER_START)}
+    # llama.cpp ends generation at eos, eot and eom: our end of text, end of the assistant's turn,
+    # and (eom) the start of a user turn the model would write itself. BOS, our fourth chat
+    # terminator, has no such slot (a Modelfile's `stop` covers it; docs/*/interop.md).
     for name, add in ((BOS, writer.add_bos_token_id), (EOS, writer.add_eos_token_id), (PAD, writer.add_pad_token_id),
-                      (UNK, writer.add_unk_token_id), (ASSISTANT_END, writer.add_eot_token_id)):
+                      (UNK, writer.add_unk_token_id), (ASSISTANT_END, writer.add_eot_token_id),
+                      (USER_START, writer.add_eom_token_id)):
         if ids[name] is not None:
             add(ids[name])
     writer.add_add_bos_token(False)  # our prompts carry BOS where they need it (a chat always starts with it)
