@@ -14,7 +14,7 @@ split (``tokenizer.ggml.pre``) that matches the one the BPE was trained with:
 * byte: the 256 bytes as byte-level BPE tokens (GPT-2's byte -> character map) and no
   merges, so every byte is its own token, same ids; specials follow as control tokens.
 * bpe: our (Hugging Face) vocabulary and merges as they are; the split must be one llama.cpp
-  knows (GPT-2's, ours; Llama 3's and Qwen2's, for imported models).
+  knows (GPT-2's, ours; SmolLM's, Llama 3's and Qwen2's, for imported models).
 * char: refused (no byte fallback: llama.cpp could not encode an unseen character).
 
 The chat terminators are marked for llama.cpp: ``<|eos|>`` is its eos, ``<|assistant_end|>``
@@ -216,19 +216,25 @@ def gguf_vocab(tok: Tokenizer, n_vocab: int, tokenizer_file: Path) -> dict:
 
 
 def _pre_tokenizer(data: dict, where: Path) -> str:
-    """llama.cpp's name for the regex split of a byte-level BPE tokenizer.json (see ``_SPLITS``)."""
+    """llama.cpp's name for the split of a byte-level BPE tokenizer.json: GPT-2's (the ByteLevel
+    step's own regex: ours), SmolLM's (single digits first), or a Split regex of ``_SPLITS``."""
     pre = data.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    splits = [s for s in steps if s.get("type") == "Split"]
+    kinds = [s.get("type") for s in steps]
     byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
-    if not byte_level:
+    if len(byte_level) != 1 or kinds[-1] != "ByteLevel":
         raise FoundryError(f"{where}: not a byte-level BPE; llama.cpp's BPE reads byte-level tokenizers only")
-    if not splits and byte_level[0].get("use_regex", True):
-        return "gpt-2"  # the ByteLevel step's own split: GPT-2's (our trained BPE)
-    pattern = (splits[0].get("pattern") or {}).get("Regex") if len(splits) == 1 else None
-    if pattern in _SPLITS:
-        return _SPLITS[pattern]
-    raise FoundryError(f"{where}: its pre-tokenizer split is not one llama.cpp knows (GPT-2, Llama 3, Qwen2)")
+    regex = byte_level[0].get("use_regex", True)
+    if kinds == ["ByteLevel"] and regex:
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and regex and steps[0].get("individual_digits"):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not regex:
+        pattern = (steps[0].get("pattern") or {}).get("Regex")
+        if pattern in _SPLITS:
+            return _SPLITS[pattern]
+    raise FoundryError(f"{where}: its pre-tokenizer ({' + '.join(map(str, kinds))}) is not a split llama.cpp "
+                       "knows (GPT-2's, SmolLM's, Llama 3's, Qwen2's)")
 
 
 def _write_vocab(writer, gguf, tok: Tokenizer, vocab: dict) -> None:
