@@ -16,6 +16,7 @@ import torch
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'llm-foundry[gguf]')")
 
 from helpers import one_line_error, run_cli  # noqa: E402
+from test_cli import run_main  # noqa: E402  (the CLI in this process: bad input costs no start-up)
 from llm_foundry import MiniLLM, ModelConfig  # noqa: E402
 from llm_foundry.export.gguf import export_gguf, pairs_from_halves  # noqa: E402
 from llm_foundry.models.model_dir import load_model_dir, save_model_dir  # noqa: E402
@@ -129,17 +130,18 @@ def test_pair_order_computes_the_same_rotation():
     assert torch.allclose(pairs, torch.stack((ours[..., :d // 2], ours[..., d // 2:]), dim=-1).flatten(-2), atol=1e-6)
 
 
-def test_cli_export_gguf_and_bad_input(models, tmp_path, trained_run):
+def test_cli_export_gguf_and_bad_input(models, tmp_path, trained_run, capsys):
     out = tmp_path / "m.gguf"
     proc = run_cli("export", models["qwen3_bpe"], "--format", "gguf", "--quant", "q8_0", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    one_line_error(run_cli("export", models["qwen3_bpe"], "--format", "gguf", "--out", out), "exists", "--force")
-    one_line_error(run_cli("export", models["qwen3_bpe"], "--format", "gguf", "--quant", "q4", "--out", tmp_path / "x"),
+    model = models["qwen3_bpe"]
+    one_line_error(run_main(capsys, "export", model, "--format", "gguf", "--out", out), "exists", "--force")
+    one_line_error(run_main(capsys, "export", model, "--format", "gguf", "--quant", "q4", "--out", tmp_path / "x"),
                    "unknown --quant", "q8_0")
-    one_line_error(run_cli("export", models["qwen3_bpe"], "--quant", "q8_0", "--out", tmp_path / "x"), "gguf only")
+    one_line_error(run_main(capsys, "export", model, "--quant", "q8_0", "--out", tmp_path / "x"), "gguf only")
     # The char tokenizer (the trained run of conftest) is refused, nothing written.
-    one_line_error(run_cli("export", trained_run, "--format", "gguf", "--out", tmp_path / "c.gguf"),
+    one_line_error(run_main(capsys, "export", trained_run, "--format", "gguf", "--out", tmp_path / "c.gguf"),
                    "char tokenizer cannot be exported to GGUF", "byte or bpe")
     assert not (tmp_path / "c.gguf").exists() and not (tmp_path / "x").exists()
 

@@ -20,6 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from helpers import one_line_error, run_cli  # noqa: E402
+from test_cli import run_main  # noqa: E402  (the CLI in this process: bad input costs no start-up)
 from llm_foundry.export.hf_import import import_hf  # noqa: E402
 from llm_foundry.models.model_dir import load_model_dir  # noqa: E402
 from llm_foundry.tokenizers.special import BOS, CHAT_SPECIAL_TOKENS, EOS  # noqa: E402
@@ -140,6 +141,32 @@ def test_round_trip_hf_ours_hf(imported, tmp_path):
         assert (a - b).abs().max().item() < TOL, family
 
 
+def test_bin_and_sharded_weights(imported, tmp_path):
+    """pytorch_model.bin and a sharded safetensors index import to the same weights."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, src, dst = imported["qwen3"]
+    tensors = load_file(str(src / "model.safetensors"))
+    names = sorted(tensors)
+    variants = {"bin": tmp_path / "bin", "sharded": tmp_path / "sharded"}
+    for folder in variants.values():
+        shutil.copytree(src, folder)
+        (folder / "model.safetensors").unlink()
+    torch.save(tensors, variants["bin"] / "pytorch_model.bin")
+    halves = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
+    for file, part in halves.items():
+        save_file({k: tensors[k] for k in part}, str(variants["sharded"] / file))
+    (variants["sharded"] / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: file for file, part in halves.items() for k in part}}))
+    want = load_model_dir(dst).model.state_dict()
+    for name, folder in variants.items():
+        got = load_model_dir(import_hf(folder, tmp_path / f"{name}_ours")).model.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), name
+
+
+@pytest.mark.slow
 def test_imported_model_trains_and_chats(imported, tmp_path):
     """`foundry train --init-from` on the imported folder, then a chat reply through the Engine."""
     from llm_foundry.inference.engine import Engine
@@ -161,24 +188,24 @@ def test_imported_model_trains_and_chats(imported, tmp_path):
     assert events[-1]["type"] == "done" and events[-1]["completion_tokens"] >= 1
 
 
-def test_cli_import_and_bad_input(tmp_path):
+def test_cli_import_and_bad_input(tmp_path, capsys):
     src = tmp_path / "hf"
     make_hf_folder(src, "llama")
     out = tmp_path / "ours"
     proc = run_cli("import", src, "--out", out, "--max-seq-len", 64)
     assert proc.returncode == 0, proc.stderr
     assert load_model_dir(out).model.cfg.max_seq_len == 64
-    one_line_error(run_cli("import", src, "--out", out), "not empty", "--force")
+    one_line_error(run_main(capsys, "import", src, "--out", out), "not empty", "--force")
 
     # A foreign architecture.
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    one_line_error(run_cli("import", gpt2, "--out", tmp_path / "x"), "gpt2", "Llama and Qwen3")
+    one_line_error(run_main(capsys, "import", gpt2, "--out", tmp_path / "x"), "gpt2", "Llama and Qwen3")
     # Not a folder, no folder.
     (tmp_path / "file").write_text("x")
-    one_line_error(run_cli("import", tmp_path / "file", "--out", tmp_path / "x"), "not a folder")
-    one_line_error(run_cli("import", tmp_path / "nowhere", "--out", tmp_path / "x"), "not a folder")
+    one_line_error(run_main(capsys, "import", tmp_path / "file", "--out", tmp_path / "x"), "not a folder")
+    one_line_error(run_main(capsys, "import", tmp_path / "nowhere", "--out", tmp_path / "x"), "not a folder")
     # A tokenizer we cannot map: WordPiece (no byte-level BPE).
     import shutil
 
@@ -187,7 +214,7 @@ def test_cli_import_and_bad_input(tmp_path):
     from tokenizers import Tokenizer, models
 
     Tokenizer(models.WordPiece(vocab={"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(wp / "tokenizer.json"))
-    one_line_error(run_cli("import", wp, "--out", tmp_path / "x"), "WordPiece", "byte-level BPE")
+    one_line_error(run_main(capsys, "import", wp, "--out", tmp_path / "x"), "WordPiece", "byte-level BPE")
     # Missing weights: a layer's tensor gone, then no weights file at all.
     from safetensors.torch import load_file, save_file
 
@@ -196,9 +223,9 @@ def test_cli_import_and_bad_input(tmp_path):
     tensors = load_file(str(cut / "model.safetensors"))
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, str(cut / "model.safetensors"))
-    one_line_error(run_cli("import", cut, "--out", tmp_path / "x"), "missing weights", "layers.1.ffn.w3")
+    one_line_error(run_main(capsys, "import", cut, "--out", tmp_path / "x"), "missing weights", "layers.1.ffn.w3")
     (cut / "model.safetensors").unlink()
-    one_line_error(run_cli("import", cut, "--out", tmp_path / "x"), "no weights")
+    one_line_error(run_main(capsys, "import", cut, "--out", tmp_path / "x"), "no weights")
     # RoPE scaling (Llama 3.1+), which MiniLLM does not compute.
     scaled = tmp_path / "scaled"
     shutil.copytree(src, scaled)
@@ -206,5 +233,5 @@ def test_cli_import_and_bad_input(tmp_path):
     cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
     cfg.pop("rope_parameters", None)
     (scaled / "config.json").write_text(json.dumps(cfg))
-    one_line_error(run_cli("import", scaled, "--out", tmp_path / "x"), "RoPE scaling", "llama3")
+    one_line_error(run_main(capsys, "import", scaled, "--out", tmp_path / "x"), "RoPE scaling", "llama3")
     assert not (tmp_path / "x").exists()  # nothing written for bad input
