@@ -10,9 +10,9 @@ it becomes our BPE tokenizer as it is, with two changes, both recorded in the fo
 * the model's own document tokens take our roles: its ``eos_token`` (tokenizer_config.json,
   else config.json's id) is renamed ``<|eos|>``, its ``bos_token`` ``<|bos|>`` (and a
   pad token ``<|pad|>``). The ids do not change; only our code finds them by these names.
-* our chat tokens (``<|user_start|>`` ...) and any role still missing are added as new ids.
-  Where the embedding has no row for them it grows, the new rows being the mean of the
-  others (the old ids' logits do not change). A model has never seen these tokens:
+* our chat tokens (``<|user_start|>`` ...) and any role still missing are added as new ids
+  after the tokenizer's own. Their rows are the mean of the tokenizer's rows (the embedding
+  grows where it has none; the other ids' logits do not change). A model has never seen these tokens:
   ``foundry sft`` teaches it our chat layout; plain text works at once.
 
 A SentencePiece/Unigram/WordPiece tokenizer, an unknown architecture, RoPE scaling, biases,
@@ -65,7 +65,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False,
     # Everything is read and checked before the first file is written.
     hf_cfg = _read_json(src / "config.json", "model config")
     cfg = model_config(hf_cfg, src, max_seq_len)
-    tok_json = tokenizer_json(src, hf_cfg)
+    tok_json, first_new = tokenizer_json(src, hf_cfg)
     tok = BPETokenizer.from_json(tok_json)
     weights = read_hf_weights(src)
     state = our_state_dict(weights, cfg, src)
@@ -73,8 +73,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False,
     with torch.device("meta"):
         model = MiniLLM(cfg)
     model.materialize(state)
-    if tok.vocab_size > cfg.vocab_size:  # our chat tokens need rows the model does not have
-        _grow_vocab(model, tok.vocab_size)
+    if tok.vocab_size > first_new:
+        _init_new_rows(model, first_new, tok.vocab_size)
     write_model_folder(out, model, tok, step=0)
     return out
 
@@ -208,21 +208,23 @@ def our_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig, src: Path
 
 
 @torch.no_grad()
-def _grow_vocab(model, new_size: int) -> None:
-    """Add embedding (and untied head) rows up to ``new_size``, each the mean of the existing rows:
-    a new token then starts as an average token, not noise, and old ids' logits stay as they were."""
-    old = model.cfg.vocab_size
-    emb_mean = model.tok_embeddings.weight.mean(0)
-    head_mean = None if model.cfg.tie_embeddings else model.output.weight.mean(0)
-    model.resize_vocab(new_size)
-    model.tok_embeddings.weight[old:] = emb_mean
+def _init_new_rows(model, first: int, end: int) -> None:
+    """Rows ``first .. end`` (the tokens we added) of the embedding and an untied head: each the mean
+    of the tokenizer's own rows, so a new token starts as an average token, not noise or an unused
+    row's leftovers. The embedding grows where it is too small; the other ids' logits do not change."""
+    emb_mean = model.tok_embeddings.weight[:first].mean(0)
+    head_mean = None if model.cfg.tie_embeddings else model.output.weight[:first].mean(0)
+    if end > model.cfg.vocab_size:
+        model.resize_vocab(end)
+    model.tok_embeddings.weight[first:end] = emb_mean
     if head_mean is not None:
-        model.output.weight[old:] = head_mean
+        model.output.weight[first:end] = head_mean
 
 
 # ---------------------------------------------------------------- tokenizer
-def tokenizer_json(src: Path, hf_cfg: dict) -> str:
-    """The folder's ``tokenizer.json`` as our BPE tokenizer: roles renamed, chat tokens added (module docstring)."""
+def tokenizer_json(src: Path, hf_cfg: dict) -> tuple[str, int]:
+    """The folder's ``tokenizer.json`` as our BPE tokenizer (roles renamed, chat tokens added: see the
+    module docstring), and the first id it added (its own size when it added none)."""
     from tokenizers import AddedToken, Tokenizer as HFTokenizer
 
     path = src / "tokenizer.json"
@@ -263,9 +265,10 @@ def tokenizer_json(src: Path, hf_cfg: dict) -> str:
     # Our encode never runs the post-processor, and it names tokens by their old names.
     data["post_processor"] = None
     hf = HFTokenizer.from_str(json.dumps(data, ensure_ascii=False))
+    first_new = hf.get_vocab_size(with_added_tokens=True)
     missing = [t for t in DEFAULT_SPECIAL_TOKENS if hf.token_to_id(t) is None]
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
-    return hf.to_str()
+    return hf.to_str(), first_new
 
 
 def _byte_level(data: dict) -> bool:
