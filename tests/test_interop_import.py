@@ -232,8 +232,16 @@ def test_cli_import_and_bad_input(tmp_path, capsys):
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, str(cut / "model.safetensors"))
     one_line_error(run_main(capsys, "import", cut, "--out", tmp_path / "x"), "missing weights", "layers.1.ffn.w3")
+    (cut / "model.safetensors").write_bytes(b"not a safetensors file")
+    one_line_error(run_main(capsys, "import", cut, "--out", tmp_path / "x"), "cannot read weights")
     (cut / "model.safetensors").unlink()
     one_line_error(run_main(capsys, "import", cut, "--out", tmp_path / "x"), "no weights")
+    # A tokenizer with more ids than the model has rows.
+    small = tmp_path / "small"
+    shutil.copytree(src, small)
+    cfg = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**cfg, "vocab_size": 100}))
+    one_line_error(run_main(capsys, "import", small, "--out", tmp_path / "x"), "ids but the model only 100 rows")
     # RoPE scaling (Llama 3.1+), which MiniLLM does not compute.
     scaled = tmp_path / "scaled"
     shutil.copytree(src, scaled)

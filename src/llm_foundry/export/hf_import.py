@@ -67,6 +67,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False,
     cfg = model_config(hf_cfg, src, max_seq_len)
     tok_json, first_new = tokenizer_json(src, hf_cfg)
     tok = BPETokenizer.from_json(tok_json)
+    if first_new > cfg.vocab_size:
+        raise FoundryError(f"{src}: tokenizer.json has {first_new} ids but the model only {cfg.vocab_size} rows")
     weights = read_hf_weights(src)
     state = our_state_dict(weights, cfg, src)
     del weights
@@ -89,6 +91,11 @@ def _read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise FoundryError(f"{path} is not a {what} (not a JSON object)")
     return data
+
+
+def _first_line(e: Exception) -> str:
+    """An exception from a library (the Rust tokenizers, safetensors, torch.load) as one line."""
+    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def model_config(hf: dict, src: Path, max_seq_len: int | None = None) -> ModelConfig:
@@ -166,7 +173,7 @@ def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
                 else:  # weights_only: a pickle from elsewhere must not run code
                     tensors.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
             except Exception as e:
-                raise FoundryError(f"cannot read weights {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                raise FoundryError(f"cannot read weights {path}: {_first_line(e)}") from None
         return tensors
     raise FoundryError(f"{src} has no weights (model.safetensors or pytorch_model.bin)")
 
@@ -238,7 +245,8 @@ def tokenizer_json(src: Path, hf_cfg: dict) -> tuple[str, int]:
     added = [t for t in data.get("added_tokens") or [] if isinstance(t, dict)]
     by_id = {t.get("id"): t for t in added}
     by_content = {t.get("content"): t for t in added}
-    config = _read_json(src / "tokenizer_config.json", "tokenizer config") if (src / "tokenizer_config.json").is_file() else {}
+    config_file = src / "tokenizer_config.json"
+    config = _read_json(config_file, "tokenizer config") if config_file.is_file() else {}
 
     def role_token(name: str) -> dict | None:
         """The added token that plays ``name`` (bos/eos/pad) in this model, if any."""
@@ -257,14 +265,17 @@ def tokenizer_json(src: Path, hf_cfg: dict) -> tuple[str, int]:
         if token is None or token["id"] in taken or ours in by_content:
             continue
         if name == "pad" and "pad" not in token["content"].lower():
-            continue  # a pad_token that is really the end of text (Qwen) keeps that role; never sampled otherwise
+            continue  # a pad_token that is really the end of text (Qwen) keeps that role (a pad is never sampled)
         if token["content"] in model.get("vocab", {}):  # GPT-2 style: the token is in the vocabulary too
             model["vocab"][ours] = model["vocab"].pop(token["content"])
-        token["content"] = ours
+        token["content"], token["special"] = ours, True  # special: typed in a text, it stays text
         taken.add(token["id"])
     # Our encode never runs the post-processor, and it names tokens by their old names.
     data["post_processor"] = None
-    hf = HFTokenizer.from_str(json.dumps(data, ensure_ascii=False))
+    try:
+        hf = HFTokenizer.from_str(json.dumps(data, ensure_ascii=False))
+    except Exception as e:  # the Rust side's own message, first line
+        raise FoundryError(f"{path} could not be read: {_first_line(e)}") from None
     first_new = hf.get_vocab_size(with_added_tokens=True)
     missing = [t for t in DEFAULT_SPECIAL_TOKENS if hf.token_to_id(t) is None]
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
@@ -276,4 +287,5 @@ def _byte_level(data: dict) -> bool:
     pre = data.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     decoder = data.get("decoder") or {}
-    return any(isinstance(s, dict) and s.get("type") == "ByteLevel" for s in steps) and decoder.get("type") == "ByteLevel"
+    byte_steps = any(isinstance(s, dict) and s.get("type") == "ByteLevel" for s in steps)
+    return byte_steps and decoder.get("type") == "ByteLevel"
