@@ -146,24 +146,38 @@ def test_cli_export_gguf_and_bad_input(models, tmp_path, trained_run, capsys):
     assert not (tmp_path / "c.gguf").exists() and not (tmp_path / "x").exists()
 
 
-def test_unknown_split_refused(tmp_path):
-    """A byte-level BPE whose regex split llama.cpp does not know: one line, no file (llama.cpp would
-    tokenize text differently)."""
+def model_with_split(folder, split: str):
+    """A one-layer model folder whose BPE splits text as ``split`` says: ``smollm`` (single digits,
+    then GPT-2's split), a name of ``_SPLITS`` (that Split regex), or any other regex; returns its tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
 
+    from llm_foundry.export.gguf import _SPLITS
     from llm_foundry.tokenizers.special import DEFAULT_SPECIAL_TOKENS
-    from llm_foundry.utils.errors import FoundryError
 
     hf = Tokenizer(tk_models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\w+|\W"), behavior="isolated"),
-                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if split == "smollm":
+        hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    else:
+        pattern = next((p for p, name in _SPLITS.items() if name == split), split)
+        hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     hf.decoder = decoders.ByteLevel()
-    hf.train_from_iterator(BPE_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=DEFAULT_SPECIAL_TOKENS,
+    hf.train_from_iterator(BPE_CORPUS, trainers.BpeTrainer(vocab_size=330, special_tokens=DEFAULT_SPECIAL_TOKENS,
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                             show_progress=False))
     tok = BPETokenizer(hf)
-    save_model_dir(tmp_path / "m", MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=1, n_heads=4,
-                                                       max_seq_len=64)), tok)
+    save_model_dir(folder, MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=1, n_heads=4,
+                                               max_seq_len=64)), tok)
+    return tok
+
+
+def test_unknown_split_refused(tmp_path):
+    """A byte-level BPE whose regex split llama.cpp does not know: one line, no file (llama.cpp would
+    tokenize text differently)."""
+    from llm_foundry.utils.errors import FoundryError
+
+    model_with_split(tmp_path / "m", r"\w+|\W")
     with pytest.raises(FoundryError, match="not a split llama.cpp knows"):
         export_gguf(tmp_path / "m", tmp_path / "m.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
@@ -253,26 +267,7 @@ def test_llama_cpp_chat_reply_stops_where_ours_does(llama_cpp, tmp_path):
 @pytest.mark.parametrize("split", ["llama-bpe", "qwen2", "smollm"])
 def test_llama_cpp_reads_imported_tokenizers(llama_cpp, tmp_path, split):
     """A BPE with Llama 3's, Qwen2's or SmolLM's split (what `foundry import` brings in) tokenizes alike in llama.cpp."""
-    from tokenizers import Regex, Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
-
-    from llm_foundry.export.gguf import _SPLITS
-    from llm_foundry.tokenizers.special import DEFAULT_SPECIAL_TOKENS
-
-    hf = Tokenizer(tk_models.BPE())
-    if split == "smollm":  # single digits, then GPT-2's split (SmolLM2)
-        hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    else:
-        pattern = next(p for p, name in _SPLITS.items() if name == split)
-        hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-                                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    hf.decoder = decoders.ByteLevel()
-    hf.train_from_iterator(BPE_CORPUS, trainers.BpeTrainer(vocab_size=330, special_tokens=DEFAULT_SPECIAL_TOKENS,
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                            show_progress=False))
-    tok = BPETokenizer(hf)
-    save_model_dir(tmp_path / "m", MiniLLM(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=1, n_heads=4,
-                                                       max_seq_len=64)), tok)
+    tok = model_with_split(tmp_path / "m", split)
     llm = llama_cpp.Llama(model_path=str(export_gguf(tmp_path / "m", tmp_path / "m.gguf")), vocab_only=True,
                           verbose=False)
     for text in [*TEXTS, "It's 1234567 o'clock, DON'T  stop\n\n  now"]:
