@@ -259,6 +259,9 @@ def test_llama_cpp_chat_reply_stops_where_ours_does(llama_cpp, tmp_path):
     out = llm.create_completion(render_prompt(tok, lesson), max_tokens=24, temperature=0.0, top_k=1,
                                 repeat_penalty=1.0)
     assert out["choices"][0]["text"] == ours and out["choices"][0]["finish_reason"] == "stop"
+    # The chat API of llama-cpp-python renders the chat template stored in the file.
+    reply = llm.create_chat_completion(lesson[:1], max_tokens=24, temperature=0.0, top_k=1, repeat_penalty=1.0)
+    assert reply["choices"][0]["message"]["content"] == ours and reply["choices"][0]["finish_reason"] == "stop"
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     for name, ends in (("<|assistant_end|>", True), ("<|eos|>", True), ("<|user_start|>", True), ("<|pad|>", False)):
         assert llama_cpp.llama_vocab_is_eog(vocab, tok.token_id(name)) == ends, name

@@ -65,8 +65,8 @@ CHAT_TEMPLATE = ("""
     {%- if m.tool_calls -%}
       {#- the calls, each followed by the result of the tool message that answers it, then the text -#}
       {{- call_text(m.tool_calls[0]) -}}
-      {%- set ns.tooling, ns.open, ns.calls, ns.k, ns.results = true, true, m.tool_calls, 1, 0 -%}
-      {%- set ns.text = text(m.content) -%}
+      {%- set ns.tooling = true -%}{%- set ns.open = true -%}{%- set ns.calls = m.tool_calls -%}
+      {%- set ns.k = 1 -%}{%- set ns.results = 0 -%}{%- set ns.text = text(m.content) -%}
     {%- else -%}
       {%- if m.content is string -%}{{- m.content -}}
       {%- else -%}
