@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     ("generate", ("generate",)),
     ("evaluate", ("eval",)),
     ("export", ("export",)),
+    ("importer", ("import",)),
     ("online", ("online",)),
     ("bench", ("bench",)),
     ("demo", ("demo",)),
@@ -38,7 +39,7 @@ WORKFLOWS = (
     ("serve", ("serve",)),
     ("online", ("online",)),
     ("evolve", ("evolve",)),
-    ("tools", ("config", "eval", "report", "export", "bench", "memory")),
+    ("tools", ("config", "eval", "report", "import", "export", "bench", "memory")),
     ("learn", ("lab",)),
 )
 

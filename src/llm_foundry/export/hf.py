@@ -13,9 +13,11 @@ Folder written (every file atomically):
 
     config.json              LlamaConfig / Qwen3Config
     model.safetensors        fp32 weights under Hugging Face names
-    generation_config.json   bos/eos/pad ids; the ids our Generator never emits are suppressed
+    generation_config.json   bos/pad ids; eos: every chat terminator (a list) for a tokenizer with the
+                             chat tokens, else <|eos|>; the ids our decoding never emits are suppressed
     tokenizer.json           a Hugging Face ``tokenizers`` file (BPE: ours as is; byte, char: built here)
-    tokenizer_config.json    PreTrainedTokenizerFast and its special tokens
+    tokenizer_config.json    PreTrainedTokenizerFast, its special tokens, and (chat tokens) the Jinja
+                             ``chat_template`` of our chat layout (``chat_template.py``)
 
 ``transformers`` itself is not needed to export, only to load the result.
 """
@@ -29,9 +31,10 @@ import torch
 
 from ..config import ModelConfig
 from ..tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
-from ..tokenizers.special import BOS, EOS, NEVER_SAMPLED, PAD, UNK, token_ids
+from ..tokenizers.special import BOS, CHAT_SPECIAL_TOKENS, CHAT_TERMINATORS, EOS, NEVER_SAMPLED, PAD, UNK, token_ids
 from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_bytes, atomic_write_json
+from .chat_template import CHAT_TEMPLATE
 
 
 # Our parameter names (per layer, after "layers.{i}.") -> Hugging Face names (after "model.layers.{i}.").
@@ -102,19 +105,29 @@ def hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
     A tied output head is left out (``tie_word_embeddings`` makes ``transformers`` tie it);
     a parameter without a Hugging Face counterpart is an error, never silently dropped.
     """
-    out: dict[str, torch.Tensor] = {}
+    return {name: value.contiguous() for _, name, value in
+            renamed(state, cfg, _LAYER_NAMES, _TOP_NAMES, "model.layers", "Hugging Face")}
+
+
+def renamed(state: dict[str, torch.Tensor], cfg: ModelConfig, layer_names: dict[str, str], top_names: dict[str, str],
+            layer_prefix: str, target: str):
+    """``(our name, their name, fp32 CPU tensor)`` for each parameter, renamed by ``layer_names`` (after
+    ``layers.{i}.``, written after ``{layer_prefix}.{i}.``) and ``top_names``; a tied head is skipped.
+
+    Raises:
+        FoundryError: a parameter has no name in ``target`` (never silently dropped).
+    """
     for key, value in state.items():
         if key == "output.weight" and cfg.tie_embeddings:
             continue
         m = _LAYER_KEY.fullmatch(key)
-        if m and m.group(2) in _LAYER_NAMES:
-            name = f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
-        elif key in _TOP_NAMES:
-            name = _TOP_NAMES[key]
+        if m and m.group(2) in layer_names:
+            name = f"{layer_prefix}.{m.group(1)}.{layer_names[m.group(2)]}"
+        elif key in top_names:
+            name = top_names[key]
         else:
-            raise FoundryError(f"cannot export parameter {key!r}: it has no Hugging Face counterpart")
-        out[name] = value.detach().to("cpu", torch.float32).contiguous()
-    return out
+            raise FoundryError(f"cannot export parameter {key!r}: it has no {target} counterpart")
+        yield key, name, value.detach().to("cpu", torch.float32)
 
 
 def _special_ids(tok: Tokenizer) -> dict[str, int | None]:
@@ -160,14 +173,25 @@ def hf_config(cfg: ModelConfig, tok: Tokenizer) -> dict:
 
 
 def generation_config(tok: Tokenizer) -> dict:
-    """Defaults for ``model.generate``: our special ids, and never emitting what our text-mode Engine never
-    samples (``NEVER_SAMPLED`` and BOS)."""
+    """Defaults for ``model.generate``, as our decoding has them.
+
+    A tokenizer with the chat tokens gets the chat engine's: a reply ends at any of
+    ``CHAT_TERMINATORS`` (``eos_token_id`` is their list) and only ``NEVER_SAMPLED`` is
+    suppressed. Without them (a char tokenizer) it is plain text: ends at ``<|eos|>``, and
+    never emits what our text-mode Generator never samples (``NEVER_SAMPLED`` and BOS).
+    """
     ids = _special_ids(tok)
-    suppress = sorted(token_ids(tok, (*NEVER_SAMPLED, BOS)))
-    gen = {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}
+    chat = _has_chat_tokens(tok)
+    suppress = sorted(token_ids(tok, NEVER_SAMPLED if chat else (*NEVER_SAMPLED, BOS)))
+    eos = [tok.token_id(t) for t in CHAT_TERMINATORS if tok.token_id(t) is not None] if chat else ids["eos"]
+    gen = {"bos_token_id": ids["bos"], "eos_token_id": eos, "pad_token_id": ids["pad"]}
     if suppress:
         gen["suppress_tokens"] = suppress
     return gen
+
+
+def _has_chat_tokens(tok: Tokenizer) -> bool:
+    return all(tok.token_id(t) is not None for t in (BOS, *CHAT_SPECIAL_TOKENS))
 
 
 def hf_tokenizer_config(tok: Tokenizer, cfg: ModelConfig) -> dict:
@@ -181,9 +205,16 @@ def hf_tokenizer_config(tok: Tokenizer, cfg: ModelConfig) -> dict:
     for key, token in (("bos_token", BOS), ("eos_token", EOS), ("pad_token", PAD), ("unk_token", UNK)):
         if token in specials:
             config[key] = token
-    # Our tokenizers read "<|eos|>" inside a text as plain characters; this makes
-    # transformers do the same.
-    config["split_special_tokens"] = True
+    if _has_chat_tokens(tok):
+        # apply_chat_template renders our layout as text and tokenizes it: the special tokens
+        # in it must be read as tokens (so a "<|eos|>" typed inside a message is one too, unlike
+        # ours; apply_chat_template(..., sanitize_control_tokens=True) reads it as text).
+        config["chat_template"] = CHAT_TEMPLATE
+        config["split_special_tokens"] = False
+    else:
+        # Our tokenizers read "<|eos|>" inside a text as plain characters; this makes
+        # transformers do the same.
+        config["split_special_tokens"] = True
     return config
 
 
