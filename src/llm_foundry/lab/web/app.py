@@ -450,7 +450,7 @@ def create_app(settings: Settings) -> FastAPI:
                         yield _sse("failed", {"error": say(lang, f"the lab could not run the tests: {job.error}",
                                                            f"实验室无法运行测试：{job.error}")})
                     else:
-                        yield _sse("result", job.results)
+                        yield _sse("result", {**job.results, "queue": {**job.timing(), "workers": runs.workers}})
                     return
                 if await request.is_disconnected():
                     return

@@ -41,6 +41,7 @@ class Job:
     results: dict | None = None
     error: str = ""
     streamed: int = 0
+    ahead: int = 0  # jobs ahead of it (running or waiting) when it was submitted
     events: list[tuple[str, str]] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -70,6 +71,12 @@ class Job:
     def done(self) -> bool:
         return self.finished is not None
 
+    def timing(self) -> dict[str, float]:
+        """What the queue did to this job: jobs ahead at submit, seconds waited, seconds run."""
+        start = self.started if self.started is not None else self.submitted
+        end = self.finished if self.finished is not None else start
+        return {"ahead": self.ahead, "waited_s": round(start - self.submitted, 3), "ran_s": round(end - start, 3)}
+
 
 class RunQueue:
     """A FIFO of jobs run by ``workers`` threads, each calling ``execute(job)`` (which returns the results)."""
@@ -89,7 +96,7 @@ class RunQueue:
 
     def submit(self, owner: str, module: int, payload: Any) -> Job:
         with self._lock:
-            job = Job(f"{next(self._ids)}", owner, module, payload)
+            job = Job(f"{next(self._ids)}", owner, module, payload, ahead=len(self._running) + len(self._waiting))
             self._jobs[job.id] = job
             self._waiting.append(job)
             # forget old finished jobs (their results are in the learner's progress database)
