@@ -69,7 +69,7 @@ function el(tag, attrs = {}, ...kids) {
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else if (v !== false && v != null) e.setAttribute(k, v === true ? "" : v);
   }
-  for (const kid of kids.flat()) if (kid != null) e.append(kid);
+  for (const kid of kids.flat(Infinity)) if (kid != null && kid !== false) e.append(kid);
   return e;
 }
 async function api(method, path, body) {
