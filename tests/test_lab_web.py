@@ -190,3 +190,47 @@ def test_runaway_code_leaves_the_server_answering(course, what):
             assert words in shown
         streamed = sum(len(l) for l in lines if l.startswith("data: "))
         assert streamed < 2 << 20  # the stream is capped, whatever the code printed
+
+
+@pytest.mark.slow
+def test_twenty_learners_at_once_wait_no_longer_than_their_queue_position_predicts(course, tmp_path):
+    """20 learners press "run tests" at the same moment against 2 workers. The queue is FIFO, so a
+    run with ``k`` runs ahead of it (running or waiting) starts within ``floor(k / workers)`` run
+    times: each learner's wait is checked against that, with T the longest run measured here."""
+    from llm_foundry.lab.web.accounts import add_user as add_account
+    from llm_foundry.lab.web.store import Store
+
+    workers, learners = 2, 20
+    store = Store(tmp_path / "lab" / "web" / "web.db")
+    for i in range(learners):
+        add_account(store, f"learner{i}", "learner", "correct horse")
+    with lab_server(course, "--classroom", "--workers", str(workers)) as url:
+        sessions = [client(url, f"learner{i}") for i in range(learners)]
+        for c, csrf in sessions:  # each learner's own (correct) answer in their own workspace
+            assert c.put("/api/modules/1/files/arith.py", json={"content": ANSWER}, headers=csrf).status_code == 200
+        results, codes, go = [None] * learners, [], threading.Barrier(learners)
+
+        def learner(i):
+            c, csrf = sessions[i]
+            go.wait()
+            r = c.post("/api/modules/1/runs", headers=csrf)
+            codes.append(r.status_code)
+            import json
+            with c.stream("GET", f"/api/runs/{r.json()['id']}/events") as s:
+                codes.append(s.status_code)
+                lines = list(s.iter_lines())
+            results[i] = json.loads(lines[lines.index("event: result") + 1][6:])
+
+        threads = [threading.Thread(target=learner, args=(i,)) for i in range(learners)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert codes and max(codes) < 500 and set(codes) == {200}
+    assert all(r["status"] == "pass" for r in results)
+    longest = max(r["queue"]["ran_s"] for r in results)
+    assert sorted(r["queue"]["ahead"] for r in results) == list(range(learners))  # one queue, in order
+    for r in results:
+        q = r["queue"]
+        predicted = (q["ahead"] // workers) * longest
+        assert q["waited_s"] <= predicted * 1.1 + 2.0, (q, longest)
