@@ -14,12 +14,32 @@ from pathlib import Path
 
 import pytest
 
-from lab_fixtures import ANSWER, make_module
+from lab_fixtures import ANSWER, VISIBLE, make_module
 from lab_web_helpers import add_user, client, foundry, lab_env, lab_server, run_and_wait
 from llm_foundry.lab import sandbox
 from llm_foundry.lab.progress import Progress
 
 WRONG = ANSWER.replace("a + b", "a - b")  # the catalogued bug "sub"
+
+
+# a test that logs what the charts draw: a loss curve with a log line per point, a radar, a
+# heatmap and the learner against the reference (the LAB-METRIC lines of lab/web/charts.py)
+METRICS = VISIBLE + '''
+
+def test_training_curve():
+    import json
+    for step, loss in enumerate([2.0, 1.5, 1.2]):
+        print(f"step {step}: sample 'abc{step}'")
+        print("LAB-METRIC " + json.dumps({"kind": "line", "name": "loss", "step": step, "value": loss}))
+    for axis, v in (("add", 1.0), ("neg", 0.5), ("mix", 0.25)):
+        print("LAB-METRIC " + json.dumps({"kind": "radar", "name": "eval", "axis": axis, "value": v}))
+    for lr in ("1e-3", "1e-2"):
+        for bs in ("8", "16"):
+            print("LAB-METRIC " + json.dumps({"kind": "heatmap", "name": "loss by lr, batch", "x": lr, "y": bs,
+                                              "value": 1.0}))
+    print("LAB-METRIC " + json.dumps({"kind": "compare", "name": "adds/s", "mine": add(1, 1) * 100, "reference": 200}))
+    print("LAB-METRIC not json")
+'''
 
 
 @pytest.fixture
@@ -234,3 +254,23 @@ def test_twenty_learners_at_once_wait_no_longer_than_their_queue_position_predic
         q = r["queue"]
         predicted = (q["ahead"] // workers) * longest
         assert q["waited_s"] <= predicted * 1.1 + 2.0, (q, longest)
+
+
+def test_charts_gather_what_the_tests_log(tmp_path):
+    make_module(tmp_path / "modules", 1, visible=METRICS)
+    env = lab_env(tmp_path, tmp_path / "modules")
+    with lab_server(env) as url:
+        c, csrf = client(url)
+        assert c.get("/api/modules/1/charts").json()["attempt"] is None  # nothing run yet
+        c.put("/api/modules/1/files/arith.py", json={"content": ANSWER}, headers=csrf)
+        results, _ = run_and_wait(c, csrf, 1)
+        assert results["status"] == "pass"
+        charts = c.get("/api/modules/1/charts").json()
+    assert charts["attempt"] == 0
+    loss = charts["line"]["loss"]
+    assert [(p["step"], p["value"]) for p in loss] == [(0, 2.0), (1, 1.5), (2, 1.2)]
+    assert loss[1]["log"] == ["step 1: sample 'abc1'"]  # the moment's log lines, for a click on the point
+    assert [a["axis"] for a in charts["radar"]["eval"]] == ["add", "neg", "mix"]
+    grid = charts["heatmap"]["loss by lr, batch"]
+    assert (grid["x"], grid["y"], len(grid["cells"])) == (["1e-3", "1e-2"], ["8", "16"], 4)
+    assert charts["compare"] == [{"name": "adds/s", "mine": 200, "reference": 200}]

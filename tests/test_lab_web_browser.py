@@ -168,3 +168,31 @@ def test_a_learner_walks_through_module_2(browser, tmp_path):
         context.close()
         mctx.close()
     print("screenshots:", *sorted(str(p) for p in shots.glob("*.png")), sep="\n  ")
+
+
+def test_charts_and_the_log_of_a_point(browser, tmp_path):
+    """A module whose tests log a loss curve: the Charts tab draws it, a click on a point opens
+    that moment's log lines."""
+    from lab_fixtures import ANSWER, make_module
+    from test_lab_web import METRICS
+
+    make_module(tmp_path / "modules", 1, visible=METRICS)
+    env = lab_env(tmp_path, tmp_path / "modules")
+    with lab_server(env) as url:
+        c, csrf = client(url)
+        c.put("/api/modules/1/files/arith.py", json={"content": ANSWER}, headers=csrf)
+        assert c.post("/api/modules/1/runs", headers=csrf).status_code == 200
+        context, page, requests, errors = new_page(browser, url + "/#/module/1")
+        expect(page.locator("#editor .monaco-editor")).to_be_visible()
+        while not c.get("/api/modules/1").json()["attempts"]:  # the run queued above has finished
+            page.wait_for_timeout(200)
+        page.click("#tab-charts")
+        for chart in ("#chart-line-0", "#chart-radar-0", "#chart-heatmap-0", "#chart-compare"):
+            expect(page.locator(f"{chart} canvas").first).to_be_visible()
+        box = page.locator("#chart-line-0").bounding_box()
+        # the middle of the chart is step 1 of 0..2: a click there opens the nearest point's log
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expect(page.locator("#chart-log")).to_contain_text("step 1: sample 'abc1'")
+        page.screenshot(path=tmp_path / "charts.png")
+        assert errors == []
+        context.close()

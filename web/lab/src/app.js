@@ -28,6 +28,7 @@ const T = {
     reflectFirst: "Pass the tests and submit the reflection to unlock the next module.", files: "Files",
     lint: "lint", stopped: "The run stopped", reqs: "Prerequisites", library: "The library code this module rebuilds",
     charts: "Charts", attemptsChart: "Tests passed per attempt", learnerVsRef: "Yours vs the reference",
+    noCharts: "No measurement yet: the charts show what this module's tests log, after a test run.",
   },
   zh: {
     roadmap: "路线图", progress: "我的进度", reviews: "评审", references: "参考资料", search: "搜索",
@@ -52,6 +53,7 @@ const T = {
     reflectFirst: "通过测试并提交反思即可解锁下一个模块。", files: "文件",
     lint: "检查", stopped: "运行被停止", reqs: "前置要求", library: "本模块重建的库代码",
     charts: "图表", attemptsChart: "每次尝试通过的测试数", learnerVsRef: "你的实现与参考实现",
+    noCharts: "还没有测量数据：运行测试后，这里显示本模块测试记录的数据。",
   },
 };
 let lang = localStorage.getItem("lab-lang") || (navigator.language.startsWith("zh") ? "zh" : "en");
@@ -182,7 +184,7 @@ async function modulePage(n) {
   const left = el("div", { class: "left", id: "left" });
   const panel = el("div", { id: "panel", role: "tabpanel" });
   const tabs = [["task", () => taskTab(m)], ["intro", () => introTab(m)], ["hints", () => hintsTab(m)],
-    ["reflection", () => reflectionTab(m)], ["history", () => historyTab(m)], ["discussion", () => discussionTab(m)]];
+    ["reflection", () => reflectionTab(m)], ["history", () => historyTab(m)], ["charts", () => chartsTab(m)], ["discussion", () => discussionTab(m)]];
   const bar = el("div", { class: "tabs", role: "tablist" }, tabs.map(([k, render]) => el("button", {
     type: "button", role: "tab", id: `tab-${k}`, "aria-selected": "false", text: t(k),
     onclick: (e) => { for (const b of bar.children) b.setAttribute("aria-selected", b === e.currentTarget); panel.replaceChildren(...render()); },
@@ -275,6 +277,46 @@ function historyTab(m) {
       const r = await api("GET", `modules/${m.number}/attempts/${a.index}`);
       renderResults(r, t("reopened", a.index));
     } }))))];
+}
+
+function chartsTab(m) {
+  // the metrics the module's tests printed (LAB-METRIC lines, see lab/web/charts.py), latest attempt
+  const box = el("div", { id: "charts" });
+  const log = el("pre", { id: "chart-log", "aria-live": "polite" });
+  (async () => {
+    const c = await api("GET", `modules/${m.number}/charts`);
+    if (c.attempt === null) { box.replaceChildren(el("p", { class: "muted", text: t("noCharts") })); return; }
+    box.replaceChildren(el("p", { class: "muted", text: t("attempt", c.attempt, "") }));
+    const chart = (id, label, option, onClick, setup) => {
+      const node = el("div", { class: "chart", id, role: "img", "aria-label": label });
+      box.append(el("h2", { text: label }), node);
+      const ch = echarts.init(node); ch.setOption({ tooltip: {}, ...option });
+      if (onClick) ch.on("click", onClick);
+      if (setup) setup(ch);
+    };
+    // a click anywhere on a curve's chart opens the log of the nearest point (not only on its dot)
+    Object.entries(c.line).forEach(([name, pts], i) => chart(`chart-line-${i}`, name,
+      { tooltip: { trigger: "axis" }, xAxis: { type: "value", name: "step" }, yAxis: { type: "value", name },
+        series: [{ type: "line", name, data: pts.map((p) => [p.step, p.value]), symbolSize: 8 }] }, null,
+      (ch) => ch.getZr().on("click", (e) => {
+        const [x] = ch.convertFromPixel({ seriesIndex: 0 }, [e.offsetX, e.offsetY]);
+        const p = pts.reduce((a, b) => (Math.abs(b.step - x) < Math.abs(a.step - x) ? b : a));
+        log.textContent = `${name} @ ${p.step} = ${p.value}  (${p.test})\n` + p.log.join("\n");
+      })));
+    Object.entries(c.radar).forEach(([name, axes], i) => chart(`chart-radar-${i}`, name,
+      { radar: { indicator: axes.map((a) => ({ name: a.axis, max: Math.max(1, ...axes.map((x) => x.value)) })) },
+        series: [{ type: "radar", data: [{ value: axes.map((a) => a.value), name }] }] }));
+    Object.entries(c.heatmap).forEach(([name, g], i) => chart(`chart-heatmap-${i}`, name,
+      { xAxis: { type: "category", data: g.x }, yAxis: { type: "category", data: g.y },
+        visualMap: { min: Math.min(...g.cells.map((x) => x[2])), max: Math.max(...g.cells.map((x) => x[2])), calculable: true, orient: "horizontal", left: "center", bottom: 0 },
+        grid: { bottom: 70 }, series: [{ type: "heatmap", data: g.cells, label: { show: true } }] }));
+    if (c.compare.length) chart("chart-compare", t("learnerVsRef"),
+      { legend: {}, xAxis: { type: "category", data: c.compare.map((x) => x.name) }, yAxis: { type: "value" },
+        series: [{ type: "line", name: t("you"), data: c.compare.map((x) => x.mine) },
+          { type: "line", name: "reference", data: c.compare.map((x) => x.reference) }] });
+    box.append(log);
+  })().catch((e) => box.replaceChildren(notice(e.message, "bad")));
+  return [box];
 }
 
 function discussionTab(m) {

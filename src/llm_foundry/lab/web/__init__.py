@@ -5,6 +5,7 @@
     store.py      the web's own SQLite: users, sessions, review requests and comments, discussion posts
     runs.py       the run queue: a fixed number of workers, a queue position, live output
     tools.py      editor services (jedi completion, ruff lint and format) and the similarity check
+    charts.py     the metrics a module's tests print (LAB-METRIC lines), gathered for the charts
     static/       the built front end (web/lab/ at the repository root is its source; `npm run build`)
 
 Single-user mode (the default on a loopback bind) uses the learner's own lab home, the one the

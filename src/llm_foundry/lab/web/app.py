@@ -37,7 +37,7 @@ from ..progress import Progress, lab_home
 from ..results import limits_for, run_tests
 from ..text import LANGS, pick, say
 from ..workspace import MAX_FILE_BYTES, default_workspace, read_learner_files, write_workspace
-from . import accounts, tools
+from . import accounts, charts, tools
 from .runs import Job, RunQueue
 from .store import Store
 
@@ -468,6 +468,23 @@ def create_app(settings: Settings) -> FastAPI:
         if not 0 <= index < len(attempts):
             raise LabError(404, f"module {number} has no attempt {index}")
         return {**attempts[index]["results"], "at": attempts[index]["at"]}
+
+    @app.get("/api/modules/{number}/charts")
+    def module_charts(request: Request, number: int, attempt: int | None = None):
+        """The charts of attempt ``attempt`` (default: the latest that logged any metric)."""
+        learner, lang = who(request), lang_of(request)
+        with Progress.open(learner.home) as progress:
+            module_of(number, lang, progress, need_unlocked=False)
+            attempts = progress.attempts(number)
+        if attempt is not None:
+            if not 0 <= attempt < len(attempts):
+                raise LabError(404, f"module {number} has no attempt {attempt}")
+            return {"attempt": attempt, **charts.gather(attempts[attempt]["results"])}
+        for i in range(len(attempts) - 1, -1, -1):
+            found = charts.gather(attempts[i]["results"])
+            if any(found.values()):
+                return {"attempt": i, **found}
+        return {"attempt": None, **charts.gather({})}
 
     # ------------------------------------------------------------------ hints, diff, reflection, skip
     @app.post("/api/modules/{number}/hints")

@@ -84,7 +84,8 @@
       library: "The library code this module rebuilds",
       charts: "Charts",
       attemptsChart: "Tests passed per attempt",
-      learnerVsRef: "Yours vs the reference"
+      learnerVsRef: "Yours vs the reference",
+      noCharts: "No measurement yet: the charts show what this module's tests log, after a test run."
     },
     zh: {
       roadmap: "\u8DEF\u7EBF\u56FE",
@@ -169,7 +170,8 @@
       library: "\u672C\u6A21\u5757\u91CD\u5EFA\u7684\u5E93\u4EE3\u7801",
       charts: "\u56FE\u8868",
       attemptsChart: "\u6BCF\u6B21\u5C1D\u8BD5\u901A\u8FC7\u7684\u6D4B\u8BD5\u6570",
-      learnerVsRef: "\u4F60\u7684\u5B9E\u73B0\u4E0E\u53C2\u8003\u5B9E\u73B0"
+      learnerVsRef: "\u4F60\u7684\u5B9E\u73B0\u4E0E\u53C2\u8003\u5B9E\u73B0",
+      noCharts: "\u8FD8\u6CA1\u6709\u6D4B\u91CF\u6570\u636E\uFF1A\u8FD0\u884C\u6D4B\u8BD5\u540E\uFF0C\u8FD9\u91CC\u663E\u793A\u672C\u6A21\u5757\u6D4B\u8BD5\u8BB0\u5F55\u7684\u6570\u636E\u3002"
     }
   };
   var lang = localStorage.getItem("lab-lang") || (navigator.language.startsWith("zh") ? "zh" : "en");
@@ -376,6 +378,7 @@
       ["hints", () => hintsTab(m)],
       ["reflection", () => reflectionTab(m)],
       ["history", () => historyTab(m)],
+      ["charts", () => chartsTab(m)],
       ["discussion", () => discussionTab(m)]
     ];
     const bar = el("div", { class: "tabs", role: "tablist" }, tabs.map(([k, render]) => el("button", {
@@ -518,6 +521,77 @@
         renderResults(r, t("reopened", a.index));
       }
     }))))];
+  }
+  function chartsTab(m) {
+    const box = el("div", { id: "charts" });
+    const log = el("pre", { id: "chart-log", "aria-live": "polite" });
+    (async () => {
+      const c = await api("GET", `modules/${m.number}/charts`);
+      if (c.attempt === null) {
+        box.replaceChildren(el("p", { class: "muted", text: t("noCharts") }));
+        return;
+      }
+      box.replaceChildren(el("p", { class: "muted", text: t("attempt", c.attempt, "") }));
+      const chart = (id, label, option, onClick, setup) => {
+        const node = el("div", { class: "chart", id, role: "img", "aria-label": label });
+        box.append(el("h2", { text: label }), node);
+        const ch = echarts.init(node);
+        ch.setOption({ tooltip: {}, ...option });
+        if (onClick) ch.on("click", onClick);
+        if (setup) setup(ch);
+      };
+      Object.entries(c.line).forEach(([name, pts], i) => chart(
+        `chart-line-${i}`,
+        name,
+        {
+          tooltip: { trigger: "axis" },
+          xAxis: { type: "value", name: "step" },
+          yAxis: { type: "value", name },
+          series: [{ type: "line", name, data: pts.map((p) => [p.step, p.value]), symbolSize: 8 }]
+        },
+        null,
+        (ch) => ch.getZr().on("click", (e) => {
+          const [x] = ch.convertFromPixel({ seriesIndex: 0 }, [e.offsetX, e.offsetY]);
+          const p = pts.reduce((a, b) => Math.abs(b.step - x) < Math.abs(a.step - x) ? b : a);
+          log.textContent = `${name} @ ${p.step} = ${p.value}  (${p.test})
+` + p.log.join("\n");
+        })
+      ));
+      Object.entries(c.radar).forEach(([name, axes], i) => chart(
+        `chart-radar-${i}`,
+        name,
+        {
+          radar: { indicator: axes.map((a) => ({ name: a.axis, max: Math.max(1, ...axes.map((x) => x.value)) })) },
+          series: [{ type: "radar", data: [{ value: axes.map((a) => a.value), name }] }]
+        }
+      ));
+      Object.entries(c.heatmap).forEach(([name, g], i) => chart(
+        `chart-heatmap-${i}`,
+        name,
+        {
+          xAxis: { type: "category", data: g.x },
+          yAxis: { type: "category", data: g.y },
+          visualMap: { min: Math.min(...g.cells.map((x) => x[2])), max: Math.max(...g.cells.map((x) => x[2])), calculable: true, orient: "horizontal", left: "center", bottom: 0 },
+          grid: { bottom: 70 },
+          series: [{ type: "heatmap", data: g.cells, label: { show: true } }]
+        }
+      ));
+      if (c.compare.length) chart(
+        "chart-compare",
+        t("learnerVsRef"),
+        {
+          legend: {},
+          xAxis: { type: "category", data: c.compare.map((x) => x.name) },
+          yAxis: { type: "value" },
+          series: [
+            { type: "line", name: t("you"), data: c.compare.map((x) => x.mine) },
+            { type: "line", name: "reference", data: c.compare.map((x) => x.reference) }
+          ]
+        }
+      );
+      box.append(log);
+    })().catch((e) => box.replaceChildren(notice(e.message, "bad")));
+    return [box];
   }
   function discussionTab(m) {
     const box = el("div", { id: "discussion" });
