@@ -274,3 +274,20 @@ def test_charts_gather_what_the_tests_log(tmp_path):
     grid = charts["heatmap"]["loss by lr, batch"]
     assert (grid["x"], grid["y"], len(grid["cells"])) == (["1e-3", "1e-2"], ["8", "16"], 4)
     assert charts["compare"] == [{"name": "adds/s", "mine": 200, "reference": 200}]
+
+
+def test_editor_services_complete_lint_and_format(course):
+    pytest.importorskip("jedi")
+    pytest.importorskip("ruff")
+    with lab_server(course) as url:
+        c, csrf = client(url)
+        source = "import os\n\ndef f(x):\n    return os.pa\n"
+        items = c.post("/api/editor/complete", json={"source": source, "line": 4, "column": 16}, headers=csrf).json()
+        assert "path" in [i["label"] for i in items["items"]]
+        findings = c.post("/api/editor/lint", json={"source": "import os\nx = 1\n", "name": "a.py"}, headers=csrf).json()
+        assert [(f["code"], f["line"]) for f in findings["findings"]] == [("F401", 1)]  # os imported, never used
+        assert c.post("/api/editor/format", json={"source": "x=[1,2]\n"}, headers=csrf).json()["source"] == "x = [1, 2]\n"
+        r = c.post("/api/editor/format", json={"source": "def (:\n"}, headers=csrf)
+        assert r.status_code == 400 and "cannot format" in r.json()["error"]
+        assert c.post("/api/editor/complete", json={"source": source, "line": 99, "column": 0}, headers=csrf).status_code == 400
+        assert c.post("/api/editor/lint", json={"source": 5}, headers=csrf).status_code == 400

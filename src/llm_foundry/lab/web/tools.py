@@ -17,6 +17,7 @@ import tokenize
 from ...utils.errors import FoundryError
 
 MAX_SOURCE = 1 << 20
+LINT_RULES = "E4,E7,E9,F"
 SIMILAR = 0.9  # token or AST similarity at or above this is "very close to the reference"
 
 
@@ -48,7 +49,8 @@ def _ruff(args: list[str], source: str, name: str) -> subprocess.CompletedProces
 
 def lint(source: str, name: str = "code.py") -> list[dict]:
     """ruff's findings: ``[{"code", "message", "line", "column", "end_line", "end_column"}]`` (1-based)."""
-    done = _ruff(["check", "--output-format", "json", "--exit-zero"], source, name)
+    # ruff's classic default rules (pyflakes, syntax, statements), whatever a newer ruff defaults to
+    done = _ruff(["check", "--select", LINT_RULES, "--output-format", "json", "--exit-zero"], source, name)
     try:
         found = json.loads(done.stdout or "[]")
     except ValueError:
