@@ -119,6 +119,8 @@ def test_a_learner_walks_through_module_2(browser, tmp_path):
         expect(page.locator(".diff .del").first).to_be_visible()
         expect(page.locator(".diff .fold").first).to_contain_text("unchanged")
         page.screenshot(path=shots / "06-diff.png")
+        page.locator(".diff-step").first.click()  # step by step: the first change, named by its section
+        expect(page.locator(".diff-file .toolbar .muted").first).to_contain_text("1/")
 
         # the fix: the reference into the editor, run again: pass
         page.locator(".apply-reference").first.click()

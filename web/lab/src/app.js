@@ -28,6 +28,7 @@ const T = {
     reflectFirst: "Pass the tests and submit the reflection to unlock the next module.", files: "Files",
     lint: "lint", stopped: "The run stopped", reqs: "Prerequisites", library: "The library code this module rebuilds",
     charts: "Charts", attemptsChart: "Tests passed per attempt", learnerVsRef: "Yours vs the reference",
+    stepByStep: "Next change →", previous: "previous change", wholeDiff: "Whole diff", change: "change", section: "section",
     noCharts: "No measurement yet: the charts show what this module's tests log, after a test run.",
   },
   zh: {
@@ -53,6 +54,7 @@ const T = {
     reflectFirst: "通过测试并提交反思即可解锁下一个模块。", files: "文件",
     lint: "检查", stopped: "运行被停止", reqs: "前置要求", library: "本模块重建的库代码",
     charts: "图表", attemptsChart: "每次尝试通过的测试数", learnerVsRef: "你的实现与参考实现",
+    stepByStep: "下一处改动 →", previous: "上一处改动", wholeDiff: "完整对比", change: "改动", section: "部分",
     noCharts: "还没有测量数据：运行测试后，这里显示本模块测试记录的数据。",
   },
 };
@@ -499,11 +501,32 @@ async function showDiff(confirm) {
     } else area.replaceChildren(notice(e.message, "bad"));
     return;
   }
-  const blocks = d.files.map((f) => el("section", { class: "diff-file" }, el("h2", { text: f.file }),
-    f.same ? el("p", { text: t("same") }) : el("div", { class: "diff", id: `diff-${f.file}` }, f.rows.map((r) =>
-      r.kind === "fold" ? el("div", { class: "fold", text: t("unchanged", r.count) })
-        : el("div", { class: r.kind, text: `${r.kind === "add" ? "+" : r.kind === "del" ? "-" : " "} ${r.text}` }))),
-    el("button", { type: "button", class: "apply-reference", text: t("applyRef"), onclick: () => { models[f.file].setValue(f.reference); } })));
+  const row = (r) => r.kind === "fold" ? el("div", { class: "fold", text: t("unchanged", r.count) })
+    : el("div", { class: r.kind, text: `${r.kind === "add" ? "+" : r.kind === "del" ? "-" : " "} ${r.text}` });
+  const blocks = d.files.map((f) => {
+    // step-by-step: one change at a time (consecutive added/removed lines), named by its section
+    const hunks = [];
+    f.rows.forEach((r, i) => { if (r.kind === "add" || r.kind === "del") {
+      const last = hunks[hunks.length - 1];
+      if (last && last.end === i) { last.end = i + 1; } else hunks.push({ start: i, end: i + 1, section: r.section }); } });
+    const view = el("div", { class: "diff", id: `diff-${f.file}` }, f.rows.map(row));
+    const where = el("span", { class: "muted", "aria-live": "polite" });
+    let step = -1;
+    const go = (k) => {
+      step = Math.max(0, Math.min(hunks.length - 1, k));
+      const h = hunks[step];
+      view.replaceChildren(...f.rows.slice(Math.max(0, h.start - 3), h.end + 3).map(row));
+      where.textContent = `${t("change")} ${step + 1}/${hunks.length}` + (h.section ? ` · ${t("section")} ${h.section}` : "");
+    };
+    const steps = hunks.length ? el("div", { class: "toolbar" },
+      el("button", { type: "button", class: "diff-step", text: t("stepByStep"), onclick: () => go(step + 1) }),
+      el("button", { type: "button", text: "←", "aria-label": t("previous"), onclick: () => go(step - 1) }),
+      el("button", { type: "button", text: t("wholeDiff"), onclick: () => { step = -1; view.replaceChildren(...f.rows.map(row)); where.textContent = ""; } }),
+      where) : null;
+    return el("section", { class: "diff-file" }, el("h2", { text: f.file }),
+      f.same ? el("p", { text: t("same") }) : [steps, view],
+      el("button", { type: "button", class: "apply-reference", text: t("applyRef"), onclick: () => { models[f.file].setValue(f.reference); } }));
+  });
   const sim = el("div", { id: "similarity" });
   area.replaceChildren(el("h2", { text: t("diff") }), ...blocks, sim);
   try {

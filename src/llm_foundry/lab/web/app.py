@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import itertools
 import json
 import secrets
 import time
@@ -133,6 +134,24 @@ def _fold(mine: list[str], ref: list[str], context: int = 3) -> list[dict]:
         rows += [{"kind": "del", "a": i + 1, "text": mine[i]} for i in range(i1, i2)]
         rows += [{"kind": "add", "b": j + 1, "text": ref[j]} for j in range(j1, j2)]
     return rows
+
+
+def _sections(module: Module, name: str) -> list[str | None]:
+    """For each line of the reference of ``name`` (0-based), the solution block it belongs to (None
+    outside every block): the reference is the solution with marker lines dropped, so walking both
+    in step pairs them."""
+    solution = module.solution(name).splitlines()
+    reference = module.reference(name).splitlines()
+    owner = [None] * len(solution)
+    for b in module.blocks(name):
+        for i in range(b.start, b.end):
+            owner[i] = b.id
+    out, j = [], 0
+    for i, line in enumerate(solution):
+        if j < len(reference) and line == reference[j]:
+            out.append(owner[i])
+            j += 1
+    return out + [None] * (len(reference) - len(out))
 
 
 def _state_dict(state) -> dict:
@@ -520,9 +539,18 @@ def create_app(settings: Settings) -> FastAPI:
         for name in module.files:
             mine = files[name].decode("utf-8", "replace").splitlines()
             ref = module.reference(name).splitlines()
-            sections = [{"id": b.id, "start": b.start} for b in module.blocks(name)]
-            out.append({"file": name, "rows": _fold(mine, ref), "same": mine == ref, "reference": module.reference(name),
-                        "sections": sections})
+            rows, owner = _fold(mine, ref), _sections(module, name)
+
+            def label(b: int | None) -> str | None:
+                return owner[b - 1] if b and 0 < b <= len(owner) else None
+
+            for k, row in enumerate(rows):  # each change is labelled with its section (the step-by-step mode)
+                row["section"] = label(row.get("b"))
+                if row["kind"] == "del":  # a removed line: the section of the lines that replace it, or of what follows
+                    hunk = [r for r in itertools.takewhile(lambda r: r["kind"] in ("del", "add"), rows[k:])]
+                    after = next((r.get("b") for r in rows[k:] if r.get("b")), None)
+                    row["section"] = next((label(r["b"]) for r in hunk if label(r.get("b"))), None) or label(after)
+            out.append({"file": name, "rows": rows, "same": mine == ref, "reference": module.reference(name)})
         return {"files": out, "before_pass": before, "library": module.meta.get("library", [])}
 
     @app.get("/api/modules/{number}/similarity")

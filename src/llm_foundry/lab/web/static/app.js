@@ -85,6 +85,11 @@
       charts: "Charts",
       attemptsChart: "Tests passed per attempt",
       learnerVsRef: "Yours vs the reference",
+      stepByStep: "Next change \u2192",
+      previous: "previous change",
+      wholeDiff: "Whole diff",
+      change: "change",
+      section: "section",
       noCharts: "No measurement yet: the charts show what this module's tests log, after a test run."
     },
     zh: {
@@ -171,6 +176,11 @@
       charts: "\u56FE\u8868",
       attemptsChart: "\u6BCF\u6B21\u5C1D\u8BD5\u901A\u8FC7\u7684\u6D4B\u8BD5\u6570",
       learnerVsRef: "\u4F60\u7684\u5B9E\u73B0\u4E0E\u53C2\u8003\u5B9E\u73B0",
+      stepByStep: "\u4E0B\u4E00\u5904\u6539\u52A8 \u2192",
+      previous: "\u4E0A\u4E00\u5904\u6539\u52A8",
+      wholeDiff: "\u5B8C\u6574\u5BF9\u6BD4",
+      change: "\u6539\u52A8",
+      section: "\u90E8\u5206",
       noCharts: "\u8FD8\u6CA1\u6709\u6D4B\u91CF\u6570\u636E\uFF1A\u8FD0\u884C\u6D4B\u8BD5\u540E\uFF0C\u8FD9\u91CC\u663E\u793A\u672C\u6A21\u5757\u6D4B\u8BD5\u8BB0\u5F55\u7684\u6570\u636E\u3002"
     }
   };
@@ -862,15 +872,48 @@
       } else area.replaceChildren(notice(e.message, "bad"));
       return;
     }
-    const blocks = d.files.map((f) => el(
-      "section",
-      { class: "diff-file" },
-      el("h2", { text: f.file }),
-      f.same ? el("p", { text: t("same") }) : el("div", { class: "diff", id: `diff-${f.file}` }, f.rows.map((r) => r.kind === "fold" ? el("div", { class: "fold", text: t("unchanged", r.count) }) : el("div", { class: r.kind, text: `${r.kind === "add" ? "+" : r.kind === "del" ? "-" : " "} ${r.text}` }))),
-      el("button", { type: "button", class: "apply-reference", text: t("applyRef"), onclick: () => {
-        models[f.file].setValue(f.reference);
-      } })
-    ));
+    const row = (r) => r.kind === "fold" ? el("div", { class: "fold", text: t("unchanged", r.count) }) : el("div", { class: r.kind, text: `${r.kind === "add" ? "+" : r.kind === "del" ? "-" : " "} ${r.text}` });
+    const blocks = d.files.map((f) => {
+      const hunks = [];
+      f.rows.forEach((r, i) => {
+        if (r.kind === "add" || r.kind === "del") {
+          const last = hunks[hunks.length - 1];
+          if (last && last.end === i) {
+            last.end = i + 1;
+          } else hunks.push({ start: i, end: i + 1, section: r.section });
+        }
+      });
+      const view = el("div", { class: "diff", id: `diff-${f.file}` }, f.rows.map(row));
+      const where = el("span", { class: "muted", "aria-live": "polite" });
+      let step = -1;
+      const go = (k) => {
+        step = Math.max(0, Math.min(hunks.length - 1, k));
+        const h = hunks[step];
+        view.replaceChildren(...f.rows.slice(Math.max(0, h.start - 3), h.end + 3).map(row));
+        where.textContent = `${t("change")} ${step + 1}/${hunks.length}` + (h.section ? ` \xB7 ${t("section")} ${h.section}` : "");
+      };
+      const steps = hunks.length ? el(
+        "div",
+        { class: "toolbar" },
+        el("button", { type: "button", class: "diff-step", text: t("stepByStep"), onclick: () => go(step + 1) }),
+        el("button", { type: "button", text: "\u2190", "aria-label": t("previous"), onclick: () => go(step - 1) }),
+        el("button", { type: "button", text: t("wholeDiff"), onclick: () => {
+          step = -1;
+          view.replaceChildren(...f.rows.map(row));
+          where.textContent = "";
+        } }),
+        where
+      ) : null;
+      return el(
+        "section",
+        { class: "diff-file" },
+        el("h2", { text: f.file }),
+        f.same ? el("p", { text: t("same") }) : [steps, view],
+        el("button", { type: "button", class: "apply-reference", text: t("applyRef"), onclick: () => {
+          models[f.file].setValue(f.reference);
+        } })
+      );
+    });
     const sim = el("div", { id: "similarity" });
     area.replaceChildren(el("h2", { text: t("diff") }), ...blocks, sim);
     try {
