@@ -148,6 +148,13 @@ def test_a_learner_walks_through_module_2(browser, tmp_path):
         page.click("a.brand")
         expect(page.locator("#card-3")).to_have_attribute("href", "#/module/3")
         expect(page.locator("#progress-text")).not_to_have_text(before)
+        expect(page.locator("main")).to_contain_text("tokenizer done")  # the source design's milestone badge
+        page.select_option("#route", "3")  # a learning route: module 3 and what it builds on
+        expect(page.locator("#card-5")).to_have_class(re.compile("off-route"))
+        page.select_option("#route", "0")
+        page.goto(url + "/#/references")
+        expect(page.locator("#references")).to_contain_text("tokenizers/bpe.py")
+        page.goto(url + "/#/")
         page.click("#lang")  # the Chinese interface
         expect(page.locator("#nav")).to_contain_text("路线图")
         page.click("#lang")

@@ -29,6 +29,8 @@ const T = {
     lint: "lint", stopped: "The run stopped", reqs: "Prerequisites", library: "The library code this module rebuilds",
     charts: "Charts", attemptsChart: "Tests passed per attempt", learnerVsRef: "Yours vs the reference",
     stepByStep: "Next change →", previous: "previous change", wholeDiff: "Whole diff", change: "change", section: "section",
+    route: "Learning route", fullCourse: "the whole course",
+    referencesIntro: "The library code each module rebuilds: the reference you use every day.",
     noCharts: "No measurement yet: the charts show what this module's tests log, after a test run.",
   },
   zh: {
@@ -55,6 +57,8 @@ const T = {
     lint: "检查", stopped: "运行被停止", reqs: "前置要求", library: "本模块重建的库代码",
     charts: "图表", attemptsChart: "每次尝试通过的测试数", learnerVsRef: "你的实现与参考实现",
     stepByStep: "下一处改动 →", previous: "上一处改动", wholeDiff: "完整对比", change: "改动", section: "部分",
+    route: "学习路线", fullCourse: "完整课程",
+    referencesIntro: "每个模块重建的库代码：也就是你每天在用的参考实现。",
     noCharts: "还没有测量数据：运行测试后，这里显示本模块测试记录的数据。",
   },
 };
@@ -102,7 +106,7 @@ function chrome() {
   document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
   const nav = document.getElementById("nav");
   nav.replaceChildren(el("a", { href: "#/", text: t("roadmap") }), el("a", { href: "#/", text: t("progress") }),
-    el("a", { href: "#/reviews", text: t("reviews") }), el("a", { href: "#/log", text: t("exportLog") }));
+    el("a", { href: "#/references", text: t("references") }), el("a", { href: "#/reviews", text: t("reviews") }), el("a", { href: "#/log", text: t("exportLog") }));
   document.getElementById("search").placeholder = t("search");
   document.getElementById("lang").textContent = lang === "zh" ? "English" : "中文";
   const who = document.getElementById("who");
@@ -148,13 +152,23 @@ async function dashboard() {
     return s.unlocked ? el("a", { class: "card", href: `#/module/${m.number}`, id: `card-${m.number}`, "data-state": stateWord(s) }, body)
       : el("div", { class: "card locked", id: `card-${m.number}`, "aria-disabled": "true", "data-state": stateWord(s) }, body);
   });
+  // a learning route: a goal module and every module it builds on (module.yaml builds_on), highlighted
+  const route = +(localStorage.getItem("lab-route") || 0);
+  const onRoute = new Set();
+  const add = (n) => { if (onRoute.has(n)) return; onRoute.add(n); (d.modules.find((m) => m.number === n)?.builds_on || []).forEach(add); };
+  if (route) { add(route); onRoute.add(1); }
+  cards.forEach((c, i) => { if (route && !onRoute.has(d.modules[i].number)) c.classList.add("off-route"); });
+  const routeSelect = el("select", { id: "route", onchange: (e) => { localStorage.setItem("lab-route", e.target.value); dashboard(); } },
+    el("option", { value: "0", text: t("fullCourse") }),
+    d.modules.map((m) => el("option", { value: String(m.number), selected: m.number === route, text: `→ ${m.number}. ${m.title}` })));
   const list = (items, render) => items.length ? el("ul", {}, items.map((i) => el("li", {}, render(i)))) : el("p", { class: "muted", text: t("none") });
   const chart = el("div", { class: "chart", id: "chart-progress", role: "img", "aria-label": t("attemptsChart") });
   show(el("h1", { text: t("progress") }),
     el("div", { class: "bar", role: "progressbar", "aria-valuenow": pct, "aria-valuemin": 0, "aria-valuemax": 100 },
       el("span", { style: `width:${pct}%` })),
     el("p", { id: "progress-text", text: `${d.done} / ${d.total} ${t("modules")} ${t("done")} (${pct}%)` }),
-    el("h2", { text: t("roadmap") }), el("div", { class: "cards" }, cards),
+    el("h2", { text: t("roadmap") }), el("label", { for: "route", text: `${t("route")}: ` }), routeSelect,
+    el("div", { class: "cards" }, cards),
     el("div", { class: "row" },
       el("section", {}, el("h2", { text: t("recent") }), list(d.recent, (r) => el("a", { href: `#/module/${r.module}`,
         class: `status-${r.status}`, text: `${r.module}: ${r.status} ${r.passed}/${r.total} · ${when(r.at)}` }))),
@@ -543,6 +557,13 @@ async function requestReview() {
 }
 
 // ------------------------------------------------------------------ reviews, search, log
+async function referencesPage() {
+  const d = await api("GET", "dashboard");
+  show(el("h1", { text: t("references") }), el("p", { class: "muted", text: t("referencesIntro") }),
+    el("ul", { id: "references" }, d.modules.map((m) => el("li", {}, el("strong", { text: `${m.number}. ${m.title}` }),
+      el("ul", {}, m.library.map((p) => el("li", {}, el("code", { text: `src/llm_foundry/${p}` }))))))));
+}
+
 async function reviewsPage() {
   const d = await api("GET", "reviews");
   show(el("h1", { text: t("reviews") }), d.reviews.length ? el("div", { id: "reviews" }, d.reviews.map((r) => {
@@ -576,6 +597,7 @@ async function route() {
     let m;
     if ((m = /^#\/module\/(\d+)/.exec(hash))) await modulePage(+m[1]);
     else if (hash.startsWith("#/reviews")) await reviewsPage();
+    else if (hash.startsWith("#/references")) await referencesPage();
     else if ((m = /^#\/search\/(.*)/.exec(hash))) await searchPage(decodeURIComponent(m[1]));
     else if (hash.startsWith("#/log")) await logPage();
     else await dashboard();

@@ -337,7 +337,9 @@ def create_app(settings: Settings) -> FastAPI:
                 recent += [{"module": m.number, "at": a["at"], "status": a["status"], "passed": a["passed"],
                             "total": a["total"]} for a in attempts[-5:]]
                 last = max(stamps, default=None)
+                builds_on = [b["module"] for b in m.meta.get("builds_on", []) if isinstance(b, dict) and "module" in b]
                 out.append({"number": m.number, "title": pick(m.title, lang), "minutes": m.meta.get("minutes"),
+                            "slug": m.slug, "builds_on": builds_on, "library": m.meta.get("library", []),
                             "state": _state_dict(s), "last_active": last,
                             "notes": sum(e["kind"] == "note" for e in events),
                             "due": bool(s.done and last and time.time() - last > REVIEW_AFTER_DAYS * 86400)})
@@ -727,14 +729,23 @@ def _streak(days: set[date]) -> int:
     return n
 
 
+# the source design's milestones, by module slug: (when, en, zh)
+MILESTONES = {"tokenizer": ("done", "tokenizer done", "分词器完成"),
+              "midtrain": ("passed", "first mid-training run", "首次跑通中期训练"),
+              "rl": ("done", "RL elective done", "强化学习选修完成")}
+
+
 def _badges(modules: list[dict], lang: str) -> list[dict]:
-    """Milestones reached: the first pass, each module done ("tokenizer done"), counts of modules done."""
+    """Milestones reached: the first pass, the source design's named milestones (tokenizer done,
+    first mid-training run, RL elective done), every other module done, counts of modules done."""
     out = []
     if any(m["state"]["passed"] for m in modules):
         out.append({"id": "first-pass", "text": say(lang, "first module passed", "第一个模块通过")})
-    done = [m for m in modules if m["state"]["done"]]
-    out += [{"id": f"module-{m['number']}", "text": say(lang, f"{m['title']}: done", f"{m['title']}：完成")}
-            for m in done]
+    for m in modules:
+        when, en, zh = MILESTONES.get(m["slug"], ("done", f"{m['title']}: done", f"{m['title']}：完成"))
+        if m["state"][when]:
+            out.append({"id": f"module-{m['number']}", "text": say(lang, en, zh)})
+    done = sum(m["state"]["done"] for m in modules)
     out += [{"id": f"done-{k}", "text": say(lang, f"{k} modules done", f"完成 {k} 个模块")}
-            for k in (3, 8, 16) if len(done) >= k]
+            for k in (3, 8, 16) if done >= k]
     return out

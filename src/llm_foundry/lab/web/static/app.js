@@ -90,6 +90,9 @@
       wholeDiff: "Whole diff",
       change: "change",
       section: "section",
+      route: "Learning route",
+      fullCourse: "the whole course",
+      referencesIntro: "The library code each module rebuilds: the reference you use every day.",
       noCharts: "No measurement yet: the charts show what this module's tests log, after a test run."
     },
     zh: {
@@ -181,6 +184,9 @@
       wholeDiff: "\u5B8C\u6574\u5BF9\u6BD4",
       change: "\u6539\u52A8",
       section: "\u90E8\u5206",
+      route: "\u5B66\u4E60\u8DEF\u7EBF",
+      fullCourse: "\u5B8C\u6574\u8BFE\u7A0B",
+      referencesIntro: "\u6BCF\u4E2A\u6A21\u5757\u91CD\u5EFA\u7684\u5E93\u4EE3\u7801\uFF1A\u4E5F\u5C31\u662F\u4F60\u6BCF\u5929\u5728\u7528\u7684\u53C2\u8003\u5B9E\u73B0\u3002",
       noCharts: "\u8FD8\u6CA1\u6709\u6D4B\u91CF\u6570\u636E\uFF1A\u8FD0\u884C\u6D4B\u8BD5\u540E\uFF0C\u8FD9\u91CC\u663E\u793A\u672C\u6A21\u5757\u6D4B\u8BD5\u8BB0\u5F55\u7684\u6570\u636E\u3002"
     }
   };
@@ -241,6 +247,7 @@
     nav.replaceChildren(
       el("a", { href: "#/", text: t("roadmap") }),
       el("a", { href: "#/", text: t("progress") }),
+      el("a", { href: "#/references", text: t("references") }),
       el("a", { href: "#/reviews", text: t("reviews") }),
       el("a", { href: "#/log", text: t("exportLog") })
     );
@@ -315,6 +322,29 @@
       ];
       return s.unlocked ? el("a", { class: "card", href: `#/module/${m.number}`, id: `card-${m.number}`, "data-state": stateWord(s) }, body) : el("div", { class: "card locked", id: `card-${m.number}`, "aria-disabled": "true", "data-state": stateWord(s) }, body);
     });
+    const route2 = +(localStorage.getItem("lab-route") || 0);
+    const onRoute = /* @__PURE__ */ new Set();
+    const add = (n) => {
+      if (onRoute.has(n)) return;
+      onRoute.add(n);
+      (d.modules.find((m) => m.number === n)?.builds_on || []).forEach(add);
+    };
+    if (route2) {
+      add(route2);
+      onRoute.add(1);
+    }
+    cards.forEach((c, i) => {
+      if (route2 && !onRoute.has(d.modules[i].number)) c.classList.add("off-route");
+    });
+    const routeSelect = el(
+      "select",
+      { id: "route", onchange: (e) => {
+        localStorage.setItem("lab-route", e.target.value);
+        dashboard();
+      } },
+      el("option", { value: "0", text: t("fullCourse") }),
+      d.modules.map((m) => el("option", { value: String(m.number), selected: m.number === route2, text: `\u2192 ${m.number}. ${m.title}` }))
+    );
     const list = (items, render) => items.length ? el("ul", {}, items.map((i) => el("li", {}, render(i)))) : el("p", { class: "muted", text: t("none") });
     const chart = el("div", { class: "chart", id: "chart-progress", role: "img", "aria-label": t("attemptsChart") });
     show(
@@ -326,6 +356,8 @@
       ),
       el("p", { id: "progress-text", text: `${d.done} / ${d.total} ${t("modules")} ${t("done")} (${pct}%)` }),
       el("h2", { text: t("roadmap") }),
+      el("label", { for: "route", text: `${t("route")}: ` }),
+      routeSelect,
       el("div", { class: "cards" }, cards),
       el(
         "div",
@@ -935,6 +967,19 @@
       area.prepend(notice(e.message, "bad"));
     }
   }
+  async function referencesPage() {
+    const d = await api("GET", "dashboard");
+    show(
+      el("h1", { text: t("references") }),
+      el("p", { class: "muted", text: t("referencesIntro") }),
+      el("ul", { id: "references" }, d.modules.map((m) => el(
+        "li",
+        {},
+        el("strong", { text: `${m.number}. ${m.title}` }),
+        el("ul", {}, m.library.map((p) => el("li", {}, el("code", { text: `src/llm_foundry/${p}` }))))
+      )))
+    );
+  }
   async function reviewsPage() {
     const d = await api("GET", "reviews");
     show(el("h1", { text: t("reviews") }), d.reviews.length ? el("div", { id: "reviews" }, d.reviews.map((r) => {
@@ -979,6 +1024,7 @@
       let m;
       if (m = /^#\/module\/(\d+)/.exec(hash)) await modulePage(+m[1]);
       else if (hash.startsWith("#/reviews")) await reviewsPage();
+      else if (hash.startsWith("#/references")) await referencesPage();
       else if (m = /^#\/search\/(.*)/.exec(hash)) await searchPage(decodeURIComponent(m[1]));
       else if (hash.startsWith("#/log")) await logPage();
       else await dashboard();
