@@ -181,7 +181,7 @@ def test_runaway_code_leaves_the_server_answering(course, what):
     code, words = RUNAWAY[what]
     if what == "fork-bombs" and {"uid", "cgroup"} - {k for k, v in sandbox.probe().items() if v == "on"}:
         pytest.skip("a fork bomb runs only inside the sandbox's own uid and cgroup, which are off here")
-    with lab_server(course, "--run-time-limit", "8") as url:
+    with lab_server(course, "--run-time-limit", "5") as url:
         c, csrf = client(url)
         c.put("/api/modules/1/files/arith.py", json={"content": code + "\n\ndef neg(x):\n    return -x\n"}, headers=csrf)
         job = c.post("/api/modules/1/runs", headers=csrf).json()
@@ -293,3 +293,16 @@ def test_editor_services_complete_lint_and_format(course):
         assert r.status_code == 400 and "cannot format" in r.json()["error"]
         assert c.post("/api/editor/complete", json={"source": source, "line": 99, "column": 0}, headers=csrf).status_code == 400
         assert c.post("/api/editor/lint", json={"source": 5}, headers=csrf).status_code == 400
+
+
+def test_bad_options_are_one_line_errors(course):
+    for args, words in ((["--workers", "0"], "--workers must be at least 1"),
+                        (["--run-time-limit", "-1"], "--run-time-limit must be positive"),
+                        (["--add-user", "ana"], "at least 8 characters")):
+        done = foundry(course, "lab", "web", *args, stdin="short\n")
+        assert done.returncode != 0 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+    with lab_server(course) as url:  # the port is taken: said in one line
+        port = url.rsplit(":", 1)[1]
+        done = foundry(course, "lab", "web", "--port", port)
+        assert done.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
+        assert "Traceback" not in done.stderr
