@@ -128,8 +128,9 @@ def test_a_learner_alone_goes_through_a_module(course, tmp_path):
 def test_classroom_keeps_learners_apart_and_mentors_see_reviews(course):
     for name, role in (("ana", "learner"), ("bob", "learner"), ("mia", "mentor")):
         add_user(course, name, role)
-    bad = foundry(course, "lab", "web", "--add-user", "x y", stdin="correct horse\n")
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    for name in ("x y", "..", ".hidden"):  # a name is also the folder of the learner's lab home
+        bad = foundry(course, "lab", "web", "--add-user", name, stdin="correct horse\n")
+        assert bad.returncode != 0 and "user name" in bad.stderr and "Traceback" not in bad.stderr
     with lab_server(course, "--classroom") as url:
         anon, _ = client(url)
         assert anon.get("/api/me").json()["user"] is None

@@ -21,7 +21,7 @@ from ...utils.errors import FoundryError
 from .store import Store
 
 ROLES = ("learner", "mentor")
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")  # also a folder name: the user's lab home
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")  # also a folder name (the user's lab home): no "." or ".."
 SESSION_S = 7 * 24 * 3600
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "maxmem": 64 << 20, "dklen": 32}
 MIN_PASSWORD = 8
@@ -45,7 +45,7 @@ class User:
 def add_user(store: Store, name: str, role: str, password: str) -> None:
     """Create the account ``name`` (or set its role and password when it exists)."""
     if not NAME.match(name):
-        raise FoundryError(f"user name {name!r}: 1 to 32 letters, digits, '_', '.' or '-'")
+        raise FoundryError(f"user name {name!r}: 1 to 32 letters, digits, '_', '.' or '-', not starting with '.' or '-'")
     if role not in ROLES:
         raise FoundryError(f"role {role!r}: one of {', '.join(ROLES)}")
     if len(password) < MIN_PASSWORD:
