@@ -154,10 +154,13 @@ def test_a_learner_walks_through_module_2(browser, tmp_path):
         page.select_option("#route", "0")
         page.goto(url + "/#/references")
         expect(page.locator("#references")).to_contain_text("tokenizers/bpe.py")
-        page.goto(url + "/#/")
+        page.click("a.brand")
+        expect(page.locator("#progress-text")).to_be_visible()
         page.click("#lang")  # the Chinese interface
         expect(page.locator("#nav")).to_contain_text("路线图")
+        expect(page.locator("#progress-text")).to_contain_text("完成")
         page.click("#lang")
+        expect(page.locator("#progress-text")).to_contain_text("done")
         page.screenshot(path=shots / "09-dashboard-after.png")
 
         # a second learner cannot read ana's code; the mentor sees her request
