@@ -66,6 +66,8 @@ def test_a_learner_alone_goes_through_a_module(course, tmp_path):
         assert c.get("/api/me", headers={"Host": "evil.example"}).status_code == 421  # DNS rebinding
         assert c.put("/api/modules/1/files/..%2F..%2Fetc%2Fpasswd", json={"content": "x"}, headers=csrf).status_code == 404
         assert c.post("/api/modules/1/hints", content=b"{not json", headers=csrf).status_code == 400
+        chunked = c.put("/api/modules/1/files/arith.py", content=iter([b'{"content": "x"}']), headers=csrf)
+        assert chunked.status_code == 411  # a body of unknown length is refused unread
 
         # open the module: its workspace is written where `foundry lab start 1` would
         m = c.get("/api/modules/1").json()

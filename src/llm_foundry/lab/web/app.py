@@ -14,6 +14,7 @@ state-changing request, a bounded request body. Classroom mode adds accounts and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import itertools
 import json
@@ -174,8 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
         module = find_module(job.module, lang)
         limits = limits_for(module)
         if settings.wall_s is not None:
-            from dataclasses import replace
-            limits = replace(limits, wall_s=settings.wall_s)
+            limits = dataclasses.replace(limits, wall_s=settings.wall_s)
         results = run_tests(module, files, lang, limits=limits, on_output=job.output)
         with Progress.open(home) as progress:
             results["unlocked"] = progress.record_attempt(module.number, results)
@@ -194,11 +194,12 @@ def create_app(settings: Settings) -> FastAPI:
     # ------------------------------------------------------------------ guards
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        host = (request.headers.get("host") or "").rsplit(":", 1)[0] if not (request.headers.get("host") or "")\
-            .startswith("[") else (request.headers.get("host") or "").split("]")[0] + "]"
+        host = _host_name(request.headers.get("host") or "")
         server = request.scope.get("server") or ("", 0)
         if "*" not in settings.allowed_hosts and host not in (*LOOPBACK_NAMES, server[0], *settings.allowed_hosts):
             return PlainTextResponse("unknown Host: add it with --allowed-host", status_code=421)
+        if "transfer-encoding" in request.headers:  # a body of unknown length: every client of this page sends one
+            return JSONResponse({"error": "a request body needs a Content-Length"}, status_code=411)
         try:
             if int(request.headers.get("content-length") or 0) > MAX_BODY:
                 return JSONResponse({"error": f"request body larger than {MAX_BODY >> 20} MiB"}, status_code=413)
@@ -707,6 +708,13 @@ def create_app(settings: Settings) -> FastAPI:
         return {"layers": sandbox.probe()}
 
     return app
+
+
+def _host_name(header: str) -> str:
+    """The name of a Host header, without its port (``[::1]:8765`` -> ``[::1]``)."""
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0]
 
 
 def _sse(event: str, data: Any) -> str:
