@@ -242,7 +242,9 @@ function taskTab(m) {
 function introTab(m) { const d = el("div", { id: "intro-text" }); d.innerHTML = m.intro_html; return [d]; }
 
 function hintsTab(m) {
-  return m.tasks.map((task) => {
+  // past the last hint: the reference code this module rebuilds (References page), and the diff
+  const more = el("p", { class: "muted" }, `${t("library")}: `, el("a", { href: "#/references", text: t("references") }));
+  return [...m.tasks.map((task) => {
     const box = el("div", { class: "task-hints", id: `hints-${task.id}` });
     const list = el("div", {}, task.opened.map((h, i) => el("div", { class: "hint", text: `${i + 1}/${task.levels} ${h}` })));
     const btn = el("button", { type: "button", class: "open-hint", disabled: task.opened.length >= task.levels,
@@ -256,7 +258,7 @@ function hintsTab(m) {
       } });
     box.append(el("h2", { text: task.title }), list, btn);
     return box;
-  });
+  }), more];
 }
 
 function reflectionTab(m) {

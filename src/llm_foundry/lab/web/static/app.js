@@ -490,7 +490,8 @@
     return [d];
   }
   function hintsTab(m) {
-    return m.tasks.map((task) => {
+    const more = el("p", { class: "muted" }, `${t("library")}: `, el("a", { href: "#/references", text: t("references") }));
+    return [...m.tasks.map((task) => {
       const box = el("div", { class: "task-hints", id: `hints-${task.id}` });
       const list = el("div", {}, task.opened.map((h, i) => el("div", { class: "hint", text: `${i + 1}/${task.levels} ${h}` })));
       const btn = el("button", {
@@ -514,7 +515,7 @@
       });
       box.append(el("h2", { text: task.title }), list, btn);
       return box;
-    });
+    }), more];
   }
   function reflectionTab(m) {
     if (m.reflection.length && m.reflection[0].answer) return [reflectionAnswers(m.reflection), ...nextStep(m)];
