@@ -42,6 +42,11 @@ def new_page(browser, url: str):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
     context.set_default_timeout(120_000)
+    origin = urlsplit(url).netloc
+    # the network is blocked except the lab server (loopback): anything else is refused (and the
+    # test asserts below that nothing else was even asked for)
+    context.route("**/*", lambda route: route.continue_() if urlsplit(route.request.url).netloc == origin
+                  else route.abort("blockedbyclient"))
     page = context.new_page()
     requests, errors = [], []
     page.on("request", lambda r: requests.append(r.url))
