@@ -141,8 +141,29 @@ def _add_check(actions) -> None:
     p.set_defaults(func=run_check)
 
 
+def _add_web(actions) -> None:
+    p = actions.add_parser("web", help="the whole course in the browser (docs/en/lab-web.md)",
+                           description="Serve the Lab in the browser: dashboard, module pages with an editor, tests "
+                                       "in the sandbox streamed live, hints, diff, reflection. One learner on a "
+                                       "loopback bind; classroom mode (accounts, mentors) with --classroom or any "
+                                       "other bind.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    p.add_argument("--classroom", action="store_true", help="accounts and a lab home per learner, even on loopback")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="test runs at once; more wait in a queue "
+                   "(default: 2)")
+    p.add_argument("--run-time-limit", type=float, default=None, metavar="S",
+                   help="wall-clock limit of each test run in seconds (default: each module's own, 60 s)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name to answer besides the loopback names and the bound address (repeatable)")
+    p.add_argument("--add-user", metavar="NAME", help="create (or update) an account and exit; the password is "
+                   "asked for, or read from the first line of stdin")
+    p.add_argument("--role", choices=("learner", "mentor"), default="learner", help="with --add-user (default: learner)")
+    p.set_defaults(func=run_web)
+
+
 ACTIONS = (_add_list, _add_start, _add_test, _add_hint, _add_diff, _add_reflect, _add_status, _add_reset, _add_skip,
-           _add_note, _add_check)
+           _add_note, _add_check, _add_web)
 
 
 def add_parser(sub) -> None:
@@ -597,3 +618,28 @@ def run_check(args: argparse.Namespace) -> int:
         bad += sum(not f.ok for f in findings)
     out.print(say(lang, f"{len(modules)} modules checked, {bad} problems", f"检查了 {len(modules)} 个模块，{bad} 个问题"))
     return 1 if bad else 0
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from ..lab.progress import lab_home
+    from ..lab.web.accounts import add_user
+    from ..lab.web.app import Settings
+    from ..lab.web.server import is_loopback, read_password, serve
+    from ..lab.web.store import Store
+
+    if args.add_user:
+        add_user(Store(lab_home() / "web" / "web.db"), args.add_user, args.role, read_password(args.add_user))
+        print(f"account {args.add_user} ({args.role}) saved")
+        return 0
+    if args.workers < 1:
+        raise FoundryError("--workers must be at least 1")
+    if args.run_time_limit is not None and args.run_time_limit <= 0:
+        raise FoundryError("--run-time-limit must be positive")
+    loopback = is_loopback(args.host)
+    settings = Settings(classroom=args.classroom or not loopback, root=lab_home(), workers=args.workers,
+                        wall_s=args.run_time_limit, allowed_hosts=tuple(args.allowed_host) or (() if loopback else ("*",)))
+    try:
+        serve(args.host, args.port, settings)
+    except KeyboardInterrupt:
+        pass
+    return 0

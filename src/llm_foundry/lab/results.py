@@ -28,6 +28,7 @@ import site
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from ..utils.errors import FoundryError
 from . import sandbox
@@ -91,7 +92,8 @@ def make_run_folder(module: Module, files: dict[str, bytes | str]) -> tuple[Path
 
 
 def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", layers: set[str] | None = None,
-              limits: sandbox.Limits | None = None, stop_first: bool = False) -> dict:
+              limits: sandbox.Limits | None = None, stop_first: bool = False,
+              on_output: Callable[[str, bytes], None] | None = None) -> dict:
     """Run ``module``'s tests on the learner's ``files`` (name -> content) in the sandbox.
 
     Args:
@@ -121,7 +123,7 @@ def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", l
         dir_fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             spec = sandbox_spec(run, module, hidden, lang, limits, stop_first)
-            outcome = sandbox.run(spec, layers=layers)
+            outcome = sandbox.run(spec, layers=layers, on_output=on_output)
             raw, problem = read_raw_results(dir_fd)
         finally:
             os.close(dir_fd)

@@ -426,9 +426,12 @@ def layer_state(layers: set[str] | None = None) -> dict[str, str]:
     return state
 
 
-def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
+def run(spec: SandboxSpec, layers: set[str] | None = None,
+        on_output: Callable[[str, bytes], None] | None = None) -> SandboxResult:
     """Run ``spec`` with every available layer (or only those in ``layers``, to test a degraded mode;
-    with ``layers`` None, those that ``$FOUNDRY_LAB_SANDBOX_OFF`` does not name).
+    with ``layers`` None, those that ``$FOUNDRY_LAB_SANDBOX_OFF`` does not name). ``on_output``,
+    when given, is called with ``("stdout" | "stderr", bytes)`` for each piece of output kept, as it
+    comes (the web lab streams it).
 
     The lab's own process is never limited: only the launcher and what it starts join the run's
     cgroup, take its uid and get its rlimits.
@@ -458,7 +461,7 @@ def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
             tmp = Path(tempfile.mkdtemp(prefix="foundry-lab-tmp-"))
             if slot:
                 os.chown(tmp, slot.uid, slot.uid)
-        result = _launch(spec, state, on, root, slot.uid if slot else None, group, tmp)
+        result = _launch(spec, state, on, root, slot.uid if slot else None, group, tmp, on_output)
     finally:
         if group:
             group.remove()
@@ -471,7 +474,8 @@ def run(spec: SandboxSpec, layers: set[str] | None = None) -> SandboxResult:
 
 
 def _launch(spec: SandboxSpec, state: dict[str, str], on: set[str], root: bool, uid: int | None,
-            group: cgroups.RunCgroup | None, tmp: Path | None) -> SandboxResult:
+            group: cgroups.RunCgroup | None, tmp: Path | None,
+            on_output: Callable[[str, bytes], None] | None = None) -> SandboxResult:
     lim = spec.limits
     readable = [str(PACKAGE)] + _python_paths() + [str(p) for p in spec.readonly]
     env = dict(spec.env)
@@ -522,6 +526,8 @@ def _launch(spec: SandboxSpec, state: dict[str, str], on: set[str], root: bool, 
                     continue
                 room = lim.output_bytes - len(key.data)
                 key.data.extend(chunk[:max(room, 0)])
+                if on_output is not None and room > 0:
+                    on_output("stdout" if key.data is out else "stderr", chunk[:room])
                 truncated |= room < len(chunk)
                 total += len(chunk)
             if total > hard_cap:
