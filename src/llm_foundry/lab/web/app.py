@@ -38,7 +38,8 @@ from ..module import Module, all_modules, find_module
 from ..progress import Progress, lab_home
 from ..results import limits_for, run_tests
 from ..text import LANGS, pick, say
-from ..workspace import MAX_FILE_BYTES, default_workspace, read_learner_files, write_workspace
+from ..workspace import (MAX_FILE_BYTES, built_on_files, copy_built_on, default_workspace, read_learner_files,
+                         write_workspace)
 from . import accounts, charts, tools
 from .runs import Job, RunQueue
 from .store import Store
@@ -171,12 +172,14 @@ def create_app(settings: Settings) -> FastAPI:
     local_csrf = secrets.token_urlsafe(24)  # single-user mode: one token, handed to the page by /api/me
 
     def execute(job: Job) -> dict:
-        home, lang, files = job.payload
+        home, lang, files, sources = job.payload
         module = find_module(job.module, lang)
         limits = limits_for(module)
         if settings.wall_s is not None:
             limits = dataclasses.replace(limits, wall_s=settings.wall_s)
         results = run_tests(module, files, lang, limits=limits, on_output=job.output)
+        if sources:
+            results["built_on"] = sources
         with Progress.open(home) as progress:
             results["unlocked"] = progress.record_attempt(module.number, results)
         return results
@@ -441,8 +444,15 @@ def create_app(settings: Settings) -> FastAPI:
                                     "你已有一个测试运行在排队或进行中"))
         with Progress.open(learner.home) as progress:
             module = module_of(number, lang, progress)
-            files = read_learner_files(module, open_workspace(learner, module, progress, lang), lang)
-        job = runs.submit(owner, number, (learner.home, lang, files))
+            folder = open_workspace(learner, module, progress, lang)
+            files = read_learner_files(module, folder, lang)
+            # the learner's own files of the earlier modules this one builds on (this learner's only)
+            earlier, sources = built_on_files(
+                module, lambda n: learner.workspace(find_module(n, lang), progress), lang)
+        if earlier:
+            copy_built_on(folder, earlier)
+            files = {**earlier, **files}
+        job = runs.submit(owner, number, (learner.home, lang, files, sources))
         return {"id": job.id, "position": runs.position(job), "ahead": runs.ahead(job), "workers": runs.workers}
 
     @app.get("/api/runs/{job_id}/events")
