@@ -346,6 +346,10 @@ class Trainer:
                 self.model.load_state_dict(raw)
 
     # ------------------------------------------------------------------- loop
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one micro-batch: the mean next-token cross-entropy (DPO has its own, ``dpo.py``)."""
+        return self.forward(x, y)[1]
+
     def train_step(self, batch: Callable[[int], Batch], loss_sum: torch.Tensor) -> torch.Tensor:
         """One optimizer step: ``grad_accum`` micro-batches ``batch(i)`` at the schedule's lr.
 
@@ -364,7 +368,7 @@ class Trainer:
             if rows is not None:
                 x, y = x[rows], y[rows]
             trained += (y != -100).sum()
-            return self.forward(x, y)[1]
+            return self.batch_loss(x, y)
 
         factor = lr_factor(self.step, self._progress(), cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_fraction)
         loss_sum += train_step(self.parts, factor, len(micro_batches), loss_of)
