@@ -1,0 +1,160 @@
+"""LoRA through peft: only adapters train, they are saved in the model folder's checkpoint unit and
+resume exactly, every reader merges them, `foundry merge-lora` writes the same model as a plain folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import TINY_MODEL, one_line_error
+
+from llm_foundry.utils.errors import TrainingInterrupted
+
+pytest.importorskip("peft", reason="LoRA needs peft: pip install 'llm-foundry[lora]'")
+
+CTX = 192
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    from llm_foundry import Trainer
+    from llm_foundry.config import load_config
+    from llm_foundry.data import builtin_corpus, prepare_dataset
+
+    root = tmp_path_factory.mktemp("lora_base")
+    prepare_dataset(builtin_corpus()[:6], "byte", root / "data", val_fraction=0.1, show_progress=False)
+    model_cfg, train_cfg = load_config("tiny", TINY_MODEL + [f"model.max_seq_len={CTX}", "max_steps=3", "batch_size=2",
+                                                             "warmup_steps=1", "eval_batches=1", "checkpoint_interval=0"])
+    Trainer(model_cfg, train_cfg, root / "data", root / "base", quiet=True).run()
+    return root
+
+
+def _sft_cfg(steps: int = 6, **train):
+    from llm_foundry.config.stages import stage_config_from_dict
+
+    return stage_config_from_dict("sft", {"mixture": {"arithmetic": 1, "count_letters": 1}, "examples_per_task": 40,
+                                          "val_examples": 8, "train": {
+        "max_steps": steps, "batch_size": 2, "warmup_steps": 1, "eval_interval": 0, "eval_batches": 2,
+        "checkpoint_interval": 0, "log_interval": 1, "lr": 1e-2, "lora_rank": 4, **train}})
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from llm_foundry.models.model_dir import read_weights
+
+    return read_weights(folder)[0]
+
+
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    from llm_foundry.cli.main import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+
+def _interrupt_at(step: int):
+    def hook(s: int, _p: float) -> None:
+        if s == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook
+
+
+def _adapted_logits(folder: Path, rank: int, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the base weights with the folder's adapters applied by peft's own layers (not merged)."""
+    from llm_foundry.config import TrainConfig
+    from llm_foundry.models.model_dir import load_model_dir
+    from llm_foundry.training.lora import attach_lora
+
+    model = load_model_dir(folder, with_tokenizer=False, adapters=False).model
+    attach_lora(model, TrainConfig(lora_rank=rank), adapters_from=folder).eval()
+    with torch.no_grad():
+        return model(x)[0]
+
+
+def test_lora_sft_trains_only_adapters_and_resumes_exactly(base_model, tmp_path):
+    from llm_foundry.models.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+    from llm_foundry.training.stages import run_stage
+
+    cfg = _sft_cfg()
+    full = run_stage(base_model / "base", tmp_path / "full", cfg, quiet=True)
+    assert full["trainable_percent"] < 10 and full["trainable_parameters"] < full["total_parameters"] / 10
+    assert full["peak_rss_mib"] > 0
+    config = json.loads((tmp_path / "full" / ADAPTER_CONFIG_FILE).read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and set(config["target_modules"]) == {
+        "wq", "wk", "wv", "wo", "w1", "w2", "w3"}
+    assert (tmp_path / "full" / "checkpoint" / ADAPTER_WEIGHTS_FILE).is_file()  # one unit with the training state
+    # The base weights did not move: model.safetensors holds them unchanged, under their plain names.
+    base, tuned = _weights(base_model / "base"), _weights(tmp_path / "full")
+    assert base.keys() == tuned.keys() and all(torch.equal(base[k], tuned[k]) for k in base)
+
+    with pytest.raises(TrainingInterrupted):
+        run_stage(base_model / "base", tmp_path / "cut", cfg, quiet=True, on_step=_interrupt_at(3))
+    resumed = run_stage(base_model / "base", tmp_path / "cut", cfg, resume=True, quiet=True)
+    assert resumed["step"] == 6 and resumed["val_loss"] == full["val_loss"]
+    from safetensors.torch import load_file
+
+    a, b = (load_file(p / ADAPTER_WEIGHTS_FILE) for p in (tmp_path / "full", tmp_path / "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_readers_and_merge_lora_give_the_adapted_logits(base_model, tmp_path, capsys):
+    from llm_foundry.models.adapters import ADAPTER_CONFIG_FILE
+    from llm_foundry.models.model_dir import load_model_dir
+    from llm_foundry.training.stages import run_stage
+
+    run_stage(base_model / "base", tmp_path / "lora", _sft_cfg(4), quiet=True)
+    x = torch.randint(0, 256, (2, 24))
+    adapted = _adapted_logits(tmp_path / "lora", 4, x)
+    plain = load_model_dir(base_model / "base").model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain(x)[0], adapted, atol=1e-4)  # the adapters changed something
+        # every command reads the folder through load_model_dir, which merges the adapters
+        read = load_model_dir(tmp_path / "lora").model.eval()(x)[0]
+    torch.testing.assert_close(read, adapted, atol=1e-5, rtol=1e-5)
+
+    proc = run_main(capsys, "merge-lora", tmp_path / "lora", "--out", tmp_path / "merged")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "merged" / ADAPTER_CONFIG_FILE).exists()
+    with torch.no_grad():
+        merged = load_model_dir(tmp_path / "merged").model.eval()(x)[0]
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+    # a chat command runs on the LoRA folder like on any other
+    proc = run_main(capsys, "generate", tmp_path / "lora", "--prompt", "2+3", "--max-new-tokens", "4", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    one_line_error(run_main(capsys, "merge-lora", base_model / "base", "--out", tmp_path / "m2"), "no LoRA adapters")
+    one_line_error(run_main(capsys, "merge-lora", tmp_path / "lora", "--out", tmp_path / "merged"), "not empty")
+
+
+def test_foundry_train_with_lora_from_init(base_model, tmp_path, capsys):
+    """`foundry train --init-from MODEL train.lora_rank=4` fine-tunes adapters on a prepared data folder."""
+    proc = run_main(capsys, "train", "--data", base_model / "data", "--init-from", base_model / "base", "--out",
+                    tmp_path / "run", "--max-steps", "3", "train.lora_rank=4", "train.batch_size=2", "train.warmup_steps=1",
+                    "train.eval_batches=1", "train.checkpoint_interval=0", "train.seq_len=64")
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout + proc.stderr
+    assert "LoRA rank 4" in said and "trainable 10,240 of" in said
+    summary = json.loads(said[said.index("{", said.rindex("saved")):said.rindex("}") + 1])
+    assert summary["trainable_percent"] < 10
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    # --resume of the same command continues the adapters (the settings come from run_config.json)
+    proc = run_main(capsys, "train", "--data", base_model / "data", "--out", tmp_path / "run", "--resume",
+                    "--max-steps", "4")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bad_lora_settings_are_one_line(base_model, tmp_path, capsys):
+    common = ["--out", tmp_path / "bad", "--max-steps", "1", "--quiet"]
+    one_line_error(run_main(capsys, "sft", base_model / "base", *common, "train.lora_rank=100"),
+                   "train.lora_rank (100) is larger than the layer", "use at most 64")
+    one_line_error(run_main(capsys, "sft", base_model / "base", *common, "train.lora_rank=4", "train.lora_targets=wq,qkv"),
+                   "no linear layer is called 'qkv'")
+    one_line_error(run_main(capsys, "sft", base_model / "base", *common, "train.lora_rank=-1"), "train.lora_rank")
+    one_line_error(run_main(capsys, "sft", base_model / "base", *common, "train.lora_rank=4", "train.ema_decay=0.9"),
+                   "exclude each other")
