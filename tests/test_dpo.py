@@ -60,15 +60,20 @@ def _interrupt_at(step: int):
     return hook
 
 
-def test_builtin_pairs_differ_only_in_the_answer():
+def test_builtin_pairs_answer_right_and_wrong():
+    from llm_foundry.eval.answers import score_answer
     from llm_foundry.training.dpo import builtin_pairs, wrong_answer
 
     pairs = builtin_pairs(["arithmetic", "spelling"], 5, split="train", seed=3, lang="en")
     assert len(pairs) == 10
-    for p in pairs:
+    for p, task in zip(pairs, ["arithmetic"] * 5 + ["spelling"] * 5):
         assert p.prompt[-1]["role"] == "user" and p.chosen != p.rejected
-        if isinstance(p.chosen, list):  # a tool call: the call and its output stay, the final answer is wrong
-            assert p.chosen[:2] == p.rejected[:2] and p.chosen[2]["text"] != p.rejected[2]["text"]
+        if isinstance(p.chosen, list):  # the calculator's reply against a wrong guess without it
+            assert p.chosen[0]["type"] == "python" and isinstance(p.rejected, str) and p.rejected.startswith("Answer: ")
+            answer = p.chosen[1]["text"]
+        else:
+            answer = p.chosen
+        assert score_answer(task, p.rejected, answer) == 0.0
     rng = random.Random(0)
     assert all(wrong_answer("7", rng) != "7" and int(wrong_answer("7", rng)) >= 0 for _ in range(50))
     assert all(len(w) == 9 and w != "a-p-p-l-e" for w in (wrong_answer("a-p-p-l-e", rng) for _ in range(50)))
@@ -132,12 +137,12 @@ def test_bad_pairs_files_are_one_line_with_the_line_number(base_model, tmp_path,
 
 @pytest.mark.slow
 def test_dpo_raises_heldout_preference_accuracy_and_margin_over_the_sft_model(base_model, tmp_path):
-    """SFT (200 steps), then DPO on the built-in pairs (60 steps): on 64 held-out pairs (held-out
-    templates and numbers) the model prefers the correct answer more often than the SFT model did,
-    and the reward margin, 0 for the SFT model by definition, is positive.
+    """SFT (200 steps), then DPO on the built-in pairs (60 steps): on 128 held-out pairs (held-out
+    templates, numbers and words) the model prefers the correct answer more often than the SFT model
+    did, and the reward margin, 0 for the SFT model by definition, is positive.
 
-    Measured once (2-core CPU): preference accuracy 0.734 -> 0.797, reward accuracy 0.734,
-    margin 0.390, held-out DPO loss 0.693 -> 0.560."""
+    Measured once (2-core CPU, a base of 12 corpus documents): preference accuracy 0.867 -> 0.906,
+    reward accuracy 0.883, margin 4.27, held-out DPO loss 0.693 -> 0.226."""
     from llm_foundry.config.stages import stage_config_from_dict
     from llm_foundry.training.dpo import dpo_trainer
     from llm_foundry.training.stages import run_stage
@@ -146,7 +151,7 @@ def test_dpo_raises_heldout_preference_accuracy_and_margin_over_the_sft_model(ba
     sft = stage_config_from_dict("sft", {"mixture": tasks, "examples_per_task": 400, "val_examples": 0, "lang": "en", "train": {
         "max_steps": 200, "batch_size": 8, "warmup_steps": 5, "lr": 3e-3, "eval_interval": 0, "checkpoint_interval": 0}})
     run_stage(base_model / "base", tmp_path / "sft", sft, quiet=True)
-    cfg = _dpo_cfg(60, tasks=",".join(tasks), examples_per_task=200, val_pairs=64, train={
+    cfg = _dpo_cfg(60, tasks=",".join(tasks), examples_per_task=200, val_pairs=128, train={
         "max_steps": 60, "batch_size": 8, "warmup_steps": 2, "lr": 1e-3, "eval_interval": 0, "checkpoint_interval": 0})
     summary = dpo_trainer(tmp_path / "sft", tmp_path / "dpo", cfg, quiet=True).run()
     before = summary["before"]

@@ -18,8 +18,9 @@ reports, on held-out pairs, the reward accuracy and margin (0 for the start mode
 definition) and the model's own preference accuracy (``log p(chosen) > log p(rejected)``,
 comparable with the start model's, which the summary shows as ``before``).
 
-Without ``--data`` the pairs are built in: the synthetic tasks' correct answers against
-the same replies with a wrong answer, so ``foundry dpo MODEL`` runs offline.
+Without ``--data`` the pairs are built in: the synthetic tasks' correct replies against wrong
+ones (a guess without the calculator where the correct reply uses it, a misspelling), so
+``foundry dpo MODEL`` runs offline.
 """
 
 from __future__ import annotations
@@ -111,24 +112,18 @@ def wrong_answer(answer: str, rng: random.Random) -> str:
     return str(value + delta)
 
 
-def _replace_answer(content: str | list, answer: str, wrong: str) -> str | list:
-    """The reply ``content`` with its final ``answer`` replaced by ``wrong`` (tool outputs stay: only the
-    reply's own text is wrong, as a model that misreads its calculator would write it)."""
-    if isinstance(content, str):
-        head, sep, tail = content.rpartition(answer)
-        return head + wrong + tail if sep else wrong
-    parts = [dict(p) for p in content]
-    for p in reversed(parts):
-        if p.get("type") == "text" and answer in p["text"]:
-            head, _, tail = p["text"].rpartition(answer)
-            p["text"] = head + wrong + tail
-            break
-    return parts
+def _replace_answer(content: str | list, answer: str, wrong: str) -> str:
+    """The reply ``content`` answering ``wrong`` instead of ``answer``: a reply that uses the calculator
+    becomes a guess without it (its final text, wrong), as a model that skips its tool writes it."""
+    if not isinstance(content, str):
+        content = next((p["text"] for p in reversed(content) if p.get("type") == "text" and answer in p["text"]), answer)
+    head, sep, tail = content.rpartition(answer)
+    return head + wrong + tail if sep else wrong
 
 
 def builtin_pairs(tasks: list[str], n: int, *, split: str, seed: int, lang: str) -> list[Pair]:
-    """Pairs from the synthetic tasks: each example's reference reply (chosen) against the same reply
-    with a wrong answer (rejected)."""
+    """Pairs from the synthetic tasks: each example's reference reply (chosen) against a reply with a
+    wrong answer (rejected, see :func:`_replace_answer`)."""
     from ..data.synthetic import make_examples
 
     rng = random.Random(seed)
