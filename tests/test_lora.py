@@ -3,6 +3,7 @@ resume exactly, every reader merges them, `foundry merge-lora` writes the same m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -160,22 +161,33 @@ def test_bad_lora_settings_are_one_line(base_model, tmp_path, capsys):
                    "exclude each other")
 
 
-def _pretrained_tiny(root: Path, steps: int) -> Path:
-    """The `tiny` preset (byte tokenizer, 0.84M parameters) pretrained ``steps`` steps on the built-in corpus."""
-    from llm_foundry import Trainer
+def midtrained_tiny(root: Path, steps: int) -> Path:
+    """The `tiny` preset (byte tokenizer, 0.84M parameters) from its random init, midtrained ``steps``
+    steps on arithmetic and count_letters (every token trained): it knows the chat layout and the
+    calculator's tokens, as the model a LoRA fine-tune starts from does."""
     from llm_foundry.config import load_config
-    from llm_foundry.data import builtin_corpus, prepare_dataset
+    from llm_foundry.config.stages import stage_config_from_dict
+    from llm_foundry.models import MiniLLM
+    from llm_foundry.models.model_dir import save_model_dir
+    from llm_foundry.tokenizers import ByteTokenizer
+    from llm_foundry.training.stages import run_stage
 
-    prepare_dataset(builtin_corpus(), "byte", root / "data", val_fraction=0.05, show_progress=False)
-    model_cfg, train_cfg = load_config("tiny", [f"max_steps={steps}", "batch_size=16", "eval_batches=1",
-                                                "checkpoint_interval=0", "eval_interval=0"])
-    Trainer(model_cfg, train_cfg, root / "data", root / "base", quiet=True).run()
-    return root / "base"
+    model_cfg, _ = load_config("tiny")
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    save_model_dir(root / "init", MiniLLM(dataclasses.replace(model_cfg, vocab_size=tok.vocab_size)), tok)
+    cfg = stage_config_from_dict("midtrain", {
+        "mixture": {"arithmetic": 1, "count_letters": 1}, "examples_per_task": 1000, "val_examples": 0, "lang": "en",
+        "loss_on": "all", "train": {"max_steps": steps, "batch_size": 16, "warmup_steps": 10, "lr": 3e-3,
+                                    "eval_interval": 0, "checkpoint_interval": 0}})
+    run_stage(root / "init", root / "mid", cfg, quiet=True)
+    return root / "mid"
 
 
 def sft_heldout_loss(base: Path, out: Path, steps: int, lr: float, rank: int) -> dict:
-    """SFT of ``base`` on three tasks for ``steps`` steps at peak ``lr``; rank 0 = full fine-tuning.
-    Returns the summary, with the masked loss on held-out templates and numbers as ``val_loss``."""
+    """SFT of ``base`` for ``steps`` steps at peak ``lr`` on arithmetic, count_letters and spelling (a task
+    the base has not seen); rank 0 = full fine-tuning. Returns the summary, with the masked loss on
+    held-out templates, numbers and words as ``val_loss``."""
     from llm_foundry.config.stages import stage_config_from_dict
     from llm_foundry.training.stages import run_stage
 
@@ -192,14 +204,14 @@ def test_lora_reaches_full_fine_tuning(tmp_path):
     """LoRA (rank 8, attention and MLP) on the `tiny` preset ends within 5% of full fine-tuning's
     held-out SFT loss while training under 10% of the parameters.
 
-    The experiment: `tiny` (byte tokenizer) pretrained PRE steps, then SFT for the same number of
-    steps (STEPS, batch 16) from it, full and LoRA; each method's peak lr picked once from a grid
-    on this setup (measured once, 2-core CPU):
+    The experiment: `tiny` (byte tokenizer) midtrained MID steps from its random init, then SFT for
+    the same number of steps (STEPS, batch 16) from it, full and LoRA; each method's peak lr picked
+    once from a grid on this setup (measured once, 2-core CPU):
 
         MEASURED
 
     The test runs the picked lr of each."""
-    base = _pretrained_tiny(tmp_path, PRE)
+    base = midtrained_tiny(tmp_path, MID)
     full = sft_heldout_loss(base, tmp_path / "full", STEPS, FULL_LR, 0)
     lora = sft_heldout_loss(base, tmp_path / "lora", STEPS, LORA_LR, 8)
     assert lora["trainable_percent"] < 10
