@@ -204,15 +204,19 @@ def test_lora_reaches_full_fine_tuning(tmp_path):
     """LoRA (rank 8, attention and MLP) on the `tiny` preset ends within 5% of full fine-tuning's
     held-out SFT loss while training under 10% of the parameters.
 
-    The experiment: `tiny` (byte tokenizer) midtrained MID steps from its random init, then SFT for
-    the same number of steps (STEPS, batch 16) from it, full and LoRA; each method's peak lr picked
-    once from a grid on this setup (measured once, 2-core CPU):
+    The experiment: `tiny` (byte tokenizer) midtrained 400 steps from its random init, then SFT for
+    the same number of steps (100, batch 16) from it, full and LoRA (lora_alpha 16); each method's
+    peak lr picked once from a grid on this setup. Held-out SFT loss, measured once (2-core CPU):
 
-        MEASURED
+        full fine-tuning, 838,144 trainable:  lr 3e-4 1.0708 | 1e-3 1.0344 | 3e-3 1.0745 | 1e-2 1.1278
+        LoRA rank 8, 78,848 trainable (9.4%): lr 2e-3 1.0862 | 5e-3 1.0607 | 1e-2 1.0573 | 2e-2 1.1108
 
-    The test runs the picked lr of each."""
-    base = midtrained_tiny(tmp_path, MID)
-    full = sft_heldout_loss(base, tmp_path / "full", STEPS, FULL_LR, 0)
-    lora = sft_heldout_loss(base, tmp_path / "lora", STEPS, LORA_LR, 8)
-    assert lora["trainable_percent"] < 10
+    best against best: 1.0573 / 1.0344 = +2.2%. The test runs the picked lr of each (1e-3, 1e-2).
+    Starting from a model that has not seen the chat tokens (pretrained on text only) LoRA falls
+    far behind: it cannot train their embeddings."""
+    base = midtrained_tiny(tmp_path, 400)
+    full = sft_heldout_loss(base, tmp_path / "full", 100, 1e-3, 0)
+    lora = sft_heldout_loss(base, tmp_path / "lora", 100, 1e-2, 8)
+    base_parameters = lora["total_parameters"] - lora["trainable_parameters"]  # what full fine-tuning trains
+    assert lora["trainable_parameters"] < 0.1 * base_parameters
     assert lora["val_loss"] <= 1.05 * full["val_loss"], (lora["val_loss"], full["val_loss"])
