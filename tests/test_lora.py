@@ -220,3 +220,27 @@ def test_lora_reaches_full_fine_tuning(tmp_path):
     base_parameters = lora["total_parameters"] - lora["trainable_parameters"]  # what full fine-tuning trains
     assert lora["trainable_parameters"] < 0.1 * base_parameters
     assert lora["val_loss"] <= 1.05 * full["val_loss"], (lora["val_loss"], full["val_loss"])
+
+
+def test_adapters_count_under_mixed_precision_autocast():
+    """Mixed-precision training fuses the q/k/v (and gate/up) products over the layers' weights; a LoRA
+    layer's output is more than its weight's product, so the fused path must leave it alone."""
+    from llm_foundry.config import ModelConfig, TrainConfig
+    from llm_foundry.models import MiniLLM
+    from llm_foundry.training.lora import attach_lora
+
+    torch.manual_seed(0)
+    model = MiniLLM(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, max_seq_len=16))
+    attach_lora(model, TrainConfig(lora_rank=4, lora_targets="wq,wk,wv,w1,w3"))  # the fused layers alone
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.5)  # adapters that change the output
+    x = torch.randint(0, 64, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = model(x)[0].float()  # gradients on: the training path
+    base = MiniLLM(model.cfg)
+    base.load_state_dict({k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if ".lora_" not in k})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = base(x)[0].float()
+    assert (trained - plain).abs().max() > 0.1  # the adapters took part
