@@ -43,12 +43,14 @@ def _check_targets(model: nn.Module, cfg: TrainConfig) -> None:
     Raises:
         FoundryError: an unknown target or a rank above a layer's smaller side (one line).
     """
-    layers = {name.rsplit(".", 1)[-1]: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    # The output head is no target: tied to the embedding, it is saved once, as the embedding.
+    layers = {name.rsplit(".", 1)[-1]: m for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and name != "output"}
     for target in lora_targets(cfg):
         layer = layers.get(target)
         if layer is None:
             raise FoundryError(f"train.lora_targets: no linear layer is called '{target}' "
-                               f"(the model's: {', '.join(sorted(set(layers) - {'output'}))})")
+                               f"(the model's: {', '.join(sorted(layers))})")
         if cfg.lora_rank > min(layer.in_features, layer.out_features):
             raise FoundryError(f"train.lora_rank ({cfg.lora_rank}) is larger than the layer {target} "
                                f"({layer.out_features} x {layer.in_features}); use at most "
@@ -77,9 +79,10 @@ def attach_lora(model: nn.Module, cfg: TrainConfig, adapters_from: str | Path | 
             that do not fit.
     """
     _check_targets(model, cfg)
+    config = lora_config(cfg)  # first: a missing peft is one line
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
-    inject_adapter_in_model(lora_config(cfg), model, adapter_name=ADAPTER)
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_" in name)
     if adapters_from is not None:
