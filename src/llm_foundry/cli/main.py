@@ -23,7 +23,7 @@ COMMAND_MODULES = (
     ("serve", ("serve",)),
     ("chat", ("chat", "eval-chat")),
     ("evolve", ("evolve",)),
-    ("stages", ("midtrain", "sft", "rl")),
+    ("stages", ("midtrain", "sft", "rl", "dpo", "merge-lora")),
     ("report", ("report",)),
     ("speedrun", ("speedrun",)),
     ("config", ("config",)),
@@ -34,12 +34,12 @@ COMMANDS = tuple(name for _, names in COMMAND_MODULES for name in names)
 
 # `foundry --help` lists the commands by workflow, in the order a newcomer meets them.
 WORKFLOWS = (
-    ("build", ("demo", "prepare", "train", "midtrain", "sft", "rl", "speedrun")),
+    ("build", ("demo", "prepare", "train", "midtrain", "sft", "rl", "dpo", "speedrun")),
     ("chat", ("chat", "generate", "eval-chat")),
     ("serve", ("serve",)),
     ("online", ("online",)),
     ("evolve", ("evolve",)),
-    ("tools", ("config", "eval", "report", "import", "export", "bench", "memory")),
+    ("tools", ("config", "eval", "report", "import", "export", "merge-lora", "bench", "memory")),
     ("learn", ("lab",)),
 )
 

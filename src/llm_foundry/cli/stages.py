@@ -1,4 +1,5 @@
-"""`foundry midtrain`, `foundry sft`, `foundry rl`: the chat stages, each from one model folder into a new one."""
+"""`foundry midtrain`, `foundry sft`, `foundry rl`, `foundry dpo`: the chat stages, each from one model folder
+into a new one; `foundry merge-lora`: a LoRA run's adapters merged into a plain model folder."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config.loader import override_dict
-from ..config.stages import RLConfig, StageConfig
+from ..config.stages import DPOConfig, RLConfig, StageConfig
 from ..utils.errors import FoundryError
 from ..utils.progress import console
 from . import add_preset_option, add_run_options, check_tasks, run_option_overrides, summary_line
@@ -62,7 +63,36 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the RL run saved in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="rl overrides")
+    p.add_argument("--reward", metavar="MODULE:FUNCTION",
+                   help="your reward function instead of the task checkers: f(prompt, completion) -> float, from a "
+                        "module name or a .py file (path/to/rewards.py:score)")
     p.set_defaults(func=run_rl_stage, config_root=RLConfig)
+
+    p = sub.add_parser("dpo", help="direct preference optimisation on chosen/rejected pairs (frozen reference)",
+                       description="Push a chat model toward the chosen reply of each pair and away from the rejected "
+                                   "one, against the frozen start model (DPO), into a new model folder. Without --data "
+                                   "the pairs are built in: correct against incorrect answers of the synthetic tasks.",
+                       epilog="Overrides: key=value of the dpo settings or their training, e.g. beta=0.2 "
+                              "(or dpo.beta=0.2) train.lr=5e-5 train.lora_rank=8. Re-run with --resume after an "
+                              "interruption.")
+    p.add_argument("model", metavar="MODEL", help="the chat model folder to start from (also the frozen reference)")
+    p.add_argument("--out", required=True, metavar="OUT", help="the new model folder to write")
+    p.add_argument("--data", metavar="PAIRS.jsonl",
+                   help='pairs, one {"prompt", "chosen", "rejected"} per line (prompt: a string or a messages list); '
+                        "default: the built-in pairs")
+    p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (default 200)")
+    add_run_options(p, from_config=True, seed_help="seed of the pair draws and the held-out split (train.seed)")
+    p.add_argument("--resume", action="store_true", help="continue the DPO run saved in OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dpo or training overrides")
+    p.set_defaults(func=run_dpo_stage, config_root=DPOConfig)
+
+    p = sub.add_parser("merge-lora", help="merge a LoRA run's adapters into a plain model folder",
+                       description="Write MODEL with its LoRA adapters (adapter_model.safetensors) merged into the "
+                                   "weights as a plain model folder, whose logits equal the adapted model's.")
+    p.add_argument("model", metavar="MODEL", help="a model folder with LoRA adapters (made with train.lora_rank=R)")
+    p.add_argument("--out", required=True, metavar="MERGED", help="the plain model folder to write (new or empty)")
+    p.set_defaults(func=run_merge_lora)
 
 
 def _preset_section(preset: str, section: str) -> dict:
@@ -144,8 +174,52 @@ def run_rl_stage(args: argparse.Namespace) -> int:
     for flag in ("tasks", "split", "steps", "group_size", "prompts_per_step", "kl_coef"):
         if getattr(args, flag) is not None:
             raw[flag] = getattr(args, flag)
+    if args.reward is not None:
+        raw["reward"] = args.reward
     cfg = rl_config_from_dict(raw)
     check_tasks(cfg.tasks, "rl.tasks")
     summary = run_rl(args.model, args.out, cfg, resume=args.resume, quiet=args.quiet)
+    console.print(summary_line(args.out, summary))
+    return 0
+
+
+def dpo_settings(args: argparse.Namespace) -> dict:
+    """The DPO settings as data: the defaults (or the saved ones on --resume), then overrides and flags.
+
+    An override may name its section (``dpo.beta=0.2``) or not (``beta=0.2``)."""
+    from ..training.dpo import DPO_CONFIG_FILE
+
+    raw = {}
+    if args.resume:
+        known = {f.name for f in dataclasses.fields(DPOConfig)}
+        raw = {k: v for k, v in _saved(args.out, DPO_CONFIG_FILE).items() if k in known}
+    overrides = [o[len("dpo."):] if o.startswith("dpo.") else o for o in args.overrides]
+    raw = override_dict(DPOConfig, raw, [*overrides, *run_option_overrides(args, ["train."])], "dpo")
+    if args.data is not None:
+        raw["data"] = args.data
+    if args.max_steps is not None:
+        raw["train"] = {**(raw.get("train") or {}), "max_steps": args.max_steps}
+    return raw
+
+
+def run_dpo_stage(args: argparse.Namespace) -> int:
+    from ..config.stages import dpo_config_from_dict
+    from ..training.distributed import world_size
+    from ..training.dpo import dpo_trainer
+
+    if world_size() > 1:
+        raise FoundryError("foundry dpo runs in one process: start it without torchrun")
+    cfg = dpo_config_from_dict(dpo_settings(args))
+    if cfg.data is None:
+        check_tasks(cfg.task_list(), "dpo.tasks")
+    summary = dpo_trainer(args.model, args.out, cfg, resume=args.resume, quiet=args.quiet).run()
+    console.print(summary_line(args.out, summary))
+    return 0
+
+
+def run_merge_lora(args: argparse.Namespace) -> int:
+    from ..training.lora import merge_lora_folder
+
+    summary = merge_lora_folder(args.model, args.out)
     console.print(summary_line(args.out, summary))
     return 0

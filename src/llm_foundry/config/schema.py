@@ -165,6 +165,11 @@ class TrainConfig:
             instead of keeping them (less memory, one more forward's worth of compute).
         tensorboard: also write TensorBoard event files to ``RUN/tensorboard/`` (needs the
             ``track`` extra).
+        lora_rank: train LoRA adapters of this rank (through ``peft``; the ``lora`` extra) instead of
+            every weight; 0 = full fine-tuning.
+        lora_alpha: the adapters' scale is ``lora_alpha / lora_rank``.
+        lora_dropout: dropout on the adapters' input.
+        lora_targets: comma-separated layer names that get adapters (the attention and MLP projections).
     """
 
     seed: int = 1337
@@ -196,6 +201,10 @@ class TrainConfig:
     parallel: str = "ddp"
     activation_checkpointing: bool = False
     tensorboard: bool = False
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "wq,wk,wv,wo,w1,w2,w3"
 
     def validate(self) -> "TrainConfig":
         require_int(self.seed, "train.seed", 0, MAX_SEED)
@@ -222,4 +231,10 @@ class TrainConfig:
         require_real(self.min_lr_ratio, "train.min_lr_ratio", 0, 1)
         require_real(self.decay_fraction, "train.decay_fraction", 0, 1, lo_open=True)
         require_real(self.ema_decay, "train.ema_decay", 0, 1, hi_open=True)
+        require_int(self.lora_rank, "train.lora_rank", 0, MAX_DIM)
+        require_real(self.lora_alpha, "train.lora_alpha", 0, 1e6, lo_open=True)
+        require_real(self.lora_dropout, "train.lora_dropout", 0, 1, hi_open=True)
+        require(isinstance(self.lora_targets, str) and all(t.strip() for t in self.lora_targets.split(",")),
+                f"train.lora_targets must be layer names separated by commas, e.g. wq,wv, got {show_value(self.lora_targets)}")
+        require(not (self.lora_rank and self.ema_decay), "train.lora_rank and train.ema_decay exclude each other")
         return self

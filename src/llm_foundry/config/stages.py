@@ -153,6 +153,9 @@ class RLConfig:
         device: auto, cpu, cuda, mps.
         precision: auto, bf16 or fp32.
         checkpoint_interval: steps between checkpoints (0 = only at the end).
+        reward: ``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION``, a reward of your own in place of
+            the task checkers: ``f(prompt, completion) -> float`` or the checkers' ``f(task,
+            completion, answer) -> float`` (``training/rl.py``); None = the checkers.
     """
 
     tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
@@ -177,6 +180,7 @@ class RLConfig:
     device: str = "auto"
     precision: str = "auto"
     checkpoint_interval: int = 10
+    reward: str | None = None
 
     def validate(self) -> "RLConfig":
         if isinstance(self.tasks, str):
@@ -200,6 +204,8 @@ class RLConfig:
         require_real(self.kl_coef, "rl.kl_coef", 0, 1000)
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise FoundryError(f"rl.precision must be auto, bf16, fp16 or fp32, not '{self.precision}'")
+        if self.reward is not None and (not isinstance(self.reward, str) or ":" not in self.reward.strip(":")):
+            raise FoundryError(f"rl.reward must be MODULE:FUNCTION or path/to/file.py:FUNCTION, got {self.reward!r}")
         return self
 
     def train_config(self) -> TrainConfig:
@@ -213,3 +219,57 @@ class RLConfig:
 def rl_config_from_dict(raw: Mapping[str, Any] | None) -> RLConfig:
     """A validated :class:`RLConfig` from plain data (a speedrun preset's ``rl:`` section, a saved rl config)."""
     return build(RLConfig, raw, "rl").validate()
+
+
+def _dpo_train() -> TrainConfig:
+    # A short, gentle run: DPO moves a chat model a little, from its own SFT weights.
+    return TrainConfig(max_steps=200, batch_size=8, lr=1e-4, weight_decay=0.0, warmup_steps=10, eval_interval=50,
+                       eval_batches=4, log_interval=10, checkpoint_interval=50)
+
+
+@dataclass
+class DPOConfig:
+    """Settings of direct preference optimisation (``foundry dpo``).
+
+    Attributes:
+        beta: the strength of the pull toward the reference (the start model); the implicit
+            reward of a reply is ``beta * (log p_policy - log p_reference)``.
+        data: a ``.jsonl`` file of ``{"prompt", "chosen", "rejected"}`` pairs; None = the
+            built-in pairs (correct vs incorrect answers of the synthetic tasks).
+        tasks: the built-in tasks whose pairs are used without ``data``.
+        examples_per_task: built-in pairs per task.
+        val_pairs: held-out pairs for the preference accuracy and reward margin (from
+            ``data``: taken out of it; built-in: held-out templates and numbers).
+        lang: ``en``, ``zh`` or ``mixed`` for the built-in pairs.
+        train: optimisation settings (``batch_size`` counts pairs).
+    """
+
+    beta: float = 0.1
+    data: str | None = None
+    tasks: str = "arithmetic,count_letters,spelling"
+    examples_per_task: int = 400
+    val_pairs: int = 64
+    lang: str = "en"
+    train: TrainConfig = field(default_factory=_dpo_train)
+
+    def task_list(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+    def validate(self) -> "DPOConfig":
+        require_real(self.beta, "dpo.beta", 0, 1000, lo_open=True)
+        require_int(self.examples_per_task, "dpo.examples_per_task", 1, MAX_EXAMPLES)
+        require_int(self.val_pairs, "dpo.val_pairs", 0, MAX_EXAMPLES)
+        if not isinstance(self.tasks, str) or not self.task_list():
+            raise FoundryError(f"dpo.tasks must name at least one built-in task, got {self.tasks!r}")
+        if self.lang not in ("mixed", "en", "zh"):
+            raise FoundryError(f"dpo.lang must be mixed, en or zh, not {self.lang!r}")
+        self.train = dataclasses.replace(self.train).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def dpo_config_from_dict(raw: Mapping[str, Any] | None) -> DPOConfig:
+    """A validated :class:`DPOConfig` from plain data (defaults, a saved ``dpo_config.json``)."""
+    return build(DPOConfig, raw, "dpo").validate()

@@ -8,7 +8,9 @@ Mid-training and SFT both train on rendered conversations (see ``data/chat.py``)
 * a built-in synthetic task (``data/synthetic.TASKS``): a pool of seeded examples;
 * ``text``: windows of plain pretraining text from a prepared data folder, trained on
   every token, so mid-training does not forget the base model's language;
-* a ``.jsonl`` file of conversations (``{"messages": [...]}`` per line).
+* a ``.jsonl`` file of conversations: ``{"messages": [...]}``, ShareGPT/minimind
+  ``{"conversations": [...]}`` or Alpaca ``{"instruction", "input", "output"}`` per line
+  (``chat_formats.py``).
 
 Rows of ``seq_len + 1`` tokens are *packed*: whole conversations, picked by weight,
 are laid end to end (each starts with ``<|bos|>``) until the next one would not fit,
@@ -123,9 +125,9 @@ class ChatMixture:
             return [ex.messages for ex in make_examples(name, n, split=split, seed=seed, lang=lang)]
         path = Path(name)
         if path.suffix.lower() == ".jsonl" or path.exists():
-            from .chat import read_conversations
+            from .chat_formats import read_chat_records
 
-            return read_conversations(path)
+            return read_chat_records(path)[0]  # messages, ShareGPT/minimind or Alpaca records
         raise FoundryError(f"unknown mixture source '{name}' (built-in tasks: {', '.join(TASKS)}, "
                            f"'{TEXT_SOURCE}', or a .jsonl file of conversations)")
 

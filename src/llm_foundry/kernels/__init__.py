@@ -69,6 +69,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
                                           enable_gqa=enable_gqa)
 
 
+def _plain(layers: tuple[nn.Module, ...]) -> bool:
+    # A wrapped layer (a LoRA adapter's) adds to its weight's product: only its own forward is right.
+    return all(type(layer) is nn.Linear for layer in layers)
+
+
 def _one_product(x: torch.Tensor, layers: tuple[nn.Linear, ...]) -> torch.Tensor:
     # The weights concatenated each step (a small copy): one product and, under autocast, one
     # weight cast instead of one per layer; autograd hands each weight its own gradient. In fp32
@@ -79,7 +84,7 @@ def _one_product(x: torch.Tensor, layers: tuple[nn.Linear, ...]) -> torch.Tensor
 def linears(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
     """``tuple(layer(x) for layer in layers)`` for bias-free linear layers; in mixed-precision
     training one product over their concatenated weights."""
-    if _mixed_precision_training(x):
+    if _mixed_precision_training(x) and _plain(layers):
         return _one_product(x, layers).split([layer.out_features for layer in layers], dim=-1)
     return tuple(layer(x) for layer in layers)
 
@@ -87,7 +92,7 @@ def linears(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
 def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear) -> torch.Tensor:
     """``F.silu(gate(x)) * up(x)`` for bias-free linear layers; in mixed-precision training one
     product for both, then our native activation on bf16 CPU tensors."""
-    if _mixed_precision_training(x):
+    if _mixed_precision_training(x) and _plain((gate, up)):
         return activations.swiglu(_one_product(x, (gate, up)))
     return F.silu(gate(x)) * up(x)
 

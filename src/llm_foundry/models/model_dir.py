@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
+from .adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, has_adapters, merge_adapters
 from .minillm import MiniLLM
 from ..tokenizers import Tokenizer, load_tokenizer
 from ..utils.errors import FoundryError
@@ -54,7 +55,8 @@ from ..utils.io import atomic_write_bytes, atomic_write_json, read_json, recover
 ARCHITECTURE = "MiniLLM"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE = "config.json", "model.safetensors", "tokenizer.json", "training_state.pt"
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE)
+# A LoRA run's adapters (models/adapters.py) belong to the unit too; a run without them has none.
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)
 # Metadata keys of model.safetensors (see the module docstring).
 TENSORS_SHA256 = "tensors_sha256"
 TOKENIZER_KIND, TOKENIZER_VOCAB, TOKENIZER_SHA256 = "tokenizer_kind", "tokenizer_vocab_size", "tokenizer_sha256"
@@ -151,7 +153,7 @@ def write_model_folder(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, s
 
 def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, step: int,
                         weights: dict[str, torch.Tensor] | None = None, state_bytes: bytes | None = None,
-                        extra_dirs: dict[str, Path] | None = None) -> None:
+                        extra_dirs: dict[str, Path] | None = None, extra_files: dict[str, bytes] | None = None) -> None:
     """Write a run folder's checkpoint (the model folder files and ``training_state.pt``) as one unit.
 
     Args:
@@ -159,13 +161,15 @@ def save_checkpoint_dir(path: str | Path, model: MiniLLM, tokenizer: Tokenizer, 
         weights: as in :func:`save_model_dir`.
         state_bytes: the serialised training state (``training.state``), or None for none.
         extra_dirs: as in :func:`write_model_folder`.
+        extra_files: as in :func:`write_model_folder` (a LoRA run's adapter files).
     """
     from ..utils.signals import deferred_signals
 
     path = Path(path)
     with deferred_signals():  # a second Ctrl-C waits for the swap and the links
         _adopt_plain_files(path)
-        write_model_folder(path / CHECKPOINT_DIR, model, tokenizer, step, weights, state_bytes, extra_dirs=extra_dirs)
+        write_model_folder(path / CHECKPOINT_DIR, model, tokenizer, step, weights, state_bytes, extra_files=extra_files,
+                           extra_dirs=extra_dirs)
         _link_checkpoint(path)
 
 
@@ -363,11 +367,16 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return tensors, meta
 
 
-def load_model_dir(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True) -> ModelBundle:
+def load_model_dir(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True,
+                   adapters: bool = True) -> ModelBundle:
     """Load a model folder, checking that config, weights and tokenizer agree and are as saved.
 
     The model is first built on the meta device (no memory) and every tensor's name, shape
     and dtype compared with the weights file's header; only a file that fits is read.
+
+    Args:
+        adapters: merge the folder's LoRA adapters (``models/adapters.py``) into the weights, so
+            every reader gets the adapted model; False gives the base weights (a LoRA run's resume).
     """
     path = Path(path)
     cfg = load_model_config(path)
@@ -385,7 +394,10 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu", with_to
                   if bad_shape else f"{bad_dtype[0]} is stored as {entries[bad_dtype[0]]['dtype']}, not floating point")
         raise FoundryError(f"weights in {path} do not match its config.json (another architecture?): {detail}")
     tensors, meta = read_weights(path)
-    model.materialize({k: t.float() for k, t in tensors.items()})
+    tensors = {k: t.float() for k, t in tensors.items()}
+    if adapters and has_adapters(path):
+        tensors = merge_adapters(tensors, path)
+    model.materialize(tensors)
     model.to(device)
     tokenizer = None
     if with_tokenizer:

@@ -7,7 +7,8 @@ One step:
 2. sample a *group* of ``group_size`` completions for each prompt with the
    :class:`~llm_foundry.inference.engine.Engine` (tool use on: the calculator's
    results are forced into the completion with mask 0, so they are never trained);
-3. score each completion with the task's checker (``score_answer``: 1 right, 0 wrong);
+3. score each completion with the task's checker (``score_answer``: 1 right, 0 wrong), or with
+   the user's own function (``rl.reward``, ``--reward module:function``: :func:`load_reward`);
 4. advantage = reward - the group's mean reward (optionally divided by the group's
    std): a completion is pushed up only if it did better than its siblings, so a
    prompt the model always (or never) gets right contributes nothing;
@@ -47,6 +48,7 @@ from ..tokenizers.special import ASSISTANT_END, PAD
 from . import distributed
 from .loop import MetricsLog, run_loop
 from .optim import peak_lrs
+from .rewards import Reward, checker_reward, load_reward
 from .schedule import lr_factor
 from .stages import stage_source
 from .state import save_checkpoint
@@ -76,9 +78,9 @@ def group_advantages(rewards: list[float], std_normalize: bool = False) -> list[
 
 @torch.no_grad()
 def sampled_reward(engine, examples: list, *, samples: int, max_tokens: int, temperature: float,
-                   top_k: int | None, seed: int, greedy: bool = True) -> dict[str, float]:
-    """Mean reward over ``samples`` sampled completions of each example, and (with ``greedy``)
-    greedy accuracy."""
+                   top_k: int | None, seed: int, greedy: bool = True, reward: Reward = checker_reward) -> dict[str, float]:
+    """Mean reward (``reward``: the checkers' by default) over ``samples`` sampled completions of each
+    example, and (with ``greedy``) greedy accuracy (the checkers')."""
     from ..data.chat import render_prompt
     from ..eval.answers import score_answer
 
@@ -88,7 +90,7 @@ def sampled_reward(engine, examples: list, *, samples: int, max_tokens: int, tem
         prompt = render_prompt(engine.tokenizer, ex.messages)
         comps, _ = engine.generate(prompt, num_samples=samples, max_tokens=max_tokens, temperature=temperature,
                                    top_k=top_k, seed=seed + i)
-        rewards += [score_answer(ex.task, completion_text(engine.tokenizer, c), ex.answer) for c in comps]
+        rewards += [reward(ex, completion_text(engine.tokenizer, c)) for c in comps]
         if not greedy:
             continue
         comps, _ = engine.generate(prompt, num_samples=1, max_tokens=max_tokens, temperature=0.0, seed=seed + i)
@@ -123,6 +125,7 @@ class RLTrainer:
     def __init__(self, init_from: str | Path, out_dir: str | Path, cfg: RLConfig, resume: bool = False,
                  quiet: bool = False, on_step: Callable[[int, float], None] | None = None):
         self.rl = cfg.validate()
+        self.reward = load_reward(cfg.reward) if cfg.reward else checker_reward  # a bad one fails now, not mid-run
         # Under torchrun: join the process group (DDP); rank 0 alone writes and talks.
         self.dist, device = distributed.setup(cfg.device, "ddp")
         self.out, self.resume, self.quiet, self.on_step = Path(out_dir), resume, quiet or not self.dist.main, on_step
@@ -198,7 +201,7 @@ class RLTrainer:
         if not self.heldout:
             return None
         settings = dict(samples=self.rl.eval_samples, max_tokens=self.rl.max_tokens, temperature=self.rl.temperature,
-                        top_k=self.rl.top_k, seed=self.rl.seed + 10_000)
+                        top_k=self.rl.top_k, seed=self.rl.seed + 10_000, reward=self.reward)
         engine = self._engine()
         out = sampled_reward(engine, self.heldout, **settings)
         task = sampled_reward(engine, self.task_eval, greedy=False, **settings)
@@ -215,7 +218,6 @@ class RLTrainer:
     def _rollout(self, step: int) -> tuple[list[tuple[list[int], list[int], float]], list[float]]:
         """Sample groups for this step: ``[(ids, trained mask, advantage)]`` and the raw rewards."""
         from ..data.chat import render_prompt
-        from ..eval.answers import score_answer
 
         rl = self.rl
         rng = np.random.default_rng([rl.seed, step])
@@ -234,7 +236,7 @@ class RLTrainer:
             with torch.no_grad():
                 comps, masks = engine.generate(prompt, num_samples=rl.group_size, max_tokens=rl.max_tokens,
                                                temperature=rl.temperature, top_k=rl.top_k, seed=seed)
-            r = [score_answer(task, completion_text(self.tokenizer, c), ex.answer) for c in comps]
+            r = [self.reward(ex, completion_text(self.tokenizer, c)) for c in comps]
             adv = group_advantages(r, rl.std_normalize)
             rewards += r
             for c, m, a in zip(comps, masks, adv):

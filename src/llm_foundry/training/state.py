@@ -149,11 +149,16 @@ def save_checkpoint(out: str | Path, parts, tokenizer, step: int, extra: dict[st
     """
     from ..models.model_dir import save_checkpoint_dir
 
+    from .lora import has_lora, split_lora
+
     state = TrainingState.capture(step, parts.model, parts.optimizers, parts.ema, parts.scaler, extra, python_rng)
-    weights = None
+    weights, files = None, None
     if parts.ema is not None:
         weights = {k: parts.ema.shadow.get(k, v) for k, v in state.raw_weights.items()}
-    save_checkpoint_dir(out, parts.model, tokenizer, step, weights=weights, state_bytes=state.to_bytes())
+    if has_lora(parts.model):  # the base weights under their plain names, the adapters beside them
+        weights, files = split_lora(parts.model, weights)
+    save_checkpoint_dir(out, parts.model, tokenizer, step, weights=weights, state_bytes=state.to_bytes(),
+                        extra_files=files)
 
 
 def resume_checkpoint(out: str | Path, parts, weights_step: int, base_lrs: list[float] | None = None,

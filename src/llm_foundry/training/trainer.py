@@ -266,11 +266,20 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
+        lora = cfg.lora_rank > 0
         if self.resume or self.init_from:
-            bundle = load_model_dir(self.out if self.resume else self.init_from, self.device, with_tokenizer=False)
+            # A LoRA run resumes its base weights and its adapters apart (every other reader merges them).
+            bundle = load_model_dir(self.out if self.resume else self.init_from, self.device, with_tokenizer=False,
+                                    adapters=not (lora and self.resume))
             self.model = bundle.model
         else:
             self.model = MiniLLM(self.model_cfg).to(self.device)
+        if lora:
+            from .lora import attach_lora
+
+            if self.dist.active:
+                raise FoundryError("train.lora_rank runs in one process: start it without torchrun")
+            attach_lora(self.model, cfg, adapters_from=self.out if self.resume else None)
         self.model.train()
         self.model.activation_checkpointing = cfg.activation_checkpointing
         # DDP wraps the model; FSDP shards it in place (so the optimizers are built after).
@@ -337,6 +346,10 @@ class Trainer:
                 self.model.load_state_dict(raw)
 
     # ------------------------------------------------------------------- loop
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one micro-batch: the mean next-token cross-entropy (DPO has its own, ``dpo.py``)."""
+        return self.forward(x, y)[1]
+
     def train_step(self, batch: Callable[[int], Batch], loss_sum: torch.Tensor) -> torch.Tensor:
         """One optimizer step: ``grad_accum`` micro-batches ``batch(i)`` at the schedule's lr.
 
@@ -355,7 +368,7 @@ class Trainer:
             if rows is not None:
                 x, y = x[rows], y[rows]
             trained += (y != -100).sum()
-            return self.forward(x, y)[1]
+            return self.batch_loss(x, y)
 
         factor = lr_factor(self.step, self._progress(), cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_fraction)
         loss_sum += train_step(self.parts, factor, len(micro_batches), loss_of)
@@ -378,13 +391,22 @@ class Trainer:
         self._write_run_config()
         if not self.quiet:
             console.print(self.source.headline(self))
+        if self.cfg.lora_rank and not self.quiet:
+            from .lora import describe_trainable
+
+            console.print(f"LoRA rank {self.cfg.lora_rank} on {self.cfg.lora_targets}: {describe_trainable(self.model)}")
         try:
             last_val = self._train_loop(on_step)
             self.save_checkpoint()
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
-        return self.source.summary(self, last_val)
+        summary = self.source.summary(self, last_val)
+        if self.cfg.lora_rank:
+            from .lora import lora_summary
+
+            summary.update(lora_summary(self.model))
+        return summary
 
     def _train_loop(self, on_step: Callable[[int, float], None] | None = None) -> dict[str, float] | None:
         """Step through the source's batches until ``max_steps`` or the time budget, with progress,
