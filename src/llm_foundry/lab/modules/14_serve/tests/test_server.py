@@ -59,8 +59,8 @@ def raw_post(path, body, **kw):
                          json.dumps(body), headers={"Content-Type": "application/json"}, **kw)
 
 
-@pytest.fixture
-def app():
+def echo_app():
+    """Your app around the echo (inside each test, so that a stub's "not written yet" is a failure)."""
     app = create_app(echo)
     assert app is not None and callable(app), f"create_app(chat){learner_line(create_app)} returned {app!r}, not an app"
     return app
@@ -149,8 +149,8 @@ def test_stream_events_order():
 
 
 # ---------------------------------------------------------------- through HTTP, with the openai client
-def test_openai_client_gets_a_reply(app, tmp_path):
-    with serving(app, tmp_path) as path:
+def test_openai_client_gets_a_reply(tmp_path):
+    with serving(echo_app(), tmp_path) as path:
         reply = client(path).chat.completions.create(model="lab-model", messages=HELLO)
         check_equal("client.chat.completions.create(model='lab-model', messages=[hello there]).choices[0].message.content",
                     reply.choices[0].message.content, "you said: hello there")
@@ -161,8 +161,8 @@ def test_openai_client_gets_a_reply(app, tmp_path):
                     (short.choices[0].message.content, short.choices[0].finish_reason), ("you said:", "length"))
 
 
-def test_openai_client_streams_a_reply(app, tmp_path):
-    with serving(app, tmp_path) as path:
+def test_openai_client_streams_a_reply(tmp_path):
+    with serving(echo_app(), tmp_path) as path:
         deltas, finish, roles = [], [], []
         for c in client(path).chat.completions.create(model="m", messages=HELLO, stream=True):
             assert c.object == "chat.completion.chunk", f"a streamed event has object {c.object!r}"
@@ -175,8 +175,8 @@ def test_openai_client_streams_a_reply(app, tmp_path):
         check_equal("the finish reasons sent", finish, ["stop"])
 
 
-def test_stream_on_the_wire(app, tmp_path):
-    with serving(app, tmp_path) as path:
+def test_stream_on_the_wire(tmp_path):
+    with serving(echo_app(), tmp_path) as path:
         with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=WAIT_S) as http:
             r = http.post("http://lab/v1/chat/completions", json={"model": "m", "messages": HELLO, "stream": True})
             check_equal("the streamed response's status", r.status_code, 200)
@@ -188,8 +188,8 @@ def test_stream_on_the_wire(app, tmp_path):
             assert all(e.startswith("data: {") for e in events[:-2]), f"every other event is data: <json>: {events}"
 
 
-def test_bad_request_is_a_400_in_openais_shape(app, tmp_path):
-    with serving(app, tmp_path) as path:
+def test_bad_request_is_a_400_in_openais_shape(tmp_path):
+    with serving(echo_app(), tmp_path) as path:
         with pytest.raises(openai.BadRequestError) as info:
             client(path).chat.completions.create(model="m", messages=HELLO, temperature=5)
         body = info.value.response.json()
@@ -201,8 +201,8 @@ def test_bad_request_is_a_400_in_openais_shape(app, tmp_path):
         assert "error" in r.json(), f"its body should be OpenAI's error shape, got {r.text}"
 
 
-def test_the_page(app, tmp_path):
-    with serving(app, tmp_path) as path:
+def test_the_page(tmp_path):
+    with serving(echo_app(), tmp_path) as path:
         with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=WAIT_S) as http:
             r = http.get("http://lab/")
         check_equal("GET / status", r.status_code, 200)
