@@ -7,7 +7,7 @@ import httpx
 
 from llm_foundry.lab.testing import check_equal, learner_line
 
-from server import create_app, parse_request
+from server import ApiError, create_app, parse_request
 from test_server import HELLO, WAIT_S, client, serving
 
 PATIENCE_S = 5.0  # how long a stand-in model waits for the test before it gives up ("late")
@@ -92,7 +92,7 @@ def test_a_slow_reply_does_not_block_another(tmp_path):
                      "async route stops every other request")
 
 
-def test_more_bad_bodies_and_good_ones():
+def test_good_bodies_are_accepted_and_more_bad_ones_refused():
     ok = [{"model": "m", "messages": HELLO, "temperature": 0}, {"model": "m", "messages": HELLO, "temperature": 2.0},
           {"model": "m", "messages": HELLO, "max_tokens": 1, "stream": True},
           {"model": "m", "messages": [{"role": "system", "content": "x"}, *HELLO], "user": "someone"}]
@@ -102,9 +102,22 @@ def test_more_bad_bodies_and_good_ones():
                     (got["stream"], got["max_tokens"], got["temperature"]),
                     (body.get("stream", False), body.get("max_tokens", 256), float(body.get("temperature", 1.0))),
                     where=parse_request)
+    bad = [(None, None), ({"model": 3, "messages": HELLO}, "model"), ({"model": "m", "messages": [{"role": "user"}]}, "messages"),
+           ({"model": "m", "messages": "hi"}, "messages"), ({"model": "m", "messages": HELLO, "temperature": -0.1}, "temperature"),
+           ({"model": "m", "messages": HELLO, "max_tokens": "5"}, "max_tokens"),
+           ({"model": "m", "messages": HELLO, "temperature": True}, "temperature")]
+    for body, param in bad:
+        try:
+            got = parse_request(body)
+        except ApiError as e:
+            check_equal(f"parse_request({body}): the error's (status, param)", (e.status, e.param), (400, param),
+                        where=parse_request)
+            continue
+        raise AssertionError(f"parse_request({body}){learner_line(parse_request)} accepted it (returned {got!r}); "
+                             f"expected an ApiError(400, ..., param={param!r})")
 
 
-def test_wrong_method_and_raw_status(tmp_path):
+def test_bad_bodies_over_http(tmp_path):
     with serving(create_app(lambda m, n, t: iter(["x"])), tmp_path) as path:
         with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=WAIT_S) as http:
             r = http.post("http://lab/v1/chat/completions", content=b'{"model": "m", "messages": "hi"}')
