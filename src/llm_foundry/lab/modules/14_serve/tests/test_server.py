@@ -7,6 +7,9 @@ the one your users' tools use. The chat function is an echo, so the replies are 
 
 import contextlib
 import json
+import os
+import shutil
+import tempfile
 import threading
 import time
 
@@ -29,9 +32,14 @@ def echo(messages, max_tokens, temperature):
 
 
 @contextlib.contextmanager
-def serving(app, tmp_path):
-    """Run ``app`` in uvicorn on a Unix socket in a thread; yield the socket's path once it answers."""
-    path = str(tmp_path / "lab.sock")
+def serving(app):
+    """Run ``app`` in uvicorn on a Unix socket in a thread; yield the socket's path once it answers.
+
+    The socket lives in a short folder of its own: a socket's path may not exceed about 100 bytes,
+    and pytest's ``tmp_path`` can be longer than that.
+    """
+    folder = tempfile.mkdtemp(prefix="lab-")
+    path = os.path.join(folder, "s.sock")
     server = uvicorn.Server(uvicorn.Config(app, uds=path, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -45,6 +53,7 @@ def serving(app, tmp_path):
     finally:
         server.should_exit = True
         thread.join(WAIT_S)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def client(path):
@@ -149,8 +158,8 @@ def test_stream_events_order():
 
 
 # ---------------------------------------------------------------- through HTTP, with the openai client
-def test_openai_client_gets_a_reply(tmp_path):
-    with serving(echo_app(), tmp_path) as path:
+def test_openai_client_gets_a_reply():
+    with serving(echo_app()) as path:
         reply = client(path).chat.completions.create(model="lab-model", messages=HELLO)
         check_equal("client.chat.completions.create(model='lab-model', messages=[hello there]).choices[0].message.content",
                     reply.choices[0].message.content, "you said: hello there")
@@ -161,8 +170,8 @@ def test_openai_client_gets_a_reply(tmp_path):
                     (short.choices[0].message.content, short.choices[0].finish_reason), ("you said:", "length"))
 
 
-def test_openai_client_streams_a_reply(tmp_path):
-    with serving(echo_app(), tmp_path) as path:
+def test_openai_client_streams_a_reply():
+    with serving(echo_app()) as path:
         deltas, finish, roles = [], [], []
         for c in client(path).chat.completions.create(model="m", messages=HELLO, stream=True):
             assert c.object == "chat.completion.chunk", f"a streamed event has object {c.object!r}"
@@ -175,8 +184,8 @@ def test_openai_client_streams_a_reply(tmp_path):
         check_equal("the finish reasons sent", finish, ["stop"])
 
 
-def test_stream_on_the_wire(tmp_path):
-    with serving(echo_app(), tmp_path) as path:
+def test_stream_on_the_wire():
+    with serving(echo_app()) as path:
         with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=WAIT_S) as http:
             r = http.post("http://lab/v1/chat/completions", json={"model": "m", "messages": HELLO, "stream": True})
             check_equal("the streamed response's status", r.status_code, 200)
@@ -188,8 +197,8 @@ def test_stream_on_the_wire(tmp_path):
             assert all(e.startswith("data: {") for e in events[:-2]), f"every other event is data: <json>: {events}"
 
 
-def test_bad_request_is_a_400_in_openais_shape(tmp_path):
-    with serving(echo_app(), tmp_path) as path:
+def test_bad_request_is_a_400_in_openais_shape():
+    with serving(echo_app()) as path:
         with pytest.raises(openai.BadRequestError) as info:
             client(path).chat.completions.create(model="m", messages=HELLO, temperature=5)
         body = info.value.response.json()
@@ -201,8 +210,8 @@ def test_bad_request_is_a_400_in_openais_shape(tmp_path):
         assert "error" in r.json(), f"its body should be OpenAI's error shape, got {r.text}"
 
 
-def test_the_page(tmp_path):
-    with serving(echo_app(), tmp_path) as path:
+def test_the_page():
+    with serving(echo_app()) as path:
         with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=WAIT_S) as http:
             r = http.get("http://lab/")
         check_equal("GET / status", r.status_code, 200)

@@ -13,7 +13,7 @@ from test_server import HELLO, WAIT_S, client, serving
 PATIENCE_S = 5.0  # how long a stand-in model waits for the test before it gives up ("late")
 
 
-def test_arguments_reach_the_model(tmp_path):
+def test_arguments_reach_the_model():
     calls = []
 
     def recording(messages, max_tokens, temperature):
@@ -22,20 +22,20 @@ def test_arguments_reach_the_model(tmp_path):
 
     convo = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
              {"role": "assistant", "content": "hello"}, {"role": "user", "content": "again"}]
-    with serving(create_app(recording), tmp_path) as path:
+    with serving(create_app(recording)) as path:
         client(path).chat.completions.create(model="m", messages=convo, max_tokens=7, temperature=0)
         client(path).chat.completions.create(model="m", messages=HELLO)
     check_equal(f"the arguments your server passed to chat(messages, max_tokens, temperature){learner_line(create_app)}",
                 calls, [(convo, 7, 0.0), (HELLO, 256, 1.0)])
 
 
-def test_text_survives_the_stream(tmp_path):
+def test_text_survives_the_stream():
     pieces = ["两个\n\n换行", " data: [DONE]", " \"quoted\" \\ 😀", "\r\n"]
 
     def tricky(messages, max_tokens, temperature):
         yield from pieces
 
-    with serving(create_app(tricky), tmp_path) as path:
+    with serving(create_app(tricky)) as path:
         got = [c.choices[0].delta.content for c in client(path).chat.completions.create(model="m", messages=HELLO,
                                                                                            stream=True)
                if c.choices and c.choices[0].delta.content]
@@ -45,7 +45,7 @@ def test_text_survives_the_stream(tmp_path):
     check_equal("the same reply not streamed", whole, "".join(pieces))
 
 
-def test_a_stream_really_streams(tmp_path):
+def test_a_stream_really_streams():
     seen = threading.Event()
 
     def slow(messages, max_tokens, temperature):
@@ -54,7 +54,7 @@ def test_a_stream_really_streams(tmp_path):
         # reply before sending would keep the client waiting, and the reply ends with "late".
         yield " then more" if seen.wait(PATIENCE_S) else " late"
 
-    with serving(create_app(slow), tmp_path) as path:
+    with serving(create_app(slow)) as path:
         text = ""
         for c in client(path).chat.completions.create(model="m", messages=HELLO, stream=True):
             if c.choices and c.choices[0].delta.content:
@@ -64,7 +64,7 @@ def test_a_stream_really_streams(tmp_path):
                 "first then more", hint="send each piece as soon as chat yields it: no list(), no join, before the stream")
 
 
-def test_a_slow_reply_does_not_block_another(tmp_path):
+def test_a_slow_reply_does_not_block_another():
     second_started = threading.Event()
 
     def model(messages, max_tokens, temperature):
@@ -75,7 +75,7 @@ def test_a_slow_reply_does_not_block_another(tmp_path):
             second_started.set()
             yield "second done"
 
-    with serving(create_app(model), tmp_path) as path:
+    with serving(create_app(model)) as path:
         replies = {}
 
         def ask(word):
@@ -117,8 +117,8 @@ def test_good_bodies_are_accepted_and_more_bad_ones_refused():
                              f"expected an ApiError(400, ..., param={param!r})")
 
 
-def test_bad_bodies_over_http(tmp_path):
-    with serving(create_app(lambda m, n, t: iter(["x"])), tmp_path) as path:
+def test_bad_bodies_over_http():
+    with serving(create_app(lambda m, n, t: iter(["x"]))) as path:
         with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=WAIT_S) as http:
             r = http.post("http://lab/v1/chat/completions", content=b'{"model": "m", "messages": "hi"}')
             check_equal("POST with messages 'hi': status", r.status_code, 400)
