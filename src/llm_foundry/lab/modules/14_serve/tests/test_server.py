@@ -153,8 +153,10 @@ def test_stream_events_order():
         hint = "the stream ends with the event data: [DONE] — how a client knows the reply is complete"
     elif events and "role" not in events[0]:
         hint = "the first chunk carries the role, {'role': 'assistant', 'content': ''}"
-    check_equal("list(stream_events('id1', 7, 'm', pieces 'a', '', 'b', max_tokens=10))", events, want,
-                where=stream_events, hint=hint)
+    call = "list(stream_events('id1', 7, 'm', pieces 'a', '', 'b', max_tokens=10))"
+    check_equal(f"the number of events of {call}", len(events), len(want), where=stream_events, hint=hint)
+    for i, (got, expected) in enumerate(zip(events, want)):
+        check_equal(f"event {i} of {call}", got, expected, where=stream_events)
 
 
 # ---------------------------------------------------------------- through HTTP, with the openai client
