@@ -340,3 +340,23 @@ def neg(x):
     return -x
     # END SOLUTION
 '''
+
+
+def test_a_batch_runs_each_variant_on_its_own_and_stops_only_the_one_that_loops(tmp_path, monkeypatch):
+    """The authoring check's batch (one sandbox, a forked child per variant): each variant's result is
+    its own; one that loops is stopped at the module's time limit with the plain message, and the
+    variant after it runs as if alone. A variant that breaks the interpreter's state breaks only itself."""
+    from llm_foundry.lab.results import run_batch
+
+    monkeypatch.setenv("FOUNDRY_LAB_MODULES", str(tmp_path / "modules"))
+    module = load_module(make_module(tmp_path / "modules", limits={"wall_s": 4}))
+    loop = "def add(a, b):\n    while True:\n        pass\n\ndef neg(x):\n    return -x\n"
+    poison = "import builtins\nbuiltins.abs = None\n" + ANSWER  # would break later runs if they shared a process
+    sub = ANSWER.replace("a + b", "a - b")
+    results = run_batch(module, [({"arith.py": poison}, False), ({"arith.py": loop}, False),
+                                 ({"arith.py": sub}, False), ({"arith.py": ANSWER}, True)])
+    assert [r["status"] for r in results] == ["pass", "error", "fail", "pass"]
+    stopped = next(t for t in results[1]["tests"] if t["status"] == "error")
+    assert stopped["name"] == "test_arith.py::test_add" and "stopped after 4 s, the time limit" in stopped["message"]
+    assert results[2]["tests"][0]["bug"] == "sub"  # its own failure, with its bug's feedback
+    assert all(r["sandbox"]["layers"] for r in results)

@@ -27,7 +27,7 @@ from typing import Callable
 from ..utils.errors import FoundryError
 from . import sandbox
 from .module import Bug, Module, earlier_references
-from .results import PACKAGE_DIR, run_tests
+from .results import PACKAGE_DIR, run_batch, run_tests
 
 REFERENCE_RUNS = 3
 REFERENCE_S = 60.0
@@ -227,8 +227,20 @@ def check_module(module: Module, say: Callable[[str], None] | None = None, jobs:
         plans.append((f"`{kind}` everywhere passes no test", everywhere, False, _judge_none_pass))
         plans += [(f"`{kind}` in block {b} fails", {f: module.replace(f, {b: c})}, True, _judge_run_fails)
                   for (f, b), c in codes.items()]  # only "the run fails" matters: stop at the first failure
+    # The other runs go in batches, one sandbox each (a batch imports torch once and forks a child per
+    # run: see results.run_batch); `jobs` batches at a time, in threads, each waiting on its sandbox.
     jobs = jobs or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(jobs) as pool:  # threads: each run waits on its own sandboxed process
-        for (check, _, _, judge), r in zip(plans, pool.map(lambda plan: run(plan[1], plan[2]), plans)):
-            add(check, *judge(r))
+    batches = [plans[i::jobs] for i in range(jobs) if plans[i::jobs]]
+
+    def run_plans(batch: list) -> list[dict]:
+        variants = [({**earlier, **{f: module.reference(f) for f in module.files}, **files}, stop)
+                    for _, files, stop, _ in batch]
+        return run_batch(module, variants)
+
+    with ThreadPoolExecutor(len(batches) or 1) as pool:
+        done = {id(plan): r for batch, results in zip(batches, pool.map(run_plans, batches))
+                for plan, r in zip(batch, results)}
+    for plan in plans:
+        check, _, _, judge = plan
+        add(check, *judge(done[id(plan)]))
     return out

@@ -74,10 +74,12 @@ def sandbox_spec(run: Path, module: Module, hidden_tests: list[str], lang: str,
                                limits=limits or limits_for(module))
 
 
-def make_run_folder(module: Module, files: dict[str, bytes | str]) -> tuple[Path, list[str]]:
-    """A fresh run folder with the learner's files and every test; returns it and the hidden tests' names."""
-    run = Path(tempfile.mkdtemp(prefix=f"foundry-lab-{module.number:02d}-"))
-    (run / "tests").mkdir()
+def make_run_folder(module: Module, files: dict[str, bytes | str], run: Path | None = None) -> tuple[Path, list[str]]:
+    """A fresh run folder (``run``, or a new temporary one) with the learner's files and every
+    test; returns it and the hidden tests' names."""
+    if run is None:
+        run = Path(tempfile.mkdtemp(prefix=f"foundry-lab-{module.number:02d}-"))
+    (run / "tests").mkdir(parents=True)
     (run / "tmp").mkdir()
     (run / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     for name, data in files.items():
@@ -130,6 +132,68 @@ def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", l
     finally:
         shutil.rmtree(run, ignore_errors=True)
     return finish(module, outcome, raw, problem, hidden, spec.limits, lang)
+
+
+def run_batch(module: Module, variants: list[tuple[dict[str, bytes | str], bool]], lang: str = "en",
+              layers: set[str] | None = None) -> list[dict]:
+    """Run ``module``'s tests on each variant of the learner's files, in one sandbox (the authoring
+    check's many runs): one run folder with a folder per variant, and a runner that imports torch
+    once and forks a child per variant (``runner.run_batch``). Each child has the module's wall-clock
+    limit; the batch's limits are the module's, its time and CPU scaled by the number of variants.
+
+    A learner's own run never goes through here: it is always a whole process of its own
+    (:func:`run_tests`), and so are the reference runs the check times.
+
+    Args:
+        variants: ``(files, stop at the first failure)`` per run.
+
+    Returns:
+        a results object per variant, as :func:`run_tests` gives.
+    """
+    state = sandbox.layer_state(layers)
+    if [name for name in module.requires_layers if state.get(name) != "on"]:
+        refused = run_tests(module, {}, lang, layers)  # the refusal, without running anything
+        return [refused for _ in variants]
+    limits = limits_for(module)
+    n = len(variants)
+    batch_limits = dataclasses.replace(limits, wall_s=limits.wall_s * n + 30, cpu_s=limits.cpu_s * n + 30)
+    root = Path(tempfile.mkdtemp(prefix=f"foundry-lab-{module.number:02d}-batch-"))
+    try:
+        (root / "tmp").mkdir()
+        names, hidden = [], []
+        for i, (files, _) in enumerate(variants):
+            run, hidden = make_run_folder(module, files, root / f"v{i}")
+            names.append(run.name)
+        spec = sandbox_spec(root, module, hidden, lang, batch_limits)
+        spec = dataclasses.replace(spec, argv=spec.argv + [
+            "--batch", ",".join(f"{name}:{int(stop)}" for name, (_, stop) in zip(names, variants)),
+            "--wall", str(limits.wall_s)])
+        outcome = sandbox.run(spec, layers=layers)
+        out = []
+        for name in names:
+            dir_fd = os.open(root / name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                raw, problem = read_raw_results(dir_fd)
+                ended = _read_ended(dir_fd)
+            finally:
+                os.close(dir_fd)
+            one = outcome if ended is None else dataclasses.replace(
+                outcome, outcome=ended["outcome"], returncode=ended["returncode"], duration_s=ended["duration_s"])
+            out.append(finish(module, one, raw, problem, hidden, limits, lang))
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _read_ended(dir_fd: int) -> dict | None:
+    """A batch child's ``ended.json`` (how it ended), or None where there is none (the whole batch was stopped)."""
+    try:
+        ended = json.loads(sandbox.read_result("ended.json", 4096, dir_fd=dir_fd))
+    except (FoundryError, ValueError):
+        return None
+    if not (isinstance(ended, dict) and ended.get("outcome") in ("exited", "timeout", "killed")):
+        return None
+    return ended
 
 
 def read_raw_results(dir_fd: int) -> tuple[dict | None, str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import random
 import sys
 import time
@@ -168,15 +169,77 @@ class ResultsPlugin:
             "exit_code": exit_code, "tests": list(self.tests.values())})
 
 
+def run_batch(variants: list[tuple[str, bool]], argv: list[str], wall_s: float) -> None:
+    """Run the tests once in each variant folder (the authoring check's many runs of one module),
+    each in a child forked from this process, which has imported torch once for all of them.
+
+    A child is a fresh copy of this process: nothing one variant imports or changes reaches the
+    next. Each gets ``wall_s`` seconds of wall clock before it is killed with its process group;
+    how each ended is written to the variant's ``ended.json`` (outcome ``exited``, ``timeout``
+    or ``killed``, and the exit status), which the harness reads instead of the sandbox's outcome.
+
+    Args:
+        variants: ``(folder, stop at the first failure)`` for each run, folders relative to here.
+        argv: the arguments of :func:`main` common to every run.
+        wall_s: each run's wall-clock limit.
+    """
+    import signal
+
+    try:  # the imports the variants share, paid once (a module without torch just runs without them)
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    root = Path.cwd().resolve()
+    for folder, stop_first in variants:
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # the child: one run, as `main` alone would do it in this folder
+            code = 1
+            try:
+                os.setpgid(0, 0)
+                os.chdir(root / folder)
+                sys.path[0] = str(root / folder)
+                code = main(argv + (["--exitfirst"] if stop_first else []))
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        outcome, status = "timeout", None
+        while time.monotonic() - start < wall_s:
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(wait_status)
+                outcome = "exited" if status >= 0 else "killed"
+                break
+            time.sleep(0.02)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+        atomic_write_json(root / folder / "ended.json", {"outcome": outcome, "returncode": status,
+                                                         "duration_s": round(time.monotonic() - start, 3)})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the tests under ``tests/`` of the current folder; write ``--out``."""
+    """Run the tests under ``tests/`` of the current folder; write ``--out``. With ``--batch``,
+    once in each variant folder it names (see :func:`run_batch`)."""
     p = argparse.ArgumentParser(prog="python -m llm_foundry.lab.runner")
     p.add_argument("--module", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--hidden", default="", help="comma-separated file names of the hidden tests")
     p.add_argument("--lang", default="en")
     p.add_argument("--exitfirst", action="store_true", help="stop at the first test that does not pass")
+    p.add_argument("--batch", default="", help="FOLDER:0|1,...: run in each folder (1: stop at the first failure)")
+    p.add_argument("--wall", type=float, default=60.0, help="with --batch: each run's wall-clock limit (s)")
     args = p.parse_args(argv)
+    if args.batch:
+        variants = [(item.rsplit(":", 1)[0], item.endswith(":1")) for item in args.batch.split(",")]
+        common = ["--module", str(args.module), "--out", args.out, "--hidden", args.hidden, "--lang", args.lang]
+        run_batch(variants, common, args.wall)
+        return 0
     root = Path.cwd().resolve()
     plugin = ResultsPlugin(root, args.module, (root / args.out), set(filter(None, args.hidden.split(","))), args.lang)
     plugin.write()
