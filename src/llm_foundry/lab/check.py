@@ -48,7 +48,11 @@ def first_argument(source: str, line: int) -> str | None:
     """The first parameter (``self``/``cls`` skipped) of the innermost function around 1-based ``line``
     of ``source``; ``""`` for a function without one; None when ``line`` is in no function."""
     best = None
-    for node in ast.walk(ast.parse(source)):
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # not Python (a learner's SUMMARY.md): no function to return from
+        return None
+    for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= line <= (node.end_lineno or 0):
             if best is None or node.lineno > best.lineno:
                 best = node
