@@ -27,9 +27,9 @@ import torch
 from llm_foundry.config import ModelConfig
 from llm_foundry.data.synthetic import FACTS
 from llm_foundry.tokenizers import CharTokenizer
-from llm_foundry.utils.io import atomic_write_text
 from llm_foundry.tokenizers.special import (ASSISTANT_END, ASSISTANT_START, BOS, CHAT_SPECIAL_TOKENS, EOS, PAD,
                                             USER_START)
+from llm_foundry.utils.io import atomic_write_text
 
 from engine import generate  # module 11
 from model import MiniLLM  # module 5
@@ -59,11 +59,12 @@ class Config:
     n_heads: int = 4
     seq_len: int = 96
     batch_size: int = 16
-    pretrain_steps: int = 120
-    sft_steps: int = 150
+    pretrain_steps: int = 100
+    sft_steps: int = 120
     lr: float = 3e-3
     sft_lr: float = 2e-3
     warmup: int = 10
+    max_len: int = 256  # the longest prompt + reply the model attends to (its RoPE tables)
     seed: int = 0
 
 
@@ -187,6 +188,8 @@ def serve(app, socket_path: str | Path):
     """Serve ``app`` with uvicorn on the Unix socket ``socket_path``, in a background thread; return
     the ``uvicorn.Server`` once it accepts connections (``server.should_exit = True`` stops it)."""
     # BEGIN SOLUTION serve
+    # STUB: # uvicorn.Server(uvicorn.Config(app, uds=...)), server.run in a daemon thread, then wait for server.started
+    # STUB: raise NotImplementedError("serve")
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, uds=str(socket_path), log_level="warning"))
@@ -210,6 +213,14 @@ def run_pipeline(out_dir: str | Path, persona: dict = PERSONA, cfg: Config = Con
     the answer being the model's greedy reply to "Who are you?".
     """
     # BEGIN SOLUTION run_pipeline
+    # STUB: # 1. conversations = persona_conversations(persona) + fact_conversations(); build_tokenizer over them and
+    # STUB: #    pretrain_text(); save it as out_dir/tokenizer.json
+    # STUB: # 2. MiniLLM(ModelConfig(...)) + init_weights; pretrain with your AdamW and train (text_batches, schedule);
+    # STUB: #    save_checkpoint base.pt
+    # STUB: # 3. identity SFT on sft_rows(...) with a fresh AdamW; save_checkpoint sft.pt
+    # STUB: # 4. train/metrics.jsonl (a record per step, from on_step) and your write_report(out / "train", out / "report")
+    # STUB: # 5. return {"tokenizer", "model", "pretrain_losses", "sft_losses", "answer": ask(model, tokenizer, "Who are you?")}
+    # STUB: raise NotImplementedError("run_pipeline")
     out = Path(out_dir)
     (out / "train").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -219,15 +230,14 @@ def run_pipeline(out_dir: str | Path, persona: dict = PERSONA, cfg: Config = Con
     tokenizer = build_tokenizer([text] + [m["content"] for c in conversations for m in c])
     tokenizer.save(out / "tokenizer.json")
     model = MiniLLM(ModelConfig(vocab_size=tokenizer.vocab_size, dim=cfg.dim, n_layers=cfg.n_layers,
-                                n_heads=cfg.n_heads, max_seq_len=cfg.seq_len))
+                                n_heads=cfg.n_heads, max_seq_len=cfg.max_len))
     init_weights(model, cfg.n_layers)
-    log, tokens, start = [], 0, time.perf_counter()
+    log, start = [], time.perf_counter()
 
-    def on_step(offset: int, tokens_per_step: int) -> Callable[[int, float], None]:
-        def record(step: int, loss: float) -> None:
-            nonlocal tokens
-            tokens += tokens_per_step
-            log.append({"step": offset + step + 1, "loss": round(loss, 5), "tokens": tokens,
+    def on_step(tokens_per_step: int) -> Callable[[int, float], None]:
+        def record(_step: int, loss: float) -> None:  # numbered by count: steps go on through both stages
+            tokens = (log[-1]["tokens"] if log else 0) + tokens_per_step
+            log.append({"step": len(log) + 1, "loss": round(loss, 5), "tokens": tokens,
                         "time": round(time.perf_counter() - start, 3)})
         return record
 
@@ -235,7 +245,7 @@ def run_pipeline(out_dir: str | Path, persona: dict = PERSONA, cfg: Config = Con
     opt = AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     pre = train(model, opt, text_batches(tokenizer.encode(text), cfg), cfg.pretrain_steps,
                 lr_at=schedule(cfg.lr, cfg.warmup, cfg.pretrain_steps),
-                on_step=on_step(0, cfg.batch_size * cfg.seq_len))
+                on_step=on_step(cfg.batch_size * cfg.seq_len))
     save_checkpoint(out / "base.pt", model, opt, cfg.pretrain_steps)
     # 3. identity SFT: the persona and the facts as conversations, the loss on the assistant's tokens only
     x, y = sft_rows(tokenizer, conversations, cfg.seq_len)
@@ -246,7 +256,7 @@ def run_pipeline(out_dir: str | Path, persona: dict = PERSONA, cfg: Config = Con
         pick = torch.randint(0, len(x), (cfg.batch_size,), generator=g)
         return x[pick], y[pick]
     sft = train(model, opt, sft_batch, cfg.sft_steps, lr_at=schedule(cfg.sft_lr, cfg.warmup, cfg.sft_steps),
-                on_step=on_step(cfg.pretrain_steps, cfg.batch_size * cfg.seq_len))
+                on_step=on_step(cfg.batch_size * cfg.seq_len))
     save_checkpoint(out / "sft.pt", model, opt, cfg.sft_steps)
     # 4. the report of both stages (the loss jumps where SFT's new kind of text begins)
     atomic_write_text(out / "train" / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in log))

@@ -1,10 +1,10 @@
 """Module 16 — the capstone (visible tests). Run them with `foundry lab test 16`.
 
-The quick tests come first: the SFT rows and their mask, the chat prompt, the chat function and
-the server on a Unix socket (the sandbox allows no network, so the real openai client talks to
-your server through a socket file). Then the whole pipeline runs once — tokenizer, pretraining,
-identity SFT, report, on your earlier files — and the persona must answer "Who are you?" with its
-name, greedily, directly and through the served endpoint. Last, your SUMMARY.md.
+The quick tests come first: your SUMMARY.md's sections, the SFT rows and their mask, the chat
+prompt, the chat function and the server on a Unix socket (the sandbox allows no network, so the
+real openai client talks to your server through a socket file). Then the whole pipeline runs once
+— tokenizer, pretraining, identity SFT, report, on your earlier files — and the persona must
+answer "Who are you?" with its name, greedily, directly and through the served endpoint.
 """
 
 import re
@@ -49,6 +49,24 @@ def client(socket_path):
     """The real openai client, over a Unix socket (no retries: a failure shows at once)."""
     http = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), timeout=60)
     return openai.OpenAI(base_url="http://capstone/v1", api_key="none", http_client=http, max_retries=0)
+
+
+def test_summary_has_its_sections():
+    path = Path("SUMMARY.md")
+    assert path.is_file(), "SUMMARY.md is missing: `foundry lab start 16` writes its template"
+    text = path.read_text(encoding="utf-8")
+    parts = re.split(r"^## +(.+?)\s*$", text, flags=re.M)
+    found = {parts[i].strip(): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+    for section in SECTIONS:
+        assert section in found, f"SUMMARY.md has no section '## {section}' (its sections: {list(found)})"
+        body = found[section]
+        assert "(write here" not in body, f"SUMMARY.md: the section '## {section}' still holds the template's placeholder"
+        words = len(re.findall(r"[A-Za-z0-9_'-]+", body)) + len(re.findall(r"[\u4e00-\u9fff]", body)) // 2
+        assert words >= 25, (f"SUMMARY.md: the section '## {section}' has {words} words; write at least 25 "
+                             "(two Chinese characters count as one word)")
+    assert re.search(r"\d", found["Results"]), "SUMMARY.md: the Results section holds no number: give your run's losses and time"
+    assert PERSONA["name"] in found["The persona"], (
+        f"SUMMARY.md: the section '## The persona' does not name your persona ({PERSONA['name']!r})")
 
 
 def test_sft_rows_train_only_the_assistant():
@@ -179,21 +197,3 @@ def test_the_served_persona_answers_the_openai_client():
         check_equal("the streamed reply (stream=True) joined", streamed, text, where=make_chat)
     finally:
         server.should_exit = True
-
-
-def test_summary_has_its_sections():
-    path = Path("SUMMARY.md")
-    assert path.is_file(), "SUMMARY.md is missing: `foundry lab start 16` writes its template"
-    text = path.read_text(encoding="utf-8")
-    parts = re.split(r"^## +(.+?)\s*$", text, flags=re.M)
-    found = {parts[i].strip(): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
-    for section in SECTIONS:
-        assert section in found, f"SUMMARY.md has no section '## {section}' (its sections: {list(found)})"
-        body = found[section]
-        assert "(write here" not in body, f"SUMMARY.md: the section '## {section}' still holds the template's placeholder"
-        words = len(re.findall(r"[A-Za-z0-9_'-]+", body)) + len(re.findall(r"[\u4e00-\u9fff]", body)) // 2
-        assert words >= 25, (f"SUMMARY.md: the section '## {section}' has {words} words; write at least 25 "
-                             "(two Chinese characters count as one word)")
-    assert re.search(r"\d", found["Results"]), "SUMMARY.md: the Results section holds no number: give your run's losses and time"
-    assert PERSONA["name"] in found["The persona"], (
-        f"SUMMARY.md: the section '## The persona' does not name your persona ({PERSONA['name']!r})")
