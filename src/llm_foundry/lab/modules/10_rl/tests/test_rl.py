@@ -15,7 +15,7 @@ import copy
 import torch
 
 from llm_foundry.config import ModelConfig
-from llm_foundry.lab.testing import check_close, check_equal, learner_line
+from llm_foundry.lab.testing import check_close, learner_line
 
 from model import MiniLLM
 from optim import AdamW

@@ -41,9 +41,9 @@ def new_cache(model, batch=1, max_len=None):
 
 
 def plain_logits(model, ids):
-    """Your model's own forward (no cache) on the whole sequence."""
+    """Your model's own forward (no cache) on the whole sequence (a tensor, or one list of ids)."""
     with torch.no_grad():
-        return model(torch.as_tensor(ids).view(1, -1) if not torch.is_tensor(ids) else ids)[0]
+        return model(ids if torch.is_tensor(ids) else torch.tensor([list(ids)]))[0]
 
 
 def diagnose_step(model, prefix, new, got):

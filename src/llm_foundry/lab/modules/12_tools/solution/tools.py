@@ -14,6 +14,7 @@ Nothing is ever passed to ``eval`` or ``exec``, and every size is checked *befor
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from collections import deque
 from typing import Sequence
@@ -134,7 +135,7 @@ def format_value(value: int | float) -> str:
         CalcError: the value is not finite (``1e308 * 10``).
     """
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise CalcError("the result is not a finite number")
         if value.is_integer() and abs(value) < 1e15:
             return str(int(value))

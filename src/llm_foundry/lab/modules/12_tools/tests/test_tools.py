@@ -25,7 +25,7 @@ from llm_foundry.tokenizers.special import (ASSISTANT_END, ASSISTANT_START, BOS,
                                             PYTHON_START, USER_END, USER_START)
 
 from model import MiniLLM
-from tools import calculate, check_size, evaluate, generate_with_tools, parse
+from tools import calculate, evaluate, generate_with_tools, parse
 
 TOK = ByteTokenizer()
 ID = {name: TOK.token_id(name) for name in (BOS, USER_START, USER_END, ASSISTANT_START, ASSISTANT_END, PYTHON_START,
