@@ -5,6 +5,7 @@ import torch
 
 from llm_foundry.lab.testing import check_close, learner_line
 
+from optim import AdamW
 from rl import gae, group_advantages, grpo_step, policy_gradient_loss, ppo_loss
 from test_rl import END, PAD, PROMPTS, reward, reference_gae, start_model
 
@@ -51,7 +52,7 @@ def test_on_policy_ppo_is_the_policy_gradient():
 def test_a_step_where_every_group_agrees_learns_nothing():
     model = start_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    opt = AdamW(model.parameters(), lr=0.5, weight_decay=0.0)  # a zero gradient moves no weight
     gen = torch.Generator().manual_seed(9)
     mean = grpo_step(model, opt, PROMPTS[:4], lambda p, c: 1.0, group_size=4, max_new_tokens=2, end_id=END,
                      pad_id=PAD, generator=gen)
