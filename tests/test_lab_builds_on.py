@@ -121,3 +121,5 @@ def test_a_module_that_needs_layers_refuses_to_run_without_them(lab, monkeypatch
     assert result["tests"] == []
     monkeypatch.setenv("FOUNDRY_LAB_SANDBOX_OFF", "seccomp")  # the way a learner turns a layer off
     assert run_tests(module, files)["error_class"] == "sandbox-refused"
+    message = run_tests(module, files, lang="zh")["message"]  # says it is the setup, and how to turn the layer on
+    assert "FOUNDRY_LAB_SANDBOX_OFF" in message and "不是你的代码" in message

@@ -383,8 +383,9 @@ def _after_test(out, module, progress, results: dict, unlocked: bool, lang: str)
 
     n = module.number
     if results["status"] != "pass":
-        out.print(say(lang, f"Stuck? `foundry lab hint {n}` shows the next hint.",
-                      f"卡住了？`foundry lab hint {n}` 显示下一条提示。"))
+        if results.get("error_class") != "sandbox-refused":  # (a hint cannot turn a sandbox layer on)
+            out.print(say(lang, f"Stuck? `foundry lab hint {n}` shows the next hint.",
+                          f"卡住了？`foundry lab hint {n}` 显示下一条提示。"))
     elif unlocked:
         out.print(say(lang, f"[green]Passed.[/] Module {n + 1} is unlocked: `foundry lab start {n + 1}`.",
                       f"[green]通过！[/]模块 {n + 1} 已解锁：`foundry lab start {n + 1}`。"))

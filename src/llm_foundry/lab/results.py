@@ -113,11 +113,13 @@ def run_tests(module: Module, files: dict[str, bytes | str], lang: str = "en", l
     state = sandbox.layer_state(layers)
     missing = [name for name in module.requires_layers if state.get(name) != "on"]
     if missing:  # refused before anything runs: this module executes code a model wrote
-        why = "; ".join(f"{name}: {state.get(name, 'off')}" for name in missing)
+        why = say(lang, "; ", "；").join(_why_off(name, state.get(name, "off"), lang) for name in missing)
         message = say(lang, f"module {module.number} runs code a model wrote, so its tests run only with the sandbox "
-                            f"layers {', '.join(module.requires_layers)}; off here: {why}",
+                            f"layers {', '.join(module.requires_layers)}; off here: {why}. This is the lab's setup, "
+                            "not your code: docs/en/lab-sandbox.md says what each layer needs",
                       f"模块 {module.number} 会执行模型写出的代码，所以它的测试只在沙箱层 "
-                      f"{', '.join(module.requires_layers)} 都启用时运行；这里未启用：{why}")
+                      f"{', '.join(module.requires_layers)} 都启用时运行；这里未启用：{why}。这是实验环境的设置问题，"
+                      "不是你的代码的问题：docs/zh/lab-sandbox.md 说明了每一层需要什么")
         return {"version": 1, "module": module.number, "status": "error", "message": message, "duration_s": 0.0,
                 "error_class": "sandbox-refused", "sandbox": {"layers": state, "degraded": True}, "tests": []}
     run, hidden = make_run_folder(module, files)
@@ -194,6 +196,17 @@ def _read_ended(dir_fd: int) -> dict | None:
     if not (isinstance(ended, dict) and ended.get("outcome") in ("exited", "timeout", "killed")):
         return None
     return ended
+
+
+def _why_off(name: str, state: str, lang: str) -> str:
+    """``name (why it is off)`` for a refusal: a layer turned off on purpose says how to turn it on."""
+    why = state.removeprefix("off: ").removeprefix("off")
+    if why == "disabled by the caller":
+        if name in os.environ.get(sandbox.OFF_VAR, ""):
+            return say(lang, f"{name} (turned off by {sandbox.OFF_VAR}; unset it to turn it on)",
+                       f"{name}（被 {sandbox.OFF_VAR} 关闭；取消这个变量即可重新启用）")
+        return say(lang, f"{name} (turned off for this run)", f"{name}（本次运行关闭）")
+    return say(lang, f"{name} ({why or 'unavailable'})", f"{name}（本机不可用：{why or '原因未知'}）")
 
 
 def read_raw_results(dir_fd: int) -> tuple[dict | None, str]:
