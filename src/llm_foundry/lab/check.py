@@ -211,7 +211,8 @@ def check_module(module: Module, say: Callable[[str], None] | None = None, jobs:
 
     for i in range(REFERENCE_RUNS):
         r = run({})
-        add(f"reference run {i + 1}/{REFERENCE_RUNS}", r["status"] == "pass" and r["duration_s"] < REFERENCE_S,
+        add(f"reference run {i + 1}/{REFERENCE_RUNS} ({r['duration_s']:.1f} s)",
+            r["status"] == "pass" and r["duration_s"] < REFERENCE_S,
             f"{r['status']} in {r['duration_s']:.1f} s: {r['message'][:300]}")
     # every other run: (check, the learner files that differ from the reference, stop at the first failure, judge)
     plans: list[tuple[str, dict[str, str], bool, Callable[[dict], tuple[bool, str]]]] = [
