@@ -30,8 +30,9 @@ test-fast: torch
 	$(VENV)/bin/lint-imports
 	$(PYTHON) -m pytest -q -m "not slow and not trials and not sandbox_matrix"
 
-# the many-trial fault runs (kill -9 at random instants of train, evolve and online): the
-# acceptance runs of docs/*/performance.md, too long for every test run
+# the long acceptance runs: many-trial faults (kill -9 at random instants of train, evolve and
+# online), the online forgetting run over a whole file, LoRA against full fine-tuning — too long
+# for every test run
 test-trials: torch
 	$(PIP) install -qq -e ".[test,hf]"
 	$(PYTHON) -m pytest -q -m trials

@@ -43,3 +43,21 @@ def trained_run(tmp_path_factory, shakespeare_data) -> Path:
     Trainer(model_cfg, train_cfg, shakespeare_data, out, quiet=True).run()
     return out
 
+
+
+# The longest units of work, started first when the suite runs on several workers (`make test`):
+# a long test begun last would keep one core busy while the other has nothing left to do.
+LONG_FIRST = ("tests/test_lab_walk.py", "tests/test_lab_modules.py::TestModule16", "tests/test_lab_modules.py::TestModule08",
+              "tests/test_lab_modules.py::TestModule10", "tests/test_lab_modules.py::TestModule14",
+              "tests/test_lab_modules.py::TestModule06", "tests/test_lab_modules.py::TestModule07",
+              "tests/test_memory_pipeline.py", "tests/test_lab_modules.py::TestModule", "tests/test_distributed.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if getattr(config, "workerinput", None) is None:  # one process: the order does not matter
+        return
+
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(LONG_FIRST) if item.nodeid.startswith(prefix)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: within a rank, the collection order

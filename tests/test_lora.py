@@ -200,6 +200,7 @@ def sft_heldout_loss(base: Path, out: Path, steps: int, lr: float, rank: int) ->
 
 
 @pytest.mark.slow
+@pytest.mark.trials  # two and a half minutes: `make test-trials`, with the other long acceptance runs
 def test_lora_reaches_full_fine_tuning(tmp_path):
     """LoRA (rank 8, attention and MLP) on the `tiny` preset ends within 5% of full fine-tuning's
     held-out SFT loss while training under 10% of the parameters.

@@ -578,6 +578,7 @@ def test_acceptance_teach(taught_state):
 
 
 @pytest.mark.slow
+@pytest.mark.trials  # three minutes: `make test-trials`, with the other long acceptance runs
 def test_acceptance_remember(taught_state, tmp_path):
     """Issue 4's acceptance: the taught line survives a whole file of poems. With ``../shared`` it is
     tang300.txt and the bound is the issue's (within 2x the loss before); without it, generated verse
