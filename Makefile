@@ -18,11 +18,12 @@ demo: torch
 
 # the layer contract (pyproject.toml [tool.importlinter]), then the whole test suite, one test file
 # per core at a time (pytest-xdist's loadscope: a file's module-scoped fixtures are built once; the
-# test classes, which only tests/test_lab_modules.py has, one per Lab module, are units of their own)
+# test classes, which only tests/test_lab_modules.py has, one per Lab module, are units of their own),
+# in the order tests/conftest.py gives (the longest first), not xdist's (the files with most tests first)
 test: torch
 	$(PIP) install -qq -e ".[test,hf]"
 	$(VENV)/bin/lint-imports
-	$(PYTHON) -m pytest -q -n auto --dist loadscope -m "not trials and not sandbox_matrix"
+	$(PYTHON) -m pytest -q -n auto --dist loadscope --no-loadscope-reorder -m "not trials and not sandbox_matrix"
 
 # the same without the long end-to-end runs (tests marked `slow`): a few minutes
 test-fast: torch
