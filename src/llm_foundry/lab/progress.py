@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..utils.errors import FoundryError
+from ..utils.sqlite import write_transaction
 
 DB_NAME = "progress.db"
 # Gaps between a learner's actions on a module count as time spent on it up to this long; a
@@ -148,14 +149,8 @@ class Progress:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of it is on disk, or none of it."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self._conn) as conn:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     @staticmethod
     def _module_row(conn: sqlite3.Connection, number: int) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 from ..utils.errors import FoundryError
 from ..utils.io import fsync_dir, atomic_write_bytes
+from ..utils.sqlite import write_transaction
 
 FORMAT_VERSION = 1  # of the SQLite schema below; a newer folder is refused, not misread
 DB_NAME = "memory.sqlite"
@@ -272,16 +273,8 @@ class MemoryStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One edit: a write transaction taken at once (so two writers queue, not deadlock), all or nothing."""
-        with self._lock, self._errors():
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:  # (SQLite rolls some failures, a full disk say, back itself)
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, self._errors(), write_transaction(self._conn) as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

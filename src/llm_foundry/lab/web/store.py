@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ...utils.errors import FoundryError
+from ...utils.sqlite import write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -65,14 +66,8 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of it is on disk, or none of it."""
-        with self.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self.connect() as conn, write_transaction(conn):
+            yield conn
 
     def rows(self, query: str, args: tuple = ()) -> list[dict[str, Any]]:
         with self.connect() as conn:
