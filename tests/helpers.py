@@ -122,3 +122,30 @@ def overfit_on(model, tokenizer, messages: list[dict], steps: int = 150) -> floa
         loss.backward()
         opt.step()
     return loss.item()
+
+
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI in this process (a subprocess pays seconds of imports per call); same result shape as run_cli."""
+    from llm_foundry.cli.main import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+
+def interrupt_at(step: int):
+    """An on_step callback that presses Ctrl-C (a real SIGINT) after ``step``."""
+    import signal
+
+    def hook(s: int, _p: float) -> None:
+        if s == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook
+
+
+def weights(folder):
+    """A model folder's weights (name -> tensor)."""
+    from llm_foundry.models.model_dir import read_weights
+
+    return read_weights(folder)[0]

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TINY_MODEL, one_line_error
+from helpers import TINY_MODEL, interrupt_at, one_line_error, run_main
 
 from llm_foundry.utils.errors import TrainingInterrupted
 
@@ -44,22 +41,6 @@ def _dpo_cfg(steps: int, **kw):
     return dpo_config_from_dict(raw)
 
 
-def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    from llm_foundry.cli.main import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
-
-
-def _interrupt_at(step: int):
-    def hook(s: int, _p: float) -> None:
-        if s == step:
-            os.kill(os.getpid(), signal.SIGINT)
-    return hook
-
-
 def test_builtin_pairs_answer_right_and_wrong():
     from llm_foundry.eval.answers import score_answer
     from llm_foundry.training.dpo import builtin_pairs, wrong_answer
@@ -87,7 +68,7 @@ def test_dpo_resumes_exactly_and_keeps_the_reference_frozen(base_model, tmp_path
     full = dpo_trainer(base_model / "base", tmp_path / "full", cfg, quiet=True).run()
     assert full["step"] == 6 and full["before"]["reward_margin"] == 0.0 and "val_reward_accuracy" in full
     with pytest.raises(TrainingInterrupted):
-        dpo_trainer(base_model / "base", tmp_path / "cut", cfg, quiet=True).run(on_step=_interrupt_at(3))
+        dpo_trainer(base_model / "base", tmp_path / "cut", cfg, quiet=True).run(on_step=interrupt_at(3))
     resumed = dpo_trainer(base_model / "base", tmp_path / "cut", cfg, resume=True, quiet=True).run()
     assert {k: v for k, v in resumed.items() if k != "train_time"} == {k: v for k, v in full.items() if k != "train_time"}
     a, b = read_weights(tmp_path / "full")[0], read_weights(tmp_path / "cut")[0]

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TINY_MODEL, one_line_error
+from helpers import TINY_MODEL, interrupt_at, one_line_error, run_main, weights
 
 from llm_foundry.utils.errors import TrainingInterrupted
 
@@ -45,28 +42,6 @@ def _sft_cfg(steps: int = 6, **train):
         "checkpoint_interval": 0, "log_interval": 1, "lr": 1e-2, "lora_rank": 4, **train}})
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    from llm_foundry.models.model_dir import read_weights
-
-    return read_weights(folder)[0]
-
-
-def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    from llm_foundry.cli.main import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
-
-
-def _interrupt_at(step: int):
-    def hook(s: int, _p: float) -> None:
-        if s == step:
-            os.kill(os.getpid(), signal.SIGINT)
-    return hook
-
-
 def _adapted_logits(folder: Path, rank: int, x: torch.Tensor) -> torch.Tensor:
     """Logits of the base weights with the folder's adapters applied by peft's own layers (not merged)."""
     from llm_foundry.config import TrainConfig
@@ -92,11 +67,11 @@ def test_lora_sft_trains_only_adapters_and_resumes_exactly(base_model, tmp_path)
         "wq", "wk", "wv", "wo", "w1", "w2", "w3"}
     assert (tmp_path / "full" / "checkpoint" / ADAPTER_WEIGHTS_FILE).is_file()  # one unit with the training state
     # The base weights did not move: model.safetensors holds them unchanged, under their plain names.
-    base, tuned = _weights(base_model / "base"), _weights(tmp_path / "full")
+    base, tuned = weights(base_model / "base"), weights(tmp_path / "full")
     assert base.keys() == tuned.keys() and all(torch.equal(base[k], tuned[k]) for k in base)
 
     with pytest.raises(TrainingInterrupted):
-        run_stage(base_model / "base", tmp_path / "cut", cfg, quiet=True, on_step=_interrupt_at(3))
+        run_stage(base_model / "base", tmp_path / "cut", cfg, quiet=True, on_step=interrupt_at(3))
     resumed = run_stage(base_model / "base", tmp_path / "cut", cfg, resume=True, quiet=True)
     assert resumed["step"] == 6 and resumed["val_loss"] == full["val_loss"]
     from safetensors.torch import load_file

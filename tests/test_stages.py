@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TINY_MODEL, one_line_error, run_cli
+from helpers import TINY_MODEL, interrupt_at, one_line_error, run_cli, run_main, weights
 
 from llm_foundry.data.chat import render_conversation, write_conversations
 from llm_foundry.tokenizers import ByteTokenizer
@@ -47,30 +44,6 @@ def _stage_cfg(stage: str, steps: int, **kw):
                      "checkpoint_interval": 0, "log_interval": 1, "lr": 1e-3}}
     raw.update(kw)
     return stage_config_from_dict(stage, raw)
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    from llm_foundry.models.model_dir import read_weights
-
-    return read_weights(folder)[0]
-
-
-def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    """The CLI in this process (a subprocess pays seconds of imports per call); same result shape as run_cli."""
-    from llm_foundry.cli.main import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
-
-
-def _interrupt_at(step: int):
-    """An on_step callback that presses Ctrl-C (a real SIGINT) after ``step``."""
-    def hook(s: int, _p: float) -> None:
-        if s == step:
-            os.kill(os.getpid(), signal.SIGINT)
-    return hook
 
 
 # ---------------------------------------------------------------- batches and masks
@@ -147,12 +120,12 @@ def test_midtrain_with_text_resumes_exactly(base_model, tmp_path):
     full = run_stage(base_model / "base", tmp_path / "full", cfg, quiet=True)
     assert full["step"] == 6 and "val_loss" in full
     with pytest.raises(TrainingInterrupted):
-        run_stage(base_model / "base", tmp_path / "cut", cfg, quiet=True, on_step=_interrupt_at(3))
+        run_stage(base_model / "base", tmp_path / "cut", cfg, quiet=True, on_step=interrupt_at(3))
     state = torch.load(tmp_path / "cut" / "training_state.pt", weights_only=True)
     assert state["step"] == 3
     resumed = run_stage(base_model / "base", tmp_path / "cut", cfg, resume=True, quiet=True)
     assert resumed["step"] == 6 and resumed["val_loss"] == full["val_loss"]
-    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
@@ -193,10 +166,10 @@ def test_rl_logs_reward_and_resumes_exactly(base_model, tmp_path, capsys):
     rewards = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rewards] == [1, 2, 3, 4] and all(0 <= r["reward"] <= 1 for r in rewards)
     with pytest.raises(TrainingInterrupted):
-        run_rl(base_model / "base", tmp_path / "cut", cfg, quiet=True, on_step=_interrupt_at(2))
+        run_rl(base_model / "base", tmp_path / "cut", cfg, quiet=True, on_step=interrupt_at(2))
     resumed = run_rl(base_model / "base", tmp_path / "cut", cfg, resume=True, quiet=True)
     assert {k: v for k, v in resumed.items() if k != "train_time"} == {k: v for k, v in full.items() if k != "train_time"}
-    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     one_line_error(run_main(capsys, "rl", base_model / "base", "--out", tmp_path / "bad", "--tasks", "poetry"), "poetry")
     one_line_error(run_main(capsys, "rl", base_model / "base", "--out", tmp_path / "bad", "--group-size", "1"), "group_size")
