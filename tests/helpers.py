@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,10 @@ def run_main(capsys, *args) -> subprocess.CompletedProcess:
     from llm_foundry.cli.main import main
 
     capsys.readouterr()
-    rc = main([str(a) for a in args])
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors and --help
+        rc = e.code
     out = capsys.readouterr()
     return subprocess.CompletedProcess(args, rc, out.out, out.err)
 
@@ -149,3 +153,11 @@ def weights(folder):
     from llm_foundry.models.model_dir import read_weights
 
     return read_weights(folder)[0]
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    """Poll ``condition()`` until it holds; fail after ``timeout`` seconds (a hang, not a slow machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.01)

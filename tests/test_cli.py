@@ -8,7 +8,7 @@ import pytest
 
 import llm_foundry
 
-from helpers import TINY_MODEL, chinese_text, english_text, one_line_error, run_cli
+from helpers import TINY_MODEL, chinese_text, english_text, one_line_error, run_cli, run_main
 from llm_foundry.cli.main import COMMANDS
 
 
@@ -133,19 +133,6 @@ def test_overrides_anywhere_and_init_from_guards(tmp_path, shakespeare_data, tra
 
 
 # ------------------------------------------------------------------ one vocabulary
-def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    """The CLI in this process (no seconds of imports per call); same result shape as run_cli."""
-    from llm_foundry.cli.main import main
-
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's own errors and --help
-        rc = e.code
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
-
-
 def parse(*args):
     """The parsed command line, with key=value overrides gathered as `foundry` gathers them."""
     from llm_foundry.cli.main import build_parser

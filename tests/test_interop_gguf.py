@@ -15,8 +15,7 @@ import torch
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'llm-foundry[gguf]')")
 
-from helpers import one_line_error, run_cli  # noqa: E402
-from test_cli import run_main  # noqa: E402  (the CLI in this process: bad input costs no start-up)
+from helpers import one_line_error, run_cli, run_main  # noqa: E402
 from llm_foundry import MiniLLM, ModelConfig  # noqa: E402
 from llm_foundry.export.gguf import export_gguf, pairs_from_halves  # noqa: E402
 from llm_foundry.models.model_dir import load_model_dir, save_model_dir  # noqa: E402

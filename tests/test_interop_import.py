@@ -19,8 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from helpers import one_line_error, run_cli  # noqa: E402
-from test_cli import run_main  # noqa: E402  (the CLI in this process: bad input costs no start-up)
+from helpers import one_line_error, run_cli, run_main  # noqa: E402
 from llm_foundry.export.hf_import import import_hf  # noqa: E402
 from llm_foundry.models.model_dir import load_model_dir  # noqa: E402
 from llm_foundry.tokenizers.special import BOS, CHAT_SPECIAL_TOKENS, EOS  # noqa: E402

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_foundry.lab.check import REFERENCE_S
 from llm_foundry.lab.module import MODULES_DIR, all_modules
 from llm_foundry.lab.progress import Progress
 from llm_foundry.lab.sandbox import probe
@@ -69,6 +70,9 @@ def test_a_new_learner_walks_every_module_with_foundry_lab_alone(tmp_path):
             assert r.returncode == 0, f"test {n} on the reference: {r.stdout[-3000:]}{r.stderr[-2000:]}"
             results = json.loads(r.stdout)
             assert results["status"] == "pass" and results["tests"], f"test {n}: {results['message']}"
+            # the authoring check's bound on a reference run (the suite's per-module checks leave their
+            # reference runs to this walk: tests/test_lab_modules.py)
+            assert results["duration_s"] < REFERENCE_S, f"test {n}: the reference took {results['duration_s']} s"
             answers = tmp_path / f"answers-{n}.json"
             answers.write_text(json.dumps([f"My answer to question {k + 1}." for k in range(len(module.reflection))]),
                                encoding="utf-8")

@@ -56,6 +56,17 @@ def test_the_world_is_deterministic_for_a_seed():
     assert {f.lang for f in only_en.facts("train")} == {"en"}
 
 
+def test_modules_only_entities_are_new_names_that_change_no_other_split():
+    plain, more = build_world(5, 30, 20), build_world(5, 30, 20, n_modules_only=50)
+    # adding them leaves the backbone's (train) and the evaluation's (memory-only) facts as they were
+    assert more.facts("train") == plain.facts("train") and more.facts("memory_only") == plain.facts("memory_only")
+    extra = more.facts("modules_only")
+    assert plain.facts("modules_only") == [] and {f.lang for f in extra} == {"en", "zh"}
+    assert len({f.subject for f in extra}) == 100
+    assert not {f.subject for f in extra} & {f.subject for s in ("train", "memory_only") for f in more.facts(s)}
+    assert not {f.relation for f in extra} & set(UNSEEN_RELATIONS)  # they train the modules: no unseen relation
+
+
 def test_held_out_relations_never_reach_training(world):
     train_facts = world.facts("train")
     assert not {f.relation for f in train_facts} & set(UNSEEN_RELATIONS)

@@ -21,7 +21,6 @@ from llm_foundry.models import MiniLLM, save_model_dir
 from llm_foundry.tokenizers import ByteTokenizer
 from llm_foundry.utils.errors import FoundryError
 from llm_foundry.memory.backbone import Backbone
-from llm_foundry.memory.fusion import MemoryBatch
 from llm_foundry.memory.gate import BM25, exact_topk, words
 from llm_foundry.memory.model import MODULES_FILE, MemoryModel
 from llm_foundry.memory.stages import (RouterData, answer_loss, gold_first, kl_to_backbone, memory_step_parts,

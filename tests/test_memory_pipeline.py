@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import one_line_error, run_cli
+from helpers import one_line_error, run_cli, run_main
 from llm_foundry.utils.errors import FoundryError, TrainingInterrupted
 
 TINY = """
-world: {seed: 0, n_train: 4, n_memory_only: 3, langs: [en, zh], distractors: 20}
+world: {seed: 0, n_train: 4, n_memory_only: 3, n_modules_only: 2, langs: [en, zh], distractors: 20}
 backbone:
   model: {dim: 64, n_layers: 4, n_heads: 4, max_seq_len: 128}
   train: {max_steps: 6, batch_size: 4, lr: 3.0e-3, warmup_steps: 2, eval_interval: 0, checkpoint_interval: 3,
@@ -32,16 +32,6 @@ joint: {steps: 4, batch_size: 4, checkpoint_interval: 2}
 memory: {steps: 4, batch_size: 4, checkpoint_interval: 2}
 eval: {store_size: 60, questions: 6, edits: 3, max_tokens: 8}
 """
-
-
-def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    """The CLI in this process (fast: no new interpreter importing torch)."""
-    from llm_foundry.cli.main import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
 
 
 def digest(path: Path) -> str:
@@ -95,10 +85,10 @@ def test_backbone_corpus_holds_train_entities_only():
     from llm_foundry.memory.facts import build_world
     from llm_foundry.memory.pipeline import backbone_corpus
 
-    world = build_world(0, 5, 5)
+    world = build_world(0, 5, 5, n_modules_only=5)
     text = "".join(backbone_corpus(world))
     assert all(f.text in text for f in world.facts("train"))
-    assert not any(f.subject in text for f in world.facts("memory_only"))
+    assert not any(f.subject in text for s in ("memory_only", "modules_only") for f in world.facts(s))
     # The held-out question phrasings never appear: "held-out phrasings" measures something new.
     held = world.questions("train", phrasing="heldout")
     assert held and not any(q.question in text for q in held)

@@ -17,13 +17,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import ROOT, one_line_error, run_cli
+from helpers import ROOT, one_line_error, run_cli, wait_until
 from test_memory_pipeline import build_tiny, run_main
 
 openai = pytest.importorskip("openai")
@@ -75,12 +74,6 @@ def ask(client, question: str = Q, **body):
                                        extra_body=body or None)
     return r.choices[0].message.content, (r.model_extra or {}).get("retrieved")
 
-
-def wait_until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------- answers

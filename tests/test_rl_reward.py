@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY_MODEL, one_line_error
+from helpers import TINY_MODEL, one_line_error, run_main
 
 CTX = 192
 RL = ["steps=2", "prompts_per_step=2", "group_size=2", "max_tokens=6", "examples=10", "eval_examples=2",
@@ -50,15 +49,6 @@ def base_model(tmp_path_factory) -> Path:
     Trainer(model_cfg, train_cfg, root / "data", root / "base", quiet=True).run()
     (root / "my_rewards.py").write_text(REWARDS, encoding="utf-8")
     return root
-
-
-def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    from llm_foundry.cli.main import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
 
 
 def test_a_reward_from_a_file_scores_every_completion(base_model, tmp_path, capsys):

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import torch
 
-from helpers import ROOT, one_line_error, overfit_on, run_cli
+from helpers import ROOT, one_line_error, overfit_on, run_cli, wait_until
 
 openai = pytest.importorskip("openai")
 
@@ -109,13 +109,6 @@ def server(tool_dir):
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
 
-
-def wait_until(condition, timeout: float = 60.0) -> None:
-    """Poll ``condition()`` until it holds; fail after ``timeout`` seconds (a hang, not a slow machine)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        time.sleep(0.01)
 
 
 def sse_lines(response: httpx.Response) -> list[str]:
@@ -280,13 +273,15 @@ def test_overload_queue_disconnect_and_fairness(chatty_dir):
                 # leaving the `with` closes the connection mid-stream
             queued.join(300)
             assert not queued.is_alive()
+            # the slot is freed just after the reply's last byte is sent: wait for it rather than race it
+            wait_until(lambda: h.get(s.url + "/health").json()["active"] == 0)
             health = h.get(s.url + "/health").json()
             assert health["active"] == 0 and health["queued"] == 0 and health["cancelled"] == 1
             # a non-streamed request whose client gives up is dropped too
             body = {**body, "stream": False}
             with pytest.raises(httpx.ReadTimeout):
                 h.post(s.url + "/v1/chat/completions", json=body, timeout=0.3)
-            wait_until(lambda: h.get(s.url + "/health").json()["cancelled"] == 2)
+            wait_until(lambda: (lambda x: x["cancelled"] == 2 and x["active"] == 0)(h.get(s.url + "/health").json()))
             health = h.get(s.url + "/health").json()
             assert health["cancelled"] == 2 and health["active"] == 0
 

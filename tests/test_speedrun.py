@@ -9,17 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import one_line_error, run_cli
-
-
-def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    """The CLI in this process (a subprocess pays seconds of imports per call); same result shape as run_cli."""
-    from llm_foundry.cli.main import main
-
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+from helpers import one_line_error, run_cli, run_main
 
 
 # A speedrun small enough for a test: tiny model, a few steps per stage.

@@ -130,13 +130,15 @@ def _add_note(actions) -> None:
 
 def _add_check(actions) -> None:
     p = actions.add_parser("check", help="the authoring check of every module (or of module N)",
-                           description="The authoring check: the reference passes 3 runs of 3, the stub fails on "
+                           description="The authoring check: the reference passes every one of its runs (3), the stub fails on "
                                        "assertions, every bug variant fails with its message, trivially wrong "
                                        "answers (return 0, pass, the input returned) pass no test. Exits 1 on a "
                                        "problem.")
     p.add_argument("number", metavar="N", type=int, nargs="?", help="only this module")
     p.add_argument("--jobs", type=int, default=None, metavar="J",
                    help="test runs at once after the reference runs (default: the CPUs, at most 4)")
+    p.add_argument("--runs", type=int, default=3, metavar="R",
+                   help="whole timed runs of the reference, each must pass (default: 3, to catch flaky tests)")
     _lang(p)
     p.set_defaults(func=run_check)
 
@@ -608,6 +610,8 @@ def run_check(args: argparse.Namespace) -> int:
     lang = args.lang or default_lang()
     if args.jobs is not None and args.jobs < 1:
         raise FoundryError(say(lang, "--jobs must be at least 1", "--jobs 至少为 1"))
+    if args.runs < 1:
+        raise FoundryError(say(lang, "--runs must be at least 1", "--runs 至少为 1"))
     modules = [find_module(args.number, lang)] if args.number is not None else all_modules()
     if not modules:
         raise FoundryError(say(lang, "there are no modules to check", "没有可检查的模块"))
@@ -615,7 +619,8 @@ def run_check(args: argparse.Namespace) -> int:
     bad = 0
     for m in modules:
         out.print(f"[bold]{m.name}[/]")
-        findings = check_module(m, say=lambda msg: out.print(f"  {msg}", markup=False), jobs=args.jobs)
+        findings = check_module(m, say=lambda msg: out.print(f"  {msg}", markup=False), jobs=args.jobs,
+                                reference_runs=args.runs)
         bad += sum(not f.ok for f in findings)
     out.print(say(lang, f"{len(modules)} modules checked, {bad} problems", f"检查了 {len(modules)} 个模块，{bad} 个问题"))
     return 1 if bad else 0

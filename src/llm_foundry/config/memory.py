@@ -37,6 +37,9 @@ class WorldSettings:
         seed: the world's seed (names, values, phrasings).
         n_train: entities per language whose facts train the memory modules.
         n_memory_only: entities per language whose facts only ever reach the store.
+        n_modules_only: entities per language whose facts train the memory modules but never
+            the backbone (retrieval and reading then learn names the backbone does not know,
+            as the memory-only ones are; 200 train entities alone let the gate memorise names).
         langs: ``en``, ``zh`` or both.
         distractors: extra facts about other entities in the training bank (retrieval must pick).
     """
@@ -44,6 +47,7 @@ class WorldSettings:
     seed: int = 0
     n_train: int = 200
     n_memory_only: int = 100
+    n_modules_only: int = 0
     langs: list[str] = field(default_factory=lambda: ["en", "zh"])
     distractors: int = 2000
 
@@ -51,6 +55,7 @@ class WorldSettings:
         require_int(self.seed, "world.seed", 0, 2**31 - 1)
         require_int(self.n_train, "world.n_train", 1, MAX_ENTITIES)
         require_int(self.n_memory_only, "world.n_memory_only", 1, MAX_ENTITIES)
+        require_int(self.n_modules_only, "world.n_modules_only", 0, MAX_ENTITIES)
         require_int(self.distractors, "world.distractors", 0, MAX_STORE)
         if isinstance(self.langs, str):
             self.langs = [x.strip() for x in self.langs.split(",") if x.strip()]

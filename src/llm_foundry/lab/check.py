@@ -6,7 +6,7 @@ A module is sound when:
 - its source is whole: titles, texts and hints in en and zh, ≥ 3 hints per task, ≥ 3
   reflection questions with model answers, visible tests, every learner file with solution
   blocks, every bug naming a real block, every ``library`` path present in the package;
-- the reference passes 3 runs of 3, each in under :data:`REFERENCE_S` seconds;
+- the reference passes 3 runs of 3 (``reference_runs``), each in under :data:`REFERENCE_S` seconds;
 - the untouched stub's run fails (``fail``: an assertion or "not written yet", never an import
   or syntax error) and no test passes on it;
 - every bug variant fails with a message containing its ``expect``, and gets its own feedback
@@ -182,8 +182,12 @@ def _judge_run_fails(r: dict) -> tuple[bool, str]:
     return r["status"] != "pass", "the run passes"
 
 
-def check_module(module: Module, say: Callable[[str], None] | None = None, jobs: int | None = None) -> list[Finding]:
+def check_module(module: Module, say: Callable[[str], None] | None = None, jobs: int | None = None,
+                 reference_runs: int = REFERENCE_RUNS) -> list[Finding]:
     """Run every check on ``module``; ``say`` is told what runs (progress for the CLI).
+
+    ``reference_runs`` whole timed runs of the reference must all pass (3 for an author, who
+    wants flaky tests caught; the test suite, which checks every module on every change, runs 1).
 
     The reference runs go one after another (their durations are judged); the other runs are
     independent of each other and go ``jobs`` at a time (default: the CPUs, at most 4), each in its
@@ -210,9 +214,9 @@ def check_module(module: Module, say: Callable[[str], None] | None = None, jobs:
         full.update(files)
         return run_tests(module, full, stop_first=stop_first)
 
-    for i in range(REFERENCE_RUNS):
+    for i in range(reference_runs):
         r = run({})
-        add(f"reference run {i + 1}/{REFERENCE_RUNS}", r["status"] == "pass" and r["duration_s"] < REFERENCE_S,
+        add(f"reference run {i + 1}/{reference_runs}", r["status"] == "pass" and r["duration_s"] < REFERENCE_S,
             f"{r['status']} in {r['duration_s']:.1f} s: {r['message'][:300]}")
     # every other run: (check, the learner files that differ from the reference, stop at the first failure, judge)
     plans: list[tuple[str, dict[str, str], bool, Callable[[dict], tuple[bool, str]]]] = [

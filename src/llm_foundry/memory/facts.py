@@ -8,8 +8,10 @@ counterfactual entry (same subject, another value) must change the answer.
 The world, for a seed:
 
 * **entities** of three kinds (person, city, company), per language, split into
-  ``train`` (their facts train the memory modules) and ``memory_only`` (their facts only
-  ever reach the store, never a trainable parameter);
+  ``train`` (their text trains the backbone, their facts the memory modules), ``memory_only``
+  (their facts only ever reach the store, never a trainable parameter) and ``modules_only``
+  (their facts train the memory modules only: the backbone never reads them, so the memory
+  modules learn to retrieve and read names the backbone does not know — as at evaluation);
 * **relations** (22), each with a value set per language, three statement phrasings and
   four question phrasings per language, the last question phrasing **held out** of training;
 * a few relations **unseen**: held out of training entirely (no train fact, no train question);
@@ -31,7 +33,7 @@ from ..data.sources import iter_jsonl
 from ..utils.errors import FoundryError
 from .store import check_entry_text
 
-SPLITS = ("train", "memory_only")
+SPLITS = ("train", "memory_only", "modules_only")
 LANGS = ("en", "zh")
 HELDOUT_QUESTIONS = 1  # the last question phrasing of each relation and language is never trained on
 
@@ -367,8 +369,8 @@ class FactWorld:
         facts = []
         for e in entities:
             for rel in RELATIONS:
-                # The train split never holds a fact of an unseen relation: nothing trains on one.
-                if rel.kind != e.kind or (split == "train" and rel.name in UNSEEN_RELATIONS):
+                # Only the memory-only split holds facts of an unseen relation: nothing trains on one.
+                if rel.kind != e.kind or (split != "memory_only" and rel.name in UNSEEN_RELATIONS):
                     continue
                 obj = rng.choice(rel.values[e.lang])
                 k = rng.randrange(len(rel.statements[e.lang]))
@@ -376,7 +378,7 @@ class FactWorld:
         return facts
 
     def facts(self, split: str) -> list[Fact]:
-        """Every fact of a split (``train`` or ``memory_only``), entity by entity."""
+        """Every fact of a split (``train``, ``memory_only`` or ``modules_only``), entity by entity."""
         if split not in SPLITS:
             raise FoundryError(f"unknown split {split!r} (splits: {', '.join(SPLITS)})")
         return list(self._facts[split])
@@ -452,7 +454,7 @@ def _new_entity(rng: random.Random, lang: str, taken: set[str]) -> _Entity:
 
 
 def build_world(seed: int = 0, n_train: int = 200, n_memory_only: int = 200,
-                langs: tuple[str, ...] = LANGS) -> FactWorld:
+                langs: tuple[str, ...] = LANGS, n_modules_only: int = 0) -> FactWorld:
     """The built-in fact world for a seed (deterministic).
 
     Args:
@@ -460,6 +462,8 @@ def build_world(seed: int = 0, n_train: int = 200, n_memory_only: int = 200,
         n_train: entities per language whose facts train the memory modules.
         n_memory_only: entities per language whose facts only ever reach the store.
         langs: ``en``, ``zh`` or both.
+        n_modules_only: entities per language whose facts train the memory modules only (made
+            after the others, so adding some changes no other entity's name).
 
     Returns:
         a :class:`FactWorld`; a person has 12 facts (14 outside ``train``), a city or a company 3 (4).
@@ -467,7 +471,7 @@ def build_world(seed: int = 0, n_train: int = 200, n_memory_only: int = 200,
     langs = tuple(langs)
     if not langs or any(lang not in LANGS for lang in langs):
         raise FoundryError(f"languages are a non-empty choice of {', '.join(LANGS)}, not {langs!r}")
-    if n_train < 0 or n_memory_only < 0:
+    if min(n_train, n_memory_only, n_modules_only) < 0:
         raise FoundryError("entity counts cannot be negative")
     rng = random.Random(f"{seed}:entities")
     taken: set[str] = set()
@@ -475,6 +479,8 @@ def build_world(seed: int = 0, n_train: int = 200, n_memory_only: int = 200,
     for lang in langs:
         for split, n in (("train", n_train), ("memory_only", n_memory_only)):
             entities[split] += [_new_entity(rng, lang, taken) for _ in range(n)]
+    for lang in langs:
+        entities["modules_only"] += [_new_entity(rng, lang, taken) for _ in range(n_modules_only)]
     return FactWorld(seed, entities, langs)
 
 

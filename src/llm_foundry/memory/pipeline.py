@@ -10,10 +10,11 @@ A memory folder ``MEM`` holds, beside the store (``store.py``)::
     memory_modules.safetensors   the gate and fusion weights (``MemoryModel.save``)
     train/<stage>.pt             each stage's TrainingState, with the modules' weights in it
 
-**Training data.** The fact world's *train* entities: their facts form a training bank,
-with ``world.distractors`` facts about other made-up entities mixed in, so retrieval has
-to pick; the questions are every trained phrasing of every train fact. Memory-only
-entities never reach a trainable parameter (``eval`` asks about them).
+**Training data.** The fact world's *train* and *modules-only* entities (the latter never
+reach the backbone, so the modules learn to retrieve and read names it does not know): their
+facts form a training bank, with ``world.distractors`` facts about other made-up entities
+mixed in, so retrieval has to pick; the questions are every trained phrasing of every such
+fact. Memory-only entities never reach a trainable parameter (``eval`` asks about them).
 
 **The stages** (the source design's, with its bugs fixed):
 
@@ -57,11 +58,11 @@ from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
 from ..utils.signals import deferred_signals
 from .backbone import Backbone
-from .facts import HELDOUT_QUESTIONS, RELATION_BY_NAME, FactWorld, build_world
+from .facts import HELDOUT_QUESTIONS, RELATION_BY_NAME, Fact, FactWorld, build_world
 from .fusion import Fusion, MemoryBatch, default_fusion_layers
 from .gate import MemoryGate
 from .model import MODULES_FILE, Bank, MemoryModel, default_fusion_heads
-from .stages import EntryTokens, RouterData, answer_batch, answer_loss, gold_first, hard_negatives, kl_to_backbone, retrieval_loss, router_loss
+from .stages import EntryTokens, RouterData, answer_loss, gold_first, hard_negatives, kl_to_backbone, retrieval_loss, router_loss
 from .store import MemoryStore
 
 CONFIG_FILE = "memory_config.json"
@@ -73,7 +74,7 @@ StepHook = Callable[[int, float], None]
 def fact_world(cfg: MemoryConfig) -> FactWorld:
     """The built-in fact world of a config."""
     w = cfg.world
-    return build_world(w.seed, w.n_train, w.n_memory_only, tuple(w.langs))
+    return build_world(w.seed, w.n_train, w.n_memory_only, tuple(w.langs), w.n_modules_only)
 
 
 def qa_line(question: str, answer: str) -> str:
@@ -81,11 +82,11 @@ def qa_line(question: str, answer: str) -> str:
     return f"{question} {answer}"
 
 
-def trained_questions(world: FactWorld) -> list[tuple[str, str, int]]:
-    """``(question, answer, fact row)`` for every *trained* phrasing of every train fact
-    (the held-out phrasing of each relation is never among them)."""
+def trained_questions(world: FactWorld, facts: list[Fact] | None = None) -> list[tuple[str, str, int]]:
+    """``(question, answer, fact row)`` for every *trained* phrasing of every fact of ``facts``
+    (default: the train split's; the held-out phrasing of each relation is never among them)."""
     out = []
-    for i, f in enumerate(world.facts("train")):
+    for i, f in enumerate(world.facts("train") if facts is None else facts):
         templates = RELATION_BY_NAME[f.relation].questions[f.lang]
         for t in templates[:len(templates) - HELDOUT_QUESTIONS]:
             q = t.format(s=f.subject)
@@ -243,8 +244,8 @@ class TrainingData:
 def training_data(model: MemoryModel, cfg: MemoryConfig) -> TrainingData:
     """Read the fact world's training side through the frozen backbone (once per `train`)."""
     world = fact_world(cfg)
-    facts = world.facts("train")
-    asked = trained_questions(world)
+    facts = world.facts("train") + world.facts("modules_only")
+    asked = trained_questions(world, facts)
     texts = [f.text for f in facts] + world.distractors(cfg.world.distractors, seed=1)
     gold = [i for _, _, i in asked]
     questions = [q for q, _, _ in asked]

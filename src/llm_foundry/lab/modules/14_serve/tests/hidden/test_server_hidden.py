@@ -65,10 +65,11 @@ def test_a_stream_really_streams():
 
 
 def test_a_slow_reply_does_not_block_another():
-    second_started = threading.Event()
+    first_started, second_started = threading.Event(), threading.Event()
 
     def model(messages, max_tokens, temperature):
         if messages[-1]["content"] == "first":
+            first_started.set()
             # the first request waits for the second one to reach the model: both must be in flight at once
             yield "first done" if second_started.wait(PATIENCE_S) else "late"
         else:
@@ -84,6 +85,10 @@ def test_a_slow_reply_does_not_block_another():
 
         first = threading.Thread(target=ask, args=("first",))
         first.start()
+        # the second request is sent only once the first one holds the model (or has already ended), so on a
+        # busy machine it cannot overtake the first and pass by luck
+        while first.is_alive() and not first_started.wait(0.05):
+            pass
         ask("second")
         first.join(WAIT_S + PATIENCE_S)
     check_equal("two requests at once, the first waiting for the second (not streamed)", replies,
