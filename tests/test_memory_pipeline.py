@@ -245,7 +245,8 @@ def test_eval_writes_the_table(tiny, capsys):
     out = json.loads(proc.stdout)
     names = [r["row"] for r in out["rows"]]
     for want in ("backbone alone", "memory (dense)", "oracle (gold entry given)", "in-context RAG (same retriever)",
-                 "edit: new value", "edit: old value", "locality (untouched, after edits)", "delete: original value"):
+                 "edit: new value", "edit: old value", "locality (untouched, after edits)", "delete: original value",
+                 "held-out phrasings", "held-out phrasings (hybrid 0.3)", "unseen relations (hybrid 0.3)"):
         assert want in names
     assert all(0 <= r["exact_match"] <= 1 for r in out["rows"])
     assert out["rows"][0]["exact_match"] <= 0.25  # memory-only entities: the backbone alone is at chance

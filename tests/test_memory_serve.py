@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import ROOT, one_line_error, run_cli, wait_until
-from test_memory_pipeline import build_tiny, run_main
+from helpers import ROOT, one_line_error, run_cli, run_main, wait_until
+from test_memory_pipeline import build_tiny
 
 openai = pytest.importorskip("openai")
 

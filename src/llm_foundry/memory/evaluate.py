@@ -180,8 +180,10 @@ def evaluate(memory: Memory, store_size: int | None = None, questions: int | Non
                         sum(found.ids[i][:1] == [r] for i, r in enumerate(gold_rows)) / max(len(qs), 1) if qs else None))
         held = _sample(world.questions("memory_only", phrasing="heldout"), n_questions, cfg.seed)
         rows.append(memory_row("held-out phrasings", held, bank))
+        rows.append(memory_row(f"held-out phrasings (hybrid {e.hybrid:g})", held, bank, e.hybrid))
         unseen = _sample(world.questions("memory_only", relations="unseen"), n_questions, cfg.seed)
         rows.append(memory_row("unseen relations", unseen, bank))
+        rows.append(memory_row(f"unseen relations (hybrid {e.hybrid:g})", unseen, bank, e.hybrid))
         # Edits: counterfactual values for the first `edits` questions' facts (at most half of them:
         # the other half measures locality).
         edited = asked[:min(e.edits, len(asked) // 2)]
@@ -311,21 +313,22 @@ def parse_scales(text: str) -> list[int]:
 
 def scaling(memory: Memory, sizes: Sequence[int], questions: int | None = None) -> list[Scale]:
     """Dense-memory exact match and retrieval latency per query (median, query encoding
-    included) at each store size: the memory-only facts, then distractors; every store is a prefix
+    included) at each store size: memory-only facts, then distractors; every store is a prefix
     of the largest, whose entries are encoded once.
 
-    Raises:
-        FoundryError: a size too small for the memory-only facts.
+    Every store holds the same memory-only facts — all of them, or as many as the smallest
+    store has room for (1,000 of the ``cpu`` world's 1,960 at 1k entries) — and the questions,
+    the same at every size, are about those.
     """
     cfg, model, k = memory.cfg, memory.model, memory.cfg.modules.k
     world = fact_world(cfg)
-    facts = world.facts("memory_only")
     sizes = sorted(sizes)
-    if not sizes or sizes[0] < len(facts):
-        raise FoundryError(f"store size {sizes[0] if sizes else 0} has no room for the {len(facts)} memory-only facts "
-                           "(each --scales size must hold them)")
+    if not sizes or sizes[0] < 1:
+        raise FoundryError("store sizes must be positive")
+    facts = world.facts("memory_only")[:sizes[0]]
     answerer = Answerer(model, cfg.eval.max_tokens)
-    asked = _sample(world.questions("memory_only"), cfg.eval.questions if questions is None else questions, cfg.seed)
+    asked = _sample([q for q in world.questions("memory_only") if q.fact < len(facts)],
+                    cfg.eval.questions if questions is None else questions, cfg.seed)
     out = []
     with torch.no_grad():
         store = EvalStore(model, facts, world.distractors(sizes[-1] - len(facts), seed=2))

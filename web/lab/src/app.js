@@ -93,6 +93,11 @@ async function api(method, path, body) {
 }
 const main = () => document.getElementById("main");
 function show(...nodes) { const m = main(); m.replaceChildren(...nodes); }
+// Every page render takes a ticket when it starts and draws through it: a render that finishes after a newer
+// one began (the learner moved on while it waited for the server) draws nothing and returns false, so a late
+// page never covers the current one.
+let tickets = 0;
+function view() { const mine = ++tickets; return (...nodes) => { if (mine !== tickets) return false; show(...nodes); return true; }; }
 function notice(text, kind = "") { return el("div", { class: `notice ${kind}`, role: "status", text }); }
 function when(at) { return new Date(at * 1000).toLocaleString(lang === "zh" ? "zh-CN" : "en-GB"); }
 function stateWord(s) {
@@ -138,12 +143,13 @@ function loginPage() {
   } }, el("h1", { text: t("login") }), el("label", { for: "login-name", text: t("name") }), el("br"), name, el("br"),
   el("label", { for: "login-password", text: t("password") }), el("br"), pw, el("br"), el("br"),
   el("button", { class: "primary", type: "submit", text: t("login") }), msg);
-  show(form);
+  view()(form);
   name.focus();
 }
 
 // ------------------------------------------------------------------ dashboard
 async function dashboard() {
+  const draw = view();
   const d = await api("GET", "dashboard");
   const pct = d.total ? Math.round(100 * d.done / d.total) : 0;
   const cards = d.modules.map((m) => {
@@ -165,7 +171,7 @@ async function dashboard() {
     d.modules.map((m) => el("option", { value: String(m.number), selected: m.number === route, text: `→ ${m.number}. ${m.title}` })));
   const list = (items, render) => items.length ? el("ul", {}, items.map((i) => el("li", {}, render(i)))) : el("p", { class: "muted", text: t("none") });
   const chart = el("div", { class: "chart", id: "chart-progress", role: "img", "aria-label": t("attemptsChart") });
-  show(el("h1", { text: t("progress") }),
+  if (!draw(el("h1", { text: t("progress") }),
     el("div", { class: "bar", role: "progressbar", "aria-valuenow": pct, "aria-valuemin": 0, "aria-valuemax": 100 },
       el("span", { style: `width:${pct}%` })),
     el("p", { id: "progress-text", text: t("modulesDone", d.done, d.total, pct) }),
@@ -180,7 +186,7 @@ async function dashboard() {
       el("section", {}, el("h2", { text: t("week") }),
         el("p", { id: "week", text: `${d.week_minutes} ${t("minutes")} · ${t("streak")}: ${d.streak} ${t("days")}` }),
         el("h2", { text: t("notes") }), el("a", { href: "#/log", text: t("exportLog") }))),
-    el("h2", { text: t("charts") }), chart);
+    el("h2", { text: t("charts") }), chart)) return;
   drawProgressChart(chart, d);
 }
 
@@ -196,8 +202,9 @@ function drawProgressChart(node, d) {
 
 // ------------------------------------------------------------------ the module page
 async function modulePage(n) {
+  const draw = view();
   let m;
-  try { m = await api("GET", `modules/${n}`); } catch (e) { show(notice(e.message, "bad"), el("a", { href: "#/", text: t("roadmap") })); return; }
+  try { m = await api("GET", `modules/${n}`); } catch (e) { draw(notice(e.message, "bad"), el("a", { href: "#/", text: t("roadmap") })); return; }
   current = m;
   const left = el("div", { class: "left", id: "left" });
   const panel = el("div", { id: "panel", role: "tabpanel" });
@@ -223,7 +230,7 @@ async function modulePage(n) {
   const editorBox = el("div", { id: "editor", role: "region", "aria-label": "editor" });
   const testarea = el("section", { id: "testarea", "aria-live": "polite", "aria-label": "tests" });
   const right = el("div", { class: "right" }, fileTabs, tools, editorBox, testarea);
-  show(el("div", { class: "module" }, left, right));
+  if (!draw(el("div", { class: "module" }, left, right))) return;
   bar.children[0].click();
   setupEditor(editorBox, m);
 }
@@ -562,15 +569,17 @@ async function requestReview() {
 
 // ------------------------------------------------------------------ reviews, search, log
 async function referencesPage() {
+  const draw = view();
   const d = await api("GET", "dashboard");
-  show(el("h1", { text: t("references") }), el("p", { class: "muted", text: t("referencesIntro") }),
+  draw(el("h1", { text: t("references") }), el("p", { class: "muted", text: t("referencesIntro") }),
     el("ul", { id: "references" }, d.modules.map((m) => el("li", {}, el("strong", { text: `${m.number}. ${m.title}` }),
       el("ul", {}, m.library.map((p) => el("li", {}, el("code", { text: `src/llm_foundry/${p}` }))))))));
 }
 
 async function reviewsPage() {
+  const draw = view();
   const d = await api("GET", "reviews");
-  show(el("h1", { text: t("reviews") }), d.reviews.length ? el("div", { id: "reviews" }, d.reviews.map((r) => {
+  draw(el("h1", { text: t("reviews") }), d.reviews.length ? el("div", { id: "reviews" }, d.reviews.map((r) => {
     const text = el("textarea", { "aria-label": t("comment") });
     return el("article", { class: "test review", "data-user": r.user },
       el("h2", { text: `${r.user} · ${r.module} · ${when(r.at)} · ${r.status ?? ""}` }), r.message ? el("p", { text: r.message }) : null,
@@ -581,15 +590,17 @@ async function reviewsPage() {
   })) : el("p", { class: "muted", text: t("none") }));
 }
 async function searchPage(q) {
+  const draw = view();
   const d = await api("GET", `search?q=${encodeURIComponent(q)}`);
-  show(el("h1", { text: `${t("search")}: ${q}` }), d.results.length ? el("ul", { id: "search-results" }, d.results.map((r) =>
+  draw(el("h1", { text: `${t("search")}: ${q}` }), d.results.length ? el("ul", { id: "search-results" }, d.results.map((r) =>
     el("li", {}, el("a", { href: `#/module/${r.module}`, text: `${r.module}. ${r.title}` }), el("span", { class: "muted", text: ` (${r.kind}) ${r.text}` }))))
     : el("p", { text: t("noResults") }));
 }
 async function logPage() {
+  const draw = view();
   const text = await api("GET", "log");
   const blob = new Blob([text], { type: "text/markdown" });
-  show(el("h1", { text: t("exportLog") }), el("a", { href: URL.createObjectURL(blob), download: "learning-log.md", id: "log-download", text: "learning-log.md" }),
+  draw(el("h1", { text: t("exportLog") }), el("a", { href: URL.createObjectURL(blob), download: "learning-log.md", id: "log-download", text: "learning-log.md" }),
     el("pre", { id: "log", text }));
 }
 

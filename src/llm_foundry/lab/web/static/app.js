@@ -230,6 +230,15 @@
     const m = main();
     m.replaceChildren(...nodes);
   }
+  var tickets = 0;
+  function view() {
+    const mine = ++tickets;
+    return (...nodes) => {
+      if (mine !== tickets) return false;
+      show(...nodes);
+      return true;
+    };
+  }
   function notice(text, kind = "") {
     return el("div", { class: `notice ${kind}`, role: "status", text });
   }
@@ -308,10 +317,11 @@
       el("button", { class: "primary", type: "submit", text: t("login") }),
       msg
     );
-    show(form);
+    view()(form);
     name.focus();
   }
   async function dashboard() {
+    const draw = view();
     const d = await api("GET", "dashboard");
     const pct = d.total ? Math.round(100 * d.done / d.total) : 0;
     const cards = d.modules.map((m) => {
@@ -349,7 +359,7 @@
     );
     const list = (items, render) => items.length ? el("ul", {}, items.map((i) => el("li", {}, render(i)))) : el("p", { class: "muted", text: t("none") });
     const chart = el("div", { class: "chart", id: "chart-progress", role: "img", "aria-label": t("attemptsChart") });
-    show(
+    if (!draw(
       el("h1", { text: t("progress") }),
       el(
         "div",
@@ -388,7 +398,7 @@
       ),
       el("h2", { text: t("charts") }),
       chart
-    );
+    )) return;
     drawProgressChart(chart, d);
   }
   function drawProgressChart(node, d) {
@@ -406,11 +416,12 @@
     });
   }
   async function modulePage(n) {
+    const draw = view();
     let m;
     try {
       m = await api("GET", `modules/${n}`);
     } catch (e) {
-      show(notice(e.message, "bad"), el("a", { href: "#/", text: t("roadmap") }));
+      draw(notice(e.message, "bad"), el("a", { href: "#/", text: t("roadmap") }));
       return;
     }
     current = m;
@@ -466,7 +477,7 @@
     const editorBox = el("div", { id: "editor", role: "region", "aria-label": "editor" });
     const testarea = el("section", { id: "testarea", "aria-live": "polite", "aria-label": "tests" });
     const right = el("div", { class: "right" }, fileTabs, tools, editorBox, testarea);
-    show(el("div", { class: "module" }, left, right));
+    if (!draw(el("div", { class: "module" }, left, right))) return;
     bar.children[0].click();
     setupEditor(editorBox, m);
   }
@@ -918,13 +929,13 @@
           } else hunks.push({ start: i, end: i + 1, section: r.section });
         }
       });
-      const view = el("div", { class: "diff", id: `diff-${f.file}` }, f.rows.map(row));
+      const view2 = el("div", { class: "diff", id: `diff-${f.file}` }, f.rows.map(row));
       const where = el("span", { class: "muted", "aria-live": "polite" });
       let step = -1;
       const go = (k) => {
         step = Math.max(0, Math.min(hunks.length - 1, k));
         const h = hunks[step];
-        view.replaceChildren(...f.rows.slice(Math.max(0, h.start - 3), h.end + 3).map(row));
+        view2.replaceChildren(...f.rows.slice(Math.max(0, h.start - 3), h.end + 3).map(row));
         where.textContent = `${t("change")} ${step + 1}/${hunks.length}` + (h.section ? ` \xB7 ${t("section")} ${h.section}` : "");
       };
       const steps = hunks.length ? el(
@@ -934,7 +945,7 @@
         el("button", { type: "button", text: "\u2190", "aria-label": t("previous"), onclick: () => go(step - 1) }),
         el("button", { type: "button", text: t("wholeDiff"), onclick: () => {
           step = -1;
-          view.replaceChildren(...f.rows.map(row));
+          view2.replaceChildren(...f.rows.map(row));
           where.textContent = "";
         } }),
         where
@@ -943,7 +954,7 @@
         "section",
         { class: "diff-file" },
         el("h2", { text: f.file }),
-        f.same ? el("p", { text: t("same") }) : [steps, view],
+        f.same ? el("p", { text: t("same") }) : [steps, view2],
         el("button", { type: "button", class: "apply-reference", text: t("applyRef"), onclick: () => {
           models[f.file].setValue(f.reference);
         } })
@@ -971,8 +982,9 @@
     }
   }
   async function referencesPage() {
+    const draw = view();
     const d = await api("GET", "dashboard");
-    show(
+    draw(
       el("h1", { text: t("references") }),
       el("p", { class: "muted", text: t("referencesIntro") }),
       el("ul", { id: "references" }, d.modules.map((m) => el(
@@ -984,8 +996,9 @@
     );
   }
   async function reviewsPage() {
+    const draw = view();
     const d = await api("GET", "reviews");
-    show(el("h1", { text: t("reviews") }), d.reviews.length ? el("div", { id: "reviews" }, d.reviews.map((r) => {
+    draw(el("h1", { text: t("reviews") }), d.reviews.length ? el("div", { id: "reviews" }, d.reviews.map((r) => {
       const text = el("textarea", { "aria-label": t("comment") });
       return el(
         "article",
@@ -1008,13 +1021,15 @@
     })) : el("p", { class: "muted", text: t("none") }));
   }
   async function searchPage(q) {
+    const draw = view();
     const d = await api("GET", `search?q=${encodeURIComponent(q)}`);
-    show(el("h1", { text: `${t("search")}: ${q}` }), d.results.length ? el("ul", { id: "search-results" }, d.results.map((r) => el("li", {}, el("a", { href: `#/module/${r.module}`, text: `${r.module}. ${r.title}` }), el("span", { class: "muted", text: ` (${r.kind}) ${r.text}` })))) : el("p", { text: t("noResults") }));
+    draw(el("h1", { text: `${t("search")}: ${q}` }), d.results.length ? el("ul", { id: "search-results" }, d.results.map((r) => el("li", {}, el("a", { href: `#/module/${r.module}`, text: `${r.module}. ${r.title}` }), el("span", { class: "muted", text: ` (${r.kind}) ${r.text}` })))) : el("p", { text: t("noResults") }));
   }
   async function logPage() {
+    const draw = view();
     const text = await api("GET", "log");
     const blob = new Blob([text], { type: "text/markdown" });
-    show(
+    draw(
       el("h1", { text: t("exportLog") }),
       el("a", { href: URL.createObjectURL(blob), download: "learning-log.md", id: "log-download", text: "learning-log.md" }),
       el("pre", { id: "log", text })
