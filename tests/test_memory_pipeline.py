@@ -76,6 +76,9 @@ def test_presets_load_and_bad_keys_are_one_line():
         load_memory_config("cpu", ["router.stepz=7"])
     with pytest.raises(FoundryError, match="fusion.missing"):
         load_memory_config("cpu", ["fusion.missing=1.5"])
+    with pytest.raises(FoundryError, match="joint.schedule must be cosine or constant"):
+        load_memory_config("cpu", ["joint.schedule=linear"])
+    assert load_memory_config("cpu", ["router.schedule=constant"]).router.schedule == "constant"
     with pytest.raises(FoundryError, match="unknown memory preset"):
         load_memory_config("nope")
 
