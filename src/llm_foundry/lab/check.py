@@ -187,7 +187,8 @@ def check_module(module: Module, say: Callable[[str], None] | None = None, jobs:
     """Run every check on ``module``; ``say`` is told what runs (progress for the CLI).
 
     ``reference_runs`` whole timed runs of the reference must all pass (3 for an author, who
-    wants flaky tests caught; the test suite, which checks every module on every change, runs 1).
+    wants flaky tests caught; the test suite passes 0: its walk, ``tests/test_lab_walk.py``, runs
+    every module's reference through ``foundry lab test`` and holds it to the same bound).
 
     The reference runs go one after another (their durations are judged); the other runs are
     independent of each other and go ``jobs`` at a time (default: the CPUs, at most 4), each in its

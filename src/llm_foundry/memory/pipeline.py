@@ -271,19 +271,27 @@ def _trained_module(model: MemoryModel, stage: str) -> nn.Module:
 
 
 def _routed(model: MemoryModel, data: TrainingData, rows: torch.Tensor, s: StageSettings, k: int,
-            gen: torch.Generator, grad: bool) -> tuple[list[str], list[str], MemoryBatch, torch.Tensor, torch.Tensor]:
-    """A batch of questions with their entries (gold first, routed top-k, a share with the gold
-    left out): ``(questions, answers, memory, routing logits, gold column)``."""
+            gen: torch.Generator, grad: bool, bank: Bank) -> tuple[list[str], list[str], MemoryBatch, torch.Tensor, torch.Tensor]:
+    """A batch of questions with their entries (gold first, routed top-k from ``bank``, a share with
+    the gold left out): ``(questions, answers, memory, routing logits, gold column)``."""
     qs = [data.questions[i] for i in rows.tolist()]
     ans = [data.answers[i] for i in rows.tolist()]
     k = min(k, len(data.texts) - 1)
     with torch.set_grad_enabled(grad):
         q = model.gate.embed_queries(data.router.questions[rows.to(data.router.questions.device)])
-    texts, gold_col = gold_first(model, qs, data.gold[rows].tolist(), data.bank(model), k, s.missing, gen,
+    texts, gold_col = gold_first(model, qs, data.gold[rows].tolist(), bank, k, s.missing, gen,
                                  query_vecs=q.detach())
     with torch.set_grad_enabled(grad):
         route, memory = model.route(q, texts, data.tokens.take([t for row in texts for t in row]))
     return qs, ans, memory, route, gold_col
+
+
+def _router_loss(model: MemoryModel, data: TrainingData, rows: torch.Tensor, s: StageSettings,
+                 entry_vecs: torch.Tensor | None = None) -> torch.Tensor:
+    """The router's InfoNCE for questions ``rows``, with ``s.hard_negatives`` mined over the bank."""
+    rows = rows.to(data.router.gold.device)
+    negatives = hard_negatives(model, data.router, rows, s.hard_negatives, entry_vecs) if s.hard_negatives else None
+    return router_loss(model, data.router, rows, negatives)
 
 
 def stage_loss(model: MemoryModel, data: TrainingData, cfg: MemoryConfig, stage: str, step: int) -> torch.Tensor:
@@ -292,20 +300,16 @@ def stage_loss(model: MemoryModel, data: TrainingData, cfg: MemoryConfig, stage:
     gen = _generator(cfg, stage, step)
     rows = torch.randperm(len(data.questions), generator=gen)[:s.batch_size]
     if stage == "router":
-        rows = rows.to(data.router.gold.device)
-        negatives = hard_negatives(model, data.router, rows, s.hard_negatives) if s.hard_negatives else None
-        return router_loss(model, data.router, rows, negatives)
-    qs, ans, memory, route, gold_col = _routed(model, data, rows, s, cfg.modules.k, gen, grad=stage != "fusion")
+        return _router_loss(model, data, rows, s)
+    bank = data.bank(model)  # the entry vectors of the gate's current weights, once per step
+    qs, ans, memory, route, gold_col = _routed(model, data, rows, s, cfg.modules.k, gen, stage != "fusion", bank)
     loss = answer_loss(model, qs, ans, memory)
     if stage in ("joint", "memory"):
         # The gate trains here too (the answer loss reaches it through the routing weights), and a
         # loss over the k routed entries alone let its ranking over the whole bank drift: retrieval@1
         # fell from 92.7% after the router stage to 87.0%. The router's InfoNCE against the bank's
         # hard negatives keeps the whole ranking in place.
-        r = rows.to(data.router.gold.device)
-        anchor = router_loss(model, data.router, r, hard_negatives(model, data.router, r, s.hard_negatives)
-                             if s.hard_negatives else None)
-        loss = loss + s.retrieval_weight * anchor
+        loss = loss + s.retrieval_weight * _router_loss(model, data, rows, s, bank.index.vectors)
     if stage == "joint":
         loss = loss + s.retrieval_weight * retrieval_loss(route, gold_col)
     elif stage == "memory":

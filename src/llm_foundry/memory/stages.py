@@ -111,11 +111,16 @@ class EntryTokens:
         return self.states[rows, :width], self.embeds[rows, :width], self.mask[rows, :width]
 
 
-def hard_negatives(model: MemoryModel, data: RouterData, rows: torch.Tensor, n: int) -> torch.Tensor:
-    """``(len(rows), n)`` entry rows the gate now ranks highest for questions ``rows``, gold excluded."""
+def hard_negatives(model: MemoryModel, data: RouterData, rows: torch.Tensor, n: int,
+                   entry_vecs: torch.Tensor | None = None) -> torch.Tensor:
+    """``(len(rows), n)`` entry rows the gate now ranks highest for questions ``rows``, gold excluded.
+
+    ``entry_vecs``: the entries' vectors under the gate's current weights, where the caller has
+    them already (default: computed here).
+    """
     with torch.no_grad():
         q = model.gate.embed_queries(data.questions[rows])
-        e = model.gate.embed_entries(data.entries)
+        e = model.gate.embed_entries(data.entries) if entry_vecs is None else entry_vecs
         _, top = exact_topk(q, e, n + 1)
     gold = data.gold[rows].unsqueeze(1)
     # Drop the gold where it appears; otherwise the last candidate (n + 1 were fetched).
