@@ -58,7 +58,7 @@ def test_eval_adds_counterfactual_perplexity_and_scaling(tiny, capsys):
     assert all(s["questions"] == 4 and s["retrieval_ms"] > 0 and 0 <= s["exact_match"] <= 1 for s in out["scaling"])
     report = (mem / "eval.md").read_text()
     assert "| counterfactual: memory's value |" in report and "Perplexity of memory-free text" in report
-    assert "| 80 | 4 |" in report and "retrieval ms/query" in report
+    assert "| 80 | exact | 4 |" in report and "retrieval ms/query" in report
 
 
 def test_fresh_memory_leaves_perplexity_unchanged(tiny):

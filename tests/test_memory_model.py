@@ -315,13 +315,26 @@ def test_deleted_entries_leave_retrieval_at_once(backbone):
 
 @pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu is not installed")
 def test_faiss_index_behind_the_same_interface(backbone):
+    from llm_foundry.memory.gate import ExactIndex, FaissIndex
+
     model = MemoryModel(backbone)
     entries, questions, _ = facts(20)
     exact, approx = model.bank(range(len(entries)), entries), model.bank(range(len(entries)), entries, approximate=True)
+    assert type(exact.index) is ExactIndex and type(approx.index) is FaissIndex  # auto: exact below 200k entries
     assert model.retrieve(questions, 1, approx).ids == model.retrieve(questions, 1, exact).ids
     gone = model.retrieve(questions[:4], 1, approx).ids
-    approx.delete([row[0] for row in gone])
+    for bank in (exact, approx):
+        bank.delete([row[0] for row in gone])
     assert all(row[0] not in after for row, after in zip(gone, model.retrieve(questions[:4], 5, approx).ids))
+    # Edits in place, in both: entry 5 gets a new fact, and a new id 99 holds another.
+    texts = ["Velmora Quist was born in Oslo.", "Tarnik Vell plays the oboe."]
+    edit = ([5, 99], texts, model.gate.encode_entries(texts))
+    for bank in (exact, approx):
+        bank.upsert(*edit)
+    assert approx.index.index.ntotal == len(entries) + 1  # 5's old vector left the lists
+    asked = questions + texts
+    assert model.retrieve(asked, 3, approx).ids == model.retrieve(asked, 3, exact).ids
+    assert approx.texts[approx.row_of[5]] == texts[0] and approx.texts[approx.row_of[99]] == texts[1]
 
 
 def test_hybrid_mixes_bm25_with_the_dense_score_and_reports_both(backbone):
@@ -353,6 +366,23 @@ def test_router_stage_learns_retrieval_of_entities_it_never_saw(backbone):
     assert losses[-1] < losses[0]
     assert retrieval_accuracy(model, train) > 0.9
     assert retrieval_accuracy(model, held_out) > before + 0.3
+
+
+def test_gate_pools_by_the_mean_at_init_and_learns_which_tokens_matter(backbone):
+    """The towers' attention starts as the plain mean over real tokens (padding never counts),
+    and router training moves it away from the mean: it weighs some tokens over others."""
+    model = MemoryModel(backbone)
+    gate = model.gate
+    entries, questions, _ = facts(16)
+    states, embeds, mask = gate.read(entries[:4])
+    x = torch.cat([states, embeds], -1).float()
+    mean = (x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+    assert torch.allclose(gate.pool((states, embeds, mask), gate.entry_attn), mean, atol=1e-5)
+    assert torch.allclose(gate.encode_entries(entries[:1]), gate.encode_entries(entries[:4])[:1], atol=1e-5)  # padding-free
+    train_router(model, RouterData.read(model, questions, list(range(len(entries))), entries), steps=20, hard=2)
+    assert gate.query_attn.weight.abs().sum() > 0 and gate.entry_attn.weight.abs().sum() > 0
+    moved = (gate.pool((states, embeds, mask), gate.entry_attn) - mean).norm(dim=-1) / mean.norm(dim=-1)
+    assert float(moved.min()) > 0.01  # no longer the mean, for every entry
 
 
 def test_joint_stage_pieces_gold_first_retrieval_loss_and_kl(backbone):

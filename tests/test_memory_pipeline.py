@@ -26,7 +26,7 @@ backbone:
   train: {max_steps: 6, batch_size: 4, lr: 3.0e-3, warmup_steps: 2, eval_interval: 0, checkpoint_interval: 3,
           device: cpu, precision: fp32}
 modules: {k: 2, proj_dim: 32, max_len: 32}
-router: {steps: 4, batch_size: 8, checkpoint_interval: 2}
+router: {steps: 4, batch_size: 8, checkpoint_interval: 2, refresh: 2}  # re-encodes its bank at steps 0 and 2
 fusion: {steps: 4, batch_size: 4, checkpoint_interval: 2}
 joint: {steps: 4, batch_size: 4, checkpoint_interval: 2}
 memory: {steps: 4, batch_size: 4, checkpoint_interval: 2}
@@ -248,7 +248,8 @@ def test_eval_writes_the_table(tiny, capsys):
     out = json.loads(proc.stdout)
     names = [r["row"] for r in out["rows"]]
     for want in ("backbone alone", "memory (dense)", "oracle (gold entry given)", "in-context RAG (same retriever)",
-                 "edit: new value", "edit: old value", "locality (untouched, after edits)", "delete: original value",
+                 "edit: new value", "edit: old value", "locality (untouched, before edits)", "locality (untouched, after edits)",
+                 "delete: original value", "delete: original value, backbone alone",
                  "held-out phrasings", "held-out phrasings (hybrid 0.3)", "unseen relations (hybrid 0.3)"):
         assert want in names
     assert all(0 <= r["exact_match"] <= 1 for r in out["rows"])

@@ -140,6 +140,8 @@ class StageSettings:
         text_weight: weight of the plain-text loss with memory attached (memory stage).
         kl_weight: weight of the KL keeping memory-free text unchanged (memory stage).
         checkpoint_interval: steps between checkpoints (0: only at the end).
+        refresh: steps between encodings of the whole training bank under the gate's current
+            weights (its hard negatives and routed entries); in between, the last encoding serves.
     """
 
     steps: int = 100
@@ -153,6 +155,7 @@ class StageSettings:
     text_weight: float = 0.5
     kl_weight: float = 1.0
     checkpoint_interval: int = 50
+    refresh: int = 10
 
     def validate(self, name: str = "stage") -> "StageSettings":
         require_int(self.steps, f"{name}.steps", 0, 10**9)
@@ -160,6 +163,7 @@ class StageSettings:
         require_int(self.warmup_steps, f"{name}.warmup_steps", 0, 10**9)
         require_int(self.hard_negatives, f"{name}.hard_negatives", 0, 1024)
         require_int(self.checkpoint_interval, f"{name}.checkpoint_interval", 0, 10**9)
+        require_int(self.refresh, f"{name}.refresh", 1, 10**9)
         require_real(self.lr, f"{name}.lr", 0, 10, lo_open=True)
         require(self.schedule in ("cosine", "constant"), f"{name}.schedule must be cosine or constant, got {self.schedule!r}")
         require_real(self.missing, f"{name}.missing", 0, 1, hi_open=True)

@@ -24,7 +24,6 @@ import torch
 from ..inference.engine import Engine
 from ..utils.errors import FoundryError
 from .fusion import MemoryBatch
-from .gate import ExactIndex
 from .model import Bank, MemoryModel
 from .store import MemoryStore
 
@@ -63,15 +62,12 @@ def refresh_bank(model: MemoryModel, bank: Bank, store: MemoryStore, version: in
     store size (what ``chat --memory`` does before each turn, and ``bench/memory.py`` times).
 
     Returns:
-        The bank (the same object, or for an approximate index a rebuilt one) and the version it
-        is now current as of.
+        The bank (the same object, updated in place) and the version it is now current as of.
     """
     now = store.version  # read first: an edit landing meanwhile is then seen twice, never missed
     changes = store.changed_since(version)
     if not changes:
         return bank, now
-    if type(bank.index) is not ExactIndex:  # an approximate index is not updated in place
-        return live_bank(model, store), now
     live = [(i, t) for i, t in changes if t is not None]
     if live:
         bank.upsert([i for i, _ in live], [t for _, t in live], model.gate.encode_entries([t for _, t in live]))

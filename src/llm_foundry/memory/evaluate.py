@@ -19,8 +19,9 @@ Rows:
   relations training never used;
 * ``edit: new value`` / ``edit: old value``: after replacing ``eval.edits`` facts (at most half
   of the questions asked) by a counterfactual (same subject and relation, another value), the share answering each;
-* ``delete``: after deleting those entries, the share still answering the original value;
-* ``locality``: questions about untouched facts, after the edits (compare with dense memory);
+* ``delete``: after deleting those entries, the share still answering the original value (and,
+  for chance, the backbone alone's share on the same questions);
+* ``locality``: questions about untouched facts, before the edits and after them;
 * ``counterfactual``: questions about *train* entities (facts the backbone's own training text
   held) asked with a store whose entries give each of them another value: the share answering
   the memory's value (with memory, and the backbone alone for comparison) and the trained value.
@@ -54,6 +55,7 @@ from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_text
 from .ask import Answerer, prompt_of
 from .facts import Fact, Question
+from .gate import ExactIndex
 from .model import Bank, MemoryModel
 from .pipeline import Memory, _text_batch, fact_world
 
@@ -162,15 +164,18 @@ def evaluate(memory: Memory, store_size: int | None = None, questions: int | Non
         gold_rows = [q.fact for q in asked]
         rows: list[Row] = []
 
-        def memory_row(name: str, items: list[Question], bank: Bank, hybrid: float = 0.0, answer_key=None) -> Row:
-            got = answerer.ask([q.question for q in items], bank, k, hybrid)
-            wanted = answer_key or [q.answer for q in items]
+        def scored(name: str, items: list[Question], got: list) -> Row:
             hit = sum(a.retrieved[:1] == [q.fact] for a, q in zip(got, items)) / max(len(items), 1)
-            return Row(name, len(items), _em([a.answer for a in got], wanted), hit)
+            return Row(name, len(items), _em([a.answer for a in got], [q.answer for q in items]), hit)
+
+        def memory_row(name: str, items: list[Question], bank: Bank, hybrid: float = 0.0) -> Row:
+            return scored(name, items, answerer.ask([q.question for q in items], bank, k, hybrid))
 
         bank = store.bank()
-        rows.append(Row("backbone alone", len(qs), _em([a.answer for a in answerer.ask(qs, None, k)], golds)))
-        rows.append(memory_row("memory (dense)", asked, bank))
+        alone = answerer.ask(qs, None, k)
+        rows.append(Row("backbone alone", len(qs), _em([a.answer for a in alone], golds)))
+        before = answerer.ask(qs, bank, k)  # kept: the untouched questions' answers before the edits
+        rows.append(scored("memory (dense)", asked, before))
         rows.append(memory_row(f"memory (hybrid {e.hybrid:g})", asked, bank, e.hybrid))
         oracle = [answerer.generate(prompt_of(q.question), model.read([[store.texts[q.fact]]])) for q in asked]
         rows.append(Row("oracle (gold entry given)", len(qs), _em(oracle, golds), 1.0))
@@ -196,11 +201,14 @@ def evaluate(memory: Memory, store_size: int | None = None, questions: int | Non
             rows.append(Row("edit: new value", len(edited), _em([a.answer for a in got], [f.object for f in new])))
             rows.append(Row("edit: old value", len(edited), _em([a.answer for a in got], [q.answer for q in edited])))
             if untouched:
+                rows.append(scored("locality (untouched, before edits)", untouched, before[len(edited):]))
                 rows.append(memory_row("locality (untouched, after edits)", untouched, bank))
             store.deleted = [q.fact for q in edited]
             got = answerer.ask([q.question for q in edited], store.bank(), k)
             rows.append(Row("delete: original value", len(edited), _em([a.answer for a in got],
                                                                         [q.answer for q in edited])))
+            rows.append(Row("delete: original value, backbone alone", len(edited),
+                            _em([a.answer for a in alone[:len(edited)]], [q.answer for q in edited])))
         rows += counterfactual_rows(memory, store, n_questions, answerer)
     return rows
 
@@ -294,10 +302,12 @@ class Scale:
     exact_match: float
     retrieval_at_1: float
     retrieval_ms: float
+    index: str = "exact"
 
     def to_dict(self) -> dict:
         return {"entries": self.entries, "questions": self.questions, "exact_match": round(self.exact_match, 4),
-                "retrieval_at_1": round(self.retrieval_at_1, 4), "retrieval_ms": round(self.retrieval_ms, 3)}
+                "retrieval_at_1": round(self.retrieval_at_1, 4), "retrieval_ms": round(self.retrieval_ms, 3),
+                "index": self.index}
 
 
 def parse_scales(text: str) -> list[int]:
@@ -316,6 +326,10 @@ def scaling(memory: Memory, sizes: Sequence[int], questions: int | None = None) 
     included) at each store size: memory-only facts, then distractors; every store is a prefix
     of the largest, whose entries are encoded once.
 
+    Each size is searched as ``ask`` would search it: exactly, or from
+    :data:`~llm_foundry.memory.gate.APPROXIMATE_FROM` entries with faiss's inverted file where
+    faiss is installed; there the exact search is measured too, as a second row.
+
     Every store holds the same memory-only facts — all of them, or as many as the smallest
     store has room for (1,000 of the ``cpu`` world's 1,960 at 1k entries) — and the questions,
     the same at every size, are about those.
@@ -333,16 +347,20 @@ def scaling(memory: Memory, sizes: Sequence[int], questions: int | None = None) 
     with torch.no_grad():
         store = EvalStore(model, facts, world.distractors(sizes[-1] - len(facts), seed=2))
         for size in sizes:
-            bank = model.bank(range(size), store.texts[:size], store.vectors[:size])
-            times = []
-            for q in asked:
-                t0 = time.perf_counter()
-                model.retrieve(q.question, k, bank)
-                times.append(time.perf_counter() - t0)
-            got = answerer.ask([q.question for q in asked], bank, k)
-            hit = sum(a.retrieved[:1] == [q.fact] for a, q in zip(got, asked)) / max(len(asked), 1)
-            out.append(Scale(size, len(asked), _em([a.answer for a in got], [q.answer for q in asked]), hit,
-                             1000 * statistics.median(times) if times else 0.0))
+            banks = [model.bank(range(size), store.texts[:size], store.vectors[:size])]
+            if type(banks[0].index) is not ExactIndex:
+                banks.append(model.bank(range(size), store.texts[:size], store.vectors[:size], approximate=False))
+            for bank in banks:
+                times = []
+                for q in asked:
+                    t0 = time.perf_counter()
+                    model.retrieve(q.question, k, bank)
+                    times.append(time.perf_counter() - t0)
+                got = answerer.ask([q.question for q in asked], bank, k)
+                hit = sum(a.retrieved[:1] == [q.fact] for a, q in zip(got, asked)) / max(len(asked), 1)
+                index = "exact" if type(bank.index) is ExactIndex else f"faiss IVF, nprobe {bank.index.index.nprobe}"
+                out.append(Scale(size, len(asked), _em([a.answer for a in got], [q.answer for q in asked]), hit,
+                                 1000 * statistics.median(times) if times else 0.0, index))
     return out
 
 
@@ -385,10 +403,10 @@ def report(rows: Sequence[Row], store_size: int, backbone: str, what: str = "Mem
         lines += ["", f"Perplexity of memory-free text ({ppl.texts} train-entity statements): "
                       f"{ppl.off:.4f} with the memory off, {ppl.on:.4f} on ({100 * ppl.change:+.2f}%)."]
     if scales:
-        lines += ["", "| store entries | questions | exact match | retrieval@1 | retrieval ms/query |",
-                  "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {s.entries:,} | {s.questions} | {100 * s.exact_match:.1f}% | {100 * s.retrieval_at_1:.1f}% "
-                  f"| {s.retrieval_ms:.2f} |" for s in scales]
+        lines += ["", "| store entries | index | questions | exact match | retrieval@1 | retrieval ms/query |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        lines += [f"| {s.entries:,} | {s.index} | {s.questions} | {100 * s.exact_match:.1f}% "
+                  f"| {100 * s.retrieval_at_1:.1f}% | {s.retrieval_ms:.2f} |" for s in scales]
     return "\n".join(lines) + "\n"
 
 

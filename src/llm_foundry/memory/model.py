@@ -33,7 +33,7 @@ from ..utils.errors import FoundryError
 from ..utils.io import atomic_write_bytes
 from .backbone import Backbone
 from .fusion import Fusion, MemoryBatch, default_fusion_layers
-from .gate import BM25, GATE_VERSION, ExactIndex, FaissIndex, MemoryGate
+from .gate import APPROXIMATE_FROM, BM25, GATE_VERSION, ExactIndex, FaissIndex, MemoryGate, faiss_available
 
 MODULES_FILE = "memory_modules.safetensors"
 MODULES_FORMAT = 1  # the layout of MODULES_FILE
@@ -74,15 +74,20 @@ class Bank:
         ids: store ids, one per row.
         texts: entry texts, same order.
         vectors: ``(rows, gate.dim)`` unit entry vectors.
-        approximate: search through :class:`~llm_foundry.memory.gate.FaissIndex` (needs faiss).
+        approximate: search through :class:`~llm_foundry.memory.gate.FaissIndex` (needs faiss);
+            None: from :data:`~llm_foundry.memory.gate.APPROXIMATE_FROM` entries where faiss is
+            installed, else exactly.
     """
 
-    def __init__(self, ids: Sequence[int], texts: Sequence[str], vectors: torch.Tensor, approximate: bool = False):
+    def __init__(self, ids: Sequence[int], texts: Sequence[str], vectors: torch.Tensor,
+                 approximate: bool | None = None):
         if not (len(ids) == len(texts) == len(vectors)):
             raise FoundryError(f"bank of {len(ids)} ids, {len(texts)} texts and {len(vectors)} vectors")
         self.ids = torch.as_tensor(list(ids), dtype=torch.long)
         self.texts = list(texts)
         self.row_of = {int(i): r for r, i in enumerate(self.ids.tolist())}
+        if approximate is None:
+            approximate = len(vectors) >= APPROXIMATE_FROM and faiss_available()
         self.index = (FaissIndex if approximate else ExactIndex)(vectors)
         self._bm25: BM25 | None = None
 
@@ -104,27 +109,23 @@ class Bank:
 
     def upsert(self, ids: Sequence[int], texts: Sequence[str], vectors: torch.Tensor) -> None:
         """Set entries in place: a known id gets its new text and vector (and is live again), an
-        unknown one is appended (a copy of the vectors: cheap for a few ids, not for a bulk load).
-        Only the exact index: an approximate one is rebuilt instead (``ask.refresh_bank``)."""
-        if type(self.index) is not ExactIndex:
-            raise FoundryError("only an exact index is updated in place")
-        vectors = vectors.to(self.index.vectors.device, self.index.vectors.dtype)
-        new = []
+        unknown one is appended. Either index is updated in place, cheap for a few ids."""
+        known, new = [], []
         for j, (i, text) in enumerate(zip(ids, texts, strict=True)):
             row = self.row_of.get(int(i))
             if row is None:
                 new.append(j)
-                continue
-            self.texts[row] = text
-            self.index.vectors[row] = vectors[j]
-            self.index.valid[row] = True
+            else:
+                self.texts[row] = text
+                known.append((row, j))
+        if known:
+            self.index.set_rows([r for r, _ in known], vectors[[j for _, j in known]])
         if new:
             start = len(self.texts)
             self.ids = torch.cat([self.ids, torch.tensor([int(ids[j]) for j in new], dtype=torch.long)])
             self.texts += [texts[j] for j in new]
             self.row_of.update({int(ids[j]): start + n for n, j in enumerate(new)})
-            self.index.vectors = torch.cat([self.index.vectors, vectors[new]])
-            self.index.valid = torch.cat([self.index.valid, self.index.valid.new_ones(len(new))])
+            self.index.append(vectors[new])
         self._bm25 = None  # rebuilt on the next hybrid search
 
 
@@ -164,7 +165,7 @@ class MemoryModel(nn.Module):
 
     # ------------------------------------------------------------------ retrieval
     def bank(self, ids: Sequence[int], texts: Sequence[str], vectors: torch.Tensor | None = None,
-             approximate: bool = False) -> Bank:
+             approximate: bool | None = None) -> Bank:
         """A :class:`Bank` of the store's live entries; ``vectors`` (a cache) or encoded now."""
         if vectors is None:
             vectors = self.gate.encode_entries(list(texts))
@@ -223,8 +224,8 @@ class MemoryModel(nn.Module):
         if any(len(row) != k for row in entries) or not k:
             raise FoundryError("routing needs the same number (>= 1) of entries in every row")
         if tokens is None:
-            tokens = self.backbone.read([t for row in entries for t in row], self.gate.layer, self.gate.max_len)
-        e = self.gate.embed_entries(self.gate.pool(*tokens)).view(len(entries), k, -1)
+            tokens = self.gate.read([t for row in entries for t in row])
+        e = self.gate.embed_entries(tokens).view(len(entries), k, -1)
         routed = (query_vecs.unsqueeze(1) * e).sum(-1) * self.gate.scale
         return routed, self.read(entries, routed, tokens)
 
@@ -243,7 +244,7 @@ class MemoryModel(nn.Module):
         if not flat:
             device = self.backbone.device
             return MemoryBatch(torch.zeros(b, 0, d, device=device), torch.zeros(b, 0, dtype=torch.bool, device=device))
-        states, _, mask = tokens or self.backbone.read(flat, self.gate.layer, self.gate.max_len)
+        states, _, mask = tokens or self.gate.read(flat)
         length = states.shape[1]
         width = max(len(row) for row in texts) * length
         out = states.new_zeros(b, width, d)

@@ -61,7 +61,7 @@ from ..utils.signals import deferred_signals
 from .backbone import Backbone
 from .facts import HELDOUT_QUESTIONS, RELATION_BY_NAME, Fact, FactWorld, build_world
 from .fusion import Fusion, MemoryBatch, default_fusion_layers
-from .gate import MemoryGate
+from .gate import MemoryGate, TokenFeatures
 from .model import MODULES_FILE, Bank, MemoryModel, default_fusion_heads
 from .stages import EntryTokens, RouterData, answer_loss, gold_first, hard_negatives, kl_to_backbone, retrieval_loss, router_loss
 from .store import MemoryStore
@@ -223,8 +223,9 @@ class TrainingData:
         gold: ``(questions,)`` the bank row (= id) of each question's fact.
         texts: the bank's entry texts; the train facts first, in order (row = fact index), then distractors.
         statements: the train facts' texts (the memory stage's plain text).
-        router: the gate's features of every question and entry, read once (the backbone is frozen).
-        tokens: the bank's entries' token features, read once, for the fusion stages.
+        router: the token features of every question and entry, read once (the backbone is frozen).
+        tokens: the bank's entries' token features (the same tensors as ``router.entries``) by text.
+        vectors: the bank's entry vectors as last encoded (:meth:`entry_vectors`), or None.
     """
 
     questions: list[str]
@@ -234,16 +235,32 @@ class TrainingData:
     statements: list[str]
     router: RouterData
     tokens: EntryTokens
+    vectors: torch.Tensor | None = None
 
-    def bank(self, model: MemoryModel) -> Bank:
-        """The bank with entry vectors of the gate's current weights (recomputed: the gate may train)."""
-        with torch.no_grad():
-            vectors = model.gate.embed_entries(self.router.entries)
+    def entry_vectors(self, model: MemoryModel, step: int, every: int) -> torch.Tensor:
+        """The bank's entry vectors for step ``step``: encoded under the gate's current weights at
+        every ``every``-th step (and whenever none are kept), else those of the last encoding.
+
+        Encoding the whole bank pools every entry's tokens (22k entries in the ``cpu`` preset), far
+        more than a step's own work; vectors a few steps old still find the hard negatives and the
+        routed entries, and the loss encodes the entries it uses afresh, with autograd. The kept
+        vectors travel in the stage's checkpoint, so a resumed stage continues exactly.
+        """
+        if self.vectors is None or step % max(every, 1) == 0:
+            self.vectors = model.gate.embed_all(self.router.entries)
+        return self.vectors
+
+    def bank(self, vectors: torch.Tensor) -> Bank:
+        """The training bank with entry vectors ``vectors`` (from :meth:`entry_vectors`)."""
         return Bank(range(len(self.texts)), self.texts, vectors)
 
 
 def training_data(model: MemoryModel, cfg: MemoryConfig) -> TrainingData:
-    """Read the fact world's training side through the frozen backbone (once per `train`)."""
+    """Read the fact world's training side through the frozen backbone (once per `train`).
+
+    The questions' token features are kept in bfloat16 (the ``cpu`` preset's 61k questions: 3 GB
+    instead of 6); the bank's stay in float32, since the fusion reads them too.
+    """
     world = fact_world(cfg)
     facts = world.facts("train") + world.facts("modules_only")
     asked = trained_questions(world, facts)
@@ -253,8 +270,8 @@ def training_data(model: MemoryModel, cfg: MemoryConfig) -> TrainingData:
     if not questions:
         raise FoundryError("the fact world has no training questions")
     tokens = EntryTokens.read(model, texts)
-    q = torch.cat([model.gate.features(questions[i:i + 64]) for i in range(0, len(questions), 64)])
-    router = RouterData(q, tokens.features(model), torch.as_tensor(gold, dtype=torch.long, device=q.device))
+    q = TokenFeatures.read(model.gate, questions, dtype=torch.bfloat16)
+    router = RouterData(q, tokens.features, torch.as_tensor(gold, dtype=torch.long, device=q.mask.device))
     return TrainingData(questions, [a for _, a, _ in asked], router.gold.cpu(), texts,
                         [f.text for f in facts], router, tokens)
 
@@ -278,7 +295,7 @@ def _routed(model: MemoryModel, data: TrainingData, rows: torch.Tensor, s: Stage
     ans = [data.answers[i] for i in rows.tolist()]
     k = min(k, len(data.texts) - 1)
     with torch.set_grad_enabled(grad):
-        q = model.gate.embed_queries(data.router.questions[rows.to(data.router.questions.device)])
+        q = model.gate.embed_queries(data.router.questions.rows(rows))
     texts, gold_col = gold_first(model, qs, data.gold[rows].tolist(), bank, k, s.missing, gen,
                                  query_vecs=q.detach())
     with torch.set_grad_enabled(grad):
@@ -299,9 +316,11 @@ def stage_loss(model: MemoryModel, data: TrainingData, cfg: MemoryConfig, stage:
     s = cfg.stage(stage)
     gen = _generator(cfg, stage, step)
     rows = torch.randperm(len(data.questions), generator=gen)[:s.batch_size]
+    # The gate does not train in the fusion stage: its bank is encoded once.
+    vectors = data.entry_vectors(model, step, s.refresh if stage != "fusion" else 10**9)
     if stage == "router":
-        return _router_loss(model, data, rows, s)
-    bank = data.bank(model)  # the entry vectors of the gate's current weights, once per step
+        return _router_loss(model, data, rows, s, vectors)
+    bank = data.bank(vectors)
     qs, ans, memory, route, gold_col = _routed(model, data, rows, s, cfg.modules.k, gen, stage != "fusion", bank)
     loss = answer_loss(model, qs, ans, memory)
     if stage in ("joint", "memory"):
@@ -364,6 +383,7 @@ def train_stage(memory: Memory, stage: str, data: TrainingData, resume: bool = F
     parts = StepParts(module, build_optimizers(module, tc), grad_clip=1.0)
     file = state_file(memory.path, stage)
     step, last = 0, float("nan")
+    data.vectors = None  # another stage's, or another run's
     if resume and file.is_file():
         state = load_state(file)
         if state.extra.get("stage") != stage:
@@ -372,10 +392,11 @@ def train_stage(memory: Memory, stage: str, data: TrainingData, resume: bool = F
             return {"stage": stage, "step": state.step, "loss": state.extra.get("loss"), "skipped": True}
         state.restore(model.memory, parts.optimizers, base_lrs=[s.lr])
         step, last = state.step, state.extra.get("loss", last)
+        data.vectors = state.extra.get("entry_vectors")
 
     def save(done: bool = False) -> None:
-        state = TrainingState.capture(step, model.memory, parts.optimizers, extra={"stage": stage, "done": done,
-                                                                                   "loss": last})
+        extra = {"stage": stage, "done": done, "loss": last, "entry_vectors": data.vectors}
+        state = TrainingState.capture(step, model.memory, parts.optimizers, extra=extra)
         state.raw_weights = {k: v.detach().cpu().clone() for k, v in model.memory.state_dict().items()}
         with deferred_signals():
             # The state (with the weights inside) first: a kill between the two files leaves a state

@@ -29,7 +29,7 @@ from ..config import TrainConfig
 from ..training.optim import build_optimizers
 from ..training.step import StepParts, train_step
 from ..utils.errors import FoundryError
-from .gate import exact_topk
+from .gate import Tokens, TokenFeatures, exact_topk
 from .fusion import MemoryBatch
 from .model import Bank, MemoryModel, Retrieval
 
@@ -45,82 +45,66 @@ def memory_step_parts(model: MemoryModel, lr: float = 3e-3, weight_decay: float 
 # ------------------------------------------------------------------ router
 @dataclass
 class RouterData:
-    """Features for router training, read once from the frozen backbone.
+    """Token features for router training, read once from the frozen backbone.
 
     Attributes:
-        questions: ``(q, features)`` of each question.
-        entries: ``(n, features)`` of every entry (golds and distractors).
+        questions: every question's token features.
+        entries: every entry's (golds and distractors).
         gold: ``(q,)`` the row in ``entries`` of each question's gold entry.
     """
 
-    questions: torch.Tensor
-    entries: torch.Tensor
+    questions: TokenFeatures
+    entries: TokenFeatures
     gold: torch.Tensor
 
     @classmethod
     def read(cls, model: MemoryModel, questions: Sequence[str], gold: Sequence[int], entries: Sequence[str],
              batch_size: int = 64) -> "RouterData":
-        """Features of ``questions`` and ``entries``; ``gold[i]`` is question ``i``'s entry row."""
+        """Token features of ``questions`` and ``entries``; ``gold[i]`` is question ``i``'s entry row."""
         if len(questions) != len(gold) or not questions:
             raise FoundryError(f"router data needs one gold entry per question ({len(questions)} vs {len(gold)})")
         if not all(0 <= g < len(entries) for g in gold):
             raise FoundryError("a gold entry row is outside the entries")
-        feats = lambda texts: torch.cat([model.gate.features(texts[i:i + batch_size])  # noqa: E731
-                                         for i in range(0, len(texts), batch_size)])
-        q = feats(list(questions))
-        return cls(q, feats(list(entries)), torch.as_tensor(list(gold), dtype=torch.long, device=q.device))
+        q = TokenFeatures.read(model.gate, list(questions), batch_size)
+        return cls(q, TokenFeatures.read(model.gate, list(entries), batch_size),
+                   torch.as_tensor(list(gold), dtype=torch.long, device=q.mask.device))
 
 
 @dataclass
 class EntryTokens:
-    """Every bank entry's token features, read once from the frozen backbone (``Backbone.read``'s
-    output, padded to the longest entry): the fusion stages take a batch's entries from here
-    instead of running the backbone over them again at every step.
+    """Every bank entry's token features, read once from the frozen backbone: the fusion stages
+    take a batch's entries from here instead of running the backbone over them again at every
+    step, and the gate's entry tower encodes the bank from here.
 
     Attributes:
-        states, embeds: ``(n, longest, dim)`` features at the gate's block and token embeddings.
-        mask: ``(n, longest)`` True on real tokens.
+        features: the bank's token features, in row order.
         row_of: an entry text's row (equal texts have equal features: any of their rows).
     """
 
-    states: torch.Tensor
-    embeds: torch.Tensor
-    mask: torch.Tensor
+    features: TokenFeatures
     row_of: dict[str, int]
 
     @classmethod
     def read(cls, model: MemoryModel, texts: Sequence[str], batch_size: int = 64) -> "EntryTokens":
         """Read ``texts`` (the bank, in row order) at the gate's block."""
-        gate = model.gate
-        parts = [model.backbone.read(texts[i:i + batch_size], gate.layer, gate.max_len)
-                 for i in range(0, len(texts), batch_size)]
-        width = max(p[0].shape[1] for p in parts)
-        pad = lambda x: F.pad(x, (0, 0, 0, width - x.shape[1]) if x.dim() == 3 else (0, width - x.shape[1]))  # noqa: E731
-        states, embeds, mask = (torch.cat([pad(p[j]) for p in parts]) for j in range(3))
-        return cls(states, embeds, mask, {t: r for r, t in reversed(list(enumerate(texts)))})
+        return cls(TokenFeatures.read(model.gate, texts, batch_size),
+                   {t: r for r, t in reversed(list(enumerate(texts)))})
 
-    def features(self, model: MemoryModel, batch_size: int = 1024) -> torch.Tensor:
-        """The gate's pooled features of every entry (``MemoryGate.features``, without a read)."""
-        return torch.cat([model.gate.pool(self.states[i:i + batch_size], self.embeds[i:i + batch_size],
-                                          self.mask[i:i + batch_size]) for i in range(0, len(self.mask), batch_size)])
-
-    def take(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``Backbone.read(texts, ...)`` of entries of the bank, from the cache."""
-        rows = torch.tensor([self.row_of[t] for t in texts], device=self.mask.device)
-        width = int(self.mask[rows].sum(1).max())
-        return self.states[rows, :width], self.embeds[rows, :width], self.mask[rows, :width]
+    def take(self, texts: Sequence[str]) -> Tokens:
+        """``MemoryGate.read(texts)`` of entries of the bank, from the cache."""
+        return self.features.rows(torch.tensor([self.row_of[t] for t in texts]))
 
 
 def hard_negatives(model: MemoryModel, data: RouterData, rows: torch.Tensor, n: int,
                    entry_vecs: torch.Tensor | None = None) -> torch.Tensor:
-    """``(len(rows), n)`` entry rows the gate now ranks highest for questions ``rows``, gold excluded.
+    """``(len(rows), n)`` entry rows the gate ranks highest for questions ``rows``, gold excluded.
 
-    ``entry_vecs``: the entries' vectors under the gate's current weights, where the caller has
-    them already (default: computed here).
+    ``entry_vecs``: the entries' vectors, where the caller has them already (training re-encodes
+    its bank every few steps, not at every one); default: computed here under the current weights.
     """
     with torch.no_grad():
-        q = model.gate.embed_queries(data.questions[rows])
-        e = model.gate.embed_entries(data.entries) if entry_vecs is None else entry_vecs
+        q = model.gate.embed_queries(data.questions.rows(rows))
+        e = model.gate.embed_all(data.entries) if entry_vecs is None else entry_vecs
         _, top = exact_topk(q, e, n + 1)
     gold = data.gold[rows].unsqueeze(1)
     # Drop the gold where it appears; otherwise the last candidate (n + 1 were fetched).
@@ -134,22 +118,21 @@ def router_loss(model: MemoryModel, data: RouterData, rows: torch.Tensor, negati
     """InfoNCE of questions ``rows`` against their gold entries, the batch's other golds and
     ``negatives`` (``(len(rows), n)`` entry rows, e.g. :func:`hard_negatives`)."""
     gate = model.gate
-    q = gate.embed_queries(data.questions[rows])
+    q = gate.embed_queries(data.questions.rows(rows))
     candidates = data.gold[rows]
     if negatives is not None:
         candidates = torch.cat([candidates, negatives.reshape(-1)])
     # One row may be a gold of one question and a negative of another: score unique rows once,
     # and let a question's target be the column of its own gold.
     unique, inverse = torch.unique(candidates, return_inverse=True)
-    e = gate.embed_entries(data.entries[unique])
+    e = gate.embed_entries(data.entries.rows(unique))
     logits = gate.scale * q @ e.T
     return F.cross_entropy(logits, inverse[: len(rows)])
 
 
 def retrieval_accuracy(model: MemoryModel, data: RouterData, k: int = 1) -> float:
     """Share of questions whose gold entry is among the gate's top ``k`` over all entries."""
-    with torch.no_grad():
-        _, top = exact_topk(model.gate.embed_queries(data.questions), model.gate.embed_entries(data.entries), k)
+    _, top = exact_topk(model.gate.embed_all(data.questions, queries=True), model.gate.embed_all(data.entries), k)
     return float((top == data.gold.unsqueeze(1)).any(1).float().mean())
 
 
