@@ -60,7 +60,7 @@ def retrieval(model, texts: list[str], sizes: list[int], questions: list[str], k
         for n in sizes:
             t0 = time.perf_counter()
             bank = model.bank(range(n), texts[:n], vectors[:n])  # as `ask` would: approximate from 200k with faiss
-            row = {"entries": n, "index": type(bank.index).__name__, "build_s": round(time.perf_counter() - t0, 2)}
+            row = {"entries": n, "index": bank.index.name, "build_s": round(time.perf_counter() - t0, 2)}
             for name, w in (("dense_ms", 0.0), ("hybrid_ms", hybrid)):
                 if w:
                     bank.bm25  # noqa: B018  built once, before timing (a server builds it at start)

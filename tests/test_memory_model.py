@@ -314,13 +314,18 @@ def test_deleted_entries_leave_retrieval_at_once(backbone):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu is not installed")
-def test_faiss_index_behind_the_same_interface(backbone):
+def test_faiss_index_behind_the_same_interface(backbone, monkeypatch):
+    import llm_foundry.memory.model as model_module
     from llm_foundry.memory.gate import ExactIndex, FaissIndex
 
     model = MemoryModel(backbone)
     entries, questions, _ = facts(20)
     exact, approx = model.bank(range(len(entries)), entries), model.bank(range(len(entries)), entries, approximate=True)
     assert type(exact.index) is ExactIndex and type(approx.index) is FaissIndex  # auto: exact below 200k entries
+    assert exact.index.name == "exact" and approx.index.name.startswith("faiss IVF")
+    monkeypatch.setattr(model_module, "APPROXIMATE_FROM", len(entries))  # the auto choice follows the threshold
+    assert type(model.bank(range(len(entries)), entries, exact.index.vectors).index) is FaissIndex
+    assert type(model.bank(range(5), entries[:5], exact.index.vectors[:5]).index) is ExactIndex
     assert model.retrieve(questions, 1, approx).ids == model.retrieve(questions, 1, exact).ids
     gone = model.retrieve(questions[:4], 1, approx).ids
     for bank in (exact, approx):

@@ -358,9 +358,8 @@ def scaling(memory: Memory, sizes: Sequence[int], questions: int | None = None) 
                     times.append(time.perf_counter() - t0)
                 got = answerer.ask([q.question for q in asked], bank, k)
                 hit = sum(a.retrieved[:1] == [q.fact] for a, q in zip(got, asked)) / max(len(asked), 1)
-                index = "exact" if type(bank.index) is ExactIndex else f"faiss IVF, nprobe {bank.index.index.nprobe}"
                 out.append(Scale(size, len(asked), _em([a.answer for a in got], [q.answer for q in asked]), hit,
-                                 1000 * statistics.median(times) if times else 0.0, index))
+                                 1000 * statistics.median(times) if times else 0.0, bank.index.name))
     return out
 
 

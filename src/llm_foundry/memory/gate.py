@@ -1,8 +1,8 @@
 """MemoryGate: which entries a question needs, as two towers scored by cosine.
 
-    entry    -> features(entry tokens)    -> MemoryNorm -> Linear -> unit vector  \
-                                                                                   > cosine
-    question -> features(question tokens) -> MemoryNorm -> Linear -> unit vector  /
+    entry    -> token features -> attention pool -> MemoryNorm -> Linear -> unit vector  \
+                                                                                         > cosine
+    question -> token features -> attention pool -> MemoryNorm -> Linear -> unit vector  /
 
 **Features** of a text are its tokens' features at two depths, side by side: the backbone's
 states after a *middle* block, and its token embeddings. The middle layer carries context
@@ -12,8 +12,8 @@ the answer it does not contain, and for a fact is whatever follows its end. The 
 keep the plain lexical identity of rare names that the middle layer may mix with their
 neighbours. Each tower **pools** its tokens with a learned attention (one score per token,
 softmax over the text): it learns to weigh a name's tokens over a phrasing's, which a mean
-cannot, and that is what carries retrieval to question phrasings never trained on (the
-scorer starts at zero, so an untrained tower pools by the plain mean). Only the scorers,
+cannot, which helps most on question phrasings never trained on (the scorer starts at
+zero, so an untrained tower pools by the plain mean). Only the scorers,
 projections and norms learn; the token features come from the frozen backbone, without
 autograd, and can be read once per text (:class:`TokenFeatures`).
 
@@ -32,6 +32,7 @@ search behind the same interface where ``faiss`` is installed (a bank uses it fr
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import re
 from collections import Counter, defaultdict
@@ -236,6 +237,11 @@ class ExactIndex:
         self.vectors = vectors
         self.valid = torch.ones(len(vectors), dtype=torch.bool, device=vectors.device) if valid is None else valid
 
+    @property
+    def name(self) -> str:
+        """How this index searches, for reports."""
+        return "exact"
+
     def search(self, query: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scores, rows)`` of the ``k`` best live entries per query (scores include ``bias``)."""
         return exact_topk(query, self.vectors, k, self.valid, bias)
@@ -253,14 +259,12 @@ class ExactIndex:
 
 APPROXIMATE_FROM = 200_000
 """Live entries from which a bank searches approximately where ``faiss`` is installed: exact
-search reads every vector per question (16 ms at 100k entries on 2 cores; about ten times that
-at 1M), the inverted file a few dozen lists of them."""
+search reads every vector for every question, the inverted file a few dozen lists of them
+(latencies per size: ``docs/*/performance.md``, from ``bench/memory.py``)."""
 
 
 def faiss_available() -> bool:
     """Whether ``faiss`` can be imported (the ``faiss`` extra)."""
-    import importlib.util
-
     return importlib.util.find_spec("faiss") is not None
 
 
@@ -296,6 +300,10 @@ class FaissIndex(ExactIndex):
         self.index.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids by id in O(1)
         self.index.add_with_ids(x, np.arange(n, dtype=np.int64))
         self.index.nprobe = min(nprobe, lists)
+
+    @property
+    def name(self) -> str:
+        return f"faiss IVF, {self.index.nlist} lists, nprobe {self.index.nprobe}"
 
     def search(self, query: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         fetch = min(len(self.vectors), 4 * k)

@@ -237,16 +237,17 @@ class TrainingData:
     tokens: EntryTokens
     vectors: torch.Tensor | None = None
 
-    def entry_vectors(self, model: MemoryModel, step: int, every: int) -> torch.Tensor:
+    def entry_vectors(self, model: MemoryModel, step: int, every: int | None) -> torch.Tensor:
         """The bank's entry vectors for step ``step``: encoded under the gate's current weights at
-        every ``every``-th step (and whenever none are kept), else those of the last encoding.
+        every ``every``-th step and whenever none are kept (``every`` None: only then, for a stage
+        whose gate does not train), else those of the last encoding.
 
         Encoding the whole bank pools every entry's tokens (22k entries in the ``cpu`` preset), far
         more than a step's own work; vectors a few steps old still find the hard negatives and the
         routed entries, and the loss encodes the entries it uses afresh, with autograd. The kept
         vectors travel in the stage's checkpoint, so a resumed stage continues exactly.
         """
-        if self.vectors is None or step % max(every, 1) == 0:
+        if self.vectors is None or (every is not None and step % every == 0):
             self.vectors = model.gate.embed_all(self.router.entries)
         return self.vectors
 
@@ -316,8 +317,7 @@ def stage_loss(model: MemoryModel, data: TrainingData, cfg: MemoryConfig, stage:
     s = cfg.stage(stage)
     gen = _generator(cfg, stage, step)
     rows = torch.randperm(len(data.questions), generator=gen)[:s.batch_size]
-    # The gate does not train in the fusion stage: its bank is encoded once.
-    vectors = data.entry_vectors(model, step, s.refresh if stage != "fusion" else 10**9)
+    vectors = data.entry_vectors(model, step, None if stage == "fusion" else s.refresh)  # fusion: gate frozen
     if stage == "router":
         return _router_loss(model, data, rows, s, vectors)
     bank = data.bank(vectors)
